@@ -1,0 +1,209 @@
+"""The ``hashindex`` command line: a thin shell over the library API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from hashindex import __version__
+from hashindex.errors import HashIndexError
+
+from . import options as opt
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HashIndexError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except FileNotFoundError as e:
+            click.echo(f"error: {e.filename or e}: no such file or directory", err=True)
+            sys.exit(2)
+        except OSError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hashindex")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.pass_context
+def cli(ctx, verbose: int, quiet: bool):
+    """Image retrieval with learned binary codes.
+
+    \b
+    Pipeline:
+      hashindex embed SOURCE db.h5 --views 2      frozen timm backbone -> HDF5 embeddings
+      hashindex fit-probe db.h5 probe/ --bits 64  CroVCA hash probe (or a baseline)
+      hashindex build db.h5 probe/ index/         faiss binary index + manifest
+      hashindex query index/ photo.jpg -k 10      images (or embeddings) in, ranked items out
+      hashindex evaluate index/ q.h5              mAP@k against float cosine
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"progress": not quiet}
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--split", default="train", show_default=True, help="Split of IDX data / fashion-mnist: train or test.")
+@click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder the paths of a list file are relative to [default: the list file's folder].")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the Fashion-MNIST IDX files are [default: /usr/share/datasets/fashion-mnist].")
+@click.option("--model", default=None, help="timm model name [default: tf_efficientnet_lite0].")
+@opt.weights
+@click.option("--pretrained", is_flag=True, default=None, help="Download timm's pretrained weights (needs internet).")
+@click.option("--views", type=click.IntRange(min=0), default=None, help="Augmented views cached per image (CroVCA needs >= 1; 2 is the protocol) [default: 0].")
+@click.option("--image-size", type=click.IntRange(min=16), default=None, help="Input resolution [default: the model's].")
+@opt.batch_size
+@opt.device
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
+@opt.seed
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None, help="Image decoding processes [default: chosen by source].")
+@click.pass_obj
+def embed(obj, source, out, split, root, data_dir, limit, **kw):
+    """Embed the images of SOURCE into the HDF5 file OUT.
+
+    SOURCE is a folder of images (class subfolders give labels), a list file
+    (`relative/path l1 ... lC` with 0/1 labels), a folder of IDX files, or `fashion-mnist`.
+    An interrupted run resumes when re-run with the same arguments; undecodable images are
+    recorded in the file and skipped.
+    """
+    from hashindex.embed import EmbedConfig, embed as run
+    from hashindex.sources import open_source
+
+    src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
+    s = run(src, out, EmbedConfig(**opt.kwargs(**kw)), progress=obj["progress"])
+    click.echo(f"wrote {s.path}: {s.rows} embeddings" + (f", {s.failures} images failed (see /failures)" if s.failures else ""))
+
+
+@cli.command("fit-probe")
+@click.argument("embeddings", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--bits", type=int, default=None, help="Code length, a multiple of 8 in 16..1024 [default: 64].")
+@click.option("--method", type=click.Choice(["crovca", "lsh", "pca", "pca-rr", "itq"]), default=None, help="Hashing method [default: crovca].")
+@click.option("--supervised", is_flag=True, default=None, help="CroVCA with class-prototype targets from the file's labels.")
+@click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="CroVCA MLP size [default: small].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
+@opt.batch_size
+@click.option("--lr", type=float, default=None, help="AdamW peak learning rate, cosine-decayed per step [default: 1e-3].")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 1e-2].")
+@click.option("--eps", type=float, default=None, help="Coding-rate distortion epsilon [default: 0.05].")
+@click.option("--reg", type=float, default=None, help="Weight of the coding-rate regulariser [default: 0.1].")
+@opt.device
+@opt.seed
+@click.pass_obj
+def fit_probe(obj, embeddings, out, **kw):
+    """Fit a hash probe on EMBEDDINGS and write it to the folder OUT.
+
+    OUT holds weights.safetensors and probe.json (config, provenance, loss history, bit balance).
+    """
+    from hashindex.probe.fit import FitConfig, fit_probe as run
+    from hashindex.store import open_embeddings
+
+    if kw.get("bits") is not None:
+        from hashindex.codes import check_bits
+
+        check_bits(kw["bits"])
+        if kw["bits"] < 16:
+            raise click.BadParameter("must be at least 16", param_hint="--bits")
+    probe = run(open_embeddings(embeddings), FitConfig(**opt.kwargs(**kw)), progress=obj["progress"])
+    probe.save(out)
+    b = probe.meta["bit_balance"]
+    click.echo(f"wrote {out}: {probe.method} {probe.bits} bits, fitted in {probe.meta['fit_seconds']:.1f}s, bit balance {b['mean']:.3f} (min {b['min']:.3f}, max {b['max']:.3f})")
+
+
+@cli.command()
+@click.argument("embeddings", type=click.Path(dir_okay=False))
+@click.argument("probe", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--index", "kind", type=click.Choice(["flat", "ivf"]), default=None, help="faiss binary index type [default: flat].")
+@click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: about 4*sqrt(n)].")
+@opt.nprobe
+def build(embeddings, probe, out, **kw):
+    """Encode EMBEDDINGS with PROBE and write a faiss binary index folder OUT."""
+    from hashindex.index import IndexConfig, build_index
+    from hashindex.store import open_embeddings
+
+    idx = build_index(open_embeddings(embeddings), probe, out, IndexConfig(**opt.kwargs(**kw)))
+    m = idx.manifest
+    click.echo(f"wrote {out}: {m['index']['kind']} index of {m['ntotal']} codes, {m['bits']} bits, built in {m['build_seconds']:.2f}s")
+
+
+@cli.command()
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--embeddings", "emb_file", type=click.Path(dir_okay=False), default=None, help="Query with the embeddings of this HDF5 file instead of images.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="With --embeddings: only the first N queries.")
+@opt.k
+@opt.nprobe
+@opt.weights
+@opt.device
+@opt.as_json
+def query(index, images, emb_file, limit, k, nprobe, weights, device, as_json):
+    """Search INDEX with IMAGES (embedded by the index's backbone) or --embeddings.
+
+    Prints rank, id, name (path or split/index), label and Hamming distance per result;
+    equal distances are ordered by id.
+    """
+    from hashindex.query import query_embeddings_file, query_images
+
+    if bool(images) == bool(emb_file):
+        raise click.UsageError("give query IMAGES or --embeddings FILE (one of the two)")
+    if emb_file:
+        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe)
+    else:
+        results = query_images(index, list(images), k, nprobe=nprobe, weights=weights, device=device)
+    if as_json:
+        click.echo(json.dumps(results, indent=1))
+        return
+    click.echo("query\trank\tid\tname\tlabel\tdistance")
+    for r in results:
+        for hit in r["results"]:
+            click.echo(f"{r['query']}\t{hit['rank']}\t{hit['id']}\t{hit['name']}\t{hit['label']}\t{hit['distance']}")
+
+
+@cli.command()
+@click.argument("index", type=click.Path(file_okay=False))
+@click.argument("queries", type=click.Path(dir_okay=False))
+@click.option("--topk", type=int, default=1000, show_default=True, help="Ranking depth of mAP@k.")
+@click.option("--db-embeddings", type=click.Path(dir_okay=False), default=None, help="Database embeddings for the float reference [default: the file the index was built from].")
+@click.option("--no-float", is_flag=True, help="Skip the float cosine reference.")
+@opt.nprobe
+@opt.as_json
+def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, as_json):
+    """mAP@k of INDEX on the labelled QUERIES embeddings, beside float cosine kNN."""
+    from hashindex.evaluate import evaluate as run
+    from hashindex.index import load_index
+    from hashindex.store import open_embeddings
+
+    idx = load_index(index)
+    idx.set_nprobe(nprobe)
+    db = open_embeddings(db_embeddings) if db_embeddings else None
+    r = run(idx, open_embeddings(queries), topk, db=db, with_float=not no_float)
+    if as_json:
+        click.echo(json.dumps(r, indent=1))
+        return
+    line = f"{r['method']}{' (supervised)' if r['supervised'] else ''} {r['bits']} bits, {r['index_type']}: mAP@{topk} {100 * r['map']:.2f}"
+    if r["float_map"] is not None:
+        line += f"   float cosine mAP@{topk} {100 * r['float_map']:.2f}"
+    click.echo(line)
+
+
+def main() -> None:
+    cli(prog_name="hashindex")
+
+
+if __name__ == "__main__":
+    main()

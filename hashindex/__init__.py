@@ -1,0 +1,3 @@
+"""hashindex: image retrieval with learned binary codes."""
+
+__version__ = "0.1.0"

