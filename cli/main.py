@@ -195,10 +195,13 @@ def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, as_json):
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
-    line = f"{r['method']}{' (supervised)' if r['supervised'] else ''} {r['bits']} bits, {r['index_type']}: mAP@{topk} {100 * r['map']:.2f}"
+    name = f"{r['method']}{' supervised' if r['supervised'] else ''} {r['bits']} bits ({r['index_type']})"
+    click.echo(f"{'':<32}{'mAP@' + str(topk):>10}{'P@' + str(topk):>10}{'queries/s':>12}{'bytes/item':>12}")
+    click.echo(f"{name:<32}{100 * r['map']:>10.2f}{100 * r['precision']:>10.2f}{r['search_qps']:>12,.0f}{r['code_bytes_per_item']:>12}")
     if r["float_map"] is not None:
-        line += f"   float cosine mAP@{topk} {100 * r['float_map']:.2f}"
-    click.echo(line)
+        fl = f"float cosine ({r['float_bytes_per_item'] // 4}-d)"
+        click.echo(f"{fl:<32}{100 * r['float_map']:>10.2f}{100 * r['float_precision']:>10.2f}{r['float_qps']:>12,.0f}{r['float_bytes_per_item']:>12}")
+    click.echo(f"{r['nq']} queries against {r['ntotal']} items; Hamming ranking, equal distances by id")
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def to_base(rgb: np.ndarray, size: int, interpolation: str = "bicubic") -> np.nd
     if s == size:
         return np.ascontiguousarray(sq)
     resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(interpolation, Image.BICUBIC)
-    return np.asarray(Image.fromarray(sq).resize((size, size), resample=resample), dtype=np.uint8)
+    return np.array(Image.fromarray(sq).resize((size, size), resample=resample), dtype=np.uint8)
 
 
 def normalize(x: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:

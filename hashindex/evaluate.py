@@ -39,8 +39,9 @@ def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Emb
         with_float: compute the float cosine reference.
 
     Returns:
-        A dict with ``map``, ``precision``, ``float_map``, ``float_precision`` (None when the
-        database embeddings are unavailable), ``topk``, ``nq``, ``bits``, ``method``, ``search_qps``.
+        A dict with ``map``, ``precision``, ``search_qps``, ``float_map``, ``float_precision``,
+        ``float_qps`` (None when the database embeddings are unavailable), ``topk``, ``nq``,
+        ``bits``, ``method`` and bytes per item of codes and float vectors.
 
     Raises:
         InputError: missing labels, bad topk.
@@ -71,8 +72,11 @@ def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Emb
         "map": mean_average_precision(rel),
         "precision": precision_at_k(rel),
         "search_qps": len(xq) / search_s if search_s > 0 else None,
+        "code_bytes_per_item": index.bits // 8,
+        "float_bytes_per_item": 4 * queries.dim,
         "float_map": None,
         "float_precision": None,
+        "float_qps": None,
     }
     if with_float:
         if db is None:
@@ -84,7 +88,10 @@ def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Emb
         if db is not None:
             if db.n != index.ntotal:
                 raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {index.ntotal} codes")
-            _, fids = cosine_knn(xq, db.embeddings(), topk)
+            xb = db.embeddings()
+            t0 = time.perf_counter()
+            _, fids = cosine_knn(xq, xb, topk)
+            out["float_qps"] = len(xq) / (time.perf_counter() - t0)
             frel = relevance(q_labels, items["labels"], fids)
             out["float_map"] = mean_average_precision(frel)
             out["float_precision"] = precision_at_k(frel)

@@ -1,0 +1,131 @@
+"""The command line through click's CliRunner, on real Fashion-MNIST embeddings."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hashindex.cli.main import cli
+from hashindex.codes import hamming
+from hashindex.index import load_index
+from hashindex.store import open_embeddings
+
+
+def run(*args, ok=True):
+    r = CliRunner().invoke(cli, ["-q", *map(str, args)])
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def built(fmnist, tmp_path_factory):
+    """A CroVCA probe and flat index over the session's Fashion-MNIST database, via the CLI."""
+    db, q = fmnist
+    d = tmp_path_factory.mktemp("cli")
+    run("fit-probe", db.path, d / "probe", "--bits", 32, "--epochs", 2)
+    run("build", db.path, d / "probe", d / "index")
+    return d
+
+
+def test_help_explains_every_command():
+    r = run("--help")
+    for cmd in ("embed", "fit-probe", "build", "query", "evaluate"):
+        assert cmd in r.output
+        sub = run(cmd, "--help")
+        assert "Usage" in sub.output and "--" in sub.output
+
+
+def test_python_dash_m_works():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "hashindex", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "hashindex" in r.stdout
+
+
+def test_embed_folder_and_query_images(tmp_path, built):
+    from skimage import data
+
+    for cls, img in (("cat", data.chelsea()), ("cup", data.coffee())):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(img).save(tmp_path / "imgs" / cls / f"{cls}.jpg")
+    r = run("embed", tmp_path / "imgs", tmp_path / "e.h5", "--image-size", 64)
+    assert "2 embeddings" in r.output
+    e = open_embeddings(tmp_path / "e.h5")
+    assert e.label_names == ["cat", "cup"] and e.names() == ["cat/cat.jpg", "cup/cup.jpg"]
+    r = run("query", built / "index", tmp_path / "imgs" / "cat" / "cat.jpg", "-k", 3, "--json")
+    res = json.loads(r.output)
+    assert res[0]["query"].endswith("cat.jpg") and [h["rank"] for h in res[0]["results"]] == [1, 2, 3]
+    dists = [h["distance"] for h in res[0]["results"]]
+    assert dists == sorted(dists)
+
+
+def test_query_embeddings_matches_reference(built, fmnist):
+    _, q = fmnist
+    r = run("query", built / "index", "--embeddings", q.path, "--limit", 5, "-k", 7, "--json")
+    res = json.loads(r.output)
+    idx = load_index(built / "index")
+    qc = idx.probe.encode(q.embeddings(slice(0, 5)))
+    db_codes = idx.probe.encode(open_embeddings(idx.manifest["embeddings"]["path"]).embeddings())
+    ref = hamming(qc, db_codes)
+    for row, qr in enumerate(res):
+        ids = [h["id"] for h in qr["results"]]
+        want = sorted(range(ref.shape[1]), key=lambda j: (ref[row, j], j))[:7]
+        assert ids == want
+        assert [h["distance"] for h in qr["results"]] == [int(ref[row, j]) for j in want]
+        assert qr["results"][0]["name"].startswith("train/") and qr["results"][0]["label"]
+    text = run("query", built / "index", "--embeddings", q.path, "--limit", 1, "-k", 2).output
+    assert text.splitlines()[0] == "query\trank\tid\tname\tlabel\tdistance" and len(text.splitlines()) == 3
+
+
+def test_evaluate_json(built, fmnist):
+    _, q = fmnist
+    r = run("evaluate", built / "index", q.path, "--topk", 100, "--json")
+    res = json.loads(r.output)
+    assert res["topk"] == 100 and res["nq"] == q.n and res["bits"] == 32
+    assert 0.3 < res["map"] <= 1 and 0.3 < res["float_map"] <= 1
+    text = run("evaluate", built / "index", q.path, "--topk", 50).output
+    assert "mAP@50" in text and "float cosine" in text
+
+
+def _err(r, code, *words):
+    assert r.exit_code == code, r.output
+    line = r.output.strip()
+    assert line.startswith("error:") and "\n" not in line and "Traceback" not in r.output, r.output
+    for w in words:
+        assert w in line, line
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, built, fmnist):
+    db, q = fmnist
+    _err(run("fit-probe", tmp_path / "missing.h5", tmp_path / "p", ok=False), 2, "does not exist")
+    (tmp_path / "empty").mkdir()
+    _err(run("embed", tmp_path / "empty", tmp_path / "x.h5", ok=False), 2, "no images")
+    _err(run("fit-probe", db.path, tmp_path / "p", "--bits", 12, ok=False), 2, "multiple of 8")
+    _err(run("fit-probe", q.path, tmp_path / "p", ok=False), 2, "--views")
+    _err(run("query", built / "index", "--embeddings", q.path, "-k", 0, ok=False), 2, "k must be")
+    (tmp_path / "junk.h5").write_bytes(b"junk")
+    _err(run("evaluate", built / "index", tmp_path / "junk.h5", ok=False), 3, "HDF5")
+    _err(run("query", tmp_path, "--embeddings", q.path, ok=False), 2, "not an index folder")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff")
+    _err(run("query", built / "index", tmp_path / "bad.jpg", ok=False), 2, "bad.jpg")
+
+
+def test_probe_for_other_dimension_and_index_with_other_bits(tmp_path, built, fmnist, rng):
+    from helpers import write_embeddings
+
+    db, _ = fmnist
+    small = write_embeddings(tmp_path / "s.h5", rng.standard_normal((64, 16)).astype(np.float32), views=rng.standard_normal((64, 2, 16)).astype(np.float32))
+    run("fit-probe", small.path, tmp_path / "p16", "--bits", 16, "--epochs", 1)
+    _err(run("build", db.path, tmp_path / "p16", tmp_path / "i", ok=False), 2, "16-d", "1280-d")
+    # an index whose manifest claims another bit length than its probe and faiss file
+    import shutil
+
+    shutil.copytree(built / "index", tmp_path / "idx")
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    m["bits"] = 64
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(m))
+    _err(run("query", tmp_path / "idx", "--embeddings", db.path, ok=False), 2, "32-bit", "64 bits")

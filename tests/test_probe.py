@@ -1,0 +1,105 @@
+"""Probes: CroVCA and the baselines fit, save and load, and encode consistently."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hashindex.errors import InputError, IntegrityError, MismatchError
+from hashindex.probe.artifact import load_probe, probe_hash
+from hashindex.probe.baselines import fit_linear, l2_normalize
+from hashindex.probe.fit import FitConfig, fit_probe
+
+from helpers import write_embeddings
+
+
+@pytest.mark.parametrize("method", ["crovca", "lsh", "pca", "pca-rr", "itq"])
+def test_fit_save_load_roundtrip(tmp_path, clusters, method):
+    probe = fit_probe(clusters, FitConfig(method=method, bits=16, epochs=2), progress=False)
+    probe.save(tmp_path / "p")
+    back = load_probe(tmp_path / "p")
+    x = clusters.embeddings()
+    np.testing.assert_array_equal(back.encode(x), probe.encode(x))
+    doc = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert doc["method"] == method and doc["bits"] == 16 and doc["input_dim"] == 48
+    assert doc["meta"]["embeddings"]["n"] == clusters.n
+    assert 0.0 <= doc["meta"]["bit_balance"]["mean"] <= 1.0
+    if method == "crovca":
+        hist = doc["meta"]["loss_history"]
+        assert len(hist) == 2 and hist[1]["loss"] < hist[0]["loss"]
+    assert len(probe_hash(tmp_path / "p")) == 64
+
+
+def test_crovca_is_seeded(clusters):
+    a = fit_probe(clusters, FitConfig(bits=16, epochs=1, seed=3), progress=False)
+    b = fit_probe(clusters, FitConfig(bits=16, epochs=1, seed=3), progress=False)
+    c = fit_probe(clusters, FitConfig(bits=16, epochs=1, seed=4), progress=False)
+    x = clusters.embeddings()
+    np.testing.assert_array_equal(a.encode(x), b.encode(x))
+    assert not np.array_equal(a.encode(x), c.encode(x))
+
+
+def test_supervised_codes_separate_classes(clusters):
+    probe = fit_probe(clusters, FitConfig(bits=16, epochs=3, supervised=True), progress=False)
+    bits = np.unpackbits(probe.encode(clusters.embeddings()), axis=1)
+    y = clusters.labels().argmax(1)
+    # items of one class share nearly all bits: intra-class distance far below inter-class
+    intra = np.mean([np.abs(bits[y == c] - bits[y == c].mean(0)).sum(1).mean() for c in range(8)])
+    inter = np.abs(bits[:, None] - bits[None, :400]).sum(2).mean()
+    assert intra < 0.25 * inter
+
+
+def test_itq_rotation_is_orthogonal_and_lowers_quantisation_error(clusters):
+    x = clusters.embeddings()
+    xn = l2_normalize(x.astype(np.float64))
+    mean, w_pca = fit_linear(x, 16, "pca")
+    _, w_itq = fit_linear(x, 16, "itq")
+    r = np.linalg.lstsq(w_pca, w_itq, rcond=None)[0]  # w_itq = w_pca @ R
+    np.testing.assert_allclose(r.T @ r, np.eye(16), atol=1e-4)
+    v = (xn - mean) @ w_pca
+
+    def q_err(vv):
+        return np.linalg.norm(np.sign(vv) - vv)
+
+    assert q_err(v @ r) < q_err(v)
+
+
+def test_lsh_bits_are_balanced_after_centering(clusters):
+    _, w = fit_linear(clusters.embeddings(), 64, "lsh", seed=0)
+    assert w.shape == (48, 64)
+
+
+def test_fit_errors(tmp_path, rng, clusters):
+    plain = write_embeddings(tmp_path / "plain.h5", rng.standard_normal((50, 8)).astype(np.float32))
+    with pytest.raises(InputError, match="--views"):
+        fit_probe(plain, FitConfig(bits=16), progress=False)
+    with pytest.raises(InputError, match="multiple of 8"):
+        fit_probe(clusters, FitConfig(bits=12), progress=False)
+    with pytest.raises(InputError, match="crovca only"):
+        fit_probe(clusters, FitConfig(method="itq", supervised=True), progress=False)
+    unlabelled = write_embeddings(tmp_path / "u.h5", rng.standard_normal((50, 8)).astype(np.float32), views=rng.standard_normal((50, 2, 8)).astype(np.float32))
+    with pytest.raises(InputError, match="labels"):
+        fit_probe(unlabelled, FitConfig(bits=16, supervised=True), progress=False)
+    with pytest.raises(InputError, match="bits <= min"):
+        fit_probe(plain, FitConfig(method="pca", bits=16), progress=False)
+
+
+def test_probe_input_checks(tmp_path, clusters):
+    probe = fit_probe(clusters, FitConfig(method="lsh", bits=16), progress=False)
+    with pytest.raises(MismatchError, match="48-d"):
+        probe.encode(np.zeros((2, 10), np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        probe.encode(np.full((2, 48), np.nan, np.float32))
+    with pytest.raises(InputError, match="2-D"):
+        probe.encode(np.zeros(48, np.float32))
+
+
+def test_corrupt_probe_is_refused(tmp_path, clusters):
+    probe = fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False)
+    probe.save(tmp_path / "p")
+    (tmp_path / "p" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(IntegrityError):
+        load_probe(tmp_path / "p")
+    with pytest.raises(InputError, match="not a probe folder"):
+        load_probe(tmp_path / "nothing")
