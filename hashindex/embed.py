@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
     writer = EmbeddingsWriter(out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim, attrs=attrs)
     try:
         start = writer.items_done
+        t0 = time.perf_counter()
+        seconds = float(writer.attr("embed_seconds", 0.0))
         workers = config.num_workers
         if workers is None:
             workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
@@ -162,11 +165,12 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
             writer.append(
                 items_done=batch[-1][0] + 1, embeddings=emb, views=views, labels=labels,
                 names=[source.names[i] for i in idx], source_index=idx, failures=failed,
+                embed_seconds=seconds + time.perf_counter() - t0,
             )  # fmt: skip
             bar.update(len(batch))
         bar.close()
         rows, items = writer.rows, writer.items_done
-        path = writer.finish()
+        path = writer.finish(device=str(backbone.device))
     finally:
         writer.close()
     nfail = len(open_embeddings(path).failures())

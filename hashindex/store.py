@@ -9,7 +9,8 @@ Layout (schema version 1)::
     /source_index   int64   (n,)       position of the item in its source
     /failures       compound (m,)      items that could not be decoded: source_index, name, error, message
     attrs: schema_version, hashindex_version, complete, items_done, rows, backbone (JSON),
-           augment (JSON), views, seed, source (JSON), label_names (JSON), created
+           augment (JSON), views, seed, source (JSON), label_names (JSON), created,
+           embed_seconds (wall time of the forward passes, summed over resumed runs), device
 
 A file is written as ``OUT.partial`` and renamed to ``OUT`` once complete, so a file named
 ``OUT`` is always whole. ``items_done``/``rows`` mark how far a partial file is valid.
@@ -93,8 +94,11 @@ class EmbeddingsWriter:
     def rows(self) -> int:
         return int(self.f.attrs["rows"])
 
-    def append(self, *, items_done: int, embeddings, views, labels, names, source_index, failures=()) -> None:
-        """Write one batch of rows, then advance the resume marks and flush."""
+    def attr(self, name: str, default=None):
+        return self.f.attrs.get(name, default)
+
+    def append(self, *, items_done: int, embeddings, views, labels, names, source_index, failures=(), **attrs) -> None:
+        """Write one batch of rows, then advance the resume marks (and set ``attrs``) and flush."""
         f, r, m = self.f, self.rows, len(names)
         if m:
             f["embeddings"][r : r + m] = embeddings
@@ -109,13 +113,18 @@ class EmbeddingsWriter:
             k = fd.shape[0]
             fd.resize((k + len(failures),))
             fd[k:] = np.array(failures, dtype=_FAIL)
+        for k, v in attrs.items():
+            f.attrs[k] = v
         f.attrs["rows"] = r + m
         f.attrs["items_done"] = items_done
         f.flush()
 
-    def finish(self) -> Path:
-        """Trim to the rows written, mark complete, fsync and atomically rename to the final path."""
+    def finish(self, **attrs) -> Path:
+        """Trim to the rows written, set ``attrs``, mark complete, fsync and atomically rename to
+        the final path."""
         f, r = self.f, self.rows
+        for k, v in attrs.items():
+            f.attrs[k] = v
         for name in ("embeddings", "views", "labels", "names", "source_index"):
             if name in f:
                 f[name].resize(r, axis=0)
@@ -199,7 +208,7 @@ class Embeddings:
 
     def provenance(self) -> dict:
         """The attributes that identify how these embeddings were made."""
-        keys = ("schema_version", "hashindex_version", "backbone", "augment", "views", "seed", "source", "created")
+        keys = ("schema_version", "hashindex_version", "backbone", "augment", "views", "seed", "source", "created", "embed_seconds", "device")
         out = {k: self.attrs.get(k) for k in keys}
         out["n"], out["dim"], out["path"] = self.n, self.dim, str(self.path.resolve())
         return out

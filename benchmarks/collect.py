@@ -1,0 +1,166 @@
+"""Collect the per-run JSON of benchmarks/fashion_mnist.sh into benchmarks/results/fashion_mnist.json
+and render BENCHMARKS.md from the JSON files under benchmarks/results/.
+
+    .venv/bin/python benchmarks/collect.py runs/fmnist   # collect a run, then render
+    .venv/bin/python benchmarks/collect.py               # render only
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+METHOD_ORDER = ["lsh", "pca", "pca-rr", "itq", "crovca", "crovca-sup"]
+METHOD_NAMES = {
+    "lsh": "LSH", "pca": "PCA-sign", "pca-rr": "PCA + random rotation", "itq": "ITQ",
+    "crovca": "CroVCA unsupervised", "crovca-sup": "CroVCA supervised",
+}  # fmt: skip
+# Acceptance thresholds of the protocol (mAP@1000, %): method -> {bits: minimum}.
+TARGETS = {"crovca": {16: 72.0, 64: 76.0}, "crovca-sup": {32: 84.0, 64: 84.0}}
+
+
+def machine() -> dict:
+    import faiss
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
+        "torch": torch.__version__, "faiss": faiss.__version__, "platform": platform.platform(),
+    }  # fmt: skip
+
+
+def collect(run_dir: Path) -> dict:
+    import h5py
+
+    runs = {}
+    for f in sorted((run_dir / "results").glob("*.json")):
+        r = json.loads(f.read_text())
+        probe = json.loads((run_dir / "probes" / f.stem / "probe.json").read_text())
+        manifest = json.loads((run_dir / "indexes" / f.stem / "manifest.json").read_text())
+        r["fit_seconds"] = probe["meta"]["fit_seconds"]
+        r["fit_device"] = probe["config"].get("device")
+        r["bit_balance_mean"] = probe["meta"]["bit_balance"]["mean"]
+        r["build_seconds"] = manifest["build_seconds"]
+        r.pop("index", None), r.pop("queries", None)
+        runs[f.stem] = r
+    embeddings = {}
+    for name in ("db.h5", "q.h5"):
+        with h5py.File(run_dir / name, "r") as h:
+            n, views = h["embeddings"].shape[0], (h["views"].shape[1] if "views" in h else 0)
+            secs = h.attrs.get("embed_seconds")
+            embeddings[name] = {
+                "n": int(n), "views": int(views),
+                "image_size": json.loads(h.attrs["backbone"])["image_size"],
+                "embed_seconds": None if secs is None else float(secs),
+                "images_per_second": None if secs is None else n * (1 + views) / float(secs),
+                "device": h.attrs.get("device"),
+            }  # fmt: skip
+    doc = {
+        "protocol": "fashion-mnist: 60k train (2 views) as database, 10k test as queries, "
+        "tf_efficientnet_lite0 packaged ImageNet weights, 112 px, mAP@1000, symmetric Hamming, ties by id",
+        "command": "bash benchmarks/fashion_mnist.sh",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "embeddings": embeddings,
+        "runs": runs,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fashion_mnist.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return doc
+
+
+def _machine_line(m: dict) -> str:
+    dev = f"{m['gpu']} + " if m.get("gpu") else ""
+    return f"{dev}{m['cpu']}, {m['cores']} cores; torch {m['torch']}, faiss {m['faiss']}"
+
+
+def render_fashion_mnist(doc: dict) -> list[str]:
+    runs = doc["runs"]
+    bits = sorted({r["bits"] for r in runs.values()})
+    out = [
+        "## Fashion-MNIST protocol",
+        "",
+        f"{doc['protocol']}.",
+        f"Command: `{doc['command']}` (then `.venv/bin/python benchmarks/collect.py runs/fmnist`). "
+        f"Date: {doc['date']}. Machine: {_machine_line(doc['machine'])}.",
+        "",
+        "mAP@1000 (%):",
+        "",
+        "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+        "|---|" + "---|" * len(bits),
+    ]
+    fl = next((r["float_map"] for r in runs.values() if r.get("float_map") is not None), None)
+    if fl is not None:
+        out.append("| float cosine, 1280-d | " + " | ".join(f"{100 * fl:.1f}" for _ in bits) + " |")
+    for m in METHOD_ORDER:
+        cells = [f"{100 * runs[f'{m}-{b}']['map']:.1f}" if f"{m}-{b}" in runs else "–" for b in bits]
+        if any(c != "–" for c in cells):
+            out.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+    out += ["", "Targets (met / missed):", ""]
+    for m, per_bits in TARGETS.items():
+        for b, lo in per_bits.items():
+            r = runs.get(f"{m}-{b}")
+            got = "not run" if r is None else f"{100 * r['map']:.1f} → {'met' if 100 * r['map'] >= lo else 'MISSED'}"
+            out.append(f"- {METHOD_NAMES[m]} at {b} bits ≥ {lo:.0f}: {got}")
+    for m in ("crovca", "crovca-sup"):
+        for b in bits:
+            r, itq = runs.get(f"{m}-{b}"), runs.get(f"itq-{b}")
+            if r and itq:
+                ok = r["map"] >= itq["map"]
+                out.append(f"- {METHOD_NAMES[m]} ≥ ITQ at {b} bits: {100 * r['map']:.1f} vs {100 * itq['map']:.1f} → {'met' if ok else 'MISSED'}")
+    out += ["", "Fit time per probe (s) and search speed of the flat index (10k queries, k = 1000):", ""]
+    out += ["| method | bits | fit s | build s | queries/s | bit balance |", "|---|---|---|---|---|---|"]
+    for m in METHOD_ORDER:
+        for b in bits:
+            r = runs.get(f"{m}-{b}")
+            if r:
+                out.append(f"| {METHOD_NAMES[m]} | {b} | {r['fit_seconds']:.1f} | {r['build_seconds']:.2f} | {r['search_qps']:,.0f} | {r['bit_balance_mean']:.3f} |")
+    emb = doc["embeddings"]
+    out += ["", "Embedding:", ""]
+    for name, e in emb.items():
+        speed = "not recorded" if e["images_per_second"] is None else f"{e['images_per_second']:,.0f} images/s ({e['embed_seconds']:.0f} s, {e['device']})"
+        out.append(f"- {name}: {e['n']:,} images × (1 + {e['views']} views) at {e['image_size']} px: {speed}")
+    fr = next((r for r in runs.values() if r.get("float_qps")), None)
+    if fr:
+        out.append(f"- float cosine kNN (exact, torch matmul) on the same queries: {fr['float_qps']:,.0f} queries/s")
+    return out
+
+
+def render() -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every figure below is rendered from the JSON files in `benchmarks/results/` by",
+        "`.venv/bin/python benchmarks/collect.py`; each file records its command, machine and date.",
+        "",
+    ]
+    f = RESULTS / "fashion_mnist.json"
+    if f.exists():
+        lines += render_fashion_mnist(json.loads(f.read_text()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    if argv:
+        collect(Path(argv[0]))
+    (HERE.parent / "BENCHMARKS.md").write_text(render())
+    print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
