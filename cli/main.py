@@ -148,10 +148,12 @@ def build(embeddings, probe, out, **kw):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="With --embeddings: only the first N queries.")
 @opt.k
 @opt.nprobe
+@opt.rerank
+@opt.asymmetric
 @opt.weights
 @opt.device
 @opt.as_json
-def query(index, images, emb_file, limit, k, nprobe, weights, device, as_json):
+def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, device, as_json):
     """Search INDEX with IMAGES (embedded by the index's backbone) or --embeddings.
 
     Prints rank, id, name (path or split/index), label and Hamming distance per result;
@@ -162,16 +164,18 @@ def query(index, images, emb_file, limit, k, nprobe, weights, device, as_json):
     if bool(images) == bool(emb_file):
         raise click.UsageError("give query IMAGES or --embeddings FILE (one of the two)")
     if emb_file:
-        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe)
+        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe, rerank=rerank, asymmetric=asymmetric)
     else:
-        results = query_images(index, list(images), k, nprobe=nprobe, weights=weights, device=device)
+        results = query_images(index, list(images), k, nprobe=nprobe, weights=weights, device=device, rerank=rerank, asymmetric=asymmetric)
     if as_json:
         click.echo(json.dumps(results, indent=1))
         return
-    click.echo("query\trank\tid\tname\tlabel\tdistance")
+    scored = bool(results) and bool(results[0]["results"]) and "score" in results[0]["results"][0]
+    click.echo("query\trank\tid\tname\tlabel\tdistance" + ("\tscore" if scored else ""))
     for r in results:
         for hit in r["results"]:
-            click.echo(f"{r['query']}\t{hit['rank']}\t{hit['id']}\t{hit['name']}\t{hit['label']}\t{hit['distance']}")
+            extra = f"\t{hit['score']}" if scored else ""
+            click.echo(f"{r['query']}\t{hit['rank']}\t{hit['id']}\t{hit['name']}\t{hit['label']}\t{hit['distance']}{extra}")
 
 
 @cli.command()
@@ -181,8 +185,10 @@ def query(index, images, emb_file, limit, k, nprobe, weights, device, as_json):
 @click.option("--db-embeddings", type=click.Path(dir_okay=False), default=None, help="Database embeddings for the float reference [default: the file the index was built from].")
 @click.option("--no-float", is_flag=True, help="Skip the float cosine reference.")
 @opt.nprobe
+@opt.rerank
+@opt.asymmetric
 @opt.as_json
-def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, as_json):
+def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asymmetric, as_json):
     """mAP@k of INDEX on the labelled QUERIES embeddings, beside float cosine kNN."""
     from hashindex.evaluate import evaluate as run
     from hashindex.index import load_index
@@ -191,17 +197,61 @@ def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, as_json):
     idx = load_index(index)
     idx.set_nprobe(nprobe)
     db = open_embeddings(db_embeddings) if db_embeddings else None
-    r = run(idx, open_embeddings(queries), topk, db=db, with_float=not no_float)
+    r = run(idx, open_embeddings(queries), topk, db=db, with_float=not no_float, rerank=rerank, asymmetric=asymmetric)
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
-    name = f"{r['method']}{' supervised' if r['supervised'] else ''} {r['bits']} bits ({r['index_type']})"
+    name = f"{r['method']}{' supervised' if r['supervised'] else ''} {r['bits']} bits ({r['index_type']}{', ' + r['ranking'] if r['ranking'] != 'hamming' else ''})"
     click.echo(f"{'':<32}{'mAP@' + str(topk):>10}{'P@' + str(topk):>10}{'queries/s':>12}{'bytes/item':>12}")
     click.echo(f"{name:<32}{100 * r['map']:>10.2f}{100 * r['precision']:>10.2f}{r['search_qps']:>12,.0f}{r['code_bytes_per_item']:>12}")
     if r["float_map"] is not None:
         fl = f"float cosine ({r['float_bytes_per_item'] // 4}-d)"
         click.echo(f"{fl:<32}{100 * r['float_map']:>10.2f}{100 * r['float_precision']:>10.2f}{r['float_qps']:>12,.0f}{r['float_bytes_per_item']:>12}")
     click.echo(f"{r['nq']} queries against {r['ntotal']} items; Hamming ranking, equal distances by id")
+
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@cli.command()
+@click.argument("database", type=click.Path(dir_okay=False))
+@click.argument("queries", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Report folder (report.md, report.json, PNG plots).")
+@click.option("--methods", default=None, help="Comma-separated: crovca,crovca-sup,lsh,pca,pca-rr,itq [default: all].")
+@click.option("--bits", callback=_int_list, default=None, help="Comma-separated code lengths [default: 16,32,64,128].")
+@click.option("--topk", type=click.IntRange(min=1), default=None, help="Ranking depth of mAP@k [default: 1000].")
+@click.option("--rerank", type=click.IntRange(min=1), default=None, help="Candidates R·k for the re-ranking modes [default: 4].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="CroVCA epochs [default: 5].")
+@click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="CroVCA MLP size [default: small].")
+@click.option("--nprobes", callback=_int_list, default=None, help="IVF nprobe values to time [default: 1,4,16].")
+@click.option("--scales", callback=_int_list, default=None, help="Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: 1000000].")
+@click.option("--float-scale", type=click.IntRange(min=0), default=None, help="Largest synthetic size that also times float IndexFlatIP and re-ranking [default: 1000000].")
+@click.option("--speed-queries", type=click.IntRange(min=1), default=None, help="Queries per throughput measurement [default: 1000].")
+@opt.device
+@opt.seed
+@click.pass_obj
+def bench(obj, database, queries, out, methods, **kw):
+    """Quality, speed and memory of every method and index on DATABASE and QUERIES embeddings.
+
+    Fits each method at each code length, measures mAP@k / precision@k / precision within
+    Hamming radius 2 / PR curves (Hamming ranking, float re-rank, asymmetric re-rank) against
+    float cosine, times flat, IVF and lookup indexes and float IndexFlatIP side by side (also on
+    synthetic collections), and writes report.md, report.json and plots into OUT.
+    """
+    from hashindex.bench import BenchConfig, run_bench
+    from hashindex.store import open_embeddings
+
+    if methods:
+        kw["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
+    r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"])
+    met = [t for t in r["targets"] if t["met"] is not None]
+    click.echo(f"wrote {out}/report.md, report.json and plots; targets met: {sum(t['met'] for t in met)} of {len(met)} measured")
 
 
 def main() -> None:

@@ -23,3 +23,11 @@ nprobe = click.option("--nprobe", type=click.IntRange(min=1), default=None, help
 def kwargs(**options) -> dict:
     """Drop options the user left unset, so library defaults apply."""
     return {k: v for k, v in options.items() if v is not None}
+rerank = click.option(
+    "--rerank", type=click.IntRange(min=1), default=None,
+    help="Re-rank the Hamming top R*k by float cosine against the database embeddings file (R = this value).",
+)  # fmt: skip
+asymmetric = click.option(
+    "--asymmetric", is_flag=True,
+    help="Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default 4).",
+)  # fmt: skip

@@ -9,6 +9,7 @@ distribution, usable offline).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -285,3 +286,19 @@ def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None,
         device=device, expect_sha256=spec.weights_sha256,
     )  # fmt: skip
     return Backbone(bb.model, spec, bb.device)
+
+
+# Fields that must agree between artifacts (the weights' path may differ between machines).
+_IDENTITY = ("model", "weights_sha256", "image_size", "crop_pct", "interpolation", "mean", "std", "num_features")
+
+
+def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: str, b_name: str) -> None:
+    """Raise MismatchError, naming both sides, unless two artifacts come from the same backbone."""
+    da = a.to_dict() if isinstance(a, BackboneSpec) else dict(a)
+    db = b.to_dict() if isinstance(b, BackboneSpec) else dict(b)
+    diff = [k for k in _IDENTITY if json.dumps(da.get(k)) != json.dumps(db.get(k))]
+    if diff:
+        def desc(d):
+            return f"{d.get('model')} at {d.get('image_size')} px, weights {str(d.get('weights_sha256'))[:12]}"
+
+        raise MismatchError(f"{a_name} come from {desc(da)}, but {b_name} from {desc(db)} (differs in {', '.join(diff)})")

@@ -6,10 +6,12 @@ import logging
 import time
 from pathlib import Path
 
+from .backbone import check_same_backbone
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .metrics import mean_average_precision, precision_at_k, relevance
-from .search import check_k, cosine_knn, hamming_search
+from .rerank import DEFAULT_RERANK, ranked
+from .search import check_k, cosine_knn
 from .store import Embeddings, open_embeddings
 
 logger = logging.getLogger(__name__)
@@ -17,17 +19,13 @@ logger = logging.getLogger(__name__)
 
 def check_queries_match(index: HashIndex, queries: Embeddings) -> None:
     """Raises MismatchError unless the query embeddings come from the index's backbone."""
-    mine, theirs = index.manifest["backbone"], queries.backbone.to_dict()
-    keys = ("model", "image_size", "weights_sha256", "num_features")
-    if any(mine.get(k) != theirs.get(k) for k in keys):
-        raise MismatchError(
-            f"index {index.path} was built from {mine['model']} at {mine['image_size']} px, but the queries "
-            f"{queries.path} come from {theirs['model']} at {theirs['image_size']} px"
-            + (" with other weights" if mine.get("weights_sha256") != theirs.get("weights_sha256") else "")
-        )
+    check_same_backbone(index.manifest["backbone"], queries.backbone, f"the codes of index {index.path}", f"the queries {queries.path}")
 
 
-def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Embeddings | None = None, with_float: bool = True) -> dict:
+def evaluate(
+    index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Embeddings | None = None, with_float: bool = True,
+    rerank: int | None = None, asymmetric: bool = False,
+) -> dict:  # fmt: skip
     """mAP@topk and precision@topk of Hamming ranking (ties by id), and of float cosine.
 
     Args:
@@ -37,6 +35,8 @@ def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Emb
         db: the database embeddings for the float reference (default: the file the index
             was built from, when it still exists).
         with_float: compute the float cosine reference.
+        rerank: re-rank the Hamming top ``rerank·topk`` (float cosine, or asymmetric).
+        asymmetric: re-rank by the query's sigmoid(logits) against the database bits.
 
     Returns:
         A dict with ``map``, ``precision``, ``search_qps``, ``float_map``, ``float_precision``,
@@ -54,9 +54,8 @@ def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Emb
     if q_labels is None or items["labels"] is None:
         raise InputError("evaluate needs labels on both the queries and the indexed items")
     xq = queries.embeddings()
-    codes = index.probe.encode(xq)
     t0 = time.perf_counter()
-    _, ids = hamming_search(index, codes, topk)
+    _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
     search_s = time.perf_counter() - t0
     rel = relevance(q_labels, items["labels"], ids)
     out = {
@@ -66,6 +65,7 @@ def evaluate(index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Emb
         "supervised": bool(index.probe.config.get("supervised", False)),
         "bits": index.bits,
         "index_type": index.kind,
+        "ranking": "hamming" if not (rerank or asymmetric) else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
         "ntotal": index.ntotal,

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .backbone import sha256_file
+from .backbone import check_same_backbone, sha256_file
 from .codes import check_bits
 from .errors import InputError, IntegrityError, MismatchError
 from .probe.artifact import PROBE_JSON, PROBE_WEIGHTS, Probe, load_probe, probe_hash
@@ -122,17 +122,6 @@ class HashIndex:
         self.faiss_index.nprobe = nprobe
 
 
-def _check_same_backbone(probe: Probe, emb: Embeddings, what: str) -> None:
-    mine = probe.backbone
-    theirs = emb.backbone.to_dict()
-    if mine is not None and json.loads(json.dumps(mine)) != json.loads(json.dumps(theirs)):
-        raise MismatchError(
-            f"the probe was fitted on embeddings of {mine.get('model')} at {mine.get('image_size')} px "
-            f"({mine.get('weights')}), but {what} {emb.path} come from {theirs['model']} at "
-            f"{theirs['image_size']} px ({theirs['weights']})"
-        )
-
-
 def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig()) -> HashIndex:
     """Encode every embedding with the probe and write an index folder.
 
@@ -157,7 +146,8 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
     probe = load_probe(probe_dir)
     if probe.input_dim != emb.dim:
         raise MismatchError(f"the probe expects {probe.input_dim}-d embeddings, but {emb.path} holds {emb.dim}-d embeddings")
-    _check_same_backbone(probe, emb, "the embeddings")
+    if probe.backbone is not None:
+        check_same_backbone(probe.backbone, emb.backbone, f"the embeddings the probe {probe_dir} was fitted on", f"the embeddings {emb.path}")
     check_bits(probe.bits)
     cfg = config.resolved(emb.n)
     t0 = time.perf_counter()

@@ -9,7 +9,8 @@ from .embed import embed_images
 from .errors import InputError
 from .evaluate import check_queries_match
 from .index import HashIndex, load_index
-from .search import check_k, search_embeddings
+from .rerank import ranked
+from .search import check_k
 from .sources import DecodeError, decode_image
 from .store import open_embeddings
 
@@ -21,8 +22,12 @@ def _label_text(labels: np.ndarray | None, names: list[str] | None, row: int) ->
     return ",".join(names[j] if names else str(j) for j in on)
 
 
-def format_results(index: HashIndex, query_names: list[str], d: np.ndarray, ids: np.ndarray) -> list[dict]:
-    """Attach names and labels to search results: one dict per query with its ranked hits."""
+def format_results(index: HashIndex, query_names: list[str], d: np.ndarray, ids: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
+    """Attach names and labels to search results: one dict per query with its ranked hits.
+
+    Each hit has rank, id, name, label, Hamming distance and, after re-ranking, its score
+    (cosine similarity, or asymmetric distance).
+    """
     items = index.items()
     out = []
     for q, name in enumerate(query_names):
@@ -33,6 +38,7 @@ def format_results(index: HashIndex, query_names: list[str], d: np.ndarray, ids:
                 "name": items["names"][i],
                 "label": _label_text(items["labels"], items["label_names"], i),
                 "distance": int(dist),
+                **({} if scores is None else {"score": round(float(scores[q, r]), 6)}),
             }
             for r, (dist, i) in enumerate(zip(d[q], ids[q]))
         ]
@@ -40,7 +46,7 @@ def format_results(index: HashIndex, query_names: list[str], d: np.ndarray, ids:
     return out
 
 
-def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None) -> list[dict]:
+def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False) -> list[dict]:
     """Embed image files with the index's backbone and search.
 
     Raises:
@@ -57,11 +63,11 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
         except DecodeError as e:
             raise InputError(f"cannot read query image {e}") from None
     bb = backbone_from_spec(index.manifest["backbone"], weights=weights, device=device or "auto")
-    d, ids = search_embeddings(index, embed_images(bb, decoded), k)
-    return format_results(index, list(images), d, ids)
+    d, ids, s = ranked(index, embed_images(bb, decoded), k, rerank, asymmetric)
+    return format_results(index, list(images), d, ids, s)
 
 
-def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None) -> list[dict]:
+def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False) -> list[dict]:
     """Search with the eval embeddings of an HDF5 file (queries named by their item names)."""
     check_k(k)
     index = load_index(index_dir)
@@ -69,5 +75,5 @@ def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=Non
     q = open_embeddings(emb_file)
     check_queries_match(index, q)
     rows = slice(0, min(limit or q.n, q.n))
-    d, ids = search_embeddings(index, q.embeddings(rows), k)
-    return format_results(index, q.names()[rows], d, ids)
+    d, ids, s = ranked(index, q.embeddings(rows), k, rerank, asymmetric)
+    return format_results(index, q.names()[rows], d, ids, s)

@@ -1,0 +1,368 @@
+"""Benchmark reports: quality, speed and memory of every method and index against float kNN.
+
+``run_bench`` measures, for one pair of embedding files (database, queries):
+
+- quality per method and code length: mAP@k, precision@k, precision within Hamming radius 2 and
+  a precision–recall curve over Hamming radii, for symmetric Hamming ranking (ties by id) and the
+  two re-ranking modes; float cosine as the reference;
+- speed: queries/s and p50/p99 single-query latency of each index type (flat, IVF at several
+  nprobe, the lookup table for 16-bit codes), float ``IndexFlatIP``, and Hamming + float re-rank,
+  at the collection's size and on synthetic codes at larger scales; fit and build times;
+- memory: bytes per item of the codes, the serialised index and the float vectors.
+
+Speeds are compared side by side in one run on one machine; the report names the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import check_same_backbone
+from .codes import check_bits, unpack
+from .errors import InputError
+from .index import HashIndex, IndexConfig, make_faiss_index
+from .lookup import MAX_LOOKUP_BITS, HammingLookup
+from .metrics import mean_average_precision, precision_at_k, relevance
+from .probe.fit import METHODS, FitConfig, fit_probe
+from .rerank import FloatRows, rerank_asymmetric, rerank_float
+from .search import cosine_knn, hamming_search, l2_normalize
+from .store import Embeddings
+
+logger = logging.getLogger(__name__)
+
+BENCH_METHODS = ("crovca", "crovca-sup", "lsh", "pca", "pca-rr", "itq")
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What a bench run measures (defaults: the full report; see ``quick``)."""
+
+    methods: tuple[str, ...] = BENCH_METHODS
+    bits: tuple[int, ...] = (16, 32, 64, 128)
+    topk: int = 1000
+    rerank: int = 4
+    epochs: int = 5
+    hashcoder: str = "small"
+    device: str = "auto"
+    seed: int = 0
+    nprobes: tuple[int, ...] = (1, 4, 16)
+    speed_k: int = 100
+    speed_queries: int = 1000
+    latency_queries: int = 200
+    scales: tuple[int, ...] = (1_000_000,)
+    float_scale: int = 1_000_000
+
+    def validate(self) -> None:
+        for m in self.methods:
+            if m not in BENCH_METHODS:
+                raise InputError(f"unknown method {m!r}: use {', '.join(BENCH_METHODS)}")
+        for b in self.bits:
+            check_bits(b)
+        if self.topk < 1 or self.rerank < 1 or self.epochs < 1:
+            raise InputError("topk, rerank and epochs must be positive")
+
+
+def machine_info() -> dict:
+    """CPU, cores, GPU and library versions of this machine."""
+    import faiss
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
+    }  # fmt: skip
+
+
+def _timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
+    """Batched throughput over all of ``xq`` and single-query latencies over the first n."""
+    fn(xq[:1])  # warm-up
+    t0 = time.perf_counter()
+    fn(xq)
+    qps = len(xq) / (time.perf_counter() - t0)
+    lat = []
+    for i in range(min(n_latency, len(xq))):
+        t = time.perf_counter()
+        fn(xq[i : i + 1])
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1e3
+    return {"qps": qps, "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
+
+
+def _in_memory_index(codes: np.ndarray, probe, config: IndexConfig) -> HashIndex:
+    cfg = config.resolved(len(codes))
+    fi = make_faiss_index(codes, cfg)
+    manifest = {"bits": codes.shape[1] * 8, "ntotal": len(codes), "index": asdict(cfg)}
+    return HashIndex(None, manifest, fi, probe)
+
+
+def radius_curves(q_codes, db_codes, q_labels, db_labels, chunk: int = 512) -> dict:
+    """Precision–recall over Hamming radii r = 0..B, and precision within radius 2.
+
+    Precision at r averages, over the queries that retrieve anything within r, the fraction of
+    hits among the items within r; a query that retrieves nothing counts 0 for "precision within
+    radius 2" (the usual convention). Recall at r is the mean fraction of each query's relevant
+    items within r.
+    """
+    import torch
+
+    b = db_codes.shape[1] * 8
+    sb = torch.from_numpy(unpack(db_codes).astype(np.float32) * 2 - 1)
+    yb = torch.from_numpy(db_labels.astype(np.float32))
+    ret = np.zeros((len(q_codes), b + 1))
+    hit = np.zeros((len(q_codes), b + 1))
+    for s in range(0, len(q_codes), chunk):
+        sq = torch.from_numpy(unpack(q_codes[s : s + chunk]).astype(np.float32) * 2 - 1)
+        dist = ((b - sq @ sb.T) / 2).round().long().numpy()
+        rel = (torch.from_numpy(q_labels[s : s + chunk].astype(np.float32)) @ yb.T > 0).numpy()
+        off = (np.arange(len(dist)) * (b + 1))[:, None]
+        n = len(dist) * (b + 1)
+        ret[s : s + chunk] = np.bincount((dist + off).ravel(), minlength=n).reshape(-1, b + 1)
+        hit[s : s + chunk] = np.bincount((dist + off).ravel(), weights=rel.ravel(), minlength=n).reshape(-1, b + 1)
+    ret_c, hit_c = ret.cumsum(1), hit.cumsum(1)
+    total = np.maximum(hit_c[:, -1], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = hit_c / ret_c
+    some = ret_c > 0
+    precision = [float(prec[some[:, r], r].mean()) if some[:, r].any() else 0.0 for r in range(b + 1)]
+    recall = (hit_c / total[:, None]).mean(0)
+    p_r2 = float(np.where(some[:, 2], np.nan_to_num(prec[:, 2]), 0.0).mean())
+    return {"precision": precision, "recall": [float(x) for x in recall], "precision_r2": p_r2}
+
+
+def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], dict, HashIndex, float]:
+    """Quality rows of one probe (Hamming, float re-rank, asymmetric), its PR curve, its flat
+    index and the seconds to encode the database and build that index."""
+    t = time.perf_counter()
+    db_codes = probe.encode(xb)
+    index = _in_memory_index(db_codes, probe, IndexConfig("flat"))
+    build_s = time.perf_counter() - t
+    q_logits = probe.logits(xq)
+    q_codes = np.packbits(q_logits > 0, axis=1)
+    k = min(cfg.topk, len(xb))
+    _, ids = hamming_search(index, q_codes, k)
+    rel = relevance(yq, yb, ids)
+    curves = radius_curves(q_codes, db_codes, yq, yb)
+    base = {"method": name, "bits": probe.bits}
+    out = [dict(base, mode="hamming", map=mean_average_precision(rel), precision=precision_at_k(rel), precision_r2=curves["precision_r2"])]
+    _, cand = hamming_search(index, q_codes, min(cfg.rerank * k, len(xb)))
+    _, fid = rerank_float(xq, cand, rows, k)
+    frel = relevance(yq, yb, fid)
+    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", map=mean_average_precision(frel), precision=precision_at_k(frel)))
+    _, aid = rerank_asymmetric(q_logits, cand, db_codes, k)
+    arel = relevance(yq, yb, aid)
+    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", map=mean_average_precision(arel), precision=precision_at_k(arel)))
+    bar.update(1)
+    return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s
+
+
+def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
+    """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe)."""
+    import faiss
+
+    k = cfg.speed_k
+    xq = xq[: cfg.speed_queries]
+    q_codes = q_codes[: cfg.speed_queries]
+    bits = index.bits
+    db_codes = faiss.vector_to_array(index.faiss_index.xb).reshape(index.ntotal, -1)
+    out = [dict(kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries))]
+    ivf = _in_memory_index(db_codes, index.probe, IndexConfig("ivf"))
+    for nprobe in cfg.nprobes:
+        if nprobe > ivf.manifest["index"]["nlist"]:
+            continue
+        ivf.faiss_index.nprobe = nprobe
+        r = _timed_search(lambda c: hamming_search(ivf, c, k), q_codes, cfg.latency_queries)
+        _, ids = hamming_search(ivf, q_codes, min(cfg.topk, index.ntotal))
+        out.append(dict(kind=f"ivf-nprobe{nprobe}", bits=bits, map=mean_average_precision(relevance(yq[: len(q_codes)], yb, ids)), **r))
+    if bits <= MAX_LOOKUP_BITS:
+        lk = HammingLookup(db_codes)
+        out.append(dict(kind="lookup", bits=bits, **_timed_search(lambda c: lk.search(c, k), q_codes, cfg.latency_queries)))
+
+    def reranked(x):
+        _, cand = hamming_search(index, index.probe.encode(x), cfg.rerank * k)
+        return rerank_float(x, cand, rows, k)
+
+    out.append(dict(kind=f"flat+rerank-float-{cfg.rerank}", bits=bits, **_timed_search(reranked, xq, cfg.latency_queries)))
+    return out
+
+
+def _float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
+    import faiss
+
+    fi = faiss.IndexFlatIP(xb.shape[1])
+    fi.add(l2_normalize(xb))
+    r = _timed_search(lambda x: fi.search(l2_normalize(x), cfg.speed_k), xq[: cfg.speed_queries], cfg.latency_queries)
+    return dict(kind="float-IndexFlatIP", dim=int(xb.shape[1]), **r)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar) -> list[dict]:
+    """Random codes (and, up to ``float_scale``, random float vectors) at scale n."""
+    import faiss
+
+    out = []
+    nq = min(cfg.speed_queries, 1000)
+    for bits in cfg.bits:
+        codes = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+        qc = rng.integers(0, 256, (nq, bits // 8), dtype=np.uint8)
+        rss0 = _rss_bytes()
+        fi = faiss.IndexBinaryFlat(bits)
+        fi.add(codes)
+        ram = max(0, _rss_bytes() - rss0)
+        size = len(faiss.serialize_index_binary(fi))
+        r = _timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
+        out.append(dict(kind="flat", n=n, bits=bits, index_bytes_per_item=size / n, ram_bytes_per_item=ram / n, **r))
+        if bits <= MAX_LOOKUP_BITS:
+            lk = HammingLookup(codes)
+            r = _timed_search(lambda c: lk.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
+            out.append(dict(kind="lookup", n=n, bits=bits, **r))
+        del fi, codes
+        bar.update(1)
+    if n <= cfg.float_scale:
+        # Float vectors: IndexFlatIP in RAM, and the same matrix in a contiguous HDF5 file
+        # for Hamming top-(R·k) + float re-rank read through a memory map.
+        import h5py
+
+        xb = rng.standard_normal((n, dim), dtype=np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        xq = rng.standard_normal((nq, dim), dtype=np.float32)
+        fl = _float_speed(xb, xq, cfg)
+        out.append(dict(fl, n=n, float_bytes_per_item=4 * dim))
+        path = workdir / f"synthetic-{n}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("embeddings", data=xb)  # contiguous, uncompressed
+        del xb
+        bits = 64 if 64 in cfg.bits else cfg.bits[-1]
+        codes = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+        qc = rng.integers(0, 256, (nq, bits // 8), dtype=np.uint8)
+        fi = faiss.IndexBinaryFlat(bits)
+        fi.add(codes)
+        rows = FloatRows(path)
+        k, kk = cfg.speed_k, cfg.rerank * cfg.speed_k
+
+        def reranked(i):  # i: query positions (codes and floats travel together)
+            _, cand = fi.search(qc[i], kk)
+            return rerank_float(xq[i], cand.astype(np.int64), rows, k)
+
+        r = _timed_search(reranked, np.arange(nq), min(cfg.latency_queries, 100))
+        out.append(dict(kind=f"flat+rerank-float-{cfg.rerank}", n=n, bits=bits, **r))
+        rows.close()
+        path.unlink()
+    return out
+
+
+def run_bench(db: Embeddings, q: Embeddings, out_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), *, progress: bool = True) -> dict:
+    """Measure everything and write ``report.json``, ``report.md`` and the plots into ``out_dir``.
+
+    Raises:
+        InputError: bad options, unlabelled files, embeddings of different backbones.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    check_same_backbone(db.backbone, q.backbone, f"the database embeddings {db.path}", f"the queries {q.path}")
+    yb, yq = db.labels(), q.labels()
+    if yb is None or yq is None:
+        raise InputError("bench measures quality on labels: both embedding files need labels")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    xb, xq = db.embeddings(), q.embeddings()
+    rows = FloatRows(db.path)
+    steps = len(config.methods) * len(config.bits) * 2 + len(config.scales) * len(config.bits)
+    bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
+    report: dict = {
+        "version": REPORT_VERSION, "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
+        "config": asdict(config), "database": db.provenance(), "queries": q.provenance(),
+        "quality": [], "pr_curves": {}, "fit": [], "speed": [], "memory": [],
+    }  # fmt: skip
+    k = min(config.topk, len(xb))
+    t0 = time.perf_counter()
+    _, fids = cosine_knn(xq, xb, k)
+    float_s = time.perf_counter() - t0
+    frel = relevance(yq, yb, fids)
+    report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "map": mean_average_precision(frel), "precision": precision_at_k(frel)})
+    speed_index: dict[int, HashIndex] = {}
+    for bits in config.bits:
+        for name in config.methods:
+            fc = FitConfig(
+                method="crovca" if name.startswith("crovca") else name, bits=bits, supervised=name == "crovca-sup",
+                hashcoder=config.hashcoder, epochs=config.epochs, device=config.device, seed=config.seed,
+            )  # fmt: skip
+            t = time.perf_counter()
+            probe = fit_probe(db, fc, progress=False)
+            fit_s = time.perf_counter() - t
+            bar.update(1)
+            rows_q, curve, index, build_s = _quality(name, probe, xb, xq, yb, yq, rows, config, bar)
+            report["fit"].append({"method": name, "bits": bits, "fit_seconds": fit_s, "build_seconds": build_s})
+            report["quality"] += rows_q
+            report["pr_curves"][f"{name}-{bits}"] = curve
+            if name == "crovca" or (name == config.methods[0] and bits not in speed_index):
+                speed_index[bits] = index
+    report["speed"].append(dict(_float_speed(xb, xq, config), n=len(xb), scope="collection"))
+    for bits, index in speed_index.items():
+        for r in _speed_collection(index, index.probe.encode(xq), xq, yq, yb, rows, config):
+            report["speed"].append(dict(r, n=len(xb), scope="collection"))
+        report["memory"].append({"bits": bits, "code_bytes_per_item": bits / 8, "float_bytes_per_item": 4 * xb.shape[1]})
+    rows.close()
+    rng = np.random.default_rng(config.seed)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        for n in config.scales:
+            for r in _speed_synthetic(n, xb.shape[1], config, rng, Path(tmp), bar):
+                report["speed"].append(dict(r, scope="synthetic"))
+    bar.close()
+    report["float_cosine_seconds"] = float_s
+    report["targets"] = targets(report)
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    from .report import render_markdown, write_plots
+
+    plots = write_plots(report, out)
+    (out / "report.md").write_text(render_markdown(report, plots))
+    return report
+
+
+def _find(rows, **kw):
+    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items())), None)
+
+
+def targets(report: dict) -> list[dict]:
+    """The speed/quality targets of the project, each marked met or missed (None: not measured)."""
+    sp, out = report["speed"], []
+    r = report["config"]["rerank"]
+
+    def add(name, value, threshold, unit="x"):
+        out.append({"target": name, "value": value, "threshold": threshold, "unit": unit, "met": None if value is None else value >= threshold})
+
+    fl = _find(sp, kind="float-IndexFlatIP", scope="synthetic", n=1_000_000)
+    b64 = _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=64)
+    add("binary flat 64 bits vs float IndexFlatIP, 1M items (QPS ratio)", b64["qps"] / fl["qps"] if fl and b64 else None, 25)
+    f16, l16 = _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=16), _find(sp, kind="lookup", scope="synthetic", n=1_000_000, bits=16)
+    add("16-bit lookup vs faiss IndexBinaryFlat, 1M items (QPS ratio)", l16["qps"] / f16["qps"] if f16 and l16 else None, 5)
+    fq = _find(report["quality"], method="float")
+    rq = _find(report["quality"], method="crovca", bits=64, mode=f"rerank-float-{r}")
+    add(f"Hamming top-{r}k + float re-rank mAP vs float mAP, 64 bits (%)", 100 * rq["map"] / fq["map"] if rq and fq else None, 99, "%")
+    rr = _find(sp, kind=f"flat+rerank-float-{r}", scope="synthetic", n=1_000_000)
+    add(f"Hamming top-{r}k + float re-rank vs float IndexFlatIP, 1M items (QPS ratio)", rr["qps"] / fl["qps"] if rr and fl else None, 10)
+    for m in (x for x in sp if x["kind"] == "flat" and x.get("scope") == "synthetic" and x.get("ram_bytes_per_item") is not None):
+        limit = 1.1 * (m["bits"] / 8 + 8)
+        val = max(m["index_bytes_per_item"], m["ram_bytes_per_item"])
+        out.append({"target": f"flat index memory, {m['bits']} bits, {m['n']:,} items (bytes/item, at most {limit:.1f})", "value": val, "threshold": limit, "unit": "B", "met": val <= limit})
+    return out

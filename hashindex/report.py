@@ -1,0 +1,145 @@
+"""Rendering of bench reports: Markdown tables and matplotlib plots from ``report.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+NAMES = {
+    "float": "float cosine", "lsh": "LSH", "pca": "PCA-sign", "pca-rr": "PCA + random rotation",
+    "itq": "ITQ", "crovca": "CroVCA unsupervised", "crovca-sup": "CroVCA supervised",
+}  # fmt: skip
+
+
+def _machine(m: dict) -> str:
+    gpu = f"{m['gpu']}, " if m.get("gpu") else ""
+    return f"{gpu}{m['cpu']}, {m['cores']} cores; torch {m['torch']}, faiss {m['faiss']}, Python {m['python']}"
+
+
+def _fmt(v, spec=".1f"):
+    return "–" if v is None else format(v, spec)
+
+
+def render_markdown(report: dict, plots: list[str] | None = None, heading: str = "#") -> str:
+    """The report as Markdown (tables of quality, speed, memory, targets)."""
+    cfg, q = report["config"], report["quality"]
+    bits = sorted({r["bits"] for r in q if r["method"] != "float"})
+    k, r = cfg["topk"], cfg["rerank"]
+    db, qu = report["database"], report["queries"]
+    L = [
+        f"{heading} hashindex bench report",
+        "",
+        f"Date {report['date']}; machine: {_machine(report['machine'])}.",
+        f"Database {db['path']} ({db['n']:,} items, {db['dim']}-d, {db['backbone']['model']} at "
+        f"{db['backbone']['image_size']} px); queries {qu['path']} ({qu['n']:,}). mAP@{k}, "
+        "symmetric Hamming ranking with equal distances ordered by id.",
+        "",
+        f"{heading}# Quality: mAP@{k} (%)",
+        "",
+        f"Hamming ranking / Hamming top-{r}k re-ranked by float cosine / top-{r}k re-ranked by the "
+        "asymmetric distance (query sigmoid(logits) vs database bits).",
+        "",
+        "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+        "|---|" + "---|" * len(bits),
+    ]
+    fl = next((x for x in q if x["method"] == "float"), None)
+    if fl:
+        L.append(f"| float cosine ({fl['bits'] // 32}-d) | " + " | ".join(_fmt(100 * fl["map"]) for _ in bits) + " |")
+    methods = [m for m in NAMES if m != "float" and any(x["method"] == m for x in q)]
+    for m in methods:
+        cells = []
+        for b in bits:
+            vals = [next((x for x in q if x["method"] == m and x["bits"] == b and x["mode"] == mode), None) for mode in ("hamming", f"rerank-float-{r}", f"asymmetric-{r}")]
+            cells.append(" / ".join(_fmt(None if v is None else 100 * v["map"]) for v in vals))
+        L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    L += ["", f"Precision@{k} and precision within Hamming radius 2 (%), Hamming ranking:", ""]
+    L += ["| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+    for m in methods:
+        cells = []
+        for b in bits:
+            v = next((x for x in q if x["method"] == m and x["bits"] == b and x["mode"] == "hamming"), None)
+            cells.append("–" if v is None else f"{100 * v['precision']:.1f} / {100 * v['precision_r2']:.1f}")
+        L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    L += ["", f"{heading}# Fit and build time (s)", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+    for m in methods:
+        cells = []
+        for b in bits:
+            v = next((x for x in report["fit"] if x["method"] == m and x["bits"] == b), None)
+            cells.append("–" if v is None else f"{v['fit_seconds']:.1f} / {v['build_seconds']:.2f}")
+        L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    L += ["", f"{heading}# Speed", "", f"k = {cfg['speed_k']}; queries/s from one batched call, latency from single-query calls.", ""]
+    L += ["| scope | items | index | bits | queries/s | p50 ms | p99 ms | mAP |", "|---|---|---|---|---|---|---|---|"]
+    for s in report["speed"]:
+        L.append(
+            f"| {s['scope']} | {s['n']:,} | {s['kind']} | {s.get('bits', '–')} | {s['qps']:,.0f} | {s['p50_ms']:.3f} | "
+            f"{s['p99_ms']:.3f} | {_fmt(None if s.get('map') is None else 100 * s['map'])} |"
+        )
+    L += ["", f"{heading}# Memory (bytes per item)", "", "| items | bits | serialised flat index | RAM growth of the flat index | float32 vectors |", "|---|---|---|---|---|"]
+    fsz = next((s["float_bytes_per_item"] for s in report["speed"] if "float_bytes_per_item" in s), None)
+    for s in report["speed"]:
+        if s["kind"] == "flat" and s["scope"] == "synthetic":
+            L.append(f"| {s['n']:,} | {s['bits']} | {s['index_bytes_per_item']:.2f} | {s['ram_bytes_per_item']:.2f} | {_fmt(fsz, ',')} |")
+    L += ["", f"{heading}# Targets", ""]
+    for t in report.get("targets", []):
+        verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        L.append(f"- {t['target']}: {_fmt(t['value'], '.2f')} (needs {'≤' if t['unit'] == 'B' else '≥'} {t['threshold']:.1f}) → **{verdict}**")
+    for p in plots or []:
+        L += ["", f"![{p}]({p})"]
+    return "\n".join(L) + "\n"
+
+
+def write_plots(report: dict, out_dir: str | Path) -> list[str]:
+    """mAP vs bits, QPS vs mAP (Pareto) and PR curves as PNG files; returns their names."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    out, q, cfg = Path(out_dir), report["quality"], report["config"]
+    names = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in [m for m in NAMES if m != "float"]:
+        pts = sorted((x["bits"], 100 * x["map"]) for x in q if x["method"] == m and x["mode"] == "hamming")
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=NAMES[m])
+    fl = next((x for x in q if x["method"] == "float"), None)
+    if fl:
+        ax.axhline(100 * fl["map"], color="k", ls="--", label="float cosine")
+    ax.set(xscale="log", xlabel="bits", ylabel=f"mAP@{cfg['topk']} (%)", title="Quality per bit")
+    ax.set_xticks(sorted({x["bits"] for x in q if x["method"] != "float"}), labels=[str(b) for b in sorted({x["bits"] for x in q if x["method"] != "float"})])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "map_vs_bits.png", dpi=110)
+    plt.close(fig)
+    names.append("map_vs_bits.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in (s for s in report["speed"] if s["scope"] == "collection"):
+        mq = s.get("map")
+        if mq is None and s["kind"] == "float-IndexFlatIP":
+            mq = fl["map"] if fl else None
+        elif mq is None:
+            mode = "rerank-float-" + str(cfg["rerank"]) if "rerank" in s["kind"] else "hamming"
+            row = next((x for x in q if x["method"] == "crovca" and x["bits"] == s["bits"] and x["mode"] == mode), None)
+            mq = row["map"] if row else None
+        if mq is not None:
+            ax.scatter(s["qps"], 100 * mq, s=18)
+            ax.annotate(f"{s['kind']} {s.get('bits', '')}", (s["qps"], 100 * mq), fontsize=6)
+    ax.set(xscale="log", xlabel="queries/s (log)", ylabel="mAP (%)", title="Speed vs quality (collection)")
+    fig.tight_layout()
+    fig.savefig(out / "qps_vs_map.png", dpi=110)
+    plt.close(fig)
+    names.append("qps_vs_map.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, c in report["pr_curves"].items():
+        if key.startswith("crovca-") and not key.startswith("crovca-sup") or key.startswith("itq") or key.startswith("lsh"):
+            ax.plot(c["recall"], c["precision"], label=key, lw=1)
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall over Hamming radius")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "pr_curves.png", dpi=110)
+    plt.close(fig)
+    names.append("pr_curves.png")
+    return names
