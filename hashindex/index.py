@@ -29,6 +29,7 @@ import numpy as np
 from . import __version__
 from .backbone import check_same_backbone, sha256_file
 from .codes import check_bits
+from .lookup import MAX_LOOKUP_BITS, HammingLookup
 from .errors import InputError, IntegrityError, MismatchError
 from .probe.artifact import PROBE_JSON, PROBE_WEIGHTS, Probe, load_probe, probe_hash
 from .store import Embeddings
@@ -39,7 +40,7 @@ INDEX_FORMAT = 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.h5"
-IndexKind = Literal["flat", "ivf"]
+IndexKind = Literal["flat", "ivf", "lookup"]
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ class IndexConfig:
     nprobe: int | None = None
 
     def resolved(self, n: int) -> "IndexConfig":
-        if self.kind not in ("flat", "ivf"):
-            raise InputError(f"unknown index type {self.kind!r}: use flat or ivf")
-        if self.kind == "flat":
-            return IndexConfig("flat")
+        if self.kind not in ("flat", "ivf", "lookup"):
+            raise InputError(f"unknown index type {self.kind!r}: use flat, ivf or lookup")
+        if self.kind in ("flat", "lookup"):
+            return IndexConfig(self.kind)
         nlist = self.nlist or int(max(1, min(65536, round(4 * np.sqrt(n)), n // 39)))
         if nlist < 1 or nlist > n:
             raise InputError(f"--nlist must be between 1 and the number of items ({n}), got {nlist}")
@@ -66,11 +67,16 @@ class IndexConfig:
 
 
 def make_faiss_index(codes: np.ndarray, config: IndexConfig):
-    """A faiss binary index over packed codes (ids are row positions)."""
+    """A faiss binary index over packed codes (ids are row positions).
+
+    ``lookup`` indexes store their codes in a flat index; the table is built when loaded.
+    """
     import faiss
 
     bits = codes.shape[1] * 8
-    if config.kind == "flat":
+    if config.kind == "lookup" and bits > MAX_LOOKUP_BITS:
+        raise InputError(f"the lookup index serves codes of at most {MAX_LOOKUP_BITS} bits, not {bits}: use flat or ivf")
+    if config.kind in ("flat", "lookup"):
         index = faiss.IndexBinaryFlat(bits)
     else:
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, config.nlist)
@@ -88,6 +94,7 @@ class HashIndex:
     manifest: dict
     faiss_index: object
     probe: Probe
+    lookup: HammingLookup | None = None
 
     @property
     def bits(self) -> int:
@@ -238,6 +245,9 @@ def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
         raise IntegrityError(f"{d}: cannot read {INDEX_FILE}: {str(e).splitlines()[0]}") from None
     if index.d != bits or index.ntotal != ntotal:
         raise IntegrityError(f"{d}: index holds {index.ntotal} codes of {index.d} bits, the manifest says {ntotal} of {bits}")
+    lookup = None
     if manifest["index"]["kind"] == "ivf":
         index.nprobe = int(manifest["index"]["nprobe"])
-    return HashIndex(d, manifest, index, probe)
+    elif manifest["index"]["kind"] == "lookup":
+        lookup = HammingLookup(faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size))
+    return HashIndex(d, manifest, index, probe, lookup)

@@ -63,6 +63,8 @@ def hamming_search(index: HashIndex, codes: np.ndarray, k: int) -> tuple[np.ndar
     if fi.ntotal == 0:
         raise InputError("the index is empty")
     k = min(k, fi.ntotal)
+    if index.lookup is not None:
+        return index.lookup.search(codes, k)  # exact, already ordered by (distance, id)
     d, i = fi.search(codes, k)
     short = (i < 0).any(axis=1)
     if short.any():

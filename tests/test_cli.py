@@ -129,3 +129,27 @@ def test_probe_for_other_dimension_and_index_with_other_bits(tmp_path, built, fm
     m["bits"] = 64
     (tmp_path / "idx" / "manifest.json").write_text(json.dumps(m))
     _err(run("query", tmp_path / "idx", "--embeddings", db.path, ok=False), 2, "32-bit", "64 bits")
+
+
+def test_query_and_evaluate_with_reranking(built, fmnist):
+    _, q = fmnist
+    res = json.loads(run("query", built / "index", "--embeddings", q.path, "--limit", 3, "-k", 5, "--rerank", 4, "--json").output)
+    for r in res:
+        scores = [h["score"] for h in r["results"]]
+        assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    res = json.loads(run("query", built / "index", "--embeddings", q.path, "--limit", 3, "-k", 5, "--asymmetric", "--json").output)
+    assert all([h["score"] for h in r["results"]] == sorted(h["score"] for h in r["results"]) for r in res)
+    ham = json.loads(run("evaluate", built / "index", q.path, "--topk", 100, "--json", "--no-float").output)
+    rr = json.loads(run("evaluate", built / "index", q.path, "--topk", 100, "--json", "--rerank", 4).output)
+    assert rr["ranking"] == "rerank-float-4" and ham["ranking"] == "hamming"
+    assert rr["map"] > ham["map"]  # float re-ranking recovers float quality
+    assert abs(rr["map"] - rr["float_map"]) < 0.05
+
+
+def test_bench_command(tmp_path, built, fmnist):
+    db, q = fmnist
+    r = run("bench", db.path, q.path, "-o", tmp_path / "rep", "--methods", "lsh", "--bits", "16", "--topk", 50,
+            "--scales", 2000, "--float-scale", 2000, "--speed-queries", 20, "--nprobes", "1")  # fmt: skip
+    assert "targets met" in r.output
+    assert (tmp_path / "rep" / "report.md").exists()
+    _err(run("bench", db.path, q.path, "-o", tmp_path / "r2", "--bits", "12", ok=False), 2, "multiple of 8")

@@ -102,3 +102,24 @@ def test_cosine_knn_against_brute_force(rng):
     np.testing.assert_array_equal(i[1], ref[1])
     assert list(i[0][:2]) == [3, 10]
     np.testing.assert_allclose(s, np.take_along_axis(sims, i, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("k", [1, 50, 3000])
+def test_lookup_equals_popcount_reference(rng, bits, k):
+    from hashindex.lookup import HammingLookup
+
+    xb = _codes_with_ties(rng, 2000, bits // 8)
+    xq = rng.integers(0, 256, (25, bits // 8), dtype=np.uint8)
+    xq[0] = xb[0]
+    d, i = HammingLookup(xb).search(xq, k)
+    rd, ri = reference_topk(xq, xb, min(k, 2000))
+    np.testing.assert_array_equal(d, rd)
+    np.testing.assert_array_equal(i, ri)
+
+
+def test_lookup_refuses_long_codes(rng):
+    from hashindex.lookup import HammingLookup
+
+    with pytest.raises(ValueError, match="16 bits"):
+        HammingLookup(rng.integers(0, 256, (10, 4), dtype=np.uint8))

@@ -1,0 +1,48 @@
+"""The bench report on small synthetic data, and its metrics on hand-computed cases."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hashindex.bench import BenchConfig, radius_curves, run_bench
+from hashindex.codes import pack
+
+
+def test_radius_curves_by_hand():
+    # 8-bit codes; query 0 has distances 0, 1, 3 to items 0, 1, 2; query 1 has no hit within r <= 2
+    db = pack(np.array([[1] * 8, [1] * 7 + [-1], [1] * 5 + [-1] * 3], dtype=float))
+    q = pack(np.array([[1] * 8, [-1] * 8], dtype=float))
+    yb = np.array([[1, 0], [0, 1], [1, 0]], np.uint8)
+    yq = np.array([[1, 0], [0, 1]], np.uint8)
+    c = radius_curves(q, db, yq, yb)
+    # query 0: r=0 -> 1/1; r=1 -> 1/2; r=3 -> 2/3. query 1 (distances 8, 7, 5): nothing within 2.
+    assert c["precision_r2"] == pytest.approx((0.5 + 0.0) / 2)
+    assert c["precision"][0] == pytest.approx(1.0) and c["precision"][1] == pytest.approx(0.5)
+    assert c["recall"][0] == pytest.approx((0.5 + 0) / 2)
+    assert c["recall"][8] == pytest.approx(1.0)
+    assert c["precision"][7] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_run_bench_writes_report(tmp_path, clusters):
+    cfg = BenchConfig(
+        methods=("lsh", "crovca"), bits=(16, 32), topk=50, rerank=2, epochs=1, nprobes=(1, 2),
+        speed_queries=40, latency_queries=5, scales=(3000,), float_scale=3000,
+    )  # fmt: skip
+    r = run_bench(clusters, clusters, tmp_path / "rep", cfg, progress=False)
+    for f in ("report.json", "report.md", "map_vs_bits.png", "qps_vs_map.png", "pr_curves.png"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert set(doc) >= {"version", "date", "machine", "config", "quality", "pr_curves", "fit", "speed", "memory", "targets"}
+    modes = {(x["method"], x["bits"], x["mode"]) for x in doc["quality"]}
+    assert ("crovca", 16, "hamming") in modes and ("lsh", 32, "rerank-float-2") in modes and ("lsh", 16, "asymmetric-2") in modes
+    assert all(0 <= x["map"] <= 1 for x in doc["quality"])
+    kinds = {(s["scope"], s["kind"], s.get("bits")) for s in doc["speed"]}
+    assert ("collection", "lookup", 16) in kinds and ("synthetic", "flat", 32) in kinds
+    assert ("synthetic", "float-IndexFlatIP", None) in kinds and ("collection", "ivf-nprobe2", 32) in kinds
+    assert all(s["qps"] > 0 and s["p99_ms"] >= s["p50_ms"] for s in doc["speed"])
+    flat = [s for s in doc["speed"] if s["kind"] == "flat" and s["scope"] == "synthetic"]
+    assert [s["index_bytes_per_item"] for s in flat] == pytest.approx([2.0, 4.0], abs=0.1)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "CroVCA unsupervised" in md and "![map_vs_bits.png]" in md
+    assert r["targets"] == doc["targets"]
