@@ -71,21 +71,27 @@ def cli(ctx, verbose: int, quiet: bool):
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
 @opt.seed
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None, help="Image decoding processes [default: chosen by source].")
+@click.option(
+    "--max-failures", type=click.FloatRange(min=0), default=None,
+    help="Undecodable images allowed before the exit status is 1: a count (10) or a fraction of the images "
+    "(0.01). The file is written either way, with the failures listed in /failures [default: 0].",
+)  # fmt: skip
 @click.pass_obj
 def embed(obj, source, out, split, root, data_dir, limit, **kw):
     """Embed the images of SOURCE into the HDF5 file OUT.
 
     SOURCE is a folder of images (class subfolders give labels), a list file
     (`relative/path l1 ... lC` with 0/1 labels), a folder of IDX files, or `fashion-mnist`.
-    An interrupted run resumes when re-run with the same arguments; undecodable images are
-    recorded in the file and skipped.
+    An interrupted run (even kill -9) resumes when re-run with the same arguments; a second
+    run on the same OUT fails at once. Undecodable images are recorded in the file's /failures
+    and skipped; more of them than --max-failures gives exit status 1.
     """
     from hashindex.embed import EmbedConfig, embed as run
     from hashindex.sources import open_source
 
     src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
     s = run(src, out, EmbedConfig(**opt.kwargs(**kw)), progress=obj["progress"])
-    click.echo(f"wrote {s.path}: {s.rows} embeddings" + (f", {s.failures} images failed (see /failures)" if s.failures else ""))
+    click.echo(s.describe())
 
 
 @cli.command("fit-probe")

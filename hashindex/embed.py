@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,16 +16,23 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params, to_base
 from .backbone import DEFAULT_MODEL, Backbone, load_backbone
-from .errors import InputError
+from .errors import HashIndexError, InputError
 from .sources import DecodeError, ImageSource
-from .store import EmbeddingsWriter, open_embeddings
+from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """Options of the embed stage (see ``hashindex embed --help``)."""
+    """Options of the embed stage (see ``hashindex embed --help``).
+
+    ``max_failures`` is how many images may fail to decode before :func:`embed` raises
+    :class:`TooManyFailuresError` (after writing the file): a count when >= 1, a fraction of the
+    source's images when below 1; 0 allows none. ``commit_seconds`` is how often progress is made
+    durable (None: the ``HASHINDEX_COMMIT_SECONDS`` environment variable, else 1 s; 0: after
+    every batch); a crash loses at most that much work.
+    """
 
     model: str = DEFAULT_MODEL
     weights: str | None = None
@@ -36,16 +44,70 @@ class EmbedConfig:
     seed: int = 0
     num_workers: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_failures: float = 0
+    commit_seconds: float | None = None
 
 
 @dataclass
 class EmbedSummary:
-    """What an embed run produced."""
+    """What an embed run produced.
+
+    Attributes:
+        path: the published file.
+        rows: embedded images (rows of the file).
+        failures: images that could not be decoded (listed in the file's ``/failures``).
+        items: images of the source (``rows + failures``).
+        failure_counts: failures per error class.
+    """
 
     path: Path
     rows: int
     failures: int
     items: int
+    failure_counts: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: what was written and what failed."""
+        text = f"wrote {self.path}: {self.rows} embeddings"
+        if self.failures:
+            kinds = ", ".join(f"{n} {cls}" for cls, n in sorted(self.failure_counts.items(), key=lambda t: (-t[1], t[0])))
+            text += f"; {self.failures} of {self.items} images could not be decoded ({kinds}; listed in {self.path.name}:/failures)"
+        return text
+
+
+class TooManyFailuresError(HashIndexError):
+    """More images failed to decode than ``max_failures`` allows; the file was written anyway.
+
+    Attributes:
+        summary: the :class:`EmbedSummary` of the run.
+    """
+
+    exit_code = 1
+
+    def __init__(self, summary: EmbedSummary, limit: float):
+        self.summary = summary
+        allowed = f"{limit:g}" if limit >= 1 or limit == 0 else f"{limit:g} (= {int(limit * summary.items)} images)"
+        super().__init__(f"{summary.describe()}; that is more than --max-failures {allowed} allows")
+
+
+def check_max_failures(value: float) -> float:
+    """Validate ``max_failures`` (a count >= 1, or a fraction in [0, 1)).
+
+    Raises:
+        InputError: negative or NaN.
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"--max-failures must be a number, got {value!r}") from None
+    if not v >= 0:  # also NaN
+        raise InputError(f"--max-failures must be a count >= 0 or a fraction in [0, 1), got {value!r}")
+    return v
+
+
+def failures_allowed(max_failures: float, items: int) -> float:
+    """How many failures ``max_failures`` allows among ``items`` images."""
+    return max_failures if max_failures >= 1 or max_failures == 0 else max_failures * items
 
 
 class _BaseImages(Dataset):
@@ -58,11 +120,16 @@ class _BaseImages(Dataset):
         return len(self.source) - self.start
 
     def __getitem__(self, k: int):
+        # Errors travel as (class, message) pairs: plain data crosses worker processes safely.
         i = self.start + k
         try:
-            return i, to_base(self.source.load(i), self.size, self.interp), None
+            img = self.source.load(i)
         except DecodeError as e:
-            return i, None, e
+            return i, None, (e.error_class, e.message)
+        try:
+            return i, to_base(img, self.size, self.interp), None
+        except Exception as e:  # noqa: BLE001 - a resize that fails is a failure of this image only
+            return i, None, (type(e).__name__, str(e) or type(e).__name__)
 
 
 def _collate(batch):
@@ -80,12 +147,35 @@ def embed_images(backbone: Backbone, images: list[np.ndarray], batch_size: int =
     return np.concatenate(out).astype(np.float32)
 
 
+def _commit_seconds(config: EmbedConfig) -> float:
+    if config.commit_seconds is not None:
+        return float(config.commit_seconds)
+    env = os.environ.get("HASHINDEX_COMMIT_SECONDS")
+    try:
+        return float(env) if env else 1.0
+    except ValueError:
+        raise InputError(f"HASHINDEX_COMMIT_SECONDS must be a number of seconds, got {env!r}") from None
+
+
+def _source_attrs(source: ImageSource, config: EmbedConfig) -> dict:
+    return {
+        "augment": json.dumps(asdict(config.augment), sort_keys=True),
+        "views": config.views,
+        "seed": config.seed,
+        "source": json.dumps(source.describe(), sort_keys=True),
+        "label_names": json.dumps(source.label_names),
+    }
+
+
 def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = EmbedConfig(), *, progress: bool = True) -> EmbedSummary:
     """Embed every image of ``source`` into the HDF5 file ``out``.
 
-    Writes ``out.partial`` and renames it when done; re-running the same call after an
-    interruption resumes where it stopped. Images that cannot be decoded are recorded in
-    ``/failures`` and skipped (they get no row).
+    Crash-safe and resumable (see :mod:`hashindex.store`): progress is kept in ``out.partial/``
+    and the file is published atomically when complete; re-running the same call after an
+    interruption, even a SIGKILL, resumes where it stopped, and on CPU gives the same file as an
+    uninterrupted run; re-running it once the file is complete does nothing. A second run on the
+    same output fails at once. Images that cannot be
+    decoded are recorded in ``/failures`` (name, error class, message) and get no row.
 
     Args:
         source: the images.
@@ -98,6 +188,9 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
 
     Raises:
         InputError: bad options, an empty source, or an existing output file.
+        OutputLockedError: another process is writing ``out``.
+        TooManyFailuresError: more images failed than ``config.max_failures`` allows (raised
+            after the file is published; it carries the summary).
     """
     from tqdm.auto import tqdm
 
@@ -106,74 +199,103 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
         raise InputError(f"--views must be >= 0, got {config.views}")
     if config.batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {config.batch_size}")
+    max_failures = check_max_failures(config.max_failures)
+    commit_seconds = _commit_seconds(config)
     if len(source) == 0:
         raise InputError("the source holds no images")
-    if out.exists():
-        raise InputError(f"{out} already exists: remove it or choose another output path")
     if not out.parent.exists():
         raise InputError(f"output folder {out.parent} does not exist")
-    backbone = load_backbone(
-        config.model, weights=config.weights, pretrained=config.pretrained,
-        image_size=config.image_size, device=config.device,
-    )  # fmt: skip
-    spec = backbone.spec
-    s0 = base_size(spec)
-    label_dim = 0 if source.labels is None else source.labels.shape[1]
-    attrs = {
-        "backbone": json.dumps(spec.to_dict(), sort_keys=True),
-        "augment": json.dumps(asdict(config.augment), sort_keys=True),
-        "views": config.views,
-        "seed": config.seed,
-        "source": json.dumps(source.describe(), sort_keys=True),
-        "label_names": json.dumps(source.label_names),
-    }
-    writer = EmbeddingsWriter(out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim, attrs=attrs)
+    exists = f"{out} already exists (made with other settings or by another program): remove it or choose another output path"
+    lock = OutputLock(out).acquire()
+    writer = None
     try:
-        start = writer.items_done
-        t0 = time.perf_counter()
-        seconds = float(writer.attr("embed_seconds", 0.0))
-        workers = config.num_workers
-        if workers is None:
-            workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
-        loader = DataLoader(
-            _BaseImages(source, s0, spec.interpolation, start), batch_size=config.batch_size,
-            num_workers=workers, collate_fn=_collate,
+        if out.exists() and not clean_published(out, _source_attrs(source, config), clean=False):
+            raise InputError(exists)  # refused before loading the backbone
+        backbone = load_backbone(
+            config.model, weights=config.weights, pretrained=config.pretrained,
+            image_size=config.image_size, device=config.device,
         )  # fmt: skip
-        bar = tqdm(total=len(source), initial=start, unit="img", desc=f"embed {out.name}", disable=not progress)
-        for batch in loader:
-            ok = [(i, b) for i, b, e in batch if e is None]
-            failed = [(i, source.names[i], e.error_class, e.message) for i, _, e in batch if e is not None]
-            for _, name, cls, msg in failed:
-                logger.warning("cannot decode %s: %s: %s", name, cls, msg)
-            idx = np.array([i for i, _ in ok], dtype=np.int64)
-            emb = views = labels = None
-            if len(ok):
-                x = torch.from_numpy(np.stack([b for _, b in ok])).permute(0, 3, 1, 2).to(backbone.device)
-                emb = backbone.features(eval_view(x, spec)).cpu().numpy()
-                if config.views:
-                    views = np.stack(
-                        [
-                            backbone.features(augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment)))
-                            .cpu()
-                            .numpy()
-                            for v in range(config.views)
-                        ],
-                        axis=1,
-                    )
-                if source.labels is not None:
-                    labels = source.labels[idx]
-            writer.append(
-                items_done=batch[-1][0] + 1, embeddings=emb, views=views, labels=labels,
-                names=[source.names[i] for i in idx], source_index=idx, failures=failed,
-                embed_seconds=seconds + time.perf_counter() - t0,
+        spec = backbone.spec
+        s0 = base_size(spec)
+        label_dim = 0 if source.labels is None else source.labels.shape[1]
+        attrs = {"backbone": json.dumps(spec.to_dict(), sort_keys=True), **_source_attrs(source, config)}
+        if out.exists():  # the same command already finished (maybe killed while cleaning up)
+            if not clean_published(out, attrs):
+                raise InputError(exists)
+            logger.info("%s is already complete", out)
+            path = out
+        else:
+            writer = EmbeddingsWriter(
+                out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim,
+                attrs=attrs, lock=lock, commit_seconds=commit_seconds,
             )  # fmt: skip
-            bar.update(len(batch))
-        bar.close()
-        rows, items = writer.rows, writer.items_done
-        path = writer.finish(device=str(backbone.device))
+            path = _run(source, backbone, config, writer, s0, progress, tqdm)
     finally:
-        writer.close()
-    nfail = len(open_embeddings(path).failures())
-    if nfail:
-        logger.warning("%d of %d images could not be decoded; they are listed in %s:/failures", nfail, items, path)
-    return EmbedSummary(path, rows, nfail, items)
+        if writer is not None:
+            writer.close()
+        lock.release(remove=out.exists() and not partial_path(out).exists())
+    done = open_embeddings(path)
+    fails = done.failures()
+    counts = dict(Counter(f["error"] for f in fails))
+    items = int(done.attrs.get("items_done", done.n + len(fails)))
+    summary = EmbedSummary(path, done.n, len(fails), items, counts)
+    if fails:
+        logger.warning("%s", summary.describe())
+        if len(fails) > failures_allowed(max_failures, items):
+            raise TooManyFailuresError(summary, max_failures)
+    return summary
+
+
+def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm) -> Path:
+    spec = backbone.spec
+    start = writer.items_done
+    t0 = time.perf_counter()
+    seconds = float(writer.attr("embed_seconds", 0.0))
+    workers = config.num_workers
+    if workers is None:
+        workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
+    loader = DataLoader(
+        _BaseImages(source, s0, spec.interpolation, start), batch_size=config.batch_size,
+        num_workers=workers, collate_fn=_collate,
+    )  # fmt: skip
+    bar = tqdm(total=len(source), initial=start, unit="img", desc=f"embed {writer.path.name}", disable=not progress)
+    for batch in loader:
+        ok = [(i, b) for i, b, e in batch if e is None]
+        failed = [(i, source.names[i], e[0], e[1]) for i, _, e in batch if e is not None]
+        emb = views = labels = None
+        if ok:
+            x = torch.from_numpy(np.stack([b for _, b in ok])).permute(0, 3, 1, 2).to(backbone.device)
+            idx = np.array([i for i, _ in ok], dtype=np.int64)
+            emb = backbone.features(eval_view(x, spec)).cpu().numpy()
+            if config.views:
+                views = np.stack(
+                    [
+                        backbone.features(augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment))).cpu().numpy()
+                        for v in range(config.views)
+                    ],
+                    axis=1,
+                )
+            # A non-finite feature is never stored: the item is recorded as a failure instead.
+            finite = np.isfinite(emb).all(axis=1)
+            if views is not None:
+                finite &= np.isfinite(views).all(axis=(1, 2))
+            for j in np.flatnonzero(~finite):
+                failed.append((int(idx[j]), source.names[idx[j]], "NonFiniteFeatures", "the backbone produced NaN or inf features"))
+            if not finite.all():
+                failed.sort()
+                idx, emb = idx[finite], emb[finite]
+                views = None if views is None else views[finite]
+        else:
+            idx = np.zeros(0, np.int64)
+        for _, name, cls, msg in failed:
+            logger.warning("cannot decode %s: %s: %s", name, cls, msg)
+        if source.labels is not None and len(idx):
+            labels = source.labels[idx]
+        writer.append(
+            items_done=batch[-1][0] + 1, embeddings=emb if len(idx) else None, views=views if len(idx) else None,
+            labels=labels, names=[source.names[i] for i in idx], source_index=idx, failures=failed,
+            embed_seconds=seconds + time.perf_counter() - t0,
+        )  # fmt: skip
+        bar.update(len(batch))
+    bar.close()
+    return writer.finish(device=str(backbone.device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +36,18 @@ MAX_IMAGE_PIXELS = 178_956_970
 class DecodeError(Exception):
     """One image could not be decoded; carries the error class name and message."""
 
-    def __init__(self, path: str, error: BaseException):
+    def __init__(self, path: str, error: BaseException | None = None, *, error_class: str | None = None, message: str | None = None):
         self.path = path
-        self.error_class = type(error).__name__
-        self.message = str(error) or self.error_class
+        self.error_class = error_class or type(error).__name__
+        self.message = message or str(error or "") or self.error_class
         super().__init__(f"{path}: {self.error_class}: {self.message}")
+
+    def __reduce__(self):  # it crosses process boundaries (data-loader workers)
+        return (_rebuild_decode_error, (self.path, self.error_class, self.message))
+
+
+def _rebuild_decode_error(path: str, error_class: str, message: str) -> DecodeError:
+    return DecodeError(path, error_class=error_class, message=message)
 
 
 @dataclass
@@ -100,35 +108,72 @@ class ImageSource:
 def decode_image(path: str) -> np.ndarray:
     """Decode one image file to RGB uint8, applying its EXIF orientation.
 
-    Transparent images are composited over white; palette, CMYK, 16-bit and gray images are
-    converted to 8-bit RGB.
+    Transparent images (RGBA, LA, palette or gray with a transparent colour) are composited over
+    white; palette, CMYK, 1-bit, 16-bit, 32-bit and float images are converted to 8-bit RGB
+    (16-bit values are scaled by 255/65535). Only regular files are read (a FIFO or device named
+    ``x.jpg`` would block), and an image whose header claims more than :data:`MAX_IMAGE_PIXELS`
+    pixels is refused before any pixel is decoded, so no single file can hang the caller or
+    exhaust its memory.
 
     Raises:
-        DecodeError: for any failure (missing, truncated, not an image, too large).
+        DecodeError: for any failure (missing, not a regular file, empty, truncated, not an
+            image, too large, an unsupported mode); it names the error class and message.
     """
+    import warnings
+
     from PIL import Image, ImageOps
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if a.max() > 255 else 255.0
-                im = Image.fromarray(np.clip(a * (255.0 / hi), 0, 255).astype(np.uint8))
-            if im.mode == "P":
-                im = im.convert("RGBA")
-            if im.mode in ("RGBA", "LA", "PA"):
-                im = im.convert("RGBA")
-                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(white, im)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"not a regular file: {path}")
+        if st.st_size == 0:
+            raise OSError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise Image.DecompressionBombError(
+                        f"image of {w}x{h} = {w * h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} (possible decompression bomb)"
+                    )
+                im.load()
+                rgb = _to_rgb(ImageOps.exif_transpose(im))
+    except Exception as e:  # noqa: BLE001 - any failure of one image is recorded, never fatal
         raise DecodeError(path, e) from None
-    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0 or rgb.shape[2] != 3:
         raise DecodeError(path, ValueError(f"unusable image shape {rgb.shape}"))
     return np.ascontiguousarray(rgb)
+
+
+def _to_rgb(im) -> np.ndarray:
+    """Any Pillow mode → ``(H, W, 3)`` uint8."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.round(a * (255.0 / 65535.0)).astype(np.uint8))
+    elif im.mode in ("I", "F"):
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        hi = a.max() if a.size else 0.0
+        if im.mode == "F" and hi <= 1.0:
+            scale = 255.0
+        elif hi <= 255:
+            scale = 1.0
+        elif hi <= 65535:
+            scale = 255.0 / 65535.0
+        else:
+            scale = 255.0 / hi
+        im = Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8))
+    if im.mode in ("P", "PA") or ("transparency" in im.info and im.mode in ("L", "RGB", "1")):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        im = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, im)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _is_image(name: str) -> bool:
@@ -142,7 +187,9 @@ def from_folder(root: str | os.PathLike) -> ImageSource:
         InputError: the folder holds no images, or mixes images at its top with class folders.
     """
     root = Path(root)
-    top = sorted(p.name for p in root.iterdir() if p.is_file() and _is_image(p.name))
+    # Everything with an image extension but folders: a dangling link or a FIFO is an input that
+    # fails (and is recorded), not one that silently disappears.
+    top = sorted(p.name for p in root.iterdir() if not p.is_dir() and _is_image(p.name))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     per_class: list[list[str]] = []
     for c in classes:
