@@ -1,8 +1,9 @@
-"""Collect the per-run JSON of benchmarks/fashion_mnist.sh into benchmarks/results/fashion_mnist.json
-and render BENCHMARKS.md from the JSON files under benchmarks/results/.
+"""Render BENCHMARKS.md from the JSON files under benchmarks/results/, after optionally collecting
+new results into them.
 
-    .venv/bin/python benchmarks/collect.py runs/fmnist   # collect a run, then render
-    .venv/bin/python benchmarks/collect.py               # render only
+    .venv/bin/python benchmarks/collect.py                          # render only
+    .venv/bin/python benchmarks/collect.py runs/fmnist              # + the fashion_mnist.sh run
+    .venv/bin/python benchmarks/collect.py --bench runs/fmnist/bench  # + a `hashindex bench` report
 """
 
 from __future__ import annotations
@@ -141,7 +142,20 @@ def render_fashion_mnist(doc: dict) -> list[str]:
     return out
 
 
+def collect_bench(report_dir: Path) -> None:
+    """Copy a bench report's JSON into results/ and its plots into docs/ (for the README)."""
+    import shutil
+
+    RESULTS.mkdir(exist_ok=True)
+    shutil.copyfile(report_dir / "report.json", RESULTS / "bench_fashion_mnist.json")
+    docs = HERE.parent / "docs"
+    docs.mkdir(exist_ok=True)
+    for png in report_dir.glob("*.png"):
+        shutil.copyfile(png, docs / png.name)
+
+
 def render() -> str:
+    from hashindex.report import render_markdown
     lines = [
         "# Benchmarks",
         "",
@@ -152,11 +166,20 @@ def render() -> str:
     f = RESULTS / "fashion_mnist.json"
     if f.exists():
         lines += render_fashion_mnist(json.loads(f.read_text()))
+    b = RESULTS / "bench_fashion_mnist.json"
+    if b.exists():
+        report = json.loads(b.read_text())
+        plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png"))]
+        lines += ["", f"Command: `{report.get('command', 'hashindex bench')}`; then "
+                  "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR`.", ""]
+        lines.append(render_markdown(report, plots, heading="##"))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> None:
-    if argv:
+    if argv[:1] == ["--bench"]:
+        collect_bench(Path(argv[1]))
+    elif argv:
         collect(Path(argv[0]))
     (HERE.parent / "BENCHMARKS.md").write_text(render())
     print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")

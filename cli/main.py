@@ -134,7 +134,11 @@ def fit_probe(obj, embeddings, out, **kw):
 @click.argument("embeddings", type=click.Path(dir_okay=False))
 @click.argument("probe", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--index", "kind", type=click.Choice(["flat", "ivf"]), default=None, help="faiss binary index type [default: flat].")
+@click.option(
+    "--index", "kind", type=click.Choice(["flat", "ivf", "lookup"]), default=None,
+    help="flat: exact scan; ivf: inverted lists (approximate, --nlist/--nprobe); lookup: exact hash-table "
+    "lookup for codes of at most 16 bits, much faster than a scan there [default: flat].",
+)  # fmt: skip
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: about 4*sqrt(n)].")
 @opt.nprobe
 def build(embeddings, probe, out, **kw):
@@ -255,7 +259,10 @@ def bench(obj, database, queries, out, methods, **kw):
 
     if methods:
         kw["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
-    r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"])
+    import shlex
+
+    cmd = "hashindex " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)
     met = [t for t in r["targets"] if t["met"] is not None]
     click.echo(f"wrote {out}/report.md, report.json and plots; targets met: {sum(t['met'] for t in met)} of {len(met)} measured")
 

@@ -270,8 +270,13 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
     return out
 
 
-def run_bench(db: Embeddings, q: Embeddings, out_dir: str | os.PathLike, config: BenchConfig = BenchConfig(), *, progress: bool = True) -> dict:
+def run_bench(
+    db: Embeddings, q: Embeddings, out_dir: str | os.PathLike, config: BenchConfig = BenchConfig(),
+    *, progress: bool = True, command: str | None = None,
+) -> dict:  # fmt: skip
     """Measure everything and write ``report.json``, ``report.md`` and the plots into ``out_dir``.
+
+    ``command`` (the command line that ran it) is recorded in the report.
 
     Raises:
         InputError: bad options, unlabelled files, embeddings of different backbones.
@@ -290,7 +295,7 @@ def run_bench(db: Embeddings, q: Embeddings, out_dir: str | os.PathLike, config:
     steps = len(config.methods) * len(config.bits) * 2 + len(config.scales) * len(config.bits)
     bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
     report: dict = {
-        "version": REPORT_VERSION, "date": time.strftime("%Y-%m-%d"), "machine": machine_info(),
+        "version": REPORT_VERSION, "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "command": command,
         "config": asdict(config), "database": db.provenance(), "queries": q.provenance(),
         "quality": [], "pr_curves": {}, "fit": [], "speed": [], "memory": [],
     }  # fmt: skip
