@@ -13,9 +13,11 @@ Loading verifies every file against the manifest and refuses a mismatch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,7 +38,8 @@ from .store import Embeddings
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+# Format 2 added the manifest's own checksum (``manifest_sha256``); format 1 folders still load.
+INDEX_FORMAT = 2
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.h5"
@@ -193,7 +196,7 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": files,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_manifest(tmp / MANIFEST, manifest)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -204,47 +207,185 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
     return load_index(out)
 
 
-def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
-    """Open an index folder, checking every file against the manifest.
+_CHECKSUM_KEY = "manifest_sha256"
+_CHECKSUM_RE = re.compile(rb'"manifest_sha256": "([0-9a-f]{64})"')
+_ZERO = "0" * 64
+REQUIRED_FILES = (INDEX_FILE, ITEMS_FILE, f"probe/{PROBE_JSON}", f"probe/{PROBE_WEIGHTS}")
 
-    Args:
-        path: the index folder.
-        verify: check sha256 and sizes of all files (on by default).
+
+def manifest_bytes(manifest: dict) -> bytes:
+    """The manifest as written: sorted, indented JSON carrying the sha256 of its own bytes
+    (computed with the ``manifest_sha256`` value set to 64 zeros)."""
+    doc = {k: v for k, v in manifest.items() if k != _CHECKSUM_KEY}
+    doc[_CHECKSUM_KEY] = _ZERO
+    raw = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    digest = hashlib.sha256(raw).hexdigest()
+    placeholder = f'"{_CHECKSUM_KEY}": "{_ZERO}"'.encode()
+    return raw.replace(placeholder, f'"{_CHECKSUM_KEY}": "{digest}"'.encode(), 1)
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict) -> None:
+    """Write ``manifest.json`` with its checksum, fsynced."""
+    with open(path, "wb") as fh:
+        fh.write(manifest_bytes(manifest))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _manifest_checksum_problem(raw: bytes, manifest: dict) -> str | None:
+    """Why the manifest's bytes do not match its recorded checksum (None when they do)."""
+    found = list(_CHECKSUM_RE.finditer(raw))
+    if len(found) != 1 or manifest.get(_CHECKSUM_KEY) != found[0].group(1).decode():
+        return f"has no valid {_CHECKSUM_KEY} (damaged or edited)"
+    m = found[0]
+    digest = hashlib.sha256(raw[: m.start(1)] + _ZERO.encode() + raw[m.end(1) :]).hexdigest()
+    if digest != m.group(1).decode():
+        return f"does not match its own sha256 (modified or corrupt: {digest[:12]}… vs recorded {m.group(1).decode()[:12]}…)"
+    return None
+
+
+def read_manifest(d: str | os.PathLike) -> tuple[dict, bytes]:
+    """Read and structurally validate ``manifest.json`` (the checksum is checked by :func:`load_index`).
 
     Raises:
-        InputError: not an index folder, or a newer format.
-        IntegrityError: a file is missing, truncated, modified, or unreadable.
+        InputError: no manifest, or a newer format.
+        IntegrityError: unreadable or malformed.
     """
-    import faiss
-
-    d = Path(path)
-    if not (d / MANIFEST).is_file():
+    d = Path(d)
+    mf = d / MANIFEST
+    if not mf.is_file():
         raise InputError(f"{d} is not an index folder (no {MANIFEST}; made by `hashindex build`)")
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
-        files = manifest["files"]
-        bits, ntotal = int(manifest["bits"]), int(manifest["ntotal"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{d / MANIFEST} is corrupt: {type(e).__name__}: {e}") from None
-    if manifest.get("format", 0) > INDEX_FORMAT:
-        raise InputError(f"{d} has index format {manifest['format']}; this hashindex reads up to {INDEX_FORMAT}")
+        raw = mf.read_bytes()
+        manifest = json.loads(raw.decode("utf-8"))
+        if not isinstance(manifest, dict):
+            raise TypeError("not a JSON object")
+        fmt = manifest.get("format", 1)
+        if _is_int(fmt) and fmt > INDEX_FORMAT:
+            raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {INDEX_FORMAT} (or its manifest is damaged)")
+        _check_manifest_fields(manifest)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise IntegrityError(f"{mf} is corrupt: {type(e).__name__}: {e}") from None
+    return manifest, raw
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_manifest_fields(m: dict) -> None:
+    """Raise TypeError/ValueError/KeyError unless the manifest has the fields loading relies on."""
+    if not _is_int(m.get("format", 1)) or m.get("format", 1) < 1:
+        raise ValueError(f"bad format {m.get('format')!r}")
+    if not _is_int(m["bits"]) or not _is_int(m["ntotal"]) or m["ntotal"] < 0:
+        raise ValueError(f"bad bits/ntotal {m['bits']!r}/{m['ntotal']!r}")
+    if m["bits"] % 8 or not 8 <= m["bits"] <= 1024:
+        raise ValueError(f"bad bits {m['bits']!r}")
+    idx = m["index"]
+    if not isinstance(idx, dict) or idx.get("kind") not in ("flat", "ivf", "lookup"):
+        raise ValueError(f"unknown index kind {idx.get('kind') if isinstance(idx, dict) else idx!r}")
+    if idx["kind"] == "ivf" and not (_is_int(idx.get("nlist")) and _is_int(idx.get("nprobe")) and 1 <= idx["nprobe"] <= idx["nlist"]):
+        raise ValueError(f"bad IVF parameters {idx!r}")
+    if not isinstance(m["probe"], dict) or not isinstance(m["probe"].get("sha256"), str):
+        raise ValueError("no probe sha256")
+    if not isinstance(m["backbone"], dict):
+        raise ValueError("no backbone")
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise TypeError("files is not an object")
+    for rel in REQUIRED_FILES:
+        if rel not in files:
+            raise KeyError(f"files does not list {rel}")
+    for rel, want in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            raise ValueError(f"file entry {rel!r} points outside the folder")
+        if not isinstance(want, dict) or not _is_int(want.get("size")) or not isinstance(want.get("sha256"), str):
+            raise ValueError(f"bad file entry {rel!r}: {want!r}")
+
+
+def _verify_files(d: Path, files: dict, verify: bool) -> None:
     for rel, want in files.items():
         f = d / rel
         if not f.is_file():
             raise IntegrityError(f"{d}: {rel} is missing")
-        if f.stat().st_size != want["size"]:
-            raise IntegrityError(f"{d}: {rel} has {f.stat().st_size} bytes, the manifest says {want['size']}")
+        size = f.stat().st_size
+        if size != want["size"]:
+            raise IntegrityError(f"{d}: {rel} has {size} bytes, the manifest says {want['size']} (truncated or modified)")
         if verify and sha256_file(f) != want["sha256"]:
             raise IntegrityError(f"{d}: {rel} does not match its sha256 in the manifest (modified or corrupt)")
+
+
+def _check_consistency(d: Path, manifest: dict, probe: Probe, index, verify: bool) -> None:
+    """The manifest, probe, faiss index and items must describe the same collection."""
+    bits, ntotal, kind = manifest["bits"], manifest["ntotal"], manifest["index"]["kind"]
+    if index.d != bits or index.ntotal != ntotal:
+        raise IntegrityError(f"{d}: {INDEX_FILE} holds {index.ntotal} codes of {index.d} bits, the manifest says {ntotal} of {bits}")
+    is_ivf = "IVF" in type(index).__name__
+    if is_ivf != (kind == "ivf"):
+        raise IntegrityError(f"{d}: {INDEX_FILE} is a {type(index).__name__}, the manifest says a {kind} index")
+    if verify and probe_hash(d / "probe") != manifest["probe"]["sha256"]:
+        raise IntegrityError(f"{d}: the probe's files hash to another value than the probe sha256 in the manifest")
+    dim = manifest["backbone"].get("num_features")
+    if dim is not None and probe.input_dim != dim:
+        raise MismatchError(f"{d}: the probe expects {probe.input_dim}-d embeddings, but the manifest's backbone makes {dim}-d ones")
+    if isinstance(probe.backbone, dict):
+        check_same_backbone(probe.backbone, manifest["backbone"], f"the embeddings the probe of {d} was fitted on", f"the indexed embeddings (manifest of {d})")
+    try:
+        with h5py.File(d / ITEMS_FILE, "r") as f:
+            n_items = f["names"].shape[0]
+            labelled = f["labels"].shape[0] if "labels" in f else n_items
+    except Exception as e:  # noqa: BLE001 - h5py raises many kinds on damaged files
+        raise IntegrityError(f"{d}: cannot read {ITEMS_FILE}: {type(e).__name__}: {e}") from None
+    if n_items != ntotal or labelled != ntotal:
+        raise IntegrityError(f"{d}: {ITEMS_FILE} describes {n_items} items, the index holds {ntotal} codes")
+
+
+def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
+    """Open an index folder, checking every file against the manifest.
+
+    The checks, in order: the manifest's structure; each listed file's presence, size and sha256;
+    the probe (bits, input width and backbone against the manifest, its hash); the faiss index
+    (bits, ntotal and type against the manifest); the items file (one row per code); and last the
+    manifest's own sha256, so an edited manifest that contradicts the files is reported as the
+    mismatch it causes, and any other change to it as corruption.
+
+    Args:
+        path: the index folder.
+        verify: check the sha256 of all files (on by default; sizes and the manifest's own
+            checksum are always checked). Only skip it for files you trust: a damaged index file
+            that is not hashed can crash faiss.
+
+    Raises:
+        InputError: not an index folder, or a newer format.
+        IntegrityError: a file is missing, truncated, modified, or unreadable.
+        MismatchError: the probe does not fit the manifest (bits, width, backbone).
+    """
+    import faiss
+
+    d = Path(path)
+    manifest, raw = read_manifest(d)
+    bits, ntotal = manifest["bits"], manifest["ntotal"]
+    _verify_files(d, manifest["files"], verify)
     probe = load_probe(d / "probe")
     if probe.bits != bits:
         raise MismatchError(f"{d}: the probe makes {probe.bits}-bit codes but the manifest says {bits} bits")
     try:
         index = faiss.read_index_binary(str(d / INDEX_FILE))
-    except RuntimeError as e:
-        raise IntegrityError(f"{d}: cannot read {INDEX_FILE}: {str(e).splitlines()[0]}") from None
-    if index.d != bits or index.ntotal != ntotal:
-        raise IntegrityError(f"{d}: index holds {index.ntotal} codes of {index.d} bits, the manifest says {ntotal} of {bits}")
+    except (RuntimeError, MemoryError, ValueError) as e:  # MemoryError: a damaged size field
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IntegrityError(f"{d}: cannot read {INDEX_FILE}: {msg}") from None
+    _check_consistency(d, manifest, probe, index, verify)
+    if manifest.get("format", 1) >= 2:
+        problem = _manifest_checksum_problem(raw, manifest)
+        if problem:
+            raise IntegrityError(f"{d / MANIFEST} {problem}")
+    else:
+        logger.warning("%s has index format 1, whose manifest carries no checksum of its own: rebuild it to have it verified", d)
+    if manifest.get("faiss_version") and manifest["faiss_version"].split(".")[:2] != faiss.__version__.split(".")[:2]:
+        logger.info("%s was written by faiss %s, read by faiss %s", d, manifest["faiss_version"], faiss.__version__)
     lookup = None
     if manifest["index"]["kind"] == "ivf":
         index.nprobe = int(manifest["index"]["nprobe"])
