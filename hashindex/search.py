@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MismatchError
 from .index import HashIndex
 
 
 def check_k(k: int) -> int:
-    """Raises InputError unless ``k`` is a positive integer."""
-    if isinstance(k, bool) or int(k) != k or k <= 0:
+    """Raises InputError unless ``k`` is a positive integer (an integral float such as 5.0 is
+    accepted; bools, NaN, inf, strings and None are not)."""
+    ok = isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, (bool, np.bool_))
+    if not ok or not float(k).is_integer() or k <= 0:
         raise InputError(f"k must be a positive integer, got {k!r}")
     return int(k)
 
@@ -32,6 +34,34 @@ def check_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     if codes.shape[1] * 8 != bits:
         raise InputError(f"codes have {codes.shape[1] * 8} bits, the index has {bits}")
     return np.ascontiguousarray(codes)
+
+
+def check_embeddings(x: np.ndarray, dim: int, what: str = "embeddings") -> np.ndarray:
+    """Validate float embeddings: a real floating dtype, 2-D ``(n, dim)``, every value finite
+    (also after conversion to float32).
+
+    Returns:
+        The embeddings as a C-contiguous float32 array.
+
+    Raises:
+        InputError: wrong dtype, dimensionality or non-finite values.
+        MismatchError: another width than ``dim``.
+    """
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{what} must be a 2-D float array: {e}") from None
+    if x.dtype.kind != "f":
+        raise InputError(f"{what} must be floating point (float16/32/64), got {x.dtype}")
+    if x.ndim != 2:
+        raise InputError(f"{what} must be 2-D (n, {dim}), got shape {x.shape}: pass one query as x[None]")
+    if x.shape[1] != dim:
+        raise MismatchError(f"{what} are {x.shape[1]}-d, but the index's probe expects {dim}-d embeddings")
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise InputError(f"{what} contain NaN or inf values (or values beyond the float32 range)")
+    return x
 
 
 def sort_results(d: np.ndarray, i: np.ndarray, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -78,8 +108,14 @@ def hamming_search(index: HashIndex, codes: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def search_embeddings(index: HashIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode float embeddings with the index's probe, then :func:`hamming_search`."""
+    """Encode float embeddings with the index's probe, then :func:`hamming_search`.
+
+    Raises:
+        InputError: bad k, or embeddings that are not finite floats of shape ``(n, dim)``.
+        MismatchError: embeddings of another width than the probe's.
+    """
     check_k(k)
+    x = check_embeddings(x, index.probe.input_dim)
     return hamming_search(index, index.probe.encode(x), k)
 
 
@@ -92,10 +128,22 @@ def cosine_knn(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 1024) -> tup
 
     Returns:
         ``(S, I)``: float32 similarities and int64 ids, shape ``(nq, min(k, nb))``.
+
+    Raises:
+        InputError: bad k, an empty database, non-finite or non-float embeddings.
+        MismatchError: queries and database of different widths.
     """
     import torch
 
+    check_k(k)
+    xb = np.asarray(xb)
+    if getattr(xb, "ndim", 0) != 2 or len(xb) == 0:
+        raise InputError(f"the database must be a non-empty 2-D array, got shape {np.shape(xb)}")
+    xb = check_embeddings(xb, xb.shape[1], "database embeddings")
+    xq = check_embeddings(xq, xb.shape[1], "query embeddings")
     k = min(check_k(k), len(xb))
+    if len(xq) == 0:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     qb = torch.from_numpy(l2_normalize(np.asarray(xq, np.float32)))
     bb = torch.from_numpy(l2_normalize(np.asarray(xb, np.float32)))
     s_out, i_out = [], []
