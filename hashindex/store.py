@@ -470,14 +470,15 @@ class EmbeddingsWriter:
         return self.path
 
     def _assemble(self, f: h5py.File, rows: int, meta: dict) -> None:
-        dim, chunk = self.dim, max(1, min(rows, 256))
-        f.create_dataset("embeddings", (rows, dim), "f4", maxshape=(None, dim), chunks=(chunk, dim))
+        # Contiguous datasets (the size is known): readers can memory-map /embeddings.
+        dim = self.dim
+        f.create_dataset("embeddings", (rows, dim), "f4")
         if self.views:
-            f.create_dataset("views", (rows, self.views, dim), "f4", maxshape=(None, self.views, dim), chunks=(chunk, self.views, dim))
+            f.create_dataset("views", (rows, self.views, dim), "f4")
         if self.label_dim:
-            f.create_dataset("labels", (rows, self.label_dim), "u1", maxshape=(None, self.label_dim), chunks=(chunk, self.label_dim))
-        f.create_dataset("names", (rows,), _STR, maxshape=(None,), chunks=(chunk,))
-        f.create_dataset("source_index", (rows,), "i8", maxshape=(None,), chunks=(chunk,))
+            f.create_dataset("labels", (rows, self.label_dim), "u1")
+        f.create_dataset("names", (rows,), _STR)
+        f.create_dataset("source_index", (rows,), "i8")
         hashes = {k: hashlib.sha256() for k in _DATASETS if k in f}
         failures = []
         r = 0
