@@ -327,7 +327,7 @@ class EmbeddingsWriter:
                 if rows is not None:
                     best = _Shard(pos, end, rows, p)
                 else:
-                    logger.warning("discarding unusable progress file %s", p)
+                    logger.warning("discarding progress file %s (unreadable, out of range or superseded)", p)
                     p.unlink(missing_ok=True)
             if best is None:
                 break
@@ -393,8 +393,11 @@ class EmbeddingsWriter:
         m = len(names)
         start = self.items_done
         items_done = int(items_done)
-        if items_done <= start and (m or failures):
-            raise ValueError(f"items_done must advance past {start}, got {items_done}")
+        if items_done <= start:
+            if m or failures:
+                raise ValueError(f"items_done must advance past {start}, got {items_done}")
+            self._buffer_attrs.update({k: _jsonable(v) for k, v in attrs.items()})
+            return  # nothing new: an empty shard would break the chain of items
         if items_done > self.n:
             raise ValueError(f"items_done {items_done} exceeds the {self.n} items of the source")
         idx = np.asarray(source_index, dtype=np.int64).reshape(-1)
@@ -403,7 +406,7 @@ class EmbeddingsWriter:
             raise ValueError(f"a batch of {m} names needs embeddings of shape ({m}, {self.dim}) and {m} source indices, got {emb.shape} and {len(idx)}")
         if m and (idx.min() < start or idx.max() >= items_done or (np.diff(idx) <= 0).any()):
             raise ValueError(f"source indices must increase within [{start}, {items_done})")
-        batch = {"start": start, "end": max(items_done, start), "embeddings": emb, "names": _text_array(names), "source_index": idx}
+        batch = {"start": start, "end": items_done, "embeddings": emb, "names": _text_array(names), "source_index": idx}
         if self.views:
             v = np.zeros((0, self.views, self.dim), np.float32) if m == 0 else np.ascontiguousarray(views, dtype=np.float32)
             if v.shape != (m, self.views, self.dim):

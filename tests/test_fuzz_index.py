@@ -245,6 +245,7 @@ class _Evil:
         return (open, (self.marker, "w"))  # would create the marker file if unpickled
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_cli_refuses_a_pickle_bearing_checkpoint_and_runs_no_code(tmp_path):
     from click.testing import CliRunner
     from PIL import Image
