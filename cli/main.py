@@ -66,6 +66,7 @@ def cli(ctx, verbose: int, quiet: bool):
 @click.option("--pretrained", is_flag=True, default=None, help="Download timm's pretrained weights (needs internet).")
 @click.option("--views", type=click.IntRange(min=0), default=None, help="Augmented views cached per image (CroVCA needs >= 1; 2 is the protocol) [default: 0].")
 @click.option("--image-size", type=click.IntRange(min=16), default=None, help="Input resolution [default: the model's].")
+@click.option("--crop-pct", type=click.FloatRange(0.1, 1.0), default=None, help="Fraction of the square image kept by the centre crop; 1 resizes the whole image [default: the model's, 0.875].")
 @opt.batch_size
 @opt.device
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")

@@ -185,6 +185,7 @@ def load_backbone(
     weights: str | None = None,
     pretrained: bool = False,
     image_size: int | None = None,
+    crop_pct: float | None = None,
     device: str | torch.device | None = "auto",
     expect_sha256: str | None = None,
 ) -> Backbone:
@@ -195,6 +196,8 @@ def load_backbone(
         weights: local state dict (safetensors or torch ``weights_only``).
         pretrained: download timm's pretrained weights (online).
         image_size: input resolution; default the model's own.
+        crop_pct: fraction of the (square) image kept by the eval centre crop; 1.0 resizes the
+            whole image. Default the model's own (0.875 for most ImageNet models).
         device: ``auto``, ``cpu``, ``cuda`` or a torch device.
         expect_sha256: refuse weights whose file hash differs (used when re-opening an index).
 
@@ -241,12 +244,14 @@ def load_backbone(
     size = int(image_size) if image_size else int(cfg["input_size"][-1])
     if size < 16:
         raise InputError(f"--image-size must be at least 16, got {size}")
+    if crop_pct is not None and not 0.1 <= crop_pct <= 1.0:
+        raise InputError(f"--crop-pct must be in [0.1, 1], got {crop_pct}")
     spec = BackboneSpec(
         model=model,
         weights=weights_desc,
         weights_sha256=sha,
         image_size=size,
-        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        crop_pct=float(crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
@@ -282,7 +287,7 @@ def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None,
             if not os.path.isfile(weights):
                 raise InputError(f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE")
     bb = load_backbone(
-        spec.model, weights=weights, pretrained=pretrained, image_size=spec.image_size,
+        spec.model, weights=weights, pretrained=pretrained, image_size=spec.image_size, crop_pct=spec.crop_pct,
         device=device, expect_sha256=spec.weights_sha256,
     )  # fmt: skip
     return Backbone(bb.model, spec, bb.device)
