@@ -83,11 +83,17 @@ def rerank_float(xq: np.ndarray, cand: np.ndarray, rows: FloatRows, k: int) -> t
 def rerank_asymmetric(q_logits: np.ndarray, cand: np.ndarray, db_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-order candidates by ``Σ_j |σ(z_qj) − b_j|`` (query probabilities vs database bits)."""
     p = 1.0 / (1.0 + np.exp(-np.asarray(q_logits, np.float64)))
-    bits = unpack(db_codes[cand.ravel()]).reshape(*cand.shape, -1)
-    # |p − b| summed = Σp + Σ b·(1 − 2p): one matrix product per query.
-    d = p.sum(1, keepdims=True) + np.einsum("qcb,qb->qc", bits, 1 - 2 * p)
-    d, i = sort_results(d.astype(np.float32), cand)
-    return d[:, :k], i[:, :k]
+    step = max(1, (256 << 20) // max(1, cand.shape[1] * p.shape[1]))  # unpacked bits per chunk
+    d_out, i_out = [], []
+    for s in range(0, len(cand), step):
+        c, ps = cand[s : s + step], p[s : s + step]
+        bits = unpack(db_codes[c.ravel()]).reshape(*c.shape, -1)
+        # |p − b| summed = Σp + Σ b·(1 − 2p): one matrix product per query.
+        d = ps.sum(1, keepdims=True) + np.einsum("qcb,qb->qc", bits, 1 - 2 * ps)
+        d, i = sort_results(d.astype(np.float32), c)
+        d_out.append(d[:, :k])
+        i_out.append(i[:, :k])
+    return np.concatenate(d_out), np.concatenate(i_out)
 
 
 def search_reranked(
