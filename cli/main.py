@@ -244,6 +244,7 @@ def _int_list(ctx, param, value):
 @click.option("--scales", callback=_int_list, default=None, help="Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: 1000000].")
 @click.option("--float-scale", type=click.IntRange(min=0), default=None, help="Largest synthetic size that also times float IndexFlatIP and re-ranking [default: 1000000].")
 @click.option("--speed-queries", type=click.IntRange(min=1), default=None, help="Queries per throughput measurement [default: 1000].")
+@click.option("--latency-queries", type=click.IntRange(min=1), default=None, help="Single-query calls per latency measurement [default: 200; at most 100 on synthetic data].")
 @opt.device
 @opt.seed
 @click.pass_obj

@@ -18,3 +18,8 @@ echo "--- three queries, top 5 each"
 $H query "$OUT/index" --embeddings "$OUT/q.h5" --limit 3 -k 5
 echo "--- quality and speed (mAP@1000 over $NQ queries, $DB database images)"
 $H evaluate "$OUT/index" "$OUT/q.h5" --topk 1000
+echo "--- speed at scale: 1M synthetic codes vs float IndexFlatIP on 1M 1280-d vectors (same run)"
+[ -f "$OUT/bench/report.md" ] || $H -q bench "$OUT/db.h5" "$OUT/q.h5" -o "$OUT/bench" --methods crovca --bits 16,64 \
+  --scales 1000000 --speed-queries 200 --latency-queries 20 --nprobes 4
+sed -n '/^## Speed/,/^## Targets/p' "$OUT/bench/report.md" | grep -E '^\| (scope|synthetic)'
+echo "(full report: $OUT/bench/report.md)"
