@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The public protocol (DESIGN §6) through the CLI: Fashion-MNIST, database = 60k train images with
-# 2 cached views, queries = 10k test images, EfficientNet-Lite0 at 112 px (whole image resized,
-# --crop-pct 1.0), mAP@1000, every method
-# at 16/32/64/128 bits. Results: one JSON per run under $OUT/results/, collected into
-# benchmarks/results/fashion_mnist.json by benchmarks/collect.py.
+# 2 cached views, queries = 10k test images, EfficientNet-Lite0 at 112 px (timm's eval transform:
+# resize to 128, centre crop 112), mAP@1000, every method at 16/32/64/128 bits, one CLI command
+# per stage. Results: one JSON per run under $OUT/results/, collected into
+# benchmarks/results/fashion_mnist.json by benchmarks/collect.py. (`hashindex bench` measures the
+# same protocol in one command, with re-ranking and speed; BENCHMARKS.md shows both when present.)
 # About an hour on 2 CPU cores; minutes on a GPU. Re-running skips what exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +14,8 @@ METHODS=${METHODS:-crovca crovca-sup lsh pca pca-rr itq}
 H=${H:-.venv/bin/hashindex}
 mkdir -p "$OUT/results"
 t0=$(date +%s.%N)
-[ -f "$OUT/q.h5" ] || $H embed fashion-mnist "$OUT/q.h5" --split test --image-size 112 --crop-pct 1.0
-[ -f "$OUT/db.h5" ] || $H embed fashion-mnist "$OUT/db.h5" --split train --views 2 --image-size 112 --crop-pct 1.0
+[ -f "$OUT/q.h5" ] || $H embed fashion-mnist "$OUT/q.h5" --split test --image-size 112
+[ -f "$OUT/db.h5" ] || $H embed fashion-mnist "$OUT/db.h5" --split train --views 2 --image-size 112
 for bits in $BITS; do
   for m in $METHODS; do
     name="$m-$bits"

@@ -103,3 +103,18 @@ def test_corrupt_probe_is_refused(tmp_path, clusters):
         load_probe(tmp_path / "p")
     with pytest.raises(InputError, match="not a probe folder"):
         load_probe(tmp_path / "nothing")
+
+
+def test_recalibration_centres_bits_on_the_indexed_embeddings(clusters):
+    from hashindex.probe.fit import recalibrate_bits
+    from hashindex.probe.hashcoder import HashCoder
+
+    torch.manual_seed(0)
+    m = HashCoder(48, 16).eval()
+    x = clusters.embeddings() + 5.0  # shifted away from what the BatchNorm has seen
+    recalibrate_bits(m, x)
+    with torch.no_grad():
+        z = m(torch.from_numpy(x)).numpy()
+    bn = m.net[-1]
+    assert bn.training is False and bn.momentum == 0.1
+    np.testing.assert_allclose(z.mean(0), bn.bias.detach().numpy(), atol=1e-3)  # pre-BN mean removed

@@ -117,11 +117,31 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
     return model.eval().cpu(), history
 
 
+@torch.no_grad()
+def recalibrate_bits(model: HashCoder, x: np.ndarray, batch_size: int = 4096) -> None:
+    """Re-estimate the final BatchNorm's statistics on the embeddings that will be indexed.
+
+    Training sees augmented views, whose logit statistics differ from those of the clean
+    embeddings stored in the index; centring each bit on the clean ones balances the bits of
+    the codes actually searched (a cumulative average over one pass; weights are unchanged).
+    """
+    bn = model.net[-1]
+    bn.reset_running_stats()
+    momentum, bn.momentum = bn.momentum, None
+    model.train()
+    for s in range(0, len(x), batch_size):
+        if len(x) - s >= 2:
+            model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])))
+    bn.momentum = momentum
+    model.eval()
+
+
 def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: bool = True) -> Probe:
     """Fit a probe on an embeddings file.
 
     CroVCA trains on the cached augmented views (two distinct views per sample; a file with one
-    view pairs it with the eval embedding). Baselines fit on the eval embeddings.
+    view pairs it with the eval embedding), then its bits are re-centred on the eval embeddings
+    (:func:`recalibrate_bits`). Baselines fit on the eval embeddings.
 
     Args:
         emb: the opened embeddings file.
@@ -155,6 +175,7 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
             if labels is None:
                 raise InputError(f"--supervised needs labels, but {emb.path} has none (use class folders or a list file)")
         model, history = _train_crovca(views, labels, config, progress)
+        recalibrate_bits(model, x)
         del views
         probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_tensors(model), model)
         meta["loss_history"] = history
