@@ -110,7 +110,9 @@ def write_plots(report: dict, out_dir: str | Path) -> list[str]:
     if fl:
         ax.axhline(100 * fl["map"], color="k", ls="--", label="float cosine")
     ax.set(xscale="log", xlabel="bits", ylabel=f"mAP@{cfg['topk']} (%)", title="Quality per bit")
-    ax.set_xticks(sorted({x["bits"] for x in q if x["method"] != "float"}), labels=[str(b) for b in sorted({x["bits"] for x in q if x["method"] != "float"})])
+    ticks = sorted({x["bits"] for x in q if x["method"] != "float"})
+    ax.set_xticks(ticks, labels=[str(b) for b in ticks])
+    ax.minorticks_off()
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "map_vs_bits.png", dpi=110)

@@ -28,7 +28,7 @@ METHODS: tuple[str, ...] = ("crovca",) + BASELINES
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Options of fit-probe (DESIGN §2 defaults)."""
+    """Options of fit-probe (the CroVCA defaults)."""
 
     method: Method = "crovca"
     bits: int = 64
