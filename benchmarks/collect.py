@@ -9,8 +9,6 @@ new results into them.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,27 +24,10 @@ METHOD_NAMES = {
 TARGETS = {"crovca": {16: 72.0, 64: 76.0}, "crovca-sup": {32: 84.0, 64: 84.0}}
 
 
-def machine() -> dict:
-    import faiss
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
-        "torch": torch.__version__, "faiss": faiss.__version__, "platform": platform.platform(),
-    }  # fmt: skip
-
-
 def collect(run_dir: Path) -> dict:
     import h5py
+
+    from hashindex.bench import machine_info
 
     runs = {}
     for f in sorted((run_dir / "results").glob("*.json")):
@@ -76,7 +57,7 @@ def collect(run_dir: Path) -> dict:
         "tf_efficientnet_lite0 packaged ImageNet weights, 112 px, mAP@1000, symmetric Hamming, ties by id",
         "command": "bash benchmarks/fashion_mnist.sh",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
+        "machine": machine_info(),
         "embeddings": embeddings,
         "runs": runs,
     }
@@ -85,12 +66,9 @@ def collect(run_dir: Path) -> dict:
     return doc
 
 
-def _machine_line(m: dict) -> str:
-    dev = f"{m['gpu']} + " if m.get("gpu") else ""
-    return f"{dev}{m['cpu']}, {m['cores']} cores; torch {m['torch']}, faiss {m['faiss']}"
-
-
 def render_fashion_mnist(doc: dict) -> list[str]:
+    from hashindex.report import describe_machine
+
     runs = doc["runs"]
     bits = sorted({r["bits"] for r in runs.values()})
     out = [
@@ -98,7 +76,7 @@ def render_fashion_mnist(doc: dict) -> list[str]:
         "",
         f"{doc['protocol']}.",
         f"Command: `{doc['command']}` (then `.venv/bin/python benchmarks/collect.py runs/fmnist`). "
-        f"Date: {doc['date']}. Machine: {_machine_line(doc['machine'])}.",
+        f"Date: {doc['date']}. Machine: {describe_machine(doc['machine'])}.",
         "",
         "mAP@1000 (%):",
         "",

@@ -10,7 +10,7 @@ NAMES = {
 }  # fmt: skip
 
 
-def _machine(m: dict) -> str:
+def describe_machine(m: dict) -> str:
     gpu = f"{m['gpu']}, " if m.get("gpu") else ""
     return f"{gpu}{m['cpu']}, {m['cores']} cores; torch {m['torch']}, faiss {m['faiss']}, Python {m['python']}"
 
@@ -28,7 +28,7 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
     L = [
         f"{heading} hashindex bench report",
         "",
-        f"Date {report['date']}; machine: {_machine(report['machine'])}.",
+        f"Date {report['date']}; machine: {describe_machine(report['machine'])}.",
         f"Database {db['path']} ({db['n']:,} items, {db['dim']}-d, {db['backbone']['model']} at "
         f"{db['backbone']['image_size']} px); queries {qu['path']} ({qu['n']:,}). mAP@{k}, "
         "symmetric Hamming ranking with equal distances ordered by id.",

@@ -6,6 +6,7 @@ import numpy as np
 
 from .errors import InputError, MismatchError
 from .index import HashIndex
+from .probe.baselines import l2_normalize
 
 
 def check_k(k: int) -> int:
@@ -117,10 +118,6 @@ def search_embeddings(index: HashIndex, x: np.ndarray, k: int) -> tuple[np.ndarr
     check_k(k)
     x = check_embeddings(x, index.probe.input_dim)
     return hamming_search(index, index.probe.encode(x), k)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def cosine_knn(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
