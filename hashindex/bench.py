@@ -29,7 +29,7 @@ import numpy as np
 from .backbone import check_same_backbone
 from .codes import check_bits, unpack
 from .errors import InputError
-from .index import HashIndex, IndexConfig, make_faiss_index
+from .index import HashIndex, IndexConfig, make_faiss_index, stored_codes
 from .lookup import MAX_LOOKUP_BITS, HammingLookup
 from .metrics import mean_average_precision, precision_at_k, relevance
 from .probe.fit import METHODS, FitConfig, fit_probe
@@ -176,13 +176,11 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
 
 def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
     """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe)."""
-    import faiss
-
     k = cfg.speed_k
     xq = xq[: cfg.speed_queries]
     q_codes = q_codes[: cfg.speed_queries]
     bits = index.bits
-    db_codes = faiss.vector_to_array(index.faiss_index.xb).reshape(index.ntotal, -1)
+    db_codes = stored_codes(index.faiss_index)
     out = [dict(kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries))]
     ivf = _in_memory_index(db_codes, index.probe, IndexConfig("ivf"))
     for nprobe in cfg.nprobes:

@@ -69,6 +69,16 @@ class IndexConfig:
         return IndexConfig("ivf", nlist, nprobe)
 
 
+def stored_codes(fi) -> np.ndarray:
+    """The packed codes held by a faiss binary index, ``(ntotal, bits // 8)``, in id order."""
+    import faiss
+
+    if isinstance(fi, faiss.IndexBinaryFlat):
+        return faiss.vector_to_array(fi.xb).reshape(fi.ntotal, fi.code_size)
+    fi.make_direct_map()
+    return fi.reconstruct_n(0, fi.ntotal)
+
+
 def make_faiss_index(codes: np.ndarray, config: IndexConfig):
     """A faiss binary index over packed codes (ids are row positions).
 
@@ -390,5 +400,5 @@ def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
     if manifest["index"]["kind"] == "ivf":
         index.nprobe = int(manifest["index"]["nprobe"])
     elif manifest["index"]["kind"] == "lookup":
-        lookup = HammingLookup(faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size))
+        lookup = HammingLookup(stored_codes(index))
     return HashIndex(d, manifest, index, probe, lookup)

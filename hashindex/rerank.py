@@ -14,7 +14,7 @@ import numpy as np
 
 from .codes import hamming, pack, unpack
 from .errors import InputError, MismatchError
-from .index import HashIndex
+from .index import HashIndex, stored_codes
 from .search import check_k, hamming_search, l2_normalize, search_embeddings, sort_results
 
 RerankMode = Literal["float", "asymmetric"]
@@ -52,17 +52,6 @@ class FloatRows:
 
     def close(self) -> None:
         self._f.close()
-
-
-def index_codes(index: HashIndex) -> np.ndarray:
-    """The packed database codes held by the faiss index, ``(ntotal, bits // 8)``."""
-    import faiss
-
-    fi = index.faiss_index
-    if isinstance(fi, faiss.IndexBinaryFlat):
-        return faiss.vector_to_array(fi.xb).reshape(fi.ntotal, fi.code_size)
-    fi.make_direct_map()
-    return fi.reconstruct_n(0, fi.ntotal)
 
 
 def rerank_float(xq: np.ndarray, cand: np.ndarray, rows: FloatRows, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +118,7 @@ def search_reranked(
     logits = index.probe.logits(xq)
     _, cand = hamming_search(index, pack(logits), min(int(rerank) * k, index.ntotal))
     if mode == "asymmetric":
-        return rerank_asymmetric(logits, cand, index_codes(index) if db_codes is None else db_codes, k)
+        return rerank_asymmetric(logits, cand, stored_codes(index.faiss_index) if db_codes is None else db_codes, k)
     if mode != "float":
         raise InputError(f"unknown re-rank mode {mode!r}: use float or asymmetric")
     own = rows is None
@@ -157,6 +146,6 @@ def ranked(index: HashIndex, x: np.ndarray, k: int, rerank: int | None = None, a
         d, ids = search_embeddings(index, x, k)
         return d, ids, None
     s, ids = search_reranked(index, x, k, rerank or DEFAULT_RERANK, "asymmetric" if asymmetric else "float")
-    codes, db = index.probe.encode(x), index_codes(index)
+    codes, db = index.probe.encode(x), stored_codes(index.faiss_index)
     d = np.stack([hamming(codes[q : q + 1], db[ids[q]])[0] for q in range(len(ids))]) if len(ids) else ids
     return d, ids, s

@@ -6,7 +6,8 @@ import pytest
 
 from hashindex.index import IndexConfig, build_index, load_index
 from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.rerank import FloatRows, index_codes, rerank_asymmetric, search_reranked
+from hashindex.index import stored_codes
+from hashindex.rerank import FloatRows, rerank_asymmetric, search_reranked
 from hashindex.search import cosine_knn
 
 
@@ -51,7 +52,7 @@ def test_float_rerank_keeps_hamming_candidates(index, clusters):
 def test_asymmetric_distance_by_formula(index, clusters, rng):
     xq = clusters.embeddings(slice(0, 4))
     logits = index.probe.logits(xq)
-    db = index_codes(index)
+    db = stored_codes(index.faiss_index)
     cand = np.stack([rng.permutation(clusters.n)[:50] for _ in range(4)])
     d, i = rerank_asymmetric(logits, cand, db, 7)
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +150,3 @@ def load_probe(probe_dir: str | os.PathLike) -> Probe:
 
 def state_to_tensors(module: HashCoder) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
-def config_dict(cfg) -> dict:
-    return asdict(cfg)
