@@ -14,8 +14,8 @@ METHODS=${METHODS:-crovca crovca-sup lsh pca pca-rr itq}
 H=${H:-.venv/bin/hashindex}
 mkdir -p "$OUT/results"
 t0=$(date +%s.%N)
-[ -f "$OUT/q.h5" ] || $H embed fashion-mnist "$OUT/q.h5" --split test --image-size 112
-[ -f "$OUT/db.h5" ] || $H embed fashion-mnist "$OUT/db.h5" --split train --views 2 --image-size 112
+[ -f "$OUT/q.h5" ] || $H embed fashion-mnist "$OUT/q.h5" --split test --image-size 112 --interpolation bilinear
+[ -f "$OUT/db.h5" ] || $H embed fashion-mnist "$OUT/db.h5" --split train --views 2 --image-size 112 --interpolation bilinear
 for bits in $BITS; do
   for m in $METHODS; do
     name="$m-$bits"

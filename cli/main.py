@@ -67,6 +67,11 @@ def cli(ctx, verbose: int, quiet: bool):
 @click.option("--views", type=click.IntRange(min=0), default=None, help="Augmented views cached per image (CroVCA needs >= 1; 2 is the protocol) [default: 0].")
 @click.option("--image-size", type=click.IntRange(min=16), default=None, help="Input resolution [default: the model's].")
 @click.option("--crop-pct", type=click.FloatRange(0.1, 1.0), default=None, help="Fraction of the square image kept by the centre crop; 1 resizes the whole image [default: the model's, 0.875].")
+@click.option(
+    "--interpolation", type=click.Choice(("bicubic", "bilinear", "nearest")), default=None,
+    help="Resize filter [default: the model's, bicubic for most]. bilinear suits small images "
+    "upsampled several times, such as Fashion-MNIST's 28 px to 112 px.",
+)  # fmt: skip
 @opt.batch_size
 @opt.device
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
@@ -108,6 +113,11 @@ def embed(obj, source, out, split, root, data_dir, limit, **kw):
 @click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 1e-2].")
 @click.option("--eps", type=float, default=None, help="Coding-rate distortion epsilon [default: 0.05].")
 @click.option("--reg", type=float, default=None, help="Weight of the coding-rate regulariser [default: 0.1].")
+@click.option(
+    "--eval-view/--no-eval-view", default=None,
+    help="CroVCA also draws the eval embedding (the un-augmented image) as one of a sample's two views "
+    "[default: on; --no-eval-view trains on the cached augmented views only].",
+)  # fmt: skip
 @opt.device
 @opt.seed
 @click.pass_obj

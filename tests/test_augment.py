@@ -11,13 +11,14 @@ from hashindex.backbone import BackboneSpec
 SPEC = BackboneSpec("m", "w", None, 112, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3, 8)
 
 
-def test_eval_view_matches_timm_eval_transform(rng):
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_eval_view_matches_timm_eval_transform(rng, interpolation):
     from timm.data import create_transform
 
     img = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
-    tf = create_transform(input_size=(3, 112, 112), interpolation="bicubic", mean=SPEC.mean, std=SPEC.std, crop_pct=0.875)
+    tf = create_transform(input_size=(3, 112, 112), interpolation=interpolation, mean=SPEC.mean, std=SPEC.std, crop_pct=0.875)
     want = tf(Image.fromarray(img))
-    base = torch.from_numpy(to_base(img, base_size(SPEC))).permute(2, 0, 1)[None]
+    base = torch.from_numpy(to_base(img, base_size(SPEC), interpolation)).permute(2, 0, 1)[None]
     got = eval_view(base, SPEC)[0]
     # timm normalises floats after resizing; we keep the uint8 base: at most one grey level apart.
     assert (got - want).abs().max().item() <= 2 / 255 / 0.5 + 1e-6

@@ -63,6 +63,27 @@ def test_embed_folder_and_query_images(tmp_path, built):
     assert dists == sorted(dists)
 
 
+def test_interpolation_is_recorded_and_reproduced_at_query_time(tmp_path):
+    from skimage import data
+
+    from hashindex.backbone import backbone_from_spec
+    from hashindex.embed import embed_images
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "imgs" / "a.png")  # 64 px, upsampled
+    for interp in ("bicubic", "bilinear"):
+        run("embed", tmp_path / "imgs", tmp_path / f"{interp}.h5", "--image-size", 96, "--interpolation", interp)
+    bic, bil = (open_embeddings(tmp_path / f"{i}.h5") for i in ("bicubic", "bilinear"))
+    assert bil.backbone.interpolation == "bilinear" and bic.backbone.interpolation == "bicubic"
+    assert not np.allclose(bic.embeddings(), bil.embeddings(), atol=1e-3)
+    # query re-creates the recorded preprocessing: same features as the file's
+    bb = backbone_from_spec(bil.backbone, device="cpu")
+    want = embed_images(bb, [np.asarray(Image.open(tmp_path / "imgs" / "a.png").convert("RGB"))])
+    np.testing.assert_allclose(bil.embeddings(), want, atol=1e-4)
+    r = run("embed", tmp_path / "imgs", tmp_path / "x.h5", "--interpolation", "lanczos", ok=False)
+    assert r.exit_code == 2 and "lanczos" in r.output
+
+
 def test_query_embeddings_matches_reference(built, fmnist):
     _, q = fmnist
     r = run("query", built / "index", "--embeddings", q.path, "--limit", 5, "-k", 7, "--json")

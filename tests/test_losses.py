@@ -77,5 +77,5 @@ def test_hashcoder_shapes_and_init():
     w = small.net[0].weight.detach()
     # trunc_normal_(std=0.02) with the usual absolute bounds ±2 (as timm and DINO do)
     assert abs(float(w.std()) - 0.02) < 0.002 and float(w.abs().max()) <= 2.0
-    assert float(small.net[0].bias.abs().max()) == 0.0
+    assert float(small.net[0].bias.detach().abs().max()) == 0.0
     assert small(torch.randn(8, 32)).shape == (8, 16)

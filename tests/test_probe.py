@@ -118,3 +118,23 @@ def test_recalibration_centres_bits_on_the_indexed_embeddings(clusters):
     bn = m.net[-1]
     assert bn.training is False and bn.momentum == 0.1
     np.testing.assert_allclose(z.mean(0), bn.bias.detach().numpy(), atol=1e-3)  # pre-BN mean removed
+
+
+@pytest.mark.parametrize("eval_view", [True, False])
+def test_crovca_trains_on_the_eval_embedding_as_a_view(clusters, monkeypatch, eval_view):
+    import hashindex.probe.fit as fit
+
+    seen = {}
+    real = fit._train_crovca
+
+    def spy(views, labels, cfg, progress):
+        seen["views"] = views.copy()
+        return real(views, labels, cfg, progress)
+
+    monkeypatch.setattr(fit, "_train_crovca", spy)
+    probe = fit_probe(clusters, FitConfig(bits=16, epochs=1, eval_view=eval_view), progress=False)
+    want = clusters.views()
+    if eval_view:
+        want = np.concatenate([clusters.embeddings()[:, None], want], axis=1)
+    np.testing.assert_array_equal(seen["views"], want)
+    assert probe.config["eval_view"] is eval_view

@@ -28,7 +28,14 @@ METHODS: tuple[str, ...] = ("crovca",) + BASELINES
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Options of fit-probe (the CroVCA defaults)."""
+    """Options of fit-probe (the CroVCA defaults).
+
+    ``eval_view``: CroVCA draws its two views per sample among the cached augmented views *and*
+    the eval embedding (the identity augmentation), so the embeddings that get indexed are part
+    of the training distribution. Measured on Fashion-MNIST (2 cached views): unsupervised 64 bits
+    75.6 → 76.5 mAP@1000 (mean of 3 seeds); supervised 32 / 64 bits 79.3 / 84.0 → 88.3 / 89.4
+    (seed 0), where without it two class codes could merge.
+    """
 
     method: Method = "crovca"
     bits: int = 64
@@ -41,6 +48,7 @@ class FitConfig:
     weight_decay: float = 1e-2
     eps: float = 0.05
     reg: float = 0.1
+    eval_view: bool = True
     device: str = "auto"
     seed: int = 0
 
@@ -139,9 +147,9 @@ def recalibrate_bits(model: HashCoder, x: np.ndarray, batch_size: int = 4096) ->
 def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: bool = True) -> Probe:
     """Fit a probe on an embeddings file.
 
-    CroVCA trains on the cached augmented views (two distinct views per sample; a file with one
-    view pairs it with the eval embedding), then its bits are re-centred on the eval embeddings
-    (:func:`recalibrate_bits`). Baselines fit on the eval embeddings.
+    CroVCA trains on two distinct views per sample, drawn among the cached augmented views and
+    (``eval_view``, the default) the eval embedding; then its bits are re-centred on the eval
+    embeddings (:func:`recalibrate_bits`). Baselines fit on the eval embeddings.
 
     Args:
         emb: the opened embeddings file.
@@ -166,9 +174,12 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
                 f"{emb.path} has no cached views; CroVCA trains on augmented views: "
                 "re-run `hashindex embed ... --views 2` (or more)"
             )
-        views = emb.views()
-        if emb.num_views == 1:
-            views = np.stack([x, views[:, 0]], axis=1)
+        if config.eval_view or emb.num_views == 1:  # one cached view is paired with the eval one
+            views = np.empty((emb.n, emb.num_views + 1, emb.dim), dtype=np.float32)
+            views[:, 0] = x
+            views[:, 1:] = emb.views()
+        else:
+            views = emb.views()
         labels = None
         if config.supervised:
             labels = emb.labels()
