@@ -162,9 +162,9 @@ def render_seeds(seeds: dict, main: dict) -> list[str]:
     out = [
         "## CroVCA across seeds",
         "",
-        "The protocol figures above come from one seed; a fit's seed moves mAP@1000 by up to about a",
-        "point at 16 bits. Same embeddings, other seeds (`--seed`) of the probe. Command of the other "
-        f"seeds: `{seeds['command']}`; {seeds['date']}, {describe_machine(seeds['machine'])}.",
+        "The protocol figures above come from one probe seed; here the same embeddings with other seeds",
+        "(`--seed`; the seed draws the HashCoder's initial weights and the batches). Command of the "
+        f"last other seed: `{seeds['command']}`; {seeds['date']}, {describe_machine(seeds['machine'])}.",
         "",
         "| method | bits | " + " | ".join(f"seed {s}" for s in all_seeds) + " | mean | min |",
         "|---|---|" + "---|" * (len(all_seeds) + 2),
