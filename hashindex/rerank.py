@@ -145,7 +145,8 @@ def ranked(index: HashIndex, x: np.ndarray, k: int, rerank: int | None = None, a
     if not rerank and not asymmetric:
         d, ids = search_embeddings(index, x, k)
         return d, ids, None
-    s, ids = search_reranked(index, x, k, rerank or DEFAULT_RERANK, "asymmetric" if asymmetric else "float")
-    codes, db = index.probe.encode(x), stored_codes(index.faiss_index)
+    db = stored_codes(index.faiss_index)  # read once: the asymmetric distance needs it too
+    s, ids = search_reranked(index, x, k, rerank or DEFAULT_RERANK, "asymmetric" if asymmetric else "float", db_codes=db)
+    codes = index.probe.encode(x)
     d = np.stack([hamming(codes[q : q + 1], db[ids[q]])[0] for q in range(len(ids))]) if len(ids) else ids
     return d, ids, s

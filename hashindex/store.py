@@ -674,6 +674,10 @@ class Embeddings:
         """Float32 ``(n, V, D)`` augmented views, or None."""
         return self._read("views")
 
+    def view(self, v: int) -> np.ndarray:
+        """Float32 ``(n, D)``: cached augmented view ``v`` of every item."""
+        return self._read("views", (slice(None), v))
+
     def labels(self) -> np.ndarray | None:
         """uint8 ``(n, C)`` multi-hot labels, or None."""
         return self._read("labels")

@@ -177,7 +177,8 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         if config.eval_view or emb.num_views == 1:  # one cached view is paired with the eval one
             views = np.empty((emb.n, emb.num_views + 1, emb.dim), dtype=np.float32)
             views[:, 0] = x
-            views[:, 1:] = emb.views()
+            for v in range(emb.num_views):  # one view at a time: no second copy of all views
+                views[:, v + 1] = emb.view(v)
         else:
             views = emb.views()
         labels = None
