@@ -15,15 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from hashindex.config import METHOD_NAMES, PROTOCOL_TARGETS
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-METHOD_ORDER = ["lsh", "pca", "pca-rr", "itq", "crovca", "crovca-sup"]
-METHOD_NAMES = {
-    "lsh": "LSH", "pca": "PCA-sign", "pca-rr": "PCA + random rotation", "itq": "ITQ",
-    "crovca": "CroVCA unsupervised", "crovca-sup": "CroVCA supervised",
-}  # fmt: skip
-# Acceptance thresholds of the protocol (mAP@1000, %): method -> {bits: minimum}.
-TARGETS = {"crovca": {16: 72.0, 64: 76.0}, "crovca-sup": {32: 84.0, 64: 84.0}}
+METHOD_ORDER = list(METHOD_NAMES)
+TARGETS = PROTOCOL_TARGETS
 
 
 def collect(run_dir: Path) -> dict:
