@@ -56,9 +56,16 @@ def cli(ctx, verbose: int, quiet: bool):
       hashindex query index/ photo.jpg -k 10      images (or embeddings) in, ranked items out
       hashindex evaluate index/ q.h5              mAP@k against float cosine
     """
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = {"progress": not quiet}
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    # -q hides chatter (progress bars, "wrote" lines, other libraries' warnings), never a
+    # warning of hashindex's about the user's data.
+    logging.basicConfig(level=logging.ERROR if quiet else level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("hashindex").setLevel(logging.WARNING if quiet else level)
+    if quiet:
+        import warnings
+
+        warnings.simplefilter("ignore")
+    ctx.obj = {"progress": not quiet, "quiet": quiet}
 
 
 def _commit_seconds() -> float | None:
@@ -100,8 +107,9 @@ def _commit_seconds() -> float | None:
     help="Undecodable images allowed before the exit status is 1: a count (10) or a fraction of the images "
     f"(0.01). The file is written either way, with the failures listed in /failures [default: {default(EmbedConfig, 'max_failures')}].",
 )  # fmt: skip
+@click.option("--restart", is_flag=True, help="Discard the progress of an interrupted run of OUT instead of resuming it (needed when the source changed since).")
 @click.pass_obj
-def embed(obj, source, out, split, root, data_dir, limit, **kw):
+def embed(obj, source, out, split, root, data_dir, limit, restart, **kw):
     """Embed the images of SOURCE into the HDF5 file OUT.
 
     SOURCE is a folder of images (class subfolders give labels), a list file
@@ -114,8 +122,11 @@ def embed(obj, source, out, split, root, data_dir, limit, **kw):
     from hashindex.sources import open_source
 
     src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
-    s = run(src, out, EmbedConfig(**opt.kwargs(**kw, commit_seconds=_commit_seconds())), progress=obj["progress"])
-    click.echo(s.describe())
+    s = run(src, out, EmbedConfig(**opt.kwargs(**kw, commit_seconds=_commit_seconds())), progress=obj["progress"], restart=restart)
+    if s.failures:
+        click.echo(s.describe())  # failed images are news about the data: shown even with -q
+    else:
+        _say(obj, s.describe())
 
 
 @cli.command("fit-probe")
@@ -150,7 +161,7 @@ def fit_probe(obj, embeddings, out, **kw):
     probe = run(open_embeddings(embeddings), FitConfig(**opt.kwargs(**kw)), progress=obj["progress"])
     probe.save(out)
     b = probe.meta["bit_balance"]
-    click.echo(f"wrote {out}: {probe.method} {probe.bits} bits, fitted in {probe.meta['fit_seconds']:.1f}s, bit balance {b['mean']:.3f} (min {b['min']:.3f}, max {b['max']:.3f})")
+    _say(obj, f"wrote {out}: {probe.method} {probe.bits} bits, fitted in {probe.meta['fit_seconds']:.1f}s, bit balance {b['mean']:.3f} (min {b['min']:.3f}, max {b['max']:.3f})")
 
 
 @cli.command()
@@ -164,14 +175,27 @@ def fit_probe(obj, embeddings, out, **kw):
 )  # fmt: skip
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: about 4*sqrt(n)].")
 @opt.nprobe
-def build(embeddings, probe, out, **kw):
+@click.pass_obj
+def build(obj, embeddings, probe, out, **kw):
     """Encode EMBEDDINGS with PROBE and write a faiss binary index folder OUT."""
     from hashindex.index import build_index
     from hashindex.store import open_embeddings
 
     idx = build_index(open_embeddings(embeddings), probe, out, IndexConfig(**opt.kwargs(**kw)))
     m = idx.manifest
-    click.echo(f"wrote {out}: {m.index.kind} index of {m.ntotal} codes, {m.bits} bits, built in {m.build_seconds:.2f}s")
+    _say(obj, f"wrote {out}: {m.index.kind} index of {m.ntotal} codes, {m.bits} bits, built in {m.build_seconds:.2f}s")
+
+
+def _say(obj, text: str) -> None:
+    """A line of chatter: printed unless -q."""
+    if not obj["quiet"]:
+        click.echo(text)
+
+
+def _field(text) -> str:
+    """A tab-separated field: tabs, newlines and backslashes in names are escaped (\\t, \\n, \\\\)
+    so every result stays one line of as many fields as the header."""
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 @cli.command()
@@ -189,8 +213,9 @@ def build(embeddings, probe, out, **kw):
 def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, device, as_json):
     """Search INDEX with IMAGES (embedded by the index's backbone) or --embeddings.
 
-    Prints rank, id, name (path or split/index), label and Hamming distance per result;
-    equal distances are ordered by id.
+    Prints rank, id, name (path or split/index), label and Hamming distance per result, one
+    tab-separated line each (tabs, newlines and backslashes in names escaped as \\t, \\n, \\\\;
+    --json gives them as they are); equal distances are ordered by id.
     """
     from hashindex.query import query_embeddings_file, query_images
 
@@ -208,7 +233,7 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
     for r in results:
         for hit in r["results"]:
             extra = f"\t{hit['score']}" if scored else ""
-            click.echo(f"{r['query']}\t{hit['rank']}\t{hit['id']}\t{hit['name']}\t{hit['label']}\t{hit['distance']}{extra}")
+            click.echo("\t".join(_field(v) for v in (r["query"], hit["rank"], hit["id"], hit["name"], hit["label"], hit["distance"])) + extra)
 
 
 @cli.command()
@@ -240,7 +265,8 @@ def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asym
     if r["float_map"] is not None:
         fl = f"float cosine ({r['float_bytes_per_item'] // 4}-d)"
         click.echo(f"{fl:<32}{100 * r['float_map']:>10.2f}{100 * r['float_precision']:>10.2f}{r['float_qps']:>12,.0f}{r['float_bytes_per_item']:>12}")
-    click.echo(f"{r['nq']} queries against {r['ntotal']} items; Hamming ranking, equal distances by id")
+    ranking = "Hamming ranking, equal distances by id" if r["ranking"] == "hamming" else f"ranking: {r['ranking']} (Hamming top R*k re-ranked)"
+    click.echo(f"{r['nq']} queries against {r['ntotal']} items; {ranking}")
 
 
 def _csv(values) -> str:

@@ -123,16 +123,16 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
     rel = relevance(yq, yb, ids)
     curves = radius_curves(q_codes, db_codes, yq, yb)
     base = {"method": name, "bits": probe.bits}
-    out = [dict(base, mode="hamming", nq=len(xq), map=mean_average_precision(rel), precision=precision_at_k(rel), precision_r2=curves["precision_r2"])]
+    out = [dict(base, mode="hamming", nq=len(xq), map=mean_average_precision(rel), precision=precision_at_k(rel, cfg.topk), precision_r2=curves["precision_r2"])]
     # Re-ranking reads R·k float rows per query: measured on the first rerank_queries queries.
     sub = slice(0, min(cfg.rerank_queries, len(xq)))
     _, cand = hamming_search(index, q_codes[sub], min(cfg.rerank * k, len(xb)))
     _, fid = rerank_float(xq[sub], cand, rows, k)
     frel = relevance(yq[sub], yb, fid)
-    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", nq=len(cand), map=mean_average_precision(frel), precision=precision_at_k(frel)))
+    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", nq=len(cand), map=mean_average_precision(frel), precision=precision_at_k(frel, cfg.topk)))
     _, aid = rerank_asymmetric(q_logits[sub], cand, db_codes, k)
     arel = relevance(yq[sub], yb, aid)
-    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", nq=len(cand), map=mean_average_precision(arel), precision=precision_at_k(arel)))
+    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", nq=len(cand), map=mean_average_precision(arel), precision=precision_at_k(arel, cfg.topk)))
     bar.update(1)
     return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s
 
@@ -269,7 +269,7 @@ def run_bench(
     float_s = time.perf_counter() - t0
     frel = relevance(yq, yb, fids)
     for n in sorted({len(xq), min(config.rerank_queries, len(xq))}, reverse=True):  # all queries, and the re-rank subset
-        report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "nq": n, "map": mean_average_precision(frel[:n]), "precision": precision_at_k(frel[:n])})
+        report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "nq": n, "map": mean_average_precision(frel[:n]), "precision": precision_at_k(frel[:n], config.topk)})
     speed_index: dict[int, HashIndex] = {}
     for bits in config.bits:
         for name in config.methods:

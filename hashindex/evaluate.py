@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .metrics import mean_average_precision, precision_at_k, relevance
 from .retrieval import DEFAULT_RERANK, cosine_knn, ranked
-from .store import Embeddings, open_embeddings
+from .store import Embeddings
 from .validate import check_k
 
 logger = logging.getLogger(__name__)
+
+
+def check_label_space(a_names, a_cols: int, b_names, b_cols: int, a: str, b: str) -> None:
+    """Raises MismatchError unless two label spaces are the same classes in the same order
+    (compared by name; unnamed columns by count): positions mean nothing across other orders."""
+    if a_names is None or b_names is None:
+        if a_cols != b_cols or a_names != b_names:
+            raise MismatchError(f"the labels of {a} ({a_cols} columns) and {b} ({b_cols} columns) are not the same classes")
+        return
+    if list(a_names) != list(b_names):
+        raise MismatchError(
+            f"the label names of {a} ({', '.join(a_names[:4])}...) and {b} ({', '.join(b_names[:4])}...) differ "
+            "or come in another order: labels are compared by position, so both must use the same classes in the same order"
+        )
 
 
 def evaluate(
@@ -47,6 +60,9 @@ def evaluate(
     items = index.items()
     if q_labels is None or items["labels"] is None:
         raise InputError("evaluate needs labels on both the queries and the indexed items")
+    if queries.n == 0 or index.ntotal == 0:
+        raise InputError(f"nothing to evaluate: {queries.path} holds {queries.n} queries, the index {index.ntotal} items")
+    check_label_space(queries.label_names, q_labels.shape[1], items["label_names"], items["labels"].shape[1], str(queries.path), f"index {index.path}")
     xq = queries.embeddings()
     t0 = time.perf_counter()
     _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
@@ -64,7 +80,7 @@ def evaluate(
         "nq": len(xq),
         "ntotal": index.ntotal,
         "map": mean_average_precision(rel),
-        "precision": precision_at_k(rel),
+        "precision": precision_at_k(rel, topk),
         "search_qps": len(xq) / search_s if search_s > 0 else None,
         "code_bytes_per_item": index.bits // 8,
         "float_bytes_per_item": 4 * queries.dim,
@@ -74,19 +90,20 @@ def evaluate(
     }
     if with_float:
         if db is None:
-            path = index.manifest.embeddings.get("path")
-            if path and Path(path).exists():
-                db = open_embeddings(path)
-            else:
-                logger.warning("database embeddings %s are gone: no float reference (pass them explicitly)", path)
+            try:
+                db = index.database()
+            except MismatchError:
+                raise
+            except InputError as e:
+                logger.warning("%s: no float reference", e)
+        else:
+            index.check_database(db)
         if db is not None:
-            if db.n != index.ntotal:
-                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {index.ntotal} codes")
             xb = db.embeddings()
             t0 = time.perf_counter()
             _, fids = cosine_knn(xq, xb, topk)
             out["float_qps"] = len(xq) / (time.perf_counter() - t0)
             frel = relevance(q_labels, items["labels"], fids)
             out["float_map"] = mean_average_precision(frel)
-            out["float_precision"] = precision_at_k(frel)
+            out["float_precision"] = precision_at_k(frel, topk)
     return out

@@ -33,7 +33,7 @@ from .lookup import MAX_LOOKUP_BITS, HammingLookup
 from .manifest import INDEX_FILE, ITEMS_FILE, MANIFEST, Manifest
 from .probe.artifact import PROBE_JSON, PROBE_WEIGHTS, Probe, load_probe, probe_hash
 from .spec import check_same_backbone, sha256_file
-from .store import Embeddings, publish_folder
+from .store import Embeddings, check_same_embeddings, open_embeddings, publish_folder
 from .store.durable import check_new_folder
 from .store.schema import as_str
 
@@ -146,6 +146,25 @@ class HashIndex:
         """Raises MismatchError unless query embeddings come from the index's backbone."""
         check_same_backbone(self.manifest.backbone, queries.backbone, f"the codes of index {self.path}", f"the queries {queries.path}")
 
+    def check_database(self, emb: Embeddings) -> None:
+        """Raises MismatchError unless ``emb`` is the embeddings file the index was built from
+        (compared by the checksums recorded in both; see :func:`~hashindex.store.check_same_embeddings`)."""
+        check_same_embeddings(self.manifest.embeddings, emb, f"index {self.path}")
+
+    def database(self) -> Embeddings:
+        """The embeddings file the index was built from, checked to be that file.
+
+        Raises:
+            InputError: it is gone.
+            MismatchError: the file at its path is another one now.
+        """
+        path = self.manifest.embeddings.get("path")
+        if not path or not os.path.exists(path):
+            raise InputError(f"the database embeddings {path} of index {self.path} are gone: pass them explicitly")
+        emb = open_embeddings(path)
+        self.check_database(emb)
+        return emb
+
 
 def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig()) -> HashIndex:
     """Encode every embedding with the probe and write an index folder (published atomically).
@@ -166,6 +185,8 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
     import faiss
 
     out = check_new_folder(out_dir)
+    if emb.n == 0:
+        raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to index")
     probe = load_probe(probe_dir)
     if probe.input_dim != emb.dim:
         raise MismatchError(f"the probe expects {probe.input_dim}-d embeddings, but {emb.path} holds {emb.dim}-d embeddings")

@@ -29,6 +29,10 @@ REQUIRED_FILES = (INDEX_FILE, ITEMS_FILE, f"probe/{PROBE_JSON}", f"probe/{PROBE_
 _CHECKSUM_KEY = "manifest_sha256"
 _CHECKSUM_RE = re.compile(rb'"manifest_sha256": "([0-9a-f]{64})"')
 _ZERO = "0" * 64
+_KEYS = {
+    "format", "hashindex_version", "faiss_version", "bits", "ntotal", "index", "probe", "backbone", "embeddings",
+    "build_seconds", "created", "files",
+}  # fmt: skip
 
 
 def _is_int(v) -> bool:
@@ -95,9 +99,15 @@ class Manifest:
         Raises:
             TypeError, ValueError, KeyError: a field is missing or malformed.
         """
-        fmt = m.get("format", 1)
-        if not _is_int(fmt) or fmt < 1:
+        fmt = m["format"]
+        if not _is_int(fmt) or fmt not in (1, 2):
             raise ValueError(f"bad format {fmt!r}")
+        # Exactly the keys of its format: damage to a key (say "format" itself) cannot turn a
+        # format-2 manifest into a format-1 one whose own checksum would not be checked.
+        want = _KEYS | ({_CHECKSUM_KEY} if fmt == 2 else set())
+        if set(m) != want:
+            extra, missing = sorted(set(m) - want), sorted(want - set(m))
+            raise ValueError(f"not a format-{fmt} manifest (unexpected keys {extra}, missing {missing})")
         if not _is_int(m["bits"]) or not _is_int(m["ntotal"]) or m["ntotal"] < 0:
             raise ValueError(f"bad bits/ntotal {m['bits']!r}/{m['ntotal']!r}")
         if m["bits"] % 8 or not MIN_BITS <= m["bits"] <= MAX_BITS:
@@ -124,8 +134,8 @@ class Manifest:
             if not isinstance(want, dict) or not _is_int(want.get("size")) or not isinstance(want.get("sha256"), str):
                 raise ValueError(f"bad file entry {rel!r}: {want!r}")
         config = IndexConfig(idx["kind"], idx.get("nlist"), idx.get("nprobe"))
-        known = {k: m.get(k) for k in ("hashindex_version", "faiss_version", "build_seconds", "created")}
-        return cls(m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m.get("embeddings") or {}, files, fmt, **known)
+        known = {k: m[k] for k in ("hashindex_version", "faiss_version", "build_seconds", "created")}
+        return cls(m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m["embeddings"], files, fmt, **known)
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> tuple["Manifest", bytes]:
@@ -145,9 +155,13 @@ class Manifest:
             doc = json.loads(raw.decode("utf-8"))
             if not isinstance(doc, dict):
                 raise TypeError("not a JSON object")
-            fmt = doc.get("format", 1)
+            fmt = doc.get("format")
             if _is_int(fmt) and fmt > INDEX_FORMAT:
-                raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {INDEX_FORMAT} (or its manifest is damaged)")
+                # A newer hashindex's manifest still seals its bytes; a damaged "format" does not.
+                problem = _checksum_problem(raw)
+                if problem:
+                    raise IntegrityError(f"{mf} claims index format {fmt} but {problem}")
+                raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {INDEX_FORMAT}")
             manifest = cls.from_dict(doc)
         except InputError:
             raise
@@ -157,11 +171,15 @@ class Manifest:
 
     def checksum_problem(self, raw: bytes) -> str | None:
         """Why the manifest's bytes do not match their recorded checksum (None when they do)."""
-        found = list(_CHECKSUM_RE.finditer(raw))
-        if len(found) != 1 or json.loads(raw).get(_CHECKSUM_KEY) != found[0].group(1).decode():
-            return f"has no valid {_CHECKSUM_KEY} (damaged or edited)"
-        m = found[0]
-        digest = hashlib.sha256(raw[: m.start(1)] + _ZERO.encode() + raw[m.end(1) :]).hexdigest()
-        if digest != m.group(1).decode():
-            return f"does not match its own sha256 (modified or corrupt: {digest[:12]}… vs recorded {m.group(1).decode()[:12]}…)"
-        return None
+        return _checksum_problem(raw)
+
+
+def _checksum_problem(raw: bytes) -> str | None:
+    found = list(_CHECKSUM_RE.finditer(raw))
+    if len(found) != 1 or json.loads(raw).get(_CHECKSUM_KEY) != found[0].group(1).decode():
+        return f"has no valid {_CHECKSUM_KEY} (damaged or edited)"
+    m = found[0]
+    digest = hashlib.sha256(raw[: m.start(1)] + _ZERO.encode() + raw[m.end(1) :]).hexdigest()
+    if digest != m.group(1).decode():
+        return f"does not match its own sha256 (modified or corrupt: {digest[:12]}… vs recorded {m.group(1).decode()[:12]}…)"
+    return None

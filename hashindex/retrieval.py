@@ -212,10 +212,7 @@ def ranked(
 
 
 def _database_rows(index: HashIndex) -> FloatRows:
-    path = index.manifest.embeddings.get("path")
-    if not path or not os.path.exists(path):
-        raise InputError(f"float re-ranking reads the database embeddings {path}, which are gone: pass them explicitly")
-    return FloatRows(path)
+    return FloatRows(index.database().path)  # checked to be the file the index was built from
 
 
 def cosine_knn(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from hashindex.index import IndexConfig, build_index, load_index
 from hashindex.manifest import sealed_bytes
 from hashindex.probe.fit import FitConfig, fit_probe
 
-from helpers import write_embeddings
+from helpers import mutate as _mutate, write_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,27 +35,6 @@ def index_dir(request, tmp_path_factory):
     cfg = IndexConfig("ivf", nlist=1, nprobe=1) if request.param == "ivf" else IndexConfig("flat")
     build_index(emb, d / "probe", d / "index", cfg)
     return d / "index"
-
-
-def _mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
-    op = rng.random()
-    if op < 0.5 or len(data) < 2:
-        pos = int(rng.integers(len(data)))
-        out = bytearray(data)
-        out[pos] ^= int(rng.integers(1, 256))
-        return f"flip byte {pos}", bytes(out)
-    if op < 0.7:
-        cut = int(rng.integers(0, len(data)))
-        return f"truncate to {cut}", data[:cut]
-    if op < 0.9:
-        pos, k = int(rng.integers(len(data))), int(rng.integers(2, 17))
-        out = bytearray(data)
-        chunk = rng.integers(0, 256, min(k, len(data) - pos), dtype=np.uint8).tobytes()
-        out[pos : pos + len(chunk)] = chunk
-        if bytes(out) == data:
-            out[pos] ^= 0xFF
-        return f"overwrite {len(chunk)} bytes at {pos}", bytes(out)
-    return "append bytes", data + rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
 
 
 def test_1000_random_mutations_are_all_refused_cleanly(index_dir):
@@ -172,7 +151,7 @@ def test_edited_manifests_are_refused_naming_both_sides(index_dir, tmp_path):
 
     (d / "manifest.json").write_bytes(ok)
     _edit_manifest(d, lambda m: m.pop("manifest_sha256"), reseal=False)
-    with pytest.raises(IntegrityError, match="no valid manifest_sha256"):
+    with pytest.raises(IntegrityError, match="manifest_sha256"):
         load_index(d)
 
     (d / "manifest.json").write_bytes(ok)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..codes import pack
 from ..errors import InputError, IntegrityError
+from ..store.durable import publish_folder
 from ..validate import check_embeddings
 from .baselines import l2_normalize
 
@@ -85,12 +86,14 @@ class Probe:
         return pack(self.logits(x))
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``probe.json`` and ``weights.safetensors`` into ``out_dir`` (created)."""
+        """Write ``probe.json`` and ``weights.safetensors`` as the new folder ``out_dir``,
+        published atomically (both files or neither).
+
+        Raises:
+            InputError: ``out_dir`` exists and is not empty.
+        """
         from safetensors.numpy import save_file
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: np.array(v, order="C") for k, v in self.tensors.items()}, str(out / PROBE_WEIGHTS))  # keeps 0-d arrays 0-d
         doc = {
             "format": PROBE_FORMAT,
             "method": self.method,
@@ -99,8 +102,13 @@ class Probe:
             "config": self.config,
             "meta": self.meta,
         }
-        (out / PROBE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        return out
+
+        def fill(tmp: Path) -> None:
+            # np.array(order="C") rather than ascontiguousarray, which would make 0-d arrays 1-d
+            save_file({k: np.array(v, order="C") for k, v in self.tensors.items()}, str(tmp / PROBE_WEIGHTS))
+            (tmp / PROBE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+        return publish_folder(fill, out_dir)
 
 
 def probe_hash(probe_dir: str | os.PathLike) -> str:

@@ -117,6 +117,8 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         InputError: bad options, no views for CroVCA, no labels for ``supervised``.
     """
     config.validate()
+    if emb.n == 0:
+        raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to fit a probe on")
     t0 = time.perf_counter()
     x = emb.embeddings()
     if not np.isfinite(x).all():

@@ -7,13 +7,13 @@ verification, and the durable-write helpers and lock that every stage publishing
 """
 
 from .durable import OutputLock, OutputLockedError, fsync_dir, lock_path, publish_folder, write_durably
-from .reader import Embeddings, open_embeddings
+from .reader import Embeddings, check_same_embeddings, open_embeddings
 from .resume import partial_path, remove_resume_folder
 from .schema import SCHEMA_VERSION
 from .writer import EmbeddingsWriter, clean_published
 
 __all__ = [
-    "SCHEMA_VERSION", "Embeddings", "EmbeddingsWriter", "OutputLock", "OutputLockedError", "clean_published",
+    "SCHEMA_VERSION", "Embeddings", "EmbeddingsWriter", "check_same_embeddings", "OutputLock", "OutputLockedError", "clean_published",
     "fsync_dir", "lock_path", "open_embeddings", "partial_path", "publish_folder", "remove_resume_folder",
     "write_durably",
 ]  # fmt: skip

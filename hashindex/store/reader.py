@@ -14,10 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError, IntegrityError
+from ..errors import InputError, IntegrityError, MismatchError
 from ..spec import BackboneSpec
 from .resume import partial_path
-from .schema import DATASETS, FAIL, SCHEMA_VERSION, as_str, hash_rows
+from .schema import DATASETS, FAIL, SCHEMA_VERSION, as_str, attrs_digest, expected_checksums, hash_failures, hash_rows
 
 
 @dataclass
@@ -46,11 +46,14 @@ class Embeddings:
             return {k: f.attrs[k] for k in f.attrs}
 
     def _read(self, name: str, rows=None):
-        with h5py.File(self.path, "r") as f:
-            if name not in f:
-                return None
-            d = f[name]
-            return d[()] if rows is None else d[rows]
+        try:
+            with h5py.File(self.path, "r") as f:
+                if name not in f:
+                    return None
+                d = f[name]
+                return d[()] if rows is None else d[rows]
+        except Exception as e:  # noqa: BLE001 - h5py raises many kinds on damaged files
+            raise IntegrityError(f"cannot read /{name} of {self.path} (damaged file?): {type(e).__name__}: {e}") from None
 
     def embeddings(self, rows=None) -> np.ndarray:
         """Float32 ``(n, D)`` eval embeddings (or the given rows)."""
@@ -90,16 +93,20 @@ class Embeddings:
 
     def provenance(self) -> dict:
         """The attributes that identify how these embeddings were made."""
-        keys = ("schema_version", "hashindex_version", "backbone", "augment", "views", "seed", "source", "created", "embed_seconds", "device")
+        keys = (
+            "schema_version", "hashindex_version", "backbone", "augment", "views", "seed", "source", "source_digest",
+            "created", "embed_seconds", "device", "checksums",
+        )  # fmt: skip
         out = {k: self.attrs.get(k) for k in keys}
         out["n"], out["dim"], out["path"] = self.n, self.dim, str(self.path.resolve())
         return out
 
     def verify(self) -> None:
-        """Read the whole file and check it: every dataset has one row per item, rows come from
-        distinct increasing source items that are not also recorded as failures, every value is
-        finite, and each dataset matches its recorded sha256 (files written before checksums were
-        recorded skip that part).
+        """Read the whole file and check it: the datasets are exactly those its checksums name,
+        every dataset has one row per item, rows come from distinct increasing source items that
+        are not also recorded as failures, every value is finite, and each dataset, the failures
+        and the attributes match their recorded sha256 (files written before failures and
+        attributes were covered have only the datasets' sums).
 
         Raises:
             IntegrityError: the first problem found.
@@ -107,29 +114,40 @@ class Embeddings:
         p = self.path
         try:
             with h5py.File(p, "r") as f:
+                if "checksums" not in f.attrs:
+                    raise IntegrityError(f"{p} records no checksums (damaged, or not written by hashindex): it cannot be verified")
+                checksums = json.loads(f.attrs["checksums"])
+                full, old = expected_checksums(f)
+                if not isinstance(checksums, dict) or set(checksums) not in (full, old) or set(f) - set(DATASETS) != {"failures"}:
+                    raise IntegrityError(f"{p}: its datasets ({', '.join(sorted(f))}) are not those its checksums name ({', '.join(sorted(checksums))})")
+                if "attrs" in checksums and attrs_digest(f.attrs) != checksums["attrs"]:
+                    raise IntegrityError(f"{p}: its attributes do not match their recorded sha256 (modified or corrupt)")
                 for k in DATASETS:
                     if k in f and f[k].shape[0] != self.n:
                         raise IntegrityError(f"{p}: /{k} has {f[k].shape[0]} rows, /embeddings has {self.n}")
                 if "rows" in f.attrs and int(f.attrs["rows"]) != self.n:
                     raise IntegrityError(f"{p}: attribute rows={int(f.attrs['rows'])}, /embeddings has {self.n}")
+                fails = f["failures"][()]
+                if "failures" in checksums:
+                    h = hashlib.sha256()
+                    hash_failures(h, fails.tolist())
+                    if h.hexdigest() != checksums["failures"]:
+                        raise IntegrityError(f"{p}: /failures does not match its recorded sha256 (modified or corrupt)")
                 idx = f["source_index"][()]
                 if len(idx) and ((np.diff(idx) <= 0).any() or idx.min() < 0):
                     raise IntegrityError(f"{p}: /source_index is not strictly increasing (an item appears twice or out of order)")
-                failed = f["failures"]["source_index"] if "failures" in f and len(f["failures"]) else np.zeros(0, np.int64)
-                if np.intersect1d(idx, failed).size:
+                if np.intersect1d(idx, fails["source_index"] if len(fails) else np.zeros(0, np.int64)).size:
                     raise IntegrityError(f"{p}: items recorded as failures also have rows")
-                checksums = json.loads(f.attrs["checksums"]) if "checksums" in f.attrs else {}
                 for k in DATASETS:
                     if k not in f:
                         continue
                     data = f[k][()]
                     if k in ("embeddings", "views") and not np.isfinite(data).all():
                         raise IntegrityError(f"{p}: /{k} holds NaN or inf values")
-                    if k in checksums:
-                        h = hashlib.sha256()
-                        hash_rows(h, k, data)
-                        if h.hexdigest() != checksums[k]:
-                            raise IntegrityError(f"{p}: /{k} does not match its recorded sha256 (modified or corrupt)")
+                    h = hashlib.sha256()
+                    hash_rows(h, k, data)
+                    if h.hexdigest() != checksums[k]:
+                        raise IntegrityError(f"{p}: /{k} does not match its recorded sha256 (modified or corrupt)")
         except IntegrityError:
             raise
         except Exception as e:  # noqa: BLE001 - h5py raises many kinds on damaged files
@@ -141,7 +159,8 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = False) -> Embeddi
 
     Args:
         path: the ``.h5`` file.
-        verify: also read everything and check it (:meth:`Embeddings.verify`).
+        verify: also read everything and check it (:meth:`Embeddings.verify`): datasets and
+            attributes against their recorded sha256, row counts, order, finiteness.
 
     Raises:
         InputError: missing file, a partial (unfinished) file, or not a hashindex file.
@@ -173,7 +192,7 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = False) -> Embeddi
                 attrs[k] = json.loads(attrs[k])
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
         backbone = BackboneSpec.from_dict(attrs["backbone"]) if version <= SCHEMA_VERSION else None
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - ValueError, KeyError, TypeError... from damaged attributes
         raise IntegrityError(f"{path} has damaged attributes: {type(e).__name__}: {e}") from None
     if version > SCHEMA_VERSION:
         raise InputError(f"{path} has schema version {version}; this hashindex reads up to {SCHEMA_VERSION}")
@@ -183,3 +202,23 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = False) -> Embeddi
     if verify:
         emb.verify()
     return emb
+
+
+def check_same_embeddings(recorded: dict, emb: Embeddings, recorded_name: str) -> None:
+    """Raise MismatchError unless ``emb`` is the embeddings file an artifact recorded (its
+    ``provenance()``): the same rows by their recorded sha256 (files from before checksums: the
+    same creation time, source and size). A cheap comparison of recorded values; hashing the
+    file itself is :meth:`Embeddings.verify`'s job.
+    """
+    mine = emb.provenance()
+    keys = ("checksums",) if recorded.get("checksums") and mine.get("checksums") else ("created", "source", "n", "dim")
+    diff = [k for k in keys if json.dumps(recorded.get(k), sort_keys=True) != json.dumps(mine.get(k), sort_keys=True)]
+    if recorded.get("n") is not None and recorded["n"] != emb.n:
+        diff = diff or ["n"]
+    if diff:
+        raise MismatchError(
+            f"{emb.path} is not the embeddings file {recorded_name} was built from "
+            f"({recorded.get('path')}, {recorded.get('n')} rows made {recorded.get('created')}; this one: {emb.n} rows "
+            f"made {mine.get('created')}; differs in {', '.join(diff)})"
+        )
+

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 RESUME_FORMAT = 1
 SETTINGS = "settings.json"
 ASSEMBLED = "assembled.h5"
+ITEMS = "items.txt"  # the source's item keys when the run began (name, size, mtime per line)
 SHARD_RE = re.compile(r"^shard-(\d{12})-(\d{12})\.npz$")
 
 
@@ -47,6 +48,26 @@ def read_settings(work: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def changed_item(work: Path, keys: list[str] | None) -> str:
+    """Describe the first item whose key differs between the interrupted run and now."""
+    hint = "delete the folder or re-run with --restart to start over"
+    try:
+        old = (work / ITEMS).read_bytes().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        old = None
+    if old is None or keys is None:
+        return f"its items differ; {hint}"
+    for i, (a, b) in enumerate(zip(old, keys)):
+        if a != b:
+            return f"item {i} was {_show(a)} and is now {_show(b)}; {hint}"
+    return f"it had {len(old)} items and has {len(keys)} now; {hint}"
+
+
+def _show(key: str) -> str:
+    name, *rest = key.split("\t")
+    return repr(name) + (f" ({rest[0]} bytes, mtime {rest[1]})" if len(rest) == 2 else " (missing)" if rest else "")
 
 
 def shard_rows(path: Path) -> int | None:

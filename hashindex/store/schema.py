@@ -11,12 +11,15 @@ Layout::
     attrs: schema_version, hashindex_version, complete, items_done, rows, backbone (JSON),
            augment (JSON), views, seed, source (JSON), label_names (JSON), created,
            embed_seconds (wall time of the forward passes, summed over resumed runs), device,
-           checksums (JSON: sha256 of each dataset's contents, checked by ``Embeddings.verify``)
+           source_digest (the source's items when embedded), checksums (JSON: sha256 of each
+           dataset's contents and, under ``attrs``, of the other attributes; checked by
+           ``Embeddings.verify``)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import h5py
 import numpy as np
@@ -61,6 +64,26 @@ def hash_rows(h: "hashlib._Hash", name: str, rows) -> None:
             h.update(as_str(s).encode("utf-8") + b"\n")
     else:
         h.update(np.ascontiguousarray(rows).tobytes())
+
+
+def hash_failures(h: "hashlib._Hash", rows) -> None:
+    """Feed ``/failures`` rows (source_index, name, error, message) into their checksum."""
+    for idx, *text in rows:
+        h.update("\t".join([str(int(idx)), *(as_str(t) for t in text)]).encode("utf-8") + b"\n")
+
+
+def expected_checksums(datasets) -> tuple[set, set]:
+    """The key sets a file's ``checksums`` may have: with ``failures`` and ``attrs`` (files
+    written now), or the datasets alone (files written before those were covered)."""
+    data = {k for k in datasets if k in DATASETS}
+    return data | {"failures", "attrs"}, data
+
+
+def attrs_digest(attrs) -> str:
+    """sha256 of a file's attributes (all but ``checksums``) in a canonical JSON form, so
+    verification covers the provenance as well as the datasets."""
+    doc = {k: jsonable(attrs[k]) for k in attrs if k != "checksums"}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def new_hashes(names) -> dict:

@@ -28,10 +28,10 @@ from ..errors import InputError, IntegrityError
 from .durable import OutputLock, fsync_dir, write_durably
 from .reader import open_embeddings
 from .resume import (
-    ASSEMBLED, RESUME_FORMAT, SETTINGS, Shard, check_shard, partial_path, read_settings, remove_resume_folder,
-    scan_shards, shard_meta,
+    ASSEMBLED, ITEMS, RESUME_FORMAT, SETTINGS, Shard, changed_item, check_shard, partial_path, read_settings,
+    remove_resume_folder, scan_shards, shard_meta,
 )  # fmt: skip
-from .schema import DATASETS, FAIL, SCHEMA_VERSION, STR, hash_rows, jsonable, new_hashes, text_array
+from .schema import DATASETS, FAIL, SCHEMA_VERSION, STR, attrs_digest, hash_failures, hash_rows, jsonable, new_hashes, text_array
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class EmbeddingsWriter:
         lock: an :class:`OutputLock` already held for ``path`` (taken here when None).
         commit_seconds: make appended batches durable when this long has passed since the last
             commit (0: after every batch).
+        item_keys: what identifies each item of the source (kept in the resume folder, so a
+            resume refused for a changed source can name the first item that differs).
 
     Raises:
         OutputLockedError: another process writes the same output.
@@ -62,13 +64,14 @@ class EmbeddingsWriter:
 
     def __init__(
         self, path: str | os.PathLike, *, n: int, dim: int, views: int, label_dim: int, attrs: dict,
-        lock: OutputLock | None = None, commit_seconds: float = 0.0,
+        lock: OutputLock | None = None, commit_seconds: float = 0.0, item_keys: list[str] | None = None,
     ):  # fmt: skip
         self.path = Path(path)
         self.work = partial_path(path)
         self.n, self.dim, self.views, self.label_dim = int(n), int(dim), int(views), int(label_dim)
         self.attrs = {k: jsonable(v) for k, v in attrs.items()}
         self.commit_seconds = float(commit_seconds)
+        self.item_keys = item_keys
         self._own_lock = lock is None
         self.lock = lock if lock is not None else OutputLock(path).acquire()
         self._buffer: list[dict] = []
@@ -99,7 +102,7 @@ class EmbeddingsWriter:
         if w.is_dir():
             settings = read_settings(w)
             if settings is None:
-                stray = [p.name for p in w.iterdir() if not p.name.startswith(".tmp-")]
+                stray = [p.name for p in w.iterdir() if not p.name.startswith(".tmp-") and p.name != ITEMS]
                 if stray:
                     raise InputError(f"{w} holds files hashindex did not write ({', '.join(stray[:3])}): delete it to start over")
         if settings is not None:
@@ -107,6 +110,8 @@ class EmbeddingsWriter:
             diff = [k for k in ("format", "n", "dim", "views", "label_dim") if settings.get(k) != mine[k]]
             theirs_attrs = settings.get("attrs") or {}
             diff += [k for k in mine["attrs"] if theirs_attrs.get(k) != mine["attrs"][k]]
+            if "source_digest" in diff:
+                raise InputError(f"{w} is left from a run over another version of the source: {changed_item(w, self.item_keys)}")
             if diff:
                 raise InputError(
                     f"{w} is left from a run with other settings (differs in: {', '.join(diff)}); delete it "
@@ -123,6 +128,8 @@ class EmbeddingsWriter:
         self._discard_stray()
         self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         doc = dict(self._settings(), created=self.created, hashindex_version=__version__)
+        if self.item_keys is not None:
+            write_durably(w / ITEMS, lambda fh: fh.write("".join(k + "\n" for k in self.item_keys).encode("utf-8", "surrogateescape")))
         write_durably(w / SETTINGS, lambda fh: fh.write((json.dumps(doc, sort_keys=True) + "\n").encode()))
         fsync_dir(w.parent)
         self._shards, self._committed_attrs = [], {}
@@ -303,8 +310,13 @@ class EmbeddingsWriter:
         f.attrs["items_done"] = self.committed_items
         f.attrs["rows"] = rows
         f.attrs["created"] = self.created
-        f.attrs["checksums"] = json.dumps({k: h.hexdigest() for k, h in hashes.items()}, sort_keys=True)
         f.attrs["complete"] = True
+        sums = {k: h.hexdigest() for k, h in hashes.items()}
+        fh = new_hashes(["failures"])["failures"]
+        hash_failures(fh, failures)
+        sums["failures"] = fh.hexdigest()
+        sums["attrs"] = attrs_digest(f.attrs)
+        f.attrs["checksums"] = json.dumps(sums, sort_keys=True)
 
     def _cleanup(self) -> None:
         remove_resume_folder(self.work)
