@@ -105,9 +105,14 @@ def embed(obj, source, out, split, root, data_dir, limit, **kw):
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--bits", type=int, default=None, help="Code length, a multiple of 8 in 16..1024 [default: 64].")
 @click.option("--method", type=click.Choice(["crovca", "lsh", "pca", "pca-rr", "itq"]), default=None, help="Hashing method [default: crovca].")
-@click.option("--supervised", is_flag=True, default=None, help="CroVCA with class-prototype targets from the file's labels.")
+@click.option("--supervised", is_flag=True, default=None, help="CroVCA with class targets from the file's labels (see --targets).")
 @click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="CroVCA MLP size [default: small].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None,
+    help="Training epochs, an explicit override [default: automatic: 5, or more so that training takes at least --min-steps optimiser steps].",
+)  # fmt: skip
+@click.option("--min-steps", type=click.IntRange(min=0), default=None, help="Floor on optimiser steps when --epochs is not given [default: 1000].")
+@opt.targets
 @opt.batch_size
 @click.option("--lr", type=float, default=None, help="AdamW peak learning rate, cosine-decayed per step [default: 1e-3].")
 @click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 1e-2].")
@@ -228,16 +233,12 @@ def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asym
     if r["float_map"] is not None:
         fl = f"float cosine ({r['float_bytes_per_item'] // 4}-d)"
         click.echo(f"{fl:<32}{100 * r['float_map']:>10.2f}{100 * r['float_precision']:>10.2f}{r['float_qps']:>12,.0f}{r['float_bytes_per_item']:>12}")
-    click.echo(f"{r['nq']} queries against {r['ntotal']} items; Hamming ranking, equal distances by id")
-
-
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    click.echo(f"{'asymmetric, whole database':<32}{100 * r['asymmetric_map']:>10.2f}{100 * r['asymmetric_precision']:>10.2f}")
+    click.echo(f"{r['nq']} queries against {r['ntotal']} items; Hamming ranking, equal distances by id; the asymmetric row ranks every item by the query's sigmoid(logits) against its bits (the CroVCA paper's figure)")
+    if r["ivf"] is not None:
+        v = r["ivf"]
+        note = "" if v["map"] is not None else f"; {100 * (1 - v['complete']):.1f}% of queries found fewer than k in their lists (completed by an exhaustive search), so the mAP above is not that of the IVF search alone"
+        click.echo(f"IVF nprobe {v['nprobe']}: recall of the flat top-{v['k']} {100 * v['recall']:.1f}% ({100 * v['recall_ties']:.1f}% counting equal distances){note}")
 
 
 @cli.command()
@@ -245,13 +246,19 @@ def _int_list(ctx, param, value):
 @click.argument("queries", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Report folder (report.md, report.json, PNG plots).")
 @click.option("--methods", default=None, help="Comma-separated: crovca,crovca-sup,lsh,pca,pca-rr,itq [default: all].")
-@click.option("--bits", callback=_int_list, default=None, help="Comma-separated code lengths [default: 16,32,64,128].")
+@click.option("--bits", type=opt.INT_LIST, default=None, help="Comma-separated code lengths [default: 16,32,64,128].")
 @click.option("--topk", type=click.IntRange(min=1), default=None, help="Ranking depth of mAP@k [default: 1000].")
 @click.option("--rerank", type=click.IntRange(min=1), default=None, help="Candidates R·k for the re-ranking modes [default: 4].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="CroVCA epochs [default: 5].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="CroVCA epochs [default: automatic, as in fit-probe].")
+@click.option(
+    "--seeds", type=opt.INT_LIST, default=None,
+    help="Also fit the learned methods (crovca, crovca-sup) at these seeds, e.g. 0,1,2,3,4: the report gives "
+    "mean, minimum and standard deviation beside the --seed figure, and its quality targets use the minimum.",
+)  # fmt: skip
+@opt.targets
 @click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="CroVCA MLP size [default: small].")
-@click.option("--nprobes", callback=_int_list, default=None, help="IVF nprobe values to time [default: 1,4,16].")
-@click.option("--scales", callback=_int_list, default=None, help="Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: 1000000].")
+@click.option("--nprobes", type=opt.INT_LIST, default=None, help="IVF nprobe values to time [default: 1,4,16].")
+@click.option("--scales", type=opt.INT_LIST, default=None, help="Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: 1000000].")
 @click.option("--float-scale", type=click.IntRange(min=0), default=None, help="Largest synthetic size that also times float IndexFlatIP and re-ranking [default: 1000000].")
 @click.option("--speed-queries", type=click.IntRange(min=1), default=None, help="Queries per throughput measurement [default: 1000].")
 @click.option("--latency-queries", type=click.IntRange(min=1), default=None, help="Single-query calls per latency measurement [default: 200; at most 100 on synthetic data].")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import click
 
+from hashindex.probe.targets import TARGETS
+
 device = click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
     help="Compute device [default: auto = cuda when available, else cpu].",
@@ -20,6 +22,26 @@ weights = click.option(
 nprobe = click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query [default: nlist/16].")
 
 
+class IntList(click.ParamType):
+    """A comma-separated list of integers, e.g. ``0,1,2`` → ``(0, 1, 2)``."""
+
+    name = "INTS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated integers, got {value!r}", param, ctx)
+        if not out:
+            self.fail("expected at least one integer", param, ctx)
+        return out
+
+
+INT_LIST = IntList()
+
+
 def kwargs(**options) -> dict:
     """Drop options the user left unset, so library defaults apply."""
     return {k: v for k, v in options.items() if v is not None}
@@ -30,4 +52,10 @@ rerank = click.option(
 asymmetric = click.option(
     "--asymmetric", is_flag=True,
     help="Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default 4).",
+)  # fmt: skip
+targets = click.option(
+    "--targets", type=click.Choice(TARGETS), default=None,
+    help="Supervised CroVCA targets. codebook: each class a fixed code, the codes at least bits/2 apart where "
+    "possible, so two classes never share a code; prototype: the paper's sign of the class prototypes "
+    "(two classes can merge) [default: codebook].",
 )  # fmt: skip

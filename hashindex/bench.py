@@ -55,6 +55,7 @@ class BenchConfig:
     rerank_queries: int = 1000
     epochs: int | None = None  # None: the fit's automatic schedule (a floor on optimiser steps)
     seeds: tuple[int, ...] = ()  # extra seeds for the learned methods (mean / min / std)
+    targets: str = "codebook"  # supervised CroVCA targets (FitConfig.targets)
     hashcoder: str = "small"
     device: str = "auto"
     seed: int = 0
@@ -314,7 +315,7 @@ def run_bench(
         for name in config.methods:
             fc = FitConfig(
                 method="crovca" if name.startswith("crovca") else name, bits=bits, supervised=name == "crovca-sup",
-                hashcoder=config.hashcoder, epochs=config.epochs, device=config.device, seed=config.seed,
+                hashcoder=config.hashcoder, epochs=config.epochs, device=config.device, seed=config.seed, targets=config.targets,
             )  # fmt: skip
             t = time.perf_counter()
             probe = fit_probe(db, fc, progress=False)

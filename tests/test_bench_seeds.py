@@ -71,3 +71,34 @@ def test_bench_with_seeds(tmp_path, clusters):
     assert ("itq", "asymmetric") in q
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Quality across seeds" in md and "Asymmetric ranking of the whole database" in md
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_evaluate_reports_asymmetric_ranking_and_ivf_recall(tmp_path, clusters, kind):
+    from hashindex.evaluate import evaluate
+    from hashindex.index import build_index, stored_codes
+    from hashindex.metrics import mean_average_precision, relevance
+    from hashindex.probe.fit import FitConfig, fit_probe
+
+    fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")
+    idx = build_index(clusters, tmp_path / "p", tmp_path / "idx", IndexConfig(kind, nlist=32) if kind == "ivf" else IndexConfig())
+    idx.set_nprobe(1)
+    r = evaluate(idx, clusters, topk=50, with_float=False)
+    x, y = clusters.embeddings(), clusters.labels()
+    _, ids = asymmetric_knn(idx.probe.logits(x), stored_codes(idx.faiss_index), 50)
+    assert r["asymmetric_map"] == pytest.approx(mean_average_precision(relevance(y, y, ids)))
+    if kind == "flat":
+        assert r["ivf"] is None
+    else:
+        assert 0 <= r["ivf"]["recall"] <= r["ivf"]["recall_ties"] <= 1 and r["ivf"]["nprobe"] == 1
+
+
+def test_cli_int_list_option():
+    from click.testing import CliRunner
+
+    from hashindex.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["bench", "a.h5", "b.h5", "-o", "x", "--seeds", "0,x"])
+    assert res.exit_code == 2 and "expected comma-separated integers" in res.output
+    res = CliRunner().invoke(cli, ["bench", "a.h5", "b.h5", "-o", "x", "--seeds", ","])
+    assert res.exit_code == 2 and "at least one integer" in res.output
