@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from .codes import unpack
-from .search import check_k, sort_results
+from .retrieval import sort_results
+from .validate import check_k
 
 
 def asymmetric_knn(q_logits: np.ndarray, db_codes: np.ndarray, k: int, chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:

@@ -26,13 +26,13 @@ SEED_MODES = ("hamming", "asymmetric")
 def ranking_maps(probe, xb, xq, yb, yq, k: int) -> dict:
     """mAP@k of symmetric Hamming ranking (flat index, ties by id) and of the asymmetric ranking
     of the whole database."""
-    from .bench import _in_memory_index
-    from .index import IndexConfig
-    from .search import hamming_search
+    from .config import IndexConfig
+    from .index import HashIndex
+    from .retrieval import hamming_search
 
     db_codes = probe.encode(xb)
     q_logits = probe.logits(xq)
-    _, ids = hamming_search(_in_memory_index(db_codes, probe, IndexConfig("flat")), np.packbits(q_logits > 0, axis=1), k)
+    _, ids = hamming_search(HashIndex.from_codes(db_codes, probe, IndexConfig("flat")), np.packbits(q_logits > 0, axis=1), k)
     _, aids = asymmetric_knn(q_logits, db_codes, k)
     return {"hamming": mean_average_precision(relevance(yq, yb, ids)), "asymmetric": mean_average_precision(relevance(yq, yb, aids))}
 
@@ -89,7 +89,7 @@ def ivf_rows(ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray,
     fewer, the mAP definition averages over the hits found and flatters a search that found less.
     Yields one row per nprobe, with the index still set to it (so the caller can time it).
     """
-    from .search import sort_results
+    from .retrieval import sort_results
 
     fi = ivf.faiss_index
     for nprobe in nprobes:

@@ -8,20 +8,14 @@ import time
 import numpy as np
 from pathlib import Path
 
-from .backbone import check_same_backbone
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .metrics import mean_average_precision, precision_at_k, relevance
-from .rerank import DEFAULT_RERANK, ranked
-from .search import check_k, cosine_knn
+from .retrieval import DEFAULT_RERANK, cosine_knn, ranked
 from .store import Embeddings, open_embeddings
+from .validate import check_k
 
 logger = logging.getLogger(__name__)
-
-
-def check_queries_match(index: HashIndex, queries: Embeddings) -> None:
-    """Raises MismatchError unless the query embeddings come from the index's backbone."""
-    check_same_backbone(index.manifest["backbone"], queries.backbone, f"the codes of index {index.path}", f"the queries {queries.path}")
 
 
 def evaluate(
@@ -53,7 +47,7 @@ def evaluate(
         MismatchError: queries from another backbone.
     """
     topk = check_k(topk)
-    check_queries_match(index, queries)
+    index.check_queries(queries)
     q_labels = queries.labels()
     items = index.items()
     if q_labels is None or items["labels"] is None:
@@ -70,7 +64,7 @@ def evaluate(
         "supervised": bool(index.probe.config.get("supervised", False)),
         "bits": index.bits,
         "index_type": index.kind,
-        "ranking": "hamming" if not (rerank or asymmetric) else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
+        "ranking": "hamming" if rerank is None and not asymmetric else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
         "ntotal": index.ntotal,
@@ -86,8 +80,8 @@ def evaluate(
     out.update(_paper_and_ivf(index, xq, q_labels, items["labels"], topk))
     if with_float:
         if db is None:
-            path = Path(index.manifest["embeddings"]["path"])
-            if path.exists():
+            path = index.manifest.embeddings.get("path")
+            if path and Path(path).exists():
                 db = open_embeddings(path)
             else:
                 logger.warning("database embeddings %s are gone: no float reference (pass them explicitly)", path)
@@ -107,12 +101,11 @@ def evaluate(
 def _paper_and_ivf(index: HashIndex, xq, q_labels, db_labels, topk: int) -> dict:
     """Asymmetric ranking of the whole database; for IVF, recall of the exact top-k."""
     from .asymmetric import asymmetric_knn
-    from .bench import _in_memory_index
     from .bench_seeds import ivf_rows
-    from .index import IndexConfig, stored_codes
-    from .search import hamming_search
+    from .config import IndexConfig
+    from .retrieval import hamming_search
 
-    db_codes = stored_codes(index.faiss_index)
+    db_codes = index.codes()
     logits = index.probe.logits(xq)
     k = min(topk, index.ntotal)
     _, aids = asymmetric_knn(logits, db_codes, k)
@@ -120,6 +113,6 @@ def _paper_and_ivf(index: HashIndex, xq, q_labels, db_labels, topk: int) -> dict
     out = {"asymmetric_map": mean_average_precision(arel), "asymmetric_precision": precision_at_k(arel), "ivf": None}
     if index.kind == "ivf":
         q_codes = np.packbits(logits > 0, axis=1)
-        fd, fids = hamming_search(_in_memory_index(db_codes, index.probe, IndexConfig("flat")), q_codes, k)
+        fd, fids = hamming_search(HashIndex.from_codes(db_codes, index.probe, IndexConfig("flat")), q_codes, k)
         out["ivf"] = next(ivf_rows(index, fids, fd, q_codes, q_labels, db_labels, k, (index.faiss_index.nprobe,)), None)
     return out

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 
 from hashindex.asymmetric import asymmetric_knn
-from hashindex.bench import BenchConfig, _in_memory_index, run_bench
+from types import SimpleNamespace
+
+from hashindex.bench import run_bench
 from hashindex.bench_seeds import ivf_rows, summarize
 from hashindex.codes import unpack
-from hashindex.index import IndexConfig
-from hashindex.search import hamming_search
+from hashindex.config import BenchConfig, IndexConfig
+from hashindex.index import HashIndex
+from hashindex.retrieval import hamming_search
 
 
 def test_asymmetric_knn_matches_numpy_reference(rng):
@@ -38,8 +41,9 @@ def test_ivf_recall_against_flat(rng):
     q = rng.integers(0, 256, (40, 4), dtype=np.uint8)
     y = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 3000)]
     yq = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 40)]
-    flat = _in_memory_index(codes, None, IndexConfig("flat"))
-    ivf = _in_memory_index(codes, None, IndexConfig("ivf", nlist=64))
+    probe = SimpleNamespace(method="lsh", config={}, backbone=None)  # only the codes are searched
+    flat = HashIndex.from_codes(codes, probe, IndexConfig("flat"))
+    ivf = HashIndex.from_codes(codes, probe, IndexConfig("ivf", nlist=64))
     k = 100
     fd, fi = hamming_search(flat, q, k)
     rows = {r["nprobe"]: r for r in ivf_rows(ivf, fi, fd, q, yq, y, k, (1, 64, 65))}
@@ -76,16 +80,17 @@ def test_bench_with_seeds(tmp_path, clusters):
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_evaluate_reports_asymmetric_ranking_and_ivf_recall(tmp_path, clusters, kind):
     from hashindex.evaluate import evaluate
-    from hashindex.index import build_index, stored_codes
+    from hashindex.index import build_index
     from hashindex.metrics import mean_average_precision, relevance
-    from hashindex.probe.fit import FitConfig, fit_probe
+    from hashindex.config import FitConfig
+    from hashindex.probe.fit import fit_probe
 
     fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")
     idx = build_index(clusters, tmp_path / "p", tmp_path / "idx", IndexConfig(kind, nlist=32) if kind == "ivf" else IndexConfig())
     idx.set_nprobe(1)
     r = evaluate(idx, clusters, topk=50, with_float=False)
     x, y = clusters.embeddings(), clusters.labels()
-    _, ids = asymmetric_knn(idx.probe.logits(x), stored_codes(idx.faiss_index), 50)
+    _, ids = asymmetric_knn(idx.probe.logits(x), idx.codes(), 50)
     assert r["asymmetric_map"] == pytest.approx(mean_average_precision(relevance(y, y, ids)))
     if kind == "flat":
         assert r["ivf"] is None
@@ -99,6 +104,6 @@ def test_cli_int_list_option():
     from hashindex.cli.main import cli
 
     res = CliRunner().invoke(cli, ["bench", "a.h5", "b.h5", "-o", "x", "--seeds", "0,x"])
-    assert res.exit_code == 2 and "expected comma-separated integers" in res.output
+    assert res.exit_code == 2 and "expected comma-separated ints" in res.output
     res = CliRunner().invoke(cli, ["bench", "a.h5", "b.h5", "-o", "x", "--seeds", ","])
-    assert res.exit_code == 2 and "at least one integer" in res.output
+    assert res.exit_code == 2 and "expected a comma-separated list" in res.output

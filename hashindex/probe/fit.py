@@ -5,82 +5,23 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from ..backbone import resolve_device
-from ..codes import bit_balance, check_bits, pack
+from ..codes import bit_balance, pack
 from ..errors import InputError
+from ..config import FitConfig
 from ..store import Embeddings
-from .artifact import Probe, state_to_tensors
-from .baselines import BASELINES, fit_linear
+from .artifact import Probe, state_to_arrays
+from .baselines import fit_linear
 from .hashcoder import HashCoder
 from .losses import coding_rate, cross_view_loss, supervised_loss
-from .targets import TARGETS, Codebook, TargetKind, align_codebook, make_codebook
+from .targets import Codebook, align_codebook, make_codebook
 
 logger = logging.getLogger(__name__)
-
-Method = Literal["crovca", "lsh", "pca", "pca-rr", "itq"]
-METHODS: tuple[str, ...] = ("crovca",) + BASELINES
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Options of fit-probe (the CroVCA defaults).
-
-    ``eval_view``: CroVCA draws its two views per sample among the cached augmented views *and*
-    the eval embedding (the identity augmentation), so the embeddings that get indexed are part
-    of the training distribution. Measured on Fashion-MNIST (2 cached views): unsupervised 64 bits
-    75.6 → 76.5 mAP@1000 (mean of 3 seeds); supervised 32 / 64 bits 79.3 / 84.0 → 88.3 / 89.4
-    (seed 0), where without it two class codes merged (still possible at other seeds).
-
-    ``targets`` (supervised): ``codebook`` gives each class a fixed code from a codebook with a
-    guaranteed minimum distance (:mod:`.targets`); ``prototype`` is the paper's sign of the class
-    prototypes, which can merge two classes.
-
-    ``epochs``: None trains for ``max(5, ceil(min_steps / steps per epoch))`` epochs, so a small
-    collection still gets ``min_steps`` optimiser steps; a number is an explicit override.
-    """
-
-    method: Method = "crovca"
-    bits: int = 64
-    supervised: bool = False
-    hashcoder: Literal["small", "large"] = "small"
-    epochs: int | None = None
-    min_steps: int = 1000
-    targets: TargetKind = "codebook"
-    batch_size: int = 256
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-2
-    eps: float = 0.05
-    reg: float = 0.1
-    eval_view: bool = True
-    device: str = "auto"
-    seed: int = 0
-
-    def validate(self) -> None:
-        check_bits(self.bits)
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.supervised and self.method != "crovca":
-            raise InputError(f"--supervised applies to crovca only, not {self.method}")
-        if self.targets not in TARGETS:
-            raise InputError(f"unknown targets {self.targets!r}: use one of {', '.join(TARGETS)}")
-        if self.min_steps < 0:
-            raise InputError(f"--min-steps must be >= 0, got {self.min_steps}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "eps"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.reg < 0 or self.weight_decay < 0:
-            raise InputError("--reg and --weight-decay must be >= 0")
-
 
 # Fields added after probes were first saved, with the values that reproduce how those probes were
 # fitted (their probe.json lacks them): fixed 5 epochs, prototype targets.
@@ -239,14 +180,14 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         model, history, book = _train_crovca(views, labels, config, progress)
         recalibrate_bits(model, x)
         del views
-        probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_tensors(model), model)
+        probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_arrays(model), model)
         meta["loss_history"] = history
         meta["schedule"] = {"epochs": len(history), "steps": len(history) * math.ceil(emb.n / config.batch_size)}
         if book is not None:
             meta["codebook"] = book.to_meta()
     else:
         mean, w = fit_linear(x, config.bits, config.method, config.seed)
-        probe = Probe(config.method, config.bits, emb.dim, asdict(config), meta, {"mean": torch.from_numpy(mean), "W": torch.from_numpy(w)})
+        probe = Probe(config.method, config.bits, emb.dim, asdict(config), meta, {"mean": mean, "W": w})
     meta["fit_seconds"] = round(time.perf_counter() - t0, 3)
     bal = bit_balance(pack(probe.logits(x)))
     meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}

@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, get_args
-
 import numpy as np
 
+from ..config import TARGETS, TargetKind  # noqa: F401 (re-exported: the choices live in config)
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
-
-TargetKind = Literal["codebook", "prototype"]
-TARGETS: tuple[str, ...] = get_args(TargetKind)
-
 
 @dataclass(frozen=True)
 class Codebook:
