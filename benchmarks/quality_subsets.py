@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 KEEP = ("version", "date", "machine", "command", "config", "database", "queries", "quality", "seeds", "fit", "targets")
@@ -104,6 +106,32 @@ def render() -> list[str]:
         t = subset_targets(doc)
         if t:
             L += ["", "Targets:", ""] + [f"- {x}" for x in t]
+    return L + render_grid()
+
+
+def render_grid() -> list[str]:
+    """The fit_grid.py measurements (results/fit_grid_fmnist_subsets.json), one row per option set."""
+    f = RESULTS / "fit_grid_fmnist_subsets.json"
+    if not f.exists():
+        return []
+    doc = json.loads(f.read_text())
+    groups: dict[tuple, dict] = {}
+    for r in doc["rows"]:
+        opts = {k: v for k, v in r.items() if k in doc["option_keys"] and k != "seed"}
+        key = (r["n"], json.dumps(opts, sort_keys=True))
+        groups.setdefault(key, {})[r.get("seed", 0)] = r
+    L = ["", "### What the fixes were chosen on (fit_grid.py)", "", doc["note"], "",
+         "| database | options | steps | Hamming mAP per seed | mean | min | asymmetric mean | mean bit correlation |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (n, opts), by_seed in sorted(groups.items()):
+        rows = [by_seed[s] for s in sorted(by_seed)]
+        h = [r["hamming"] for r in rows]
+        steps = rows[0].get("schedule") or {}
+        corr = [r["bit_corr_mean"] for r in rows if r.get("bit_corr_mean") is not None]
+        asym = [r["asymmetric"] for r in rows if r.get("asymmetric") is not None]
+        L.append(
+            f"| {n:,} | `{opts}` | {steps.get('steps', '–')} | {', '.join(f'{sd}: {100 * x:.1f}' for sd, x in zip(sorted(by_seed), h))} | "
+            f"{100 * np.mean(h):.1f} | {100 * min(h):.1f} | {f'{100 * np.mean(asym):.1f}' if asym else '–'} | {f'{np.mean(corr):.3f}' if corr else '–'} |"
+        )
     return L
 
 
