@@ -208,6 +208,10 @@ def render() -> str:
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
+    from quality_subsets import render as render_subsets  # benchmarks/ is on sys.path as the script's folder
+
+    sub = render_subsets()
+    lines += [""] + sub if sub else []
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from hashindex.config import DEFAULT_RERANK, DEVICES, EmbedConfig, FitConfig, default
+from hashindex.config import DEFAULT_RERANK, DEVICES, TARGETS, EmbedConfig, FitConfig, default
 
 
 class CommaList(click.ParamType):
@@ -63,4 +63,10 @@ rerank = click.option(
 asymmetric = click.option(
     "--asymmetric", is_flag=True,
     help=f"Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default {DEFAULT_RERANK}).",
+)  # fmt: skip
+targets = click.option(
+    "--targets", type=click.Choice(TARGETS), default=None,
+    help="Supervised CroVCA targets. codebook: each class a fixed code, the codes at least bits/2 apart where "
+    "possible, so two classes never share a code; prototype: the paper's sign of the class prototypes "
+    f"(two classes can merge) [default: {default(FitConfig, 'targets')}].",
 )  # fmt: skip

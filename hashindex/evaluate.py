@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .metrics import mean_average_precision, precision_at_k, relevance
@@ -48,7 +50,10 @@ def evaluate(
     Returns:
         A dict with ``map``, ``precision``, ``search_qps``, ``float_map``, ``float_precision``,
         ``float_qps`` (None when the database embeddings are unavailable), ``topk``, ``nq``,
-        ``bits``, ``method`` and bytes per item of codes and float vectors.
+        ``bits``, ``method`` and bytes per item of codes and float vectors; ``asymmetric_map`` and
+        ``asymmetric_precision``: the whole database ranked by the asymmetric distance (the CroVCA
+        paper's figure); for an IVF index, ``ivf``: recall of the flat top-k of the same codes at
+        the index's nprobe (see :func:`hashindex.bench_seeds.ivf_rows`).
 
     Raises:
         InputError: missing labels, bad topk.
@@ -88,6 +93,7 @@ def evaluate(
         "float_precision": None,
         "float_qps": None,
     }
+    out.update(_paper_and_ivf(index, xq, q_labels, items["labels"], topk))
     if with_float:
         if db is None:
             try:
@@ -106,4 +112,24 @@ def evaluate(
             frel = relevance(q_labels, items["labels"], fids)
             out["float_map"] = mean_average_precision(frel)
             out["float_precision"] = precision_at_k(frel, topk)
+    return out
+
+
+def _paper_and_ivf(index: HashIndex, xq, q_labels, db_labels, topk: int) -> dict:
+    """Asymmetric ranking of the whole database; for IVF, recall of the exact top-k."""
+    from .asymmetric import asymmetric_knn
+    from .bench_seeds import ivf_rows
+    from .config import IndexConfig
+    from .retrieval import hamming_search
+
+    db_codes = index.codes()
+    logits = index.probe.logits(xq)
+    k = min(topk, index.ntotal)
+    _, aids = asymmetric_knn(logits, db_codes, k)
+    arel = relevance(q_labels, db_labels, aids)
+    out = {"asymmetric_map": mean_average_precision(arel), "asymmetric_precision": precision_at_k(arel, topk), "ivf": None}
+    if index.kind == "ivf":
+        q_codes = np.packbits(logits > 0, axis=1)
+        fd, fids = hamming_search(HashIndex.from_codes(db_codes, index.probe, IndexConfig("flat")), q_codes, k)
+        out["ivf"] = next(ivf_rows(index, fids, fd, q_codes, q_labels, db_labels, k, (index.faiss_index.nprobe,)), None)
     return out

@@ -61,6 +61,9 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
             v = next((x for x in q if x["method"] == m and x["bits"] == b and x["mode"] == "hamming"), None)
             cells.append("–" if v is None else f"{100 * v['precision']:.1f} / {100 * v['precision_r2']:.1f}")
         L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
+    from .bench_seeds import render_tables
+
+    L += render_tables(report, heading)
     L += ["", f"{heading}# Fit and build time (s)", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
     for m in methods:
         cells = []
@@ -123,7 +126,7 @@ def write_plots(report: dict, out_dir: str | Path) -> list[str]:
         mq = s.get("map")
         if mq is None and s["kind"] == "float-IndexFlatIP":
             mq = fl["map"] if fl else None
-        elif mq is None:
+        elif mq is None and not s["kind"].startswith("ivf"):  # IVF without full lists: no mAP
             mode = "rerank-float-" + str(cfg["rerank"]) if "rerank" in s["kind"] else "hamming"
             row = next((x for x in q if x["method"] == "crovca" and x["bits"] == s["bits"] and x["mode"] == mode), None)
             mq = row["map"] if row else None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hashindex.cli.main import cli
-from hashindex.config import BENCH_METHODS, DEVICES, HASHCODER_SIZES, INDEX_KINDS, METHODS, EmbedConfig, FitConfig, IndexConfig, default
+from hashindex.config import BENCH_METHODS, DEVICES, HASHCODER_SIZES, INDEX_KINDS, METHODS, TARGETS, EmbedConfig, FitConfig, IndexConfig, default
 from hashindex.index import build_index
 from hashindex.probe.artifact import hashcoder_shapes
 from hashindex.probe.fit import fit_probe
@@ -63,7 +63,8 @@ def _option(command: str, name: str) -> click.Option:
 @pytest.mark.parametrize(
     "command, name, choices",
     [("embed", "interpolation", INTERPOLATIONS), ("embed", "device", DEVICES), ("fit-probe", "method", METHODS),
-     ("fit-probe", "hashcoder", HASHCODER_SIZES), ("build", "kind", INDEX_KINDS), ("bench", "hashcoder", HASHCODER_SIZES)],
+     ("fit-probe", "hashcoder", HASHCODER_SIZES), ("build", "kind", INDEX_KINDS), ("bench", "hashcoder", HASHCODER_SIZES),
+     ("fit-probe", "targets", TARGETS), ("bench", "targets", TARGETS)],
 )  # fmt: skip
 def test_cli_choices_are_the_librarys(command, name, choices):
     assert tuple(_option(command, name).type.choices) == tuple(choices)
@@ -71,7 +72,9 @@ def test_cli_choices_are_the_librarys(command, name, choices):
 
 def test_cli_help_states_the_library_defaults():
     assert f"[default: {default(FitConfig, 'bits')}]" in _option("fit-probe", "bits").help
-    assert f"[default: {default(FitConfig, 'epochs')}]" in _option("fit-probe", "epochs").help
+    assert default(FitConfig, "epochs") is None and "[default: automatic" in _option("fit-probe", "epochs").help
+    assert f"[default: {default(FitConfig, 'min_steps')}]" in _option("fit-probe", "min_steps").help
+    assert f"[default: {default(FitConfig, 'targets')}]" in _option("fit-probe", "targets").help
     assert f"[default: {default(EmbedConfig, 'views')}]" in _option("embed", "views").help
     assert f"[default: {default(IndexConfig, 'kind')}]" in _option("build", "kind").help
     assert ",".join(BENCH_METHODS) in _option("bench", "methods").help

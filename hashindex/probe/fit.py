@@ -19,14 +19,48 @@ from .artifact import Probe, state_to_arrays
 from .baselines import fit_linear
 from .hashcoder import HashCoder
 from .losses import coding_rate, cross_view_loss, supervised_loss
+from .targets import Codebook, align_codebook, make_codebook
 
 logger = logging.getLogger(__name__)
+
+# Fields added after probes were first saved, with the values that reproduce how those probes were
+# fitted (their probe.json lacks them): fixed 5 epochs, prototype targets.
+LEGACY_FIELDS = {"min_steps": 0, "targets": "prototype"}
+DEFAULT_EPOCHS = 5
+
+
+def config_from_record(record: dict) -> FitConfig:
+    """The FitConfig recorded in a probe.json (older records get their legacy values)."""
+    known = {f for f in FitConfig.__dataclass_fields__}
+    return FitConfig(**{**LEGACY_FIELDS, **{k: v for k, v in record.items() if k in known}})
+
+
+def resolve_epochs(n: int, cfg: FitConfig) -> int:
+    """Epochs to train on n samples: the explicit ``cfg.epochs``, else enough for ``min_steps``."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return max(DEFAULT_EPOCHS, math.ceil(cfg.min_steps / max(1, math.ceil(n / cfg.batch_size))))
+
+
+@torch.no_grad()
+def class_codebook(model: HashCoder, x: np.ndarray, labels: np.ndarray, seed: int, limit: int = 20000) -> Codebook:
+    """The class codebook aligned to the untrained model's class prototypes on ``x``."""
+    book = make_codebook(labels.shape[1], model.bits, seed)
+    sel = np.random.default_rng(seed).permutation(len(x))[:limit]
+    dev = next(model.parameters()).device
+    model.eval()
+    z = torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[sel[s : s + 4096]])).to(dev)).float().cpu() for s in range(0, len(sel), 4096)]).numpy()
+    model.train()
+    y = labels[sel].astype(np.float64)
+    protos = (y.T @ (z - z.mean(0))) / np.maximum(y.sum(0), 1)[:, None]
+    return Codebook(align_codebook(book.codes, protos), book.min_distance)
+
 
 def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool) -> tuple[HashCoder, list[dict]]:
+def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool) -> tuple[HashCoder, list[dict], Codebook | None]:
     """Train a HashCoder on ``(n, V, D)`` cached views; two distinct views per sample per step."""
     from tqdm.auto import tqdm
 
@@ -37,7 +71,10 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
     model = HashCoder(d, cfg.bits, cfg.hashcoder).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    epochs = resolve_epochs(n, cfg)
+    total = steps_per_epoch * epochs
+    book = class_codebook(model, views[:, 0], labels, cfg.seed) if labels is not None and cfg.targets == "codebook" else None
+    codes = None if book is None else torch.from_numpy(book.codes).to(dev)
     data = torch.from_numpy(views)
     if dev.type == "cuda":
         data = data.to(dev)
@@ -45,7 +82,7 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
     history, step = [], 0
     bar = tqdm(total=total, unit="step", desc=f"fit crovca {cfg.bits} bits", disable=not progress)
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         perm = gen.permutation(n)
         sums = np.zeros(3)
         for s in range(0, n, cfg.batch_size):
@@ -62,7 +99,7 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = model(torch.cat([x1, x2]))
             z1, z2 = z.float().chunk(2)
-            align = supervised_loss(z1, z2, lab[ii]) if lab is not None else cross_view_loss(z1, z2)
+            align = supervised_loss(z1, z2, lab[ii], codes) if lab is not None else cross_view_loss(z1, z2)
             reg = 0.5 * (coding_rate(z1, cfg.eps) + coding_rate(z2, cfg.eps))
             loss = align + cfg.reg * reg
             opt.zero_grad(set_to_none=True)
@@ -76,7 +113,7 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
         bar.set_postfix(loss=f"{m[0]:.4f}")
         logger.info("epoch %d: loss %.4f (align %.4f, rate %.4f)", epoch + 1, *m)
     bar.close()
-    return model.eval().cpu(), history
+    return model.eval().cpu(), history, book
 
 
 @torch.no_grad()
@@ -142,11 +179,14 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
             labels = emb.labels()
             if labels is None:
                 raise InputError(f"--supervised needs labels, but {emb.path} has none (use class folders or a list file)")
-        model, history = _train_crovca(views, labels, config, progress)
+        model, history, book = _train_crovca(views, labels, config, progress)
         recalibrate_bits(model, x)
         del views
         probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_arrays(model), model)
         meta["loss_history"] = history
+        meta["schedule"] = {"epochs": len(history), "steps": len(history) * math.ceil(emb.n / config.batch_size)}
+        if book is not None:
+            meta["codebook"] = book.to_meta()
     else:
         mean, w = fit_linear(x, config.bits, config.method, config.seed)
         probe = Probe(config.method, config.bits, emb.dim, asdict(config), meta, {"mean": mean, "W": w})

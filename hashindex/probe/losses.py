@@ -39,9 +39,32 @@ def supervised_targets(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor)
     return (t > 0).float()
 
 
-def supervised_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Supervised alignment; samples without any label fall back to the cross-view target."""
-    t = supervised_targets(z1, z2, labels)
+def codebook_targets(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Codebook targets: the sign of the mean of the ±1 codes of the sample's labels.
+
+    A single-label sample's target is its class code. Where the codes of a multi-label sample's
+    classes disagree evenly on a bit, that bit falls back to the prototype target
+    (:func:`supervised_targets`).
+
+    Args:
+        z1, z2: ``(m, B)`` logits of the two views.
+        labels: ``(m, C)`` 0/1 multi-hot labels.
+        codes: ``(C, B)`` 0/1 class codes.
+
+    Returns:
+        ``(m, B)`` float 0/1 targets, detached.
+    """
+    y = labels.float()
+    vote = y @ (2 * codes.float() - 1)
+    return torch.where(vote == 0, supervised_targets(z1, z2, labels), (vote > 0).float())
+
+
+def supervised_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised alignment; samples without any label fall back to the cross-view target.
+
+    ``codes``: class codes (codebook targets); None gives the paper's prototype targets.
+    """
+    t = supervised_targets(z1, z2, labels) if codes is None else codebook_targets(z1, z2, labels, codes)
     has = labels.sum(1) > 0
     if bool(has.all()):
         return alignment_loss(z1, z2, t, t)
