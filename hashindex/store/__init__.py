@@ -6,7 +6,7 @@ verification, and the durable-write helpers and lock that every stage publishing
 (``open_embeddings``). Importing this package does not import torch.
 """
 
-from .durable import OutputLock, OutputLockedError, fsync_dir, lock_path, publish_folder, write_durably
+from .durable import OutputLock, OutputLockedError, fsync_dir, lock_path, publish_file, publish_folder, write_durably
 from .reader import Embeddings, check_same_embeddings, open_embeddings
 from .resume import partial_path, remove_resume_folder
 from .schema import SCHEMA_VERSION
@@ -14,6 +14,6 @@ from .writer import EmbeddingsWriter, clean_published
 
 __all__ = [
     "SCHEMA_VERSION", "Embeddings", "EmbeddingsWriter", "check_same_embeddings", "OutputLock", "OutputLockedError", "clean_published",
-    "fsync_dir", "lock_path", "open_embeddings", "partial_path", "publish_folder", "remove_resume_folder",
+    "fsync_dir", "lock_path", "open_embeddings", "partial_path", "publish_file", "publish_folder", "remove_resume_folder",
     "write_durably",
 ]  # fmt: skip

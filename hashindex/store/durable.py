@@ -46,20 +46,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_durably(path: str | os.PathLike, write) -> None:
-    """Write a file under a temporary name, flush, fsync, rename over ``path``, fsync the folder."""
+def publish_file(fill, path: str | os.PathLike, tmp: str | os.PathLike | None = None) -> Path:
+    """Create the file ``path`` atomically: ``fill(tmp)`` writes it under a temporary name (by
+    default a hidden sibling), which is fsynced and renamed over ``path``; then the folder is
+    fsynced. The one publish-by-rename for files (folders: :func:`publish_folder`).
+    """
     path = Path(path)
-    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
+    tmp = Path(tmp) if tmp is not None else path.parent / f".tmp-{os.getpid()}-{path.name}"
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
+        fill(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return path
+
+
+def write_durably(path: str | os.PathLike, write) -> None:
+    """Write a file through ``write(fh)`` under a temporary name, flush, fsync, rename over
+    ``path``, fsync the folder (:func:`publish_file`)."""
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    publish_file(fill, path)
 
 
 def check_new_folder(out: str | os.PathLike) -> Path:

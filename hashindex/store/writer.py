@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, IntegrityError
-from .durable import OutputLock, fsync_dir, write_durably
+from .durable import OutputLock, fsync_dir, publish_file, write_durably
 from .reader import open_embeddings
 from .resume import (
     ASSEMBLED, ITEMS, RESUME_FORMAT, SETTINGS, Shard, changed_item, check_shard, partial_path, read_settings,
@@ -252,16 +252,12 @@ class EmbeddingsWriter:
         tmp.unlink(missing_ok=True)
         meta = dict(self._committed_attrs, **{k: jsonable(v) for k, v in attrs.items()})
         rows = self.committed_rows
-        try:
+
+        def fill(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
                 self._assemble(f, rows, meta)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+
+        publish_file(fill, self.path, tmp)
         self._cleanup()
         return self.path
 
