@@ -12,6 +12,7 @@ from hashindex import __version__
 from hashindex.errors import HashIndexError
 
 from . import options as opt
+from . import scale
 
 
 class _Group(click.Group):
@@ -118,6 +119,7 @@ def embed(obj, source, out, split, root, data_dir, limit, **kw):
     help="CroVCA also draws the eval embedding (the un-augmented image) as one of a sample's two views "
     "[default: on; --no-eval-view trains on the cached augmented views only].",
 )  # fmt: skip
+@click.option("--sample", type=click.IntRange(min=2), default=None, help="Fit on a uniform sample of this many rows, streamed from the file [default: 250000].")
 @opt.device
 @opt.seed
 @click.pass_obj
@@ -277,6 +279,9 @@ def bench(obj, database, queries, out, methods, **kw):
     r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)
     met = [t for t in r["targets"] if t["met"] is not None]
     click.echo(f"wrote {out}/report.md, report.json and plots; targets met: {sum(t['met'] for t in met)} of {len(met)} measured")
+
+
+cli.add_command(scale.import_cmd)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from .backbone import backbone_from_spec
 from .embed import embed_images
 from .errors import InputError
 from .evaluate import check_queries_match
+from .importer import check_image_queries
 from .index import HashIndex, load_index
 from .rerank import ranked
 from .search import check_k
@@ -55,6 +56,7 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
     """
     check_k(k)
     index = load_index(index_dir)
+    check_image_queries(index.manifest["backbone"], f"the index {index_dir}")
     index.set_nprobe(nprobe)
     decoded = []
     for path in images:
