@@ -83,8 +83,9 @@ def cli(ctx, verbose: int, quiet: bool):
     help="Undecodable images allowed before the exit status is 1: a count (10) or a fraction of the images "
     "(0.01). The file is written either way, with the failures listed in /failures [default: 0].",
 )  # fmt: skip
+@scale.ray_options
 @click.pass_obj
-def embed(obj, source, out, split, root, data_dir, limit, **kw):
+def embed(obj, source, out, split, root, data_dir, limit, ray_address, ray_actors, **kw):
     """Embed the images of SOURCE into the HDF5 file OUT.
 
     SOURCE is a folder of images (class subfolders give labels), a list file
@@ -97,7 +98,7 @@ def embed(obj, source, out, split, root, data_dir, limit, **kw):
     from hashindex.sources import open_source
 
     src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
-    s = run(src, out, EmbedConfig(**opt.kwargs(**kw)), progress=obj["progress"])
+    s = run(src, out, EmbedConfig(**opt.kwargs(**kw)), progress=obj["progress"], runner=scale.embed_runner(ray_address, ray_actors))
     click.echo(s.describe())
 
 

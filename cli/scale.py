@@ -40,3 +40,27 @@ def import_cmd(obj, sources, out, **kw):
         kw.pop("views_from")
     s = import_embeddings(list(sources), out, ImportConfig(**opt.kwargs(**kw)), progress=obj["progress"])
     click.echo(s.describe())
+
+
+def ray_options(f):
+    """``--ray [ADDRESS]`` and ``--ray-actors`` for ``embed``."""
+    f = click.option(
+        "--ray-actors", type=click.IntRange(min=1), default=None,
+        help="With --ray: backbone actors [default: one per GPU of the cluster, else one CPU actor].",
+    )(f)  # fmt: skip
+    return click.option(
+        "--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+        help="Embed on a Ray cluster: ADDRESS of a running one (auto, host:6379, ray://host:10001), "
+        "or a local one when omitted. OUT must be on storage every node sees.",
+    )(f)  # fmt: skip
+
+
+def embed_runner(ray_address: str | None, ray_actors: int | None):
+    """The embed runner for the Ray options (None: embed in this process)."""
+    if ray_address is None:
+        if ray_actors is not None:
+            raise click.UsageError("--ray-actors needs --ray")
+        return None
+    from hashindex.ray_embed import ray_runner
+
+    return ray_runner(None if ray_address == "local" else ray_address, ray_actors)
