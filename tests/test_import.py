@@ -169,3 +169,21 @@ def test_crovca_on_feature_views_is_seeded(tmp_path, x):
     a, b = (fit_probe(e, FitConfig(bits=16, epochs=1), progress=False) for _ in range(2))
     np.testing.assert_array_equal(a.encode(x), b.encode(x))
     assert a.meta["feature_views"]["dropout"] > 0 and a.meta["sample_rows"] == N
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "lookup"])
+def test_memory_mapped_index_answers_like_the_loaded_one(tmp_path, rng, kind):
+    from helpers import write_embeddings
+
+    from hashindex.index import IndexConfig, build_index, load_index
+    from hashindex.rerank import ranked
+
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    emb = write_embeddings(tmp_path / "db.h5", x, labels=np.eye(4, dtype=np.uint8)[np.arange(3000) % 4])
+    fit_probe(emb, FitConfig(method="lsh", bits=16), progress=False).save(tmp_path / "p")
+    build_index(emb, tmp_path / "p", tmp_path / "ix", IndexConfig(kind, nlist=16 if kind == "ivf" else None))
+    a, b = load_index(tmp_path / "ix"), load_index(tmp_path / "ix", mmap=True)
+    for got, want in zip(ranked(b, x[:50], 10, None, False)[:2], ranked(a, x[:50], 10, None, False)[:2]):
+        np.testing.assert_array_equal(got, want)
+    assert b.items()["names"] == emb.names()
+    np.testing.assert_array_equal(b.items()["labels"], emb.labels())
