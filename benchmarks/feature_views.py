@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--bits", default="32,64")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--sweep", default="0:0,0.3:0.5", help="dropout:noise pairs tried at 64 bits, seed 0, besides the default")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -68,16 +69,17 @@ def main() -> None:
     assert db.num_views == 0
     bits = [int(b) for b in args.bits.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = []
+    runs, sweep = [], []
     for b in bits:
         for s in seeds:
             for m in ("crovca", "itq"):
                 runs.append(score(db, q, work, f"{m}-{b}-s{s}", FitConfig(method=m, bits=b, seed=s)))
                 print(json.dumps(runs[-1]), flush=True)
-    # View strength at 64 bits, seed 0 (the defaults are the first row).
-    sweep = []
+                write(args, db, q, bits, runs, sweep, None)
+    # View strength at 64 bits, seed 0 (the defaults are in the runs above).
     real = fit_mod.feature_view_fn
-    for dropout, noise in ((0.2, 0.3), (0.0, 0.0), (0.1, 0.1), (0.0, 0.3), (0.2, 0.0), (0.3, 0.5), (0.5, 0.5)):
+    for pair in args.sweep.split(","):
+        dropout, noise = (float(v) for v in pair.split(":"))
         fit_mod.feature_view_fn = functools.partial(lambda x, seed, c: real(x, seed, c), c=FeatureViewConfig(dropout, noise))
         try:
             r = score(db, q, work, f"sweep-{dropout}-{noise}", FitConfig(bits=64, seed=0))
@@ -85,12 +87,19 @@ def main() -> None:
             fit_mod.feature_view_fn = real
         sweep.append(dict(r, dropout=dropout, noise=noise))
         print(json.dumps(sweep[-1]), flush=True)
+        write(args, db, q, bits, runs, sweep, None)
+    shutil.rmtree(work / "indexes" / "float-ref", ignore_errors=True)
     r = evaluate(build_index(db, work / "probes" / f"itq-{bits[-1]}-s0", work / "indexes" / "float-ref"), q, 1000)
+    print(json.dumps(write(args, db, q, bits, runs, sweep, r["float_map"]), indent=1))
+
+
+def write(args, db, q, bits, runs, sweep, float_map) -> dict:
     summary = {}
     for b in bits:
         for m in ("crovca", "itq"):
             maps = [x["map"] for x in runs if x["bits"] == b and x["method"] == m]
-            summary[f"{m}-{b}"] = {"mean": float(np.mean(maps)), "min": float(np.min(maps)), "seeds": len(maps)}
+            if maps:
+                summary[f"{m}-{b}"] = {"mean": float(np.mean(maps)), "min": float(np.min(maps)), "seeds": len(maps)}
     doc = {
         "benchmark": "feature_views_fashion_mnist",
         "date": time.strftime("%Y-%m-%d"),
@@ -98,14 +107,14 @@ def main() -> None:
         "python": platform.python_version(),
         "database": {"path": args.db, "n": db.n, "dim": db.dim},
         "queries": {"path": args.queries, "n": q.n},
-        "float_map": r["float_map"],
+        "float_map": float_map,
         "feature_views_default": {"dropout": FeatureViewConfig().dropout, "noise": FeatureViewConfig().noise},
         "summary": summary,
         "runs": runs,
         "sweep_64_bits_seed0": sweep,
     }
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(summary, indent=1))
+    return doc
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def make_faiss_index(codes: np.ndarray, config: IndexConfig):
 
     ``lookup`` indexes store their codes in a flat index; the table is built when loaded. IVF
     centroids are trained on a uniform sample of at most ``IVF_TRAIN_ROWS`` codes (faiss
-    converts the training codes to floats, 32x their size).
+    converts the training codes to floats, 32x their size; its k-means uses at most 256 a list).
     """
     import faiss
 
@@ -98,9 +98,9 @@ def make_faiss_index(codes: np.ndarray, config: IndexConfig):
         index = faiss.IndexBinaryFlat(bits)
     else:
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, config.nlist)
-        train = codes
-        if len(codes) > IVF_TRAIN_ROWS:
-            train = codes[np.sort(np.random.default_rng(0).choice(len(codes), IVF_TRAIN_ROWS, replace=False))]
+        train, rows = codes, min(IVF_TRAIN_ROWS, 256 * config.nlist)  # faiss k-means keeps <= 256 a list
+        if len(codes) > rows:
+            train = codes[np.sort(np.random.default_rng(0).choice(len(codes), rows, replace=False))]
         index.train(train)
         del train
         index.nprobe = config.nprobe
