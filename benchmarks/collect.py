@@ -210,6 +210,9 @@ def render() -> str:
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
+    from render_scale import render_scale  # benchmarks/ is on sys.path when this script runs
+
+    lines += render_scale(RESULTS)
     return "\n".join(lines) + "\n"
 
 

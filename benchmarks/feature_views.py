@@ -78,7 +78,7 @@ def main() -> None:
                 write(args, db, q, bits, runs, sweep, None)
     # View strength at 64 bits, seed 0 (the defaults are in the runs above).
     real = fit_mod.feature_view_fn
-    for pair in args.sweep.split(","):
+    for pair in filter(None, args.sweep.split(",")):
         dropout, noise = (float(v) for v in pair.split(":"))
         fit_mod.feature_view_fn = functools.partial(lambda x, seed, c: real(x, seed, c), c=FeatureViewConfig(dropout, noise))
         try:

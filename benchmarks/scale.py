@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=2048)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--latency-queries", type=int, default=50)
-    ap.add_argument("--parts", default="a,b")
+    ap.add_argument("--parts", default="a,b", help="a: import/fit/build; b: flat search; ivf: IVF against flat")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work)
@@ -223,21 +223,24 @@ def main() -> None:
         a["target_peak_rss_bytes"] = 3 * 2**30
         a["met"] = all(a[k]["peak_rss_bytes"] < 3 * 2**30 for k in ("import", "fit_probe", "build"))
         save()
-    if "b" in parts:
+    if "b" in parts or "ivf" in parts:
         b = res["search"] = {"collection": "64-bit codes around 4,096 random centres, each bit flipped with probability 1/8"}
         b["generate"] = run_child(me + ["--stage", "gen_codes"], log)
         b["flat"] = run_child(me + ["--stage", "flat"], log)
-        save()
-        b["ivf"] = run_child(me + ["--stage", "ivf"], log)
-        flat, ivf = b["flat"]["result"], b["ivf"]["result"]
-        at = ivf["at_target"]
+        flat = b["flat"]["result"]
         b["targets"] = {
-            "ivf_speedup_at_recall_0.95": None if at is None else round(at["qps"] / flat["qps"], 1),
-            "ivf_speedup_met": at is not None and at["qps"] >= 10 * flat["qps"],
             "flat_resident_bytes_per_item": flat["resident_bytes_per_item"],
             "flat_resident_limit": 1.2 * (64 / 8 + 8),
             "flat_resident_met": flat["resident_bytes_per_item"] <= 1.2 * (64 / 8 + 8),
         }
+        save()
+    if "ivf" in parts:
+        b = res["search"]
+        b["ivf"] = run_child(me + ["--stage", "ivf"], log)
+        flat, ivf = b["flat"]["result"], b["ivf"]["result"]
+        at = ivf["at_target"]
+        b["targets"]["ivf_speedup_at_recall_0.95"] = None if at is None else round(at["qps"] / flat["qps"], 1)
+        b["targets"]["ivf_speedup_met"] = at is not None and at["qps"] >= 10 * flat["qps"]
         save()
     print(json.dumps(res, indent=1))
 

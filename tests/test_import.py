@@ -187,3 +187,13 @@ def test_memory_mapped_index_answers_like_the_loaded_one(tmp_path, rng, kind):
         np.testing.assert_array_equal(got, want)
     assert b.items()["names"] == emb.names()
     np.testing.assert_array_equal(b.items()["labels"], emb.labels())
+
+
+def test_cli_reports_a_bad_shard_on_one_line(tmp_path, x):
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", x[:, :5])
+    r = CliRunner().invoke(cli, ["-q", "import", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), str(tmp_path / "o.h5"), "--model-name", "m"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.startswith("error: ") and "b.npy" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(cli, ["-q", "embed", "fashion-mnist", str(tmp_path / "e.h5"), "--ray-actors", "2"])
+    assert r.exit_code == 2 and "--ray-actors needs --ray" in r.output
