@@ -38,7 +38,14 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+    for attempt in range(3):  # Ray gives its raylet a fixed 30 s to register: retry on a loaded machine
+        try:
+            ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+            break
+        except Exception:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2:
+                raise
     src = open_source("fashion-mnist", split="train", limit=args.images)
     cfg = EmbedConfig(image_size=112, interpolation="bilinear")
     runs = []

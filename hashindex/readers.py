@@ -16,6 +16,7 @@ A source string names one file; ``file.h5:/group/dataset`` names a dataset of an
 from __future__ import annotations
 
 import logging
+import mmap
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -71,8 +72,19 @@ class _Npy(ArrayReader):
         self.shape, self.rows, self.dtype = self.arr.shape, (self.arr.shape[0] if self.arr.ndim else 0), self.arr.dtype
 
     def chunks(self, chunk: int):
+        mm = getattr(self.arr, "_mmap", None)
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        # The map starts at the header's offset rounded down to the allocation granularity.
+        lead = getattr(self.arr, "offset", 0) % mmap.ALLOCATIONGRANULARITY
         for s in range(0, self.rows, chunk):
-            yield np.asarray(self.arr[s : s + chunk])
+            out = np.array(self.arr[s : s + chunk])
+            if mm is not None and hasattr(mm, "madvise"):
+                # Pages already copied leave this process's RSS (they stay in the page cache):
+                # without this, RSS grows by the size of every shard read.
+                done = (lead + (s + len(out)) * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+                if done:
+                    mm.madvise(mmap.MADV_DONTNEED, 0, min(done, len(mm)))
+            yield out
 
 
 def _npy_header(fh) -> tuple:

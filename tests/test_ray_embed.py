@@ -30,10 +30,22 @@ ATOL = RTOL = 1e-5  # |ray - single| <= ATOL + RTOL * |single|
 RUN_SPECIFIC = {"created", "embed_seconds", "device"}
 
 
+def start_local_cluster(cpus: int = 2) -> str:
+    """A local Ray cluster on 127.0.0.1; retried, since Ray gives its raylet a fixed 30 s to
+    register, which a heavily loaded machine can miss."""
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+            return ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 - "the current node timed out during startup"
+            ray.shutdown()
+            if attempt == 2:
+                raise
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
+    yield start_local_cluster()
     ray.shutdown()
 
 
