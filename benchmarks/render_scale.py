@@ -39,10 +39,11 @@ def render_scale(results: Path) -> list[str]:
                 "|---|---|---|---|---|"]  # fmt: skip
         for r in docs:
             out.append(f"| {r['images']} | {r['single_images_per_second']:.2f} | {r['ray_images_per_second']:.2f} | {r['ratio']:.2f}: {_met(r['met'])} | {r['max_abs_difference']:.2g} |")
-        out += ["", "Likely cause of the gap (not measured separately): each Ray run pays a fixed start (every "
-                "actor imports torch and loads the backbone) and moves decoded blocks between processes, which a "
-                "few hundred images on a loaded machine do not amortise. The files are identical to the "
-                "single-process ones.", ""]  # fmt: skip
+        out += ["", "The two rows are two separate runs under different loads of the shared machine (the first at "
+                "load average ~20, the second ~10). Likely cause of the gap in the first (not measured separately): "
+                "each Ray run pays a fixed start (every actor imports torch and loads the backbone) and moves "
+                "decoded blocks between processes, which 400 images on a saturated machine do not amortise. "
+                "The files are identical to the single-process ones.", ""]  # fmt: skip
     a = (scale or {}).get("import_fit_build")
     if a:
         rows = scale.get("rows_part_a", scale["rows"])
