@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import BackboneSpec
+from .spec import BackboneSpec
 from .errors import InputError
 from .readers import ArrayReader, RowStream, open_array, split_spec
 from .store import EmbeddingsWriter, OutputLock, partial_path, remove_resume_folder

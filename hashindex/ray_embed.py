@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .embed import EmbedConfig, _BaseImages, append_batch, embed_batch
+from .config import EmbedConfig
+from .embed import _BaseImages, append_batch, embed_batch
 from .errors import InputError
 from .sources import ImageSource
-from .store import EmbeddingsWriter, _write_durably
+from .store import EmbeddingsWriter, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class _EmbedActor:
     def __init__(self, config: dict, spec: dict, work: str, s0: int, threads: int | None):
         import torch
 
-        from .augment import AugmentConfig
+        from .config import AugmentConfig
         from .backbone import load_backbone
 
         if threads:
@@ -137,7 +138,7 @@ class _EmbedActor:
             "fail_error": np.array([f[1] for f in failed] or [""])[: len(failed)],
             "fail_message": np.array([f[2] for f in failed] or [""])[: len(failed)],
         }
-        _write_durably(block_path(self.work, s, e), lambda fh: np.savez(fh, **arrays))
+        write_durably(block_path(self.work, s, e), lambda fh: np.savez(fh, **arrays))
         return {"start": np.array([s]), "end": np.array([e]), "rows": np.array([len(idx)])}
 
 

@@ -176,7 +176,7 @@ def test_memory_mapped_index_answers_like_the_loaded_one(tmp_path, rng, kind):
     from helpers import write_embeddings
 
     from hashindex.index import IndexConfig, build_index, load_index
-    from hashindex.rerank import ranked
+    from hashindex.retrieval import ranked
 
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     emb = write_embeddings(tmp_path / "db.h5", x, labels=np.eye(4, dtype=np.uint8)[np.arange(3000) % 4])
