@@ -56,7 +56,7 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
     """
     check_k(k)
     index = load_index(index_dir)
-    check_image_queries(index.manifest["backbone"], f"the index {index_dir}")
+    check_image_queries(index.manifest.backbone, f"the index {index_dir}")
     index.set_nprobe(nprobe)
     decoded = []
     for path in images:

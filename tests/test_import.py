@@ -46,7 +46,7 @@ def test_npy_shards_in_order_with_text_names(tmp_path, x):
     s = import_embeddings(shards, tmp_path / "o.h5", ImportConfig(model_name="clip", names=str(tmp_path / "names.txt"), chunk=64), progress=False)
     assert (s.rows, s.dim, s.shards) == (N, D, 4)
     e = _check(tmp_path / "o.h5", x, names)
-    assert e.backbone.model == "clip" and not e.has_labels
+    assert e.backbone.model == "clip" and e.labels() is None
     assert not partial_path(tmp_path / "o.h5").exists()
 
 
