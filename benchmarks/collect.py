@@ -208,10 +208,13 @@ def render() -> str:
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
-    from quality_subsets import render as render_subsets  # benchmarks/ is on sys.path as the script's folder
+    # benchmarks/ is on sys.path as the script's folder
+    from quality_subsets import render as render_subsets
+    from render_scale import render_scale
 
     sub = render_subsets()
     lines += [""] + sub if sub else []
+    lines += render_scale(RESULTS)
     return "\n".join(lines) + "\n"
 
 

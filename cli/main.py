@@ -18,6 +18,7 @@ from hashindex.errors import HashIndexError, InputError
 from hashindex.spec import DEFAULT_MODEL, INTERPOLATIONS
 
 from . import options as opt
+from . import scale
 
 
 class _Group(click.Group):
@@ -108,8 +109,9 @@ def _commit_seconds() -> float | None:
     f"(0.01). The file is written either way, with the failures listed in /failures [default: {default(EmbedConfig, 'max_failures')}].",
 )  # fmt: skip
 @click.option("--restart", is_flag=True, help="Discard the progress of an interrupted run of OUT instead of resuming it (needed when the source changed since).")
+@scale.ray_options
 @click.pass_obj
-def embed(obj, source, out, split, root, data_dir, limit, restart, **kw):
+def embed(obj, source, out, split, root, data_dir, limit, restart, ray_address, ray_actors, **kw):
     """Embed the images of SOURCE into the HDF5 file OUT.
 
     SOURCE is a folder of images (class subfolders give labels), a list file
@@ -122,7 +124,9 @@ def embed(obj, source, out, split, root, data_dir, limit, restart, **kw):
     from hashindex.sources import open_source
 
     src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
-    s = run(src, out, EmbedConfig(**opt.kwargs(**kw, commit_seconds=_commit_seconds())), progress=obj["progress"], restart=restart)
+    runner = scale.embed_runner(ray_address, ray_actors)
+    config = EmbedConfig(**opt.kwargs(**kw, commit_seconds=_commit_seconds()))
+    s = run(src, out, config, progress=obj["progress"], restart=restart, runner=runner)
     if s.failures:
         click.echo(s.describe())  # failed images are news about the data: shown even with -q
     else:
@@ -152,6 +156,7 @@ def embed(obj, source, out, split, root, data_dir, limit, restart, **kw):
     help="CroVCA also draws the eval embedding (the un-augmented image) as one of a sample's two views "
     "[default: on; --no-eval-view trains on the cached augmented views only].",
 )  # fmt: skip
+@click.option("--sample", type=click.IntRange(min=2), default=None, help=f"Fit on a uniform sample of this many rows, streamed from the file [default: {default(FitConfig, 'sample')}].")
 @opt.device
 @opt.seed
 @click.pass_obj
@@ -327,6 +332,9 @@ def bench(obj, database, queries, out, **kw):
     r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)
     met = [t for t in r["targets"] if t["met"] is not None]
     click.echo(f"wrote {out}/report.md, report.json and plots; targets met: {sum(t['met'] for t in met)} of {len(met)} measured")
+
+
+cli.add_command(scale.import_cmd)
 
 
 def main() -> None:

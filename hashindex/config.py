@@ -122,6 +122,7 @@ class FitConfig:
     eps: float = 0.05
     reg: float = 0.1
     eval_view: bool = True
+    sample: int | None = 250_000  # rows a probe fits on, streamed from the file (None: all)
     device: Device = "auto"
     seed: int = 0
 
@@ -143,6 +144,8 @@ class FitConfig:
         for name in ("lr", "eps"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.sample is not None and self.sample < 2:
+            raise InputError(f"--sample must be at least 2, got {self.sample}")
         if self.reg < 0 or self.weight_decay < 0:
             raise InputError("--reg and --weight-decay must be >= 0")
 

@@ -135,7 +135,8 @@ def _source_attrs(source: ImageSource, config: EmbedConfig, keys: list[str]) -> 
 
 
 def embed(
-    source: ImageSource, out: str | os.PathLike, config: EmbedConfig = EmbedConfig(), *, progress: bool = True, restart: bool = False,
+    source: ImageSource, out: str | os.PathLike, config: EmbedConfig = EmbedConfig(), *, progress: bool = True,
+    restart: bool = False, runner=None,
 ) -> EmbedSummary:  # fmt: skip
     """Embed every image of ``source`` into the HDF5 file ``out``.
 
@@ -153,6 +154,8 @@ def embed(
         progress: show a progress bar.
         restart: discard the progress of an interrupted run instead of resuming it (needed when
             the source changed since: a resume compares the source's items and refuses).
+        runner: what runs the embedding pass into the open writer (default: this process; see
+            :func:`hashindex.ray_embed.ray_runner` for a Ray cluster).
 
     Returns:
         A summary with the number of rows and failures.
@@ -206,7 +209,7 @@ def embed(
                 out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim,
                 attrs=attrs, lock=lock, commit_seconds=config.commit_seconds, item_keys=keys,
             )  # fmt: skip
-            path = _run(source, backbone, config, writer, s0, progress, tqdm)
+            path = (runner or _run)(source, backbone, config, writer, s0, progress, tqdm)
     finally:
         if writer is not None:
             writer.close()
@@ -225,6 +228,55 @@ def embed(
 
 class WorkerDiedError(HashIndexError):
     """An image-decoding worker process died (killed from outside, or by the kernel for memory)."""
+
+
+def embed_batch(backbone: Backbone, config: EmbedConfig, s0: int, batch: list) -> tuple:
+    """Features of one batch of ``(source index, base image or None, error or None)`` items.
+
+    Returns:
+        ``(idx, embeddings, views, failures)``: the rows (int64 source indices, float32 features,
+        ``(m, V, D)`` views or None) and the failed items as sorted ``(index, error class,
+        message)``; a non-finite feature is never stored, its item is a failure instead.
+    """
+    spec = backbone.spec
+    failed = [(i, e[0], e[1]) for i, _, e in batch if e is not None]
+    ok = [(i, b) for i, b, e in batch if e is None]
+    if not ok:
+        return np.zeros(0, np.int64), None, None, failed
+    x = torch.from_numpy(np.stack([b for _, b in ok])).permute(0, 3, 1, 2).to(backbone.device)
+    idx = np.array([i for i, _ in ok], dtype=np.int64)
+    emb = backbone.features(eval_view(x, spec)).cpu().numpy()
+    views = None
+    if config.views:
+        views = np.stack(
+            [
+                backbone.features(augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment))).cpu().numpy()
+                for v in range(config.views)
+            ],
+            axis=1,
+        )
+    finite = np.isfinite(emb).all(axis=1)
+    if views is not None:
+        finite &= np.isfinite(views).all(axis=(1, 2))
+    for j in np.flatnonzero(~finite):
+        failed.append((int(idx[j]), "NonFiniteFeatures", "the backbone produced NaN or inf features"))
+    if not finite.all():
+        failed.sort()
+        idx, emb = idx[finite], emb[finite]
+        views = None if views is None else views[finite]
+    return idx, emb, views, failed
+
+
+def append_batch(writer: EmbeddingsWriter, source: ImageSource, items_done: int, idx, emb, views, errors, **attrs) -> None:
+    """Hand the result of :func:`embed_batch` to the writer, with names, labels and failures."""
+    failed = [(i, source.names[i], cls, msg) for i, cls, msg in errors]
+    for _, name, cls, msg in failed:
+        logger.warning("cannot decode %s: %s: %s", name, cls, msg)
+    labels = source.labels[idx] if source.labels is not None and len(idx) else None
+    writer.append(
+        items_done=items_done, embeddings=emb if len(idx) else None, views=views if len(idx) else None,
+        labels=labels, names=[source.names[i] for i in idx], source_index=idx, failures=failed, **attrs,
+    )  # fmt: skip
 
 
 def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm) -> Path:
@@ -254,42 +306,7 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
 
 
 def _embed_batches(loader, source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, bar, seconds: float, t0: float) -> None:
-    spec = backbone.spec
     for batch in loader:
-        ok = [(i, b) for i, b, e in batch if e is None]
-        failed = [(i, source.names[i], e[0], e[1]) for i, _, e in batch if e is not None]
-        emb = views = labels = None
-        if ok:
-            x = torch.from_numpy(np.stack([b for _, b in ok])).permute(0, 3, 1, 2).to(backbone.device)
-            idx = np.array([i for i, _ in ok], dtype=np.int64)
-            emb = backbone.features(eval_view(x, spec)).cpu().numpy()
-            if config.views:
-                views = np.stack(
-                    [
-                        backbone.features(augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment))).cpu().numpy()
-                        for v in range(config.views)
-                    ],
-                    axis=1,
-                )
-            # A non-finite feature is never stored: the item is recorded as a failure instead.
-            finite = np.isfinite(emb).all(axis=1)
-            if views is not None:
-                finite &= np.isfinite(views).all(axis=(1, 2))
-            for j in np.flatnonzero(~finite):
-                failed.append((int(idx[j]), source.names[idx[j]], "NonFiniteFeatures", "the backbone produced NaN or inf features"))
-            if not finite.all():
-                failed.sort()
-                idx, emb = idx[finite], emb[finite]
-                views = None if views is None else views[finite]
-        else:
-            idx = np.zeros(0, np.int64)
-        for _, name, cls, msg in failed:
-            logger.warning("cannot decode %s: %s: %s", name, cls, msg)
-        if source.labels is not None and len(idx):
-            labels = source.labels[idx]
-        writer.append(
-            items_done=batch[-1][0] + 1, embeddings=emb if len(idx) else None, views=views if len(idx) else None,
-            labels=labels, names=[source.names[i] for i in idx], source_index=idx, failures=failed,
-            embed_seconds=seconds + time.perf_counter() - t0,
-        )  # fmt: skip
+        idx, emb, views, errors = embed_batch(backbone, config, s0, batch)
+        append_batch(writer, source, batch[-1][0] + 1, idx, emb, views, errors, embed_seconds=seconds + time.perf_counter() - t0)
         bar.update(len(batch))

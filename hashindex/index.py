@@ -60,10 +60,15 @@ def is_ivf(fi) -> bool:
     return isinstance(fi, faiss.IndexBinaryIVF)
 
 
+IVF_TRAIN_ROWS = 1_000_000  # k-means sample: faiss turns training codes into float vectors
+
+
 def make_faiss_index(codes: np.ndarray, config: IndexConfig):
     """A faiss binary index over packed codes (ids are row positions); ``config`` resolved.
 
-    ``lookup`` indexes store their codes in a flat index; the table is built when loaded.
+    ``lookup`` indexes store their codes in a flat index; the table is built when loaded. IVF
+    centroids are trained on a uniform sample of at most ``IVF_TRAIN_ROWS`` codes (faiss
+    converts the training codes to floats, 32x their size; its k-means uses at most 256 a list).
     """
     import faiss
 
@@ -74,7 +79,11 @@ def make_faiss_index(codes: np.ndarray, config: IndexConfig):
         index = faiss.IndexBinaryFlat(bits)
     else:
         index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, config.nlist)
-        index.train(codes)
+        train, rows = codes, min(IVF_TRAIN_ROWS, 256 * config.nlist)  # faiss k-means keeps <= 256 a list
+        if len(codes) > rows:
+            train = codes[np.sort(np.random.default_rng(0).choice(len(codes), rows, replace=False))]
+        index.train(train)
+        del train
         index.nprobe = config.nprobe
     index.add(codes)
     return index
@@ -195,7 +204,9 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
     check_bits(probe.bits, MIN_PROBE_BITS)
     cfg = config.resolved(emb.n)
     t0 = time.perf_counter()
-    codes = np.concatenate([probe.encode(emb.embeddings(slice(s, s + 65536))) for s in range(0, emb.n, 65536)])
+    codes = np.empty((emb.n, probe.bits // 8), np.uint8)  # streamed: peak memory is codes + a chunk
+    for s in range(0, emb.n, 65536):
+        codes[s : s + 65536] = probe.encode(emb.embeddings(slice(s, s + 65536)))
     index = make_faiss_index(codes, cfg)
     build_seconds = time.perf_counter() - t0
 
@@ -205,11 +216,10 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
         for name in (PROBE_JSON, PROBE_WEIGHTS):
             shutil.copyfile(Path(probe_dir) / name, tmp / "probe" / name)
         with h5py.File(tmp / ITEMS_FILE, "w") as f:
-            f.create_dataset("names", data=np.array(emb.names(), dtype=object), dtype=h5py.string_dtype("utf-8"))
-            f.create_dataset("source_index", data=emb.source_index())
-            labels = emb.labels()
-            if labels is not None:
-                f.create_dataset("labels", data=labels)
+            with h5py.File(emb.path, "r") as src:  # copied inside HDF5: names never become Python objects
+                for name in ("names", "source_index", "labels"):
+                    if name in src:
+                        src.copy(src[name], f, name)
             f.attrs["label_names"] = json.dumps(emb.label_names)
         files = {
             rel: {"sha256": sha256_file(tmp / rel), "size": (tmp / rel).stat().st_size}
@@ -264,7 +274,7 @@ def _check_consistency(d: Path, manifest: Manifest, probe: Probe, index, verify:
         raise IntegrityError(f"{d}: {ITEMS_FILE} describes {n_items} items, the index holds {ntotal} codes")
 
 
-def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
+def load_index(path: str | os.PathLike, *, verify: bool = True, mmap: bool = False) -> HashIndex:
     """Open an index folder, checking every file against the manifest.
 
     The checks, in order: the manifest's structure; each listed file's presence, size and sha256;
@@ -278,6 +288,9 @@ def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
         verify: check the sha256 of all files (on by default; sizes and the manifest's own
             checksum are always checked). Only skip it for files you trust: a damaged index file
             that is not hashed can crash faiss.
+        mmap: memory-map the codes (flat) or inverted lists (IVF) instead of reading them: the
+            index opens at once and its pages are shared with the page cache. Such an index
+            is read-only (faiss aborts on an add).
 
     Raises:
         InputError: not an index folder, or a newer format.
@@ -293,7 +306,8 @@ def load_index(path: str | os.PathLike, *, verify: bool = True) -> HashIndex:
     if probe.bits != manifest.bits:
         raise MismatchError(f"{d}: the probe makes {probe.bits}-bit codes but the manifest says {manifest.bits} bits")
     try:
-        index = faiss.read_index_binary(str(d / INDEX_FILE))
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0  # maps flat codes and IVF lists alike
+        index = faiss.read_index_binary(str(d / INDEX_FILE), flags)
     except (RuntimeError, MemoryError, ValueError) as e:  # MemoryError: a damaged size field
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise IntegrityError(f"{d}: cannot read {INDEX_FILE}: {msg}") from None

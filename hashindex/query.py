@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .importer import check_image_queries
 from .index import HashIndex, load_index
 from .retrieval import ranked
 from .sources import DecodeError, decode_image
@@ -55,6 +56,7 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
     """
     check_k(k)
     index = load_index(index_dir)
+    check_image_queries(index.manifest.backbone, f"the index {index_dir}")
     index.set_nprobe(nprobe)
     decoded = []
     for path in images:

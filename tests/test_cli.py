@@ -126,7 +126,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, built, fmnist):
     (tmp_path / "empty").mkdir()
     _err(run("embed", tmp_path / "empty", tmp_path / "x.h5", ok=False), 2, "no images")
     _err(run("fit-probe", db.path, tmp_path / "p", "--bits", 12, ok=False), 2, "multiple of 8")
-    _err(run("fit-probe", q.path, tmp_path / "p", ok=False), 2, "--views")
+    _err(run("fit-probe", q.path, tmp_path / "p", "--method", "itq", "--supervised", ok=False), 2, "crovca only")
     _err(run("query", built / "index", "--embeddings", q.path, "-k", 0, ok=False), 2, "k must be")
     (tmp_path / "junk.h5").write_bytes(b"junk")
     _err(run("evaluate", built / "index", tmp_path / "junk.h5", ok=False), 3, "HDF5")

@@ -77,8 +77,8 @@ def test_lsh_bits_are_balanced_after_centering(clusters):
 
 def test_fit_errors(tmp_path, rng, clusters):
     plain = write_embeddings(tmp_path / "plain.h5", rng.standard_normal((50, 8)).astype(np.float32))
-    with pytest.raises(InputError, match="--views"):
-        fit_probe(plain, FitConfig(bits=16), progress=False)
+    with pytest.raises(InputError, match="--sample"):
+        fit_probe(plain, FitConfig(bits=16, sample=1), progress=False)
     with pytest.raises(InputError, match="multiple of 8"):
         fit_probe(clusters, FitConfig(bits=12), progress=False)
     with pytest.raises(InputError, match="16..1024"):  # the library holds the same range as the CLI
@@ -134,9 +134,9 @@ def test_crovca_trains_on_the_eval_embedding_as_a_view(clusters, monkeypatch, ev
     seen = {}
     real = fit._train_crovca
 
-    def spy(views, labels, cfg, progress):
+    def spy(views, labels, cfg, progress, *rest):
         seen["views"] = views.copy()
-        return real(views, labels, cfg, progress)
+        return real(views, labels, cfg, progress, *rest)
 
     monkeypatch.setattr(fit, "_train_crovca", spy)
     probe = fit_probe(clusters, FitConfig(bits=16, epochs=1, eval_view=eval_view), progress=False)

@@ -17,8 +17,10 @@ from ..config import FitConfig
 from ..store import Embeddings
 from .artifact import Probe, state_to_arrays
 from .baselines import fit_linear
+from .feature_views import FeatureViewConfig, feature_view_fn, repeated_views
 from .hashcoder import HashCoder
 from .losses import coding_rate, cross_view_loss, supervised_loss
+from .sampling import read_rows, sample_rows
 from .targets import Codebook, align_codebook, make_codebook
 
 logger = logging.getLogger(__name__)
@@ -60,8 +62,11 @@ def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool) -> tuple[HashCoder, list[dict], Codebook | None]:
-    """Train a HashCoder on ``(n, V, D)`` cached views; two distinct views per sample per step."""
+def _train_crovca(
+    views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool, view_fn=None,
+) -> tuple[HashCoder, list[dict], Codebook | None]:  # fmt: skip
+    """Train a HashCoder on ``(n, V, D)`` cached views; two distinct views per sample per step
+    (each passed through ``view_fn`` when given: feature-space views)."""
     from tqdm.auto import tqdm
 
     dev = resolve_device(cfg.device)
@@ -94,6 +99,8 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
             ii = torch.from_numpy(idx).to(data.device)
             x1 = data[ii, torch.from_numpy(a).to(data.device)].to(dev, non_blocking=True)
             x2 = data[ii, torch.from_numpy(b).to(data.device)].to(dev, non_blocking=True)
+            if view_fn is not None:
+                x1, x2 = view_fn(x1), view_fn(x2)
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, total, cfg.lr, cfg.min_lr)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -141,6 +148,9 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
     CroVCA trains on two distinct views per sample, drawn among the cached augmented views and
     (``eval_view``, the default) the eval embedding; then its bits are re-centred on the eval
     embeddings (:func:`recalibrate_bits`). Baselines fit on the eval embeddings.
+    Only a uniform sample of ``config.sample`` rows is read (streamed in chunks), so files larger
+    than memory fit; without cached views CroVCA makes feature-space views
+    (:mod:`hashindex.probe.feature_views`).
 
     Args:
         emb: the opened embeddings file.
@@ -157,34 +167,36 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
     if emb.n == 0:
         raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to fit a probe on")
     t0 = time.perf_counter()
-    x = emb.embeddings()
+    rows = sample_rows(emb.n, config.sample, config.seed)  # a file of any size: fit on a sample
+    x = read_rows(emb, rows)
     if not np.isfinite(x).all():
         raise InputError(f"{emb.path} contains NaN or inf embeddings")
-    meta: dict = {"embeddings": emb.provenance()}
+    meta: dict = {"embeddings": emb.provenance(), "sample_rows": len(x)}
     if config.method == "crovca":
-        if emb.num_views == 0:
-            raise InputError(
-                f"{emb.path} has no cached views; CroVCA trains on augmented views: "
-                "re-run `hashindex embed ... --views 2` (or more)"
-            )
-        if config.eval_view or emb.num_views == 1:  # one cached view is paired with the eval one
-            views = np.empty((emb.n, emb.num_views + 1, emb.dim), dtype=np.float32)
+        view_fn = None
+        if emb.num_views == 0:  # imported embeddings: views made in feature space
+            logger.info("%s has no cached views: CroVCA trains on feature-space views", emb.path)
+            views, view_fn = repeated_views(x), feature_view_fn(x, config.seed)
+            meta["feature_views"] = asdict(FeatureViewConfig())
+        elif config.eval_view or emb.num_views == 1:  # one cached view is paired with the eval one
+            views = np.empty((len(x), emb.num_views + 1, emb.dim), dtype=np.float32)
             views[:, 0] = x
             for v in range(emb.num_views):  # one view at a time: no second copy of all views
-                views[:, v + 1] = emb.view(v)
+                views[:, v + 1] = read_rows(emb, rows, view=v)
         else:
-            views = emb.views()
+            views = emb.views() if rows is None else np.stack([read_rows(emb, rows, view=v) for v in range(emb.num_views)], axis=1)
         labels = None
         if config.supervised:
             labels = emb.labels()
             if labels is None:
                 raise InputError(f"--supervised needs labels, but {emb.path} has none (use class folders or a list file)")
-        model, history, book = _train_crovca(views, labels, config, progress)
+            labels = labels if rows is None else labels[rows]
+        model, history, book = _train_crovca(views, labels, config, progress, view_fn)
         recalibrate_bits(model, x)
         del views
         probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_arrays(model), model)
         meta["loss_history"] = history
-        meta["schedule"] = {"epochs": len(history), "steps": len(history) * math.ceil(emb.n / config.batch_size)}
+        meta["schedule"] = {"epochs": len(history), "steps": len(history) * math.ceil(len(x) / config.batch_size)}
         if book is not None:
             meta["codebook"] = book.to_meta()
     else:
