@@ -17,6 +17,10 @@ weights = click.option(
     "--weights", type=click.Path(dir_okay=False), default=None,
     help="Local backbone state dict (.safetensors, or a torch file loadable with weights_only=True).",
 )  # fmt: skip
+adapter = click.option(
+    "--adapter", type=click.Path(file_okay=False), default=None,
+    help="LoRA adapter folder made by `hashindex finetune`, put on the backbone.",
+)  # fmt: skip
 nprobe = click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query [default: nlist/16].")
 
 

@@ -31,7 +31,9 @@ class EmbedConfig:
     :class:`TooManyFailuresError` (after writing the file): a count when >= 1, a fraction of the
     source's images when below 1; 0 allows none. ``commit_seconds`` is how often progress is made
     durable (None: the ``HASHINDEX_COMMIT_SECONDS`` environment variable, else 1 s; 0: after
-    every batch); a crash loses at most that much work.
+    every batch); a crash loses at most that much work. ``adapter`` is a folder made by
+    ``hashindex finetune``: its LoRA adapters go on the backbone (the image size, crop and
+    interpolation default to those it was trained with), and the file's backbone spec names it.
     """
 
     model: str = DEFAULT_MODEL
@@ -48,6 +50,7 @@ class EmbedConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_failures: float = 0
     commit_seconds: float | None = None
+    adapter: str | None = None
 
 
 @dataclass
@@ -216,7 +219,7 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
         backbone = load_backbone(
             config.model, weights=config.weights, pretrained=config.pretrained,
             image_size=config.image_size, crop_pct=config.crop_pct,
-            interpolation=config.interpolation, device=config.device,
+            interpolation=config.interpolation, device=config.device, adapter=config.adapter,
         )  # fmt: skip
         spec = backbone.spec
         s0 = base_size(spec)

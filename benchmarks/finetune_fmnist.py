@@ -1,0 +1,106 @@
+"""Frozen probe vs LoRA fine-tuning (``hashindex finetune``) on a Fashion-MNIST subset, through the CLI.
+
+Database = the first N training images, queries = the first Q test images, EfficientNet-Lite0 at
+SIZE px (bilinear). Frozen: ``embed --views 2`` + ``fit-probe``; LoRA: ``finetune`` on the same
+images, then ``embed --adapter`` of database and queries and ``build`` with the tuned probe. Same
+seed, same queries, mAP@1000 by ``evaluate``. Re-running skips finished steps (each is resumable).
+
+    .venv/bin/python benchmarks/finetune_fmnist.py --work /work/runs/i14 --n 5000 --q 1000 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+H = str(REPO / ".venv/bin/hashindex")
+
+
+def sh(*args) -> str:
+    print("+", " ".join(map(str, args)), flush=True)
+    return subprocess.run([H, "-q", *map(str, args)], check=True, capture_output=True, text=True).stdout
+
+
+def timed(path: Path, *args) -> float:
+    """Run a command unless its output exists; returns its seconds (recorded beside the output)."""
+    stamp = Path(str(path) + ".seconds")
+    if not path.exists():
+        t0 = time.perf_counter()
+        sh(*args)
+        stamp.write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return float(stamp.read_text()) if stamp.exists() else float("nan")
+
+
+def evaluate(index: Path, q: Path) -> dict:
+    r = json.loads(sh("evaluate", index, q, "--json", "--no-float"))
+    return {"map": round(100 * r["map"], 2), "precision": round(100 * r["precision"], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--q", type=int, default=1000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--bits", default="64")
+    ap.add_argument("--modes", default="unsupervised,supervised")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/finetune_fashion_mnist.json")
+    a = ap.parse_args()
+    w = a.work
+    w.mkdir(parents=True, exist_ok=True)
+    common = ["--image-size", a.size, "--interpolation", "bilinear", "--device", "cpu"]
+    seed = ["--seed", a.seed]
+    t = {"embed_db_frozen": timed(w / "db.h5", "embed", "fashion-mnist", w / "db.h5", "--limit", a.n, "--views", 2, *common, *seed)}
+    t["embed_q_frozen"] = timed(w / "q.h5", "embed", "fashion-mnist", w / "q.h5", "--split", "test", "--limit", a.q, *common)
+    rows = []
+    for bits in [int(b) for b in a.bits.split(",")]:
+        for mode in a.modes.split(","):
+            sup = ["--supervised"] if mode == "supervised" else []
+            name = f"{mode}-{bits}"
+            p, i = w / f"probe-{name}", w / f"index-{name}"
+            fit_s = timed(p, "fit-probe", w / "db.h5", p, "--bits", bits, *sup, *seed)
+            timed(i, "build", w / "db.h5", p, i)
+            frozen = evaluate(i, w / "q.h5")
+            ft = w / f"lora-{name}"
+            ft_s = timed(ft / "adapter.json", "finetune", "fashion-mnist", ft, "--limit", a.n, "--bits", bits, *sup,
+                         "--epochs", a.epochs, *common, *seed)  # fmt: skip
+            doc = json.loads((ft / "adapter.json").read_text())
+            db, q, fi = w / f"db-{name}.h5", w / f"q-{name}.h5", w / f"index-lora-{name}"
+            emb_db = timed(db, "embed", "fashion-mnist", db, "--limit", a.n, "--adapter", ft, "--device", "cpu")
+            emb_q = timed(q, "embed", "fashion-mnist", q, "--split", "test", "--limit", a.q, "--adapter", ft, "--device", "cpu")
+            timed(fi, "build", db, ft / "probe", fi)
+            lora = evaluate(fi, q)
+            rows.append({
+                "mode": mode, "bits": bits, "frozen_map": frozen["map"], "lora_map": lora["map"],
+                "gain": round(lora["map"] - frozen["map"], 2), "frozen_fit_seconds": fit_s, "finetune_seconds": doc["seconds"],
+                "finetune_command_seconds": ft_s, "epoch_seconds": [h["seconds"] for h in doc["history"]],
+                "history": doc["history"], "trainable_params": doc["trainable_params"], "backbone_params": doc["backbone_params"],
+                "embed_db_lora_seconds": emb_db, "embed_q_lora_seconds": emb_q,
+            })  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+            _write(a, rows, t)
+
+
+def _write(a, rows, t) -> None:
+    doc = {
+        "date": "2026-11-28", "machine": "2-core Intel Xeon, no GPU (shared)", "python": platform.python_version(),
+        "command": f".venv/bin/python benchmarks/finetune_fmnist.py --work {a.work} --n {a.n} --q {a.q} --size {a.size} "
+        f"--bits {a.bits} --modes {a.modes} --epochs {a.epochs} --seed {a.seed}",
+        "protocol": {"train_images": a.n, "queries": a.q, "image_size": a.size, "interpolation": "bilinear", "views": 2,
+                     "epochs": a.epochs, "seed": a.seed, "metric": "mAP@1000, Hamming ranking, ties by id"},
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "embed_seconds": t, "rows": rows,
+    }  # fmt: skip
+    a.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
