@@ -52,12 +52,14 @@ def main() -> None:
     ap.add_argument("--modes", default="unsupervised,supervised")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lora-layers", default=None, help="finetune --lora-layers [default: finetune's, every eligible layer]")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/finetune_fashion_mnist.json")
     a = ap.parse_args()
     w = a.work
     w.mkdir(parents=True, exist_ok=True)
     common = ["--image-size", a.size, "--interpolation", "bilinear", "--device", "cpu"]
     seed = ["--seed", a.seed]
+    layers = ["--lora-layers", a.lora_layers] if a.lora_layers else []
     t = {"embed_db_frozen": timed(w / "db.h5", "embed", "fashion-mnist", w / "db.h5", "--limit", a.n, "--views", 2, *common, *seed)}
     t["embed_q_frozen"] = timed(w / "q.h5", "embed", "fashion-mnist", w / "q.h5", "--split", "test", "--limit", a.q, *common)
     rows = []
@@ -71,7 +73,7 @@ def main() -> None:
             frozen = evaluate(i, w / "q.h5")
             ft = w / f"lora-{name}"
             ft_s = timed(ft / "adapter.json", "finetune", "fashion-mnist", ft, "--limit", a.n, "--bits", bits, *sup,
-                         "--epochs", a.epochs, *common, *seed)  # fmt: skip
+                         "--epochs", a.epochs, *layers, *common, *seed)  # fmt: skip
             doc = json.loads((ft / "adapter.json").read_text())
             db, q, fi = w / f"db-{name}.h5", w / f"q-{name}.h5", w / f"index-lora-{name}"
             emb_db = timed(db, "embed", "fashion-mnist", db, "--limit", a.n, "--adapter", ft, "--device", "cpu")
@@ -93,9 +95,10 @@ def _write(a, rows, t) -> None:
     doc = {
         "date": "2026-11-28", "machine": "2-core Intel Xeon, no GPU (shared)", "python": platform.python_version(),
         "command": f".venv/bin/python benchmarks/finetune_fmnist.py --work {a.work} --n {a.n} --q {a.q} --size {a.size} "
-        f"--bits {a.bits} --modes {a.modes} --epochs {a.epochs} --seed {a.seed}",
+        f"--bits {a.bits} --modes {a.modes} --epochs {a.epochs} --seed {a.seed}"
+        + (f" --lora-layers '{a.lora_layers}'" if a.lora_layers else ""),
         "protocol": {"train_images": a.n, "queries": a.q, "image_size": a.size, "interpolation": "bilinear", "views": 2,
-                     "epochs": a.epochs, "seed": a.seed, "metric": "mAP@1000, Hamming ranking, ties by id"},
+                     "epochs": a.epochs, "seed": a.seed, "lora_layers": a.lora_layers or "all eligible", "metric": "mAP@1000, Hamming ranking, ties by id"},
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "embed_seconds": t, "rows": rows,
     }  # fmt: skip

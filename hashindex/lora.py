@@ -141,7 +141,7 @@ def inject(model: nn.Module, names: list[str], cfg: LoRAConfig, seed: int = 0) -
         base = getattr(parent, child)
         if not _eligible(base):
             raise InputError(f"layer {name} ({type(base).__name__}) cannot take a LoRA adapter")
-        layer = LoRALayer(base, cfg.rank, cfg.alpha, cfg.dropout, gen)
+        layer = LoRALayer(base, cfg.rank, cfg.alpha, cfg.dropout, gen).train(base.training)  # eval stays eval
         setattr(parent, child, layer)
         layers.append(layer)
     return layers
@@ -190,12 +190,13 @@ def save_adapter(out_dir: str | os.PathLike, model: nn.Module, cfg: LoRAConfig, 
     """
     from safetensors.torch import save
 
-    meta = {
-        "format": str(ADAPTER_FORMAT),
-        "lora": json.dumps(asdict(cfg), sort_keys=True),
-        "base": json.dumps({k: base.to_dict()[k] for k in _BASE_IDENTITY + _BASE_PREPROCESS}, sort_keys=True),
+    doc = {
+        "format": ADAPTER_FORMAT,
+        "lora": asdict(cfg),
+        "base": {k: base.to_dict()[k] for k in _BASE_IDENTITY + _BASE_PREPROCESS},
     }
-    data = save(adapter_tensors(model), metadata=meta)
+    # One metadata key: safetensors writes several in no fixed order, and the bytes must be stable.
+    data = save(adapter_tensors(model), metadata={"hashindex_adapter": json.dumps(doc, sort_keys=True)})
     path = Path(out_dir) / ADAPTER_WEIGHTS
     if write is None:
         path.write_bytes(data)
@@ -219,12 +220,10 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
         raise InputError(f"{p} is not an adapter (needs {ADAPTER_WEIGHTS}; made by `hashindex finetune`)")
     try:
         with safe_open(str(f), framework="pt") as fh:
-            meta = fh.metadata() or {}
+            meta = json.loads((fh.metadata() or {})["hashindex_adapter"])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        fmt = int(meta["format"])
-        lora = json.loads(meta["lora"])
+        fmt, lora, base = int(meta["format"]), meta["lora"], meta["base"]
         cfg = LoRAConfig(int(lora["rank"]), float(lora["alpha"]), float(lora["dropout"]), tuple(lora["layers"]))
-        base = json.loads(meta["base"])
     except Exception as e:  # safetensors' own errors, missing or malformed metadata
         raise IntegrityError(f"adapter {f} is unreadable or corrupt: {type(e).__name__}: {e}") from None
     if fmt > ADAPTER_FORMAT:
