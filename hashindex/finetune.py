@@ -33,9 +33,9 @@ from .embed import _BaseImages
 from .errors import InputError
 from .lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
 from .probe.artifact import Probe, state_to_tensors
-from .probe.fit import FitConfig, _cosine_lr, recalibrate_bits
+from .probe.fit import FitConfig, _cosine_lr, optimizer_step, recalibrate_bits
 from .probe.hashcoder import HashCoder
-from .probe.losses import coding_rate, cross_view_loss, supervised_loss
+from .probe.losses import crovca_loss
 from .sources import ImageSource
 from .store import OutputLock, _write_durably
 
@@ -294,18 +294,14 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = head(f)
             z1, z2 = z.float().chunk(2)
-            align = supervised_loss(z1, z2, labels[torch.from_numpy(b).to(dev)]) if labels is not None else cross_view_loss(z1, z2)
-            reg = 0.5 * (coding_rate(z1, config.eps) + coding_rate(z2, config.eps))
-            loss = align + config.reg * reg
             opt.param_groups[0]["lr"] = _cosine_lr(step, total, config.lr, config.min_lr)
             opt.param_groups[1]["lr"] = _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += (loss.item(), align.item(), reg.item())
+            y = None if labels is None else labels[torch.from_numpy(b).to(dev)]
+            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, config.reg))
+            sums += now
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
+            bar.set_postfix(loss=f"{now[0]:.4f}", epoch=epoch + 1)
         m = sums / max(1, steps)
         seconds += time.perf_counter() - t0
         history.append({

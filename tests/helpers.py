@@ -26,3 +26,15 @@ def write_embeddings(path, x, views=None, labels=None, names=None, spec=None):
              names=names or [f"item{i}" for i in range(n)], source_index=np.arange(n))  # fmt: skip
     w.finish()
     return open_embeddings(path)
+
+
+def run_cli(*args, ok=True):
+    """``hashindex -q ARGS`` through click's CliRunner; asserts exit 0 unless ``ok=False``."""
+    from click.testing import CliRunner
+
+    from hashindex.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["-q", *map(str, args)])
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import hashindex.finetune as ft
-from hashindex.cli.main import cli
 from hashindex.errors import InputError
 from hashindex.finetune import FinetuneConfig, finetune
 from hashindex.lora import LoRAConfig, load_adapter
@@ -27,16 +25,12 @@ from hashindex.probe.hashcoder import HashCoder
 from hashindex.sources import open_source
 
 import tinyvit
+from helpers import run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 N = 24
 
 
-def run(*args, ok=True):
-    r = CliRunner().invoke(cli, ["-q", *map(str, args)])
-    if ok:
-        assert r.exit_code == 0, r.output
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from ..store import Embeddings
 from .artifact import Probe, state_to_tensors
 from .baselines import BASELINES, fit_linear
 from .hashcoder import HashCoder
-from .losses import coding_rate, cross_view_loss, supervised_loss
+from .losses import crovca_loss
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,14 @@ def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, align: torch.Tensor, rate: torch.Tensor) -> np.ndarray:
+    """One optimiser step on ``loss``; returns (loss, alignment, rate) as floats for the epoch's means."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return np.array((loss.item(), align.item(), rate.item()))
+
+
 def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool) -> tuple[HashCoder, list[dict]]:
     """Train a HashCoder on ``(n, V, D)`` cached views; two distinct views per sample per step."""
     from tqdm.auto import tqdm
@@ -108,13 +116,7 @@ def _train_crovca(views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, 
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = model(torch.cat([x1, x2]))
             z1, z2 = z.float().chunk(2)
-            align = supervised_loss(z1, z2, lab[ii]) if lab is not None else cross_view_loss(z1, z2)
-            reg = 0.5 * (coding_rate(z1, cfg.eps) + coding_rate(z2, cfg.eps))
-            loss = align + cfg.reg * reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += (loss.item(), align.item(), reg.item())
+            sums += optimizer_step(opt, *crovca_loss(z1, z2, None if lab is None else lab[ii], cfg.eps, cfg.reg))
             step += 1
             bar.update(1)
         m = sums / max(1, steps_per_epoch)

@@ -60,3 +60,14 @@ def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
     a = torch.eye(b, device=z.device, dtype=torch.float32) + (b / (m * eps)) * (zn.t() @ zn)
     logdet = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(a))).sum()
     return -0.5 * logdet * (b + m) / (b * m)
+
+
+def crovca_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None, eps: float, reg: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CroVCA objective of a batch's two views: ``(alignment + reg · rate, alignment, rate)``.
+
+    Supervised (class-prototype targets) when ``labels`` are given, cross-view otherwise; the
+    rate is the coding rate averaged over the two views.
+    """
+    align = supervised_loss(z1, z2, labels) if labels is not None else cross_view_loss(z1, z2)
+    rate = 0.5 * (coding_rate(z1, eps) + coding_rate(z2, eps))
+    return align + reg * rate, align, rate
