@@ -89,6 +89,28 @@ def main() -> None:
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
             _write(a, rows, t)
+    if rows:
+        t["cold_start"] = cold_start(w, f"{rows[0]['mode']}-{rows[0]['bits']}")
+        _write(a, rows, t)
+
+
+def cold_start(w: Path, name: str, reps: int = 3) -> dict:
+    """Wall time of one `query` with an image (a fresh process: imports, backbone, index) on the
+    frozen index and on the LoRA one (which also loads and attaches the adapter), alternated."""
+    from PIL import Image
+
+    from hashindex.sources import open_source
+
+    img = w / "query.png"
+    Image.fromarray(open_source("fashion-mnist", split="test", limit=1).load(0)).save(img)
+    times: dict[str, list[float]] = {"frozen": [], "lora": []}
+    for _ in range(reps):
+        for kind, index in (("frozen", w / f"index-{name}"), ("lora", w / f"index-lora-{name}")):
+            t0 = time.perf_counter()
+            sh("query", index, img, "-k", 10, "--device", "cpu")
+            times[kind].append(round(time.perf_counter() - t0, 2))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return {"index": name, "seconds": times, "median_frozen": med["frozen"], "median_lora": med["lora"]}
 
 
 def _write(a, rows, t) -> None:
