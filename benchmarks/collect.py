@@ -210,6 +210,12 @@ def render() -> str:
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
+    tuned = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("finetune_fashion_mnist*.json"))]
+    if tuned:
+        sys.path.insert(0, str(HERE))
+        from finetune_fmnist import render as render_finetune
+
+        lines += [""] + render_finetune(tuned)
     return "\n".join(lines) + "\n"
 
 

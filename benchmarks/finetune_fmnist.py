@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--modes", default="unsupervised,supervised")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=None, help="for fit-probe and finetune alike [default: each one's]")
     ap.add_argument("--lora-layers", default=None, help="finetune --lora-layers [default: finetune's, every eligible layer]")
+    ap.add_argument("--stopped", type=Path, default=None, help="record the state of a stopped finetune run (its checkpoint) beside the results")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/finetune_fashion_mnist.json")
     a = ap.parse_args()
     w = a.work
@@ -60,6 +62,12 @@ def main() -> None:
     common = ["--image-size", a.size, "--interpolation", "bilinear", "--device", "cpu"]
     seed = ["--seed", a.seed]
     layers = ["--lora-layers", a.lora_layers] if a.lora_layers else []
+    batch = ["--batch-size", a.batch_size] if a.batch_size else []
+    if a.stopped:  # only record it, beside the existing results
+        doc = json.loads(a.out.read_text())
+        doc["stopped_run"] = stopped_run(a.stopped)
+        a.out.write_text(json.dumps(doc, indent=1) + "\n")
+        return
     t = {"embed_db_frozen": timed(w / "db.h5", "embed", "fashion-mnist", w / "db.h5", "--limit", a.n, "--views", 2, *common, *seed)}
     t["embed_q_frozen"] = timed(w / "q.h5", "embed", "fashion-mnist", w / "q.h5", "--split", "test", "--limit", a.q, *common)
     rows = []
@@ -68,12 +76,12 @@ def main() -> None:
             sup = ["--supervised"] if mode == "supervised" else []
             name = f"{mode}-{bits}"
             p, i = w / f"probe-{name}", w / f"index-{name}"
-            fit_s = timed(p, "fit-probe", w / "db.h5", p, "--bits", bits, *sup, *seed)
+            fit_s = timed(p, "fit-probe", w / "db.h5", p, "--bits", bits, *sup, *batch, *seed)
             timed(i, "build", w / "db.h5", p, i)
             frozen = evaluate(i, w / "q.h5")
             ft = w / f"lora-{name}"
             ft_s = timed(ft / "adapter.json", "finetune", "fashion-mnist", ft, "--limit", a.n, "--bits", bits, *sup,
-                         "--epochs", a.epochs, *layers, *common, *seed)  # fmt: skip
+                         "--epochs", a.epochs, *layers, *batch, *common, *seed)  # fmt: skip
             doc = json.loads((ft / "adapter.json").read_text())
             db, q, fi = w / f"db-{name}.h5", w / f"q-{name}.h5", w / f"index-lora-{name}"
             emb_db = timed(db, "embed", "fashion-mnist", db, "--limit", a.n, "--adapter", ft, "--device", "cpu")
@@ -92,6 +100,18 @@ def main() -> None:
     if rows:
         t["cold_start"] = cold_start(w, f"{rows[0]['mode']}-{rows[0]['bits']}")
         _write(a, rows, t)
+
+
+def stopped_run(ckpt: Path) -> dict:
+    """What a finetune run stopped after some epochs had done: its settings and per-epoch history."""
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt), framework="pt") as fh:
+        state = json.loads(fh.metadata()["state"])
+    cfg, src = state["settings"]["config"], state["settings"]["source"]
+    return {"folder": str(ckpt.parent), "train_images": src.get("limit") or src.get("n"), "epochs_planned": cfg["epochs"],
+            "epochs_done": state["epoch"], "history": state["history"], "image_size": cfg["image_size"],
+            "lora_layers": cfg["lora"]["layers"]}  # fmt: skip
 
 
 def cold_start(w: Path, name: str, reps: int = 3) -> dict:
@@ -118,13 +138,61 @@ def _write(a, rows, t) -> None:
         "date": "2026-11-28", "machine": "2-core Intel Xeon, no GPU (shared)", "python": platform.python_version(),
         "command": f".venv/bin/python benchmarks/finetune_fmnist.py --work {a.work} --n {a.n} --q {a.q} --size {a.size} "
         f"--bits {a.bits} --modes {a.modes} --epochs {a.epochs} --seed {a.seed}"
-        + (f" --lora-layers '{a.lora_layers}'" if a.lora_layers else ""),
+        + (f" --lora-layers '{a.lora_layers}'" if a.lora_layers else "") + (f" --batch-size {a.batch_size}" if a.batch_size else ""),
         "protocol": {"train_images": a.n, "queries": a.q, "image_size": a.size, "interpolation": "bilinear", "views": 2,
-                     "epochs": a.epochs, "seed": a.seed, "lora_layers": a.lora_layers or "all eligible", "metric": "mAP@1000, Hamming ranking, ties by id"},
+                     "epochs": a.epochs, "seed": a.seed, "lora_layers": a.lora_layers or "all eligible", "batch_size": a.batch_size, "metric": "mAP@1000, Hamming ranking, ties by id"},
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "embed_seconds": t, "rows": rows,
     }  # fmt: skip
     a.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def render(docs: list[dict]) -> list[str]:
+    """The BENCHMARKS.md section of one or more result files (called by collect.py)."""
+    lines = [
+        "## LoRA fine-tuning (`hashindex finetune`) vs the frozen probe",
+        "",
+        "Fashion-MNIST subsets on the shared 2-core CPU: database = the first N training images, queries = the",
+        "first Q test images, EfficientNet-Lite0 (packaged ImageNet weights) at 64 px, bilinear. Frozen: `embed",
+        "--views 2` + `fit-probe` (defaults: 5 epochs, batch 256, eval view on). LoRA: `finetune` on the same N",
+        "images (views made on the fly, rank 16, alpha 16, dropout 0.1, HashCoder lr 1e-3, adapter lr 5e-4,",
+        "batch 64, first epoch HashCoder only), then `embed --adapter` of database and queries and `build` with",
+        "the tuned probe. Same seed (0), same queries, mAP@1000 by `evaluate` (Hamming ranking, ties by id).",
+        "",
+        "| mode | bits | N train | Q | epochs | adapted layers | trainable / backbone weights | frozen mAP | LoRA mAP | gain | fine-tuning s (per epoch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for doc in docs:
+        p = doc["protocol"]
+        for r in doc["rows"]:
+            per = " / ".join(f"{s:.0f}" for s in r["epoch_seconds"])
+            lines.append(
+                f"| {r['mode']} | {r['bits']} | {p['train_images']:,} | {p['queries']:,} | {p['epochs']} | `{p['lora_layers']}` | "
+                f"{r['trainable_params']:,} / {r['backbone_params']:,} | {r['frozen_map']:.1f} | {r['lora_map']:.1f} | "
+                f"{r['gain']:+.1f} | {r['finetune_seconds']:.0f} ({per}) |"
+            )
+    for doc in docs:
+        cs = doc.get("embed_seconds", {}).get("cold_start")
+        if cs:
+            lines += ["", f"Cold start of `query` with one image, a fresh process each time (median of {len(cs['seconds']['lora'])}, "
+                      f"alternated): frozen index {cs['median_frozen']:.1f} s, LoRA index {cs['median_lora']:.1f} s "
+                      "(the latter also reads the adapter and wraps its layers)."]
+    lines += ["", "Commands (machine " + docs[0]["machine"] + ", " + docs[0]["date"] + "):", ""]
+    lines += [f"    {d['command']}" for d in docs]
+    for doc in docs:
+        st = doc.get("stopped_run")
+        if st:
+            h = st["history"]
+            times = ", ".join(f"{e['seconds']:.0f} s" for e in h)
+            lines += ["", f"A run on {st['train_images']} training images was stopped after {st['epochs_done']} of its "
+                      f"{st['epochs_planned']} epochs: epoch times {times} "
+                      f"({h[-1]['trained']} only), too slow to finish on the shared CPU in the time there was; "
+                      f"its checkpoint resumes with the same command."]
+    lines += ["", *NOTES]
+    return lines
+
+
+NOTES: list[str] = []
 
 
 if __name__ == "__main__":
