@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from hashindex.config import HASHCODER_SIZES
+
 from . import options as opt
 
 # Options that mean exactly what they mean for `embed`: taken from that command, defined once.
@@ -24,7 +26,7 @@ def _patterns(ctx, param, value):
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--bits", type=click.IntRange(min=16), default=None, help="Code length, a multiple of 8 [default: 64].")
 @click.option("--supervised", is_flag=True, default=None, help="Class-prototype targets from the source's labels (as fit-probe --supervised).")
-@click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="HashCoder MLP size [default: small].")
+@click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help="HashCoder MLP size [default: small].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=None, help="First epochs that train the HashCoder alone, before the adapters join [default: 1].")
 @opt.batch_size

@@ -14,43 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params, to_base
-from .backbone import DEFAULT_MODEL, Backbone, Interpolation, load_backbone
+from .augment import augmented_view, base_size, eval_view, sample_params, to_base
+from .backbone import Backbone, load_backbone
+from .config import EmbedConfig
 from .errors import HashIndexError, InputError
 from .sources import DecodeError, ImageSource
 from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """Options of the embed stage (see ``hashindex embed --help``).
-
-    ``max_failures`` is how many images may fail to decode before :func:`embed` raises
-    :class:`TooManyFailuresError` (after writing the file): a count when >= 1, a fraction of the
-    source's images when below 1; 0 allows none. ``commit_seconds`` is how often progress is made
-    durable (None: the ``HASHINDEX_COMMIT_SECONDS`` environment variable, else 1 s; 0: after
-    every batch); a crash loses at most that much work. ``adapter`` is a folder made by
-    ``hashindex finetune``: its LoRA adapters go on the backbone (the image size, crop and
-    interpolation default to those it was trained with), and the file's backbone spec names it.
-    """
-
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    pretrained: bool = False
-    image_size: int | None = None
-    crop_pct: float | None = None
-    interpolation: Interpolation | None = None
-    views: int = 0
-    batch_size: int = 128
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    max_failures: float = 0
-    commit_seconds: float | None = None
-    adapter: str | None = None
 
 
 @dataclass
@@ -152,16 +123,6 @@ def embed_images(backbone: Backbone, images: list[np.ndarray], batch_size: int =
     return np.concatenate(out).astype(np.float32)
 
 
-def _commit_seconds(config: EmbedConfig) -> float:
-    if config.commit_seconds is not None:
-        return float(config.commit_seconds)
-    env = os.environ.get("HASHINDEX_COMMIT_SECONDS")
-    try:
-        return float(env) if env else 1.0
-    except ValueError:
-        raise InputError(f"HASHINDEX_COMMIT_SECONDS must be a number of seconds, got {env!r}") from None
-
-
 def _source_attrs(source: ImageSource, config: EmbedConfig) -> dict:
     return {
         "augment": json.dumps(asdict(config.augment), sort_keys=True),
@@ -205,7 +166,8 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
     if config.batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {config.batch_size}")
     max_failures = check_max_failures(config.max_failures)
-    commit_seconds = _commit_seconds(config)
+    if not config.commit_seconds >= 0:
+        raise InputError(f"commit_seconds must be >= 0, got {config.commit_seconds}")
     if len(source) == 0:
         raise InputError("the source holds no images")
     if not out.parent.exists():
@@ -233,7 +195,7 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
         else:
             writer = EmbeddingsWriter(
                 out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim,
-                attrs=attrs, lock=lock, commit_seconds=commit_seconds,
+                attrs=attrs, lock=lock, commit_seconds=config.commit_seconds,
             )  # fmt: skip
             path = _run(source, backbone, config, writer, s0, progress, tqdm)
     finally:

@@ -6,20 +6,14 @@ import logging
 import time
 from pathlib import Path
 
-from .backbone import check_same_backbone
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .metrics import mean_average_precision, precision_at_k, relevance
-from .rerank import DEFAULT_RERANK, ranked
-from .search import check_k, cosine_knn
+from .retrieval import DEFAULT_RERANK, cosine_knn, ranked
 from .store import Embeddings, open_embeddings
+from .validate import check_k
 
 logger = logging.getLogger(__name__)
-
-
-def check_queries_match(index: HashIndex, queries: Embeddings) -> None:
-    """Raises MismatchError unless the query embeddings come from the index's backbone."""
-    check_same_backbone(index.manifest["backbone"], queries.backbone, f"the codes of index {index.path}", f"the queries {queries.path}")
 
 
 def evaluate(
@@ -48,7 +42,7 @@ def evaluate(
         MismatchError: queries from another backbone.
     """
     topk = check_k(topk)
-    check_queries_match(index, queries)
+    index.check_queries(queries)
     q_labels = queries.labels()
     items = index.items()
     if q_labels is None or items["labels"] is None:
@@ -65,7 +59,7 @@ def evaluate(
         "supervised": bool(index.probe.config.get("supervised", False)),
         "bits": index.bits,
         "index_type": index.kind,
-        "ranking": "hamming" if not (rerank or asymmetric) else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
+        "ranking": "hamming" if rerank is None and not asymmetric else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
         "ntotal": index.ntotal,
@@ -80,8 +74,8 @@ def evaluate(
     }
     if with_float:
         if db is None:
-            path = Path(index.manifest["embeddings"]["path"])
-            if path.exists():
+            path = index.manifest.embeddings.get("path")
+            if path and Path(path).exists():
                 db = open_embeddings(path)
             else:
                 logger.warning("database embeddings %s are gone: no float reference (pass them explicitly)", path)

@@ -28,16 +28,18 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params
-from .backbone import DEFAULT_MODEL, Backbone, Interpolation, load_backbone
+from .backbone import Backbone, load_backbone
+from .spec import DEFAULT_MODEL, Interpolation
 from .embed import _BaseImages
 from .errors import InputError
 from .lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
-from .probe.artifact import Probe, state_to_tensors
-from .probe.fit import FitConfig, _cosine_lr, optimizer_step, recalibrate_bits
+from .config import FitConfig
+from .probe.artifact import Probe, state_to_arrays
+from .probe.fit import _cosine_lr, optimizer_step, recalibrate_bits
 from .probe.hashcoder import HashCoder
 from .probe.losses import crovca_loss
 from .sources import ImageSource
-from .store import OutputLock, _write_durably
+from .store import OutputLock, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +174,7 @@ def _restore(t: dict[str, torch.Tensor], head: HashCoder, model: torch.nn.Module
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    _write_durably(path, lambda fh: fh.write(data))
+    write_durably(path, lambda fh: fh.write(data))
 
 
 def _load_checkpoint(path: Path, settings: dict) -> tuple[dict, dict[str, torch.Tensor]] | None:
@@ -342,7 +344,7 @@ def _publish(out, source, config, settings, bb, head, bases, idx, trainable, bac
     }  # fmt: skip
     fit = asdict(config.fit_config())
     meta = {"embeddings": provenance, "adapter": {"path": tuned.adapter, "sha256": sha}, "loss_history": history, "fit_seconds": round(seconds, 3)}
-    probe = Probe("crovca", config.bits, tuned.num_features, {**fit, "finetune": True}, meta, state_to_tensors(head), head.eval())
+    probe = Probe("crovca", config.bits, tuned.num_features, {**fit, "finetune": True}, meta, state_to_arrays(head), head.eval())
     bal = bit_balance(pack(probe.logits(x)))
     meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}
     probe.save(out / PROBE_DIR)

@@ -1,18 +1,18 @@
-"""The query stage: images or stored embeddings → ranked items of an index."""
+"""The query stage: images or stored embeddings → ranked items of an index.
+
+A query by stored embeddings loads no model (and does not import torch until the probe encodes).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backbone import backbone_from_spec
-from .embed import embed_images
 from .errors import InputError
-from .evaluate import check_queries_match
 from .index import HashIndex, load_index
-from .rerank import ranked
-from .search import check_k
+from .retrieval import ranked
 from .sources import DecodeError, decode_image
 from .store import open_embeddings
+from .validate import check_k
 
 
 def _label_text(labels: np.ndarray | None, names: list[str] | None, row: int) -> str | None:
@@ -62,7 +62,10 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
             decoded.append(decode_image(path))
         except DecodeError as e:
             raise InputError(f"cannot read query image {e}") from None
-    bb = backbone_from_spec(index.manifest["backbone"], weights=weights, device=device or "auto", adapter=adapter)
+    from .backbone import backbone_from_spec  # torch: only for queries by image
+    from .embed import embed_images
+
+    bb = backbone_from_spec(index.manifest.backbone, weights=weights, device=device or "auto", adapter=adapter)
     d, ids, s = ranked(index, embed_images(bb, decoded), k, rerank, asymmetric)
     return format_results(index, list(images), d, ids, s)
 
@@ -73,7 +76,7 @@ def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=Non
     index = load_index(index_dir)
     index.set_nprobe(nprobe)
     q = open_embeddings(emb_file)
-    check_queries_match(index, q)
+    index.check_queries(q)
     rows = slice(0, min(limit or q.n, q.n))
     d, ids, s = ranked(index, q.embeddings(rows), k, rerank, asymmetric)
     return format_results(index, q.names()[rows], d, ids, s)

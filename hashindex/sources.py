@@ -33,7 +33,7 @@ FASHION_MNIST_CLASSES = (
 MAX_IMAGE_PIXELS = 178_956_970
 
 
-class DecodeError(Exception):
+class DecodeError(InputError):
     """One image could not be decoded; carries the error class name and message."""
 
     def __init__(self, path: str, error: BaseException | None = None, *, error_class: str | None = None, message: str | None = None):

@@ -83,7 +83,7 @@ def test_query_embeddings_matches_reference(built, fmnist):
     res = json.loads(r.output)
     idx = load_index(built / "index")
     qc = idx.probe.encode(q.embeddings(slice(0, 5)))
-    db_codes = idx.probe.encode(open_embeddings(idx.manifest["embeddings"]["path"]).embeddings())
+    db_codes = idx.probe.encode(open_embeddings(idx.manifest.embeddings["path"]).embeddings())
     ref = hamming(qc, db_codes)
     for row, qr in enumerate(res):
         ids = [h["id"] for h in qr["results"]]

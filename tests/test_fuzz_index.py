@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from hashindex.errors import HashIndexError, IntegrityError, MismatchError
-from hashindex.index import IndexConfig, build_index, load_index, manifest_bytes
+from hashindex.index import IndexConfig, build_index, load_index
+from hashindex.manifest import sealed_bytes
 from hashindex.probe.fit import FitConfig, fit_probe
 
 from helpers import write_embeddings
@@ -98,7 +99,7 @@ def test_damage_behind_a_resealed_manifest_many(index_dir, tmp_path):
 
 
 def _resealed_fuzz(index_dir, tmp_path, count: int, seed: int) -> None:
-    from hashindex.backbone import sha256_file
+    from hashindex.spec import sha256_file
     from hashindex.probe.artifact import probe_hash
 
     d = _copy(index_dir, tmp_path)
@@ -115,7 +116,7 @@ def _resealed_fuzz(index_dir, tmp_path, count: int, seed: int) -> None:
         rel = p.relative_to(d).as_posix()
         m["files"][rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
         m["probe"]["sha256"] = probe_hash(d / "probe")
-        (d / "manifest.json").write_bytes(manifest_bytes(m))
+        (d / "manifest.json").write_bytes(sealed_bytes(m))
         try:
             load_index(d)
         except HashIndexError:
@@ -138,7 +139,7 @@ def _copy(index_dir, tmp_path):
 def _edit_manifest(d: Path, edit, reseal: bool) -> None:
     m = json.loads((d / "manifest.json").read_text())
     edit(m)
-    (d / "manifest.json").write_bytes(manifest_bytes(m) if reseal else (json.dumps(m, indent=2, sort_keys=True) + "\n").encode())
+    (d / "manifest.json").write_bytes(sealed_bytes(m) if reseal else (json.dumps(m, indent=2, sort_keys=True) + "\n").encode())
 
 
 def test_edited_manifests_are_refused_naming_both_sides(index_dir, tmp_path):
@@ -152,7 +153,7 @@ def test_edited_manifests_are_refused_naming_both_sides(index_dir, tmp_path):
     with pytest.raises(IntegrityError, match="manifest.json does not match its own sha256"):
         load_index(d)
     _edit_manifest(d, nprobe_or_date, reseal=True)  # the same edit, re-sealed, is accepted
-    assert load_index(d).manifest["created"].startswith("2000")
+    assert load_index(d).manifest.created.startswith("2000")
 
     (d / "manifest.json").write_bytes(ok)
     _edit_manifest(d, lambda m: m.__setitem__("ntotal", m["ntotal"] + 1), reseal=True)
@@ -184,7 +185,7 @@ def test_swapped_probe_is_refused(index_dir, tmp_path):
     """A probe from another fit, with the manifest re-sealed around it: the probe hash catches it."""
     import shutil
 
-    from hashindex.backbone import sha256_file
+    from hashindex.spec import sha256_file
 
     d = _copy(index_dir, tmp_path)
     other = tmp_path / "other"
