@@ -62,7 +62,19 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
+class BackboneOptions:
+    """Which backbone and preprocessing: the options embed and finetune share."""
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    pretrained: bool = False
+    image_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: Interpolation | None = None
+
+
+@dataclass(frozen=True)
+class EmbedConfig(BackboneOptions):
     """Options of the embed stage (see ``hashindex embed --help``).
 
     ``max_failures`` is how many images may fail to decode before ``embed`` raises
@@ -74,12 +86,6 @@ class EmbedConfig:
     interpolation default to those it was trained with), and the file's backbone spec names it.
     """
 
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    pretrained: bool = False
-    image_size: int | None = None
-    crop_pct: float | None = None
-    interpolation: Interpolation | None = None
     views: int = 0
     batch_size: int = 128
     device: Device = "auto"

@@ -29,11 +29,10 @@ import torch
 
 from .augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params
 from .backbone import Backbone, load_backbone
-from .spec import DEFAULT_MODEL, Interpolation
 from .embed import _BaseImages
 from .errors import InputError
 from .lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
-from .config import FitConfig
+from .config import BackboneOptions, FitConfig
 from .probe.artifact import Probe, state_to_arrays
 from .probe.fit import _cosine_lr, optimizer_step, recalibrate_bits
 from .probe.hashcoder import HashCoder
@@ -48,7 +47,7 @@ PROBE_DIR = "probe"
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(BackboneOptions):
     """Options of ``hashindex finetune`` (the paper's LoRA defaults: rank 16, alpha 16, dropout 0.1).
 
     ``lr`` is the HashCoder's peak learning rate (fit-probe's 1e-3); ``adapter_lr`` the
@@ -57,12 +56,6 @@ class FinetuneConfig:
     Both follow a cosine schedule per step down to ``min_lr``, the adapters' over the joint epochs.
     """
 
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    pretrained: bool = False
-    image_size: int | None = None
-    crop_pct: float | None = None
-    interpolation: Interpolation | None = None
     bits: int = 64
     supervised: bool = False
     hashcoder: str = "small"
