@@ -209,6 +209,10 @@ NOTES = [
     "  JSON). More images, more joint epochs, the default layers and another adapter lr are",
     "  the untried next steps; none of them fit the CPU time of this session. One seed only: a difference this",
     "  small is within the seed spread of the probe itself (see CroVCA across seeds).",
+    "- Supervised (64 bits): the LoRA model is below the frozen probe here. Not investigated in the time there",
+    "  was; one difference between the two sides is that fit-probe also trains on the eval embedding as one",
+    "  of the two views (its default, which the README measures as decisive for supervised codes), while",
+    "  finetune draws two augmented views; an eval view for finetune was not tried.",
     "- 16 bits: not measured (time).",
     "- The full protocol on a GPU (60k images, 5 epochs, time per epoch): not measured, no GPU in this session.",
 ]
