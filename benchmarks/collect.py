@@ -209,12 +209,16 @@ def render() -> str:
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
     # benchmarks/ is on sys.path as the script's folder
+    from finetune_fmnist import render as render_finetune
     from quality_subsets import render as render_subsets
     from render_scale import render_scale
 
     sub = render_subsets()
     lines += [""] + sub if sub else []
     lines += render_scale(RESULTS)
+    tuned = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("finetune_fashion_mnist*.json"))]
+    if tuned:
+        lines += [""] + render_finetune(tuned)
     return "\n".join(lines) + "\n"
 
 

@@ -53,6 +53,7 @@ def cli(ctx, verbose: int, quiet: bool):
     Pipeline:
       hashindex embed SOURCE db.h5 --views 2      frozen timm backbone -> HDF5 embeddings
       hashindex fit-probe db.h5 probe/ --bits 64  CroVCA hash probe (or a baseline)
+      hashindex finetune SOURCE tuned/            or: LoRA adapters + probe trained on images
       hashindex build db.h5 probe/ index/         faiss binary index + manifest
       hashindex query index/ photo.jpg -k 10      images (or embeddings) in, ranked items out
       hashindex evaluate index/ q.h5              mAP@k against float cosine
@@ -103,6 +104,7 @@ def _commit_seconds() -> float | None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
 @opt.seed
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None, help="Image decoding processes [default: chosen by source].")
+@opt.adapter
 @click.option(
     "--max-failures", type=click.FloatRange(min=0), default=None,
     help="Undecodable images allowed before the exit status is 1: a count (10) or a fraction of the images "
@@ -218,9 +220,10 @@ def _field(text) -> str:
 @opt.rerank
 @opt.asymmetric
 @opt.weights
+@click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Where the index's LoRA adapter is now, when its recorded folder moved.")
 @opt.device
 @opt.as_json
-def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, device, as_json):
+def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, adapter, device, as_json):
     """Search INDEX with IMAGES (embedded by the index's backbone) or --embeddings.
 
     Prints rank, id, name (path or split/index), label and Hamming distance per result, one
@@ -234,7 +237,7 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
     if emb_file:
         results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe, rerank=rerank, asymmetric=asymmetric)
     else:
-        results = query_images(index, list(images), k, nprobe=nprobe, weights=weights, device=device, rerank=rerank, asymmetric=asymmetric)
+        results = query_images(index, list(images), k, nprobe=nprobe, weights=weights, device=device, rerank=rerank, asymmetric=asymmetric, adapter=adapter)
     if as_json:
         click.echo(json.dumps(results, indent=1))
         return
@@ -335,6 +338,10 @@ def bench(obj, database, queries, out, **kw):
 
 
 cli.add_command(scale.import_cmd)
+
+from .finetune import register as _register_finetune  # noqa: E402 - it reuses embed's options
+
+_register_finetune(cli)
 
 
 def main() -> None:

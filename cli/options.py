@@ -55,6 +55,10 @@ weights = click.option(
     "--weights", type=click.Path(dir_okay=False), default=None,
     help="Local backbone state dict (.safetensors, or a torch file loadable with weights_only=True).",
 )  # fmt: skip
+adapter = click.option(
+    "--adapter", type=click.Path(file_okay=False), default=None,
+    help="LoRA adapter folder made by `hashindex finetune`, put on the backbone.",
+)  # fmt: skip
 nprobe = click.option("--nprobe", type=int, default=None, help="IVF lists visited per query, 1..nlist [default: nlist/16].")
 rerank = click.option(
     "--rerank", type=int, default=None,

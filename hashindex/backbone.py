@@ -168,6 +168,8 @@ def load_backbone(
     interpolation: Interpolation | None = None,
     device: str | torch.device | None = "auto",
     expect_sha256: str | None = None,
+    adapter: str | os.PathLike | None = None,
+    expect_adapter_sha256: str | None = None,
 ) -> Backbone:
     """Create a frozen timm backbone in eval mode.
 
@@ -183,17 +185,27 @@ def load_backbone(
             their hard edges; see BENCHMARKS.md).
         device: ``auto``, ``cpu``, ``cuda`` or a torch device.
         expect_sha256: refuse weights whose file hash differs (used when re-opening an index).
+        adapter: a LoRA adapter folder made by ``hashindex finetune`` to put on the backbone.
+        expect_adapter_sha256: refuse an adapter whose weights' hash differs.
 
     Returns:
         The backbone with its spec.
 
     Raises:
         InputError: unknown model, unreadable weights, or no weights available offline.
-        MismatchError: weights do not fit, or differ from ``expect_sha256``.
+        MismatchError: weights do not fit, or differ from ``expect_sha256``; an adapter made for
+            another backbone.
     """
     import timm
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if adapter is not None:  # an adapter brings the preprocessing it was trained with
+        from .lora import load_adapter
+
+        adapter = load_adapter(adapter)
+        image_size = image_size or adapter.base.get("image_size")
+        crop_pct = crop_pct if crop_pct is not None else adapter.base.get("crop_pct")
+        interpolation = interpolation or adapter.base.get("interpolation")
     if not timm.is_model(model):
         raise InputError(f"unknown timm model {model!r}")
     load_from, location = resolve_weights(model, weights, pretrained)
@@ -232,23 +244,34 @@ def load_backbone(
         std=tuple(float(v) for v in cfg["std"]),
         num_features=int(net.num_features),
     )
+    if adapter is not None:
+        from .lora import attach_adapter
+
+        return attach_adapter(Backbone(net, spec, dev), adapter, expect_adapter_sha256)
     return Backbone(net, spec, dev)
 
 
-def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None, device: str | None = "auto") -> Backbone:
-    """Re-create the backbone an artifact was made with, checking the weights' hash.
+def backbone_from_spec(
+    spec: BackboneSpec | dict, *, weights: str | None = None, device: str | None = "auto", adapter: str | None = None
+) -> Backbone:
+    """Re-create the backbone an artifact was made with, checking the weights' (and adapter's) hash.
 
     Args:
         spec: the recorded spec.
         weights: a local copy of the weights when the recorded path is gone.
         device: compute device.
+        adapter: a local copy of the recorded LoRA adapter when the recorded folder is gone.
 
     Raises:
-        InputError: the weights cannot be found.
-        MismatchError: the weights found differ from the recorded ones.
+        InputError: the weights or the adapter cannot be found.
+        MismatchError: the weights or adapter found differ from the recorded ones.
     """
     if isinstance(spec, dict):
         spec = BackboneSpec.from_dict(spec)
+    if spec.adapter_sha256 is not None:
+        adapter = adapter or spec.adapter
+        if not adapter or not os.path.exists(adapter):
+            raise InputError(f"the LoRA adapter {spec.adapter} recorded in the artifact is gone: pass --adapter FOLDER")
     pretrained = weights is None and spec.weights == "hub"
     if weights is None and not pretrained:
         if spec.weights.startswith("packaged:"):
@@ -263,5 +286,6 @@ def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None,
     bb = load_backbone(
         spec.model, weights=weights, pretrained=pretrained, image_size=spec.image_size, crop_pct=spec.crop_pct,
         interpolation=spec.interpolation, device=device, expect_sha256=spec.weights_sha256,
+        adapter=adapter if spec.adapter_sha256 is not None else None, expect_adapter_sha256=spec.adapter_sha256,
     )  # fmt: skip
     return Backbone(bb.model, spec, bb.device)

@@ -66,15 +66,8 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
-    """Options of the embed stage (see ``hashindex embed --help``).
-
-    ``max_failures`` is how many images may fail to decode before ``embed`` raises
-    ``TooManyFailuresError`` (after writing the file): a count when >= 1, a fraction of the
-    source's images when below 1; 0 allows none. ``commit_seconds`` is how often progress is made
-    durable (0: after every batch); a crash loses at most that much work. The CLI takes it from
-    the ``HASHINDEX_COMMIT_SECONDS`` environment variable when set.
-    """
+class BackboneOptions:
+    """Which backbone and preprocessing: the options embed and finetune share."""
 
     model: str = DEFAULT_MODEL
     weights: str | None = None
@@ -82,6 +75,21 @@ class EmbedConfig:
     image_size: int | None = None
     crop_pct: float | None = None
     interpolation: Interpolation | None = None
+
+
+@dataclass(frozen=True)
+class EmbedConfig(BackboneOptions):
+    """Options of the embed stage (see ``hashindex embed --help``).
+
+    ``max_failures`` is how many images may fail to decode before ``embed`` raises
+    ``TooManyFailuresError`` (after writing the file): a count when >= 1, a fraction of the
+    source's images when below 1; 0 allows none. ``commit_seconds`` is how often progress is made
+    durable (0: after every batch); a crash loses at most that much work. The CLI takes it from
+    the ``HASHINDEX_COMMIT_SECONDS`` environment variable when set. ``adapter`` is a folder made
+    by ``hashindex finetune``: its LoRA adapters go on the backbone (image size, crop and
+    interpolation default to those it was trained with), and the file's backbone spec names it.
+    """
+
     views: int = 0
     batch_size: int = 128
     device: Device = "auto"
@@ -90,6 +98,7 @@ class EmbedConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_failures: float = 0
     commit_seconds: float = 1.0
+    adapter: str | None = None
 
 
 @dataclass(frozen=True)

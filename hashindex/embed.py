@@ -193,7 +193,7 @@ def embed(
         backbone = load_backbone(
             config.model, weights=config.weights, pretrained=config.pretrained,
             image_size=config.image_size, crop_pct=config.crop_pct,
-            interpolation=config.interpolation, device=config.device,
+            interpolation=config.interpolation, device=config.device, adapter=config.adapter,
         )  # fmt: skip
         spec = backbone.spec
         s0 = base_size(spec)

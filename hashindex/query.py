@@ -47,8 +47,8 @@ def format_results(index: HashIndex, query_names: list[str], d: np.ndarray, ids:
     return out
 
 
-def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False) -> list[dict]:
-    """Embed image files with the index's backbone and search.
+def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None) -> list[dict]:
+    """Embed image files with the index's backbone (with its LoRA adapter, if any) and search.
 
     Raises:
         InputError: an image cannot be decoded, bad k.
@@ -67,7 +67,7 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
     from .backbone import backbone_from_spec  # torch: only for queries by image
     from .embed import embed_images
 
-    bb = backbone_from_spec(index.manifest.backbone, weights=weights, device=device or "auto")
+    bb = backbone_from_spec(index.manifest.backbone, weights=weights, device=device or "auto", adapter=adapter)
     d, ids, s = ranked(index, embed_images(bb, decoded), k, rerank, asymmetric)
     return format_results(index, list(images), d, ids, s)
 

@@ -34,6 +34,8 @@ class BackboneSpec:
         mean: per-channel normalisation mean.
         std: per-channel normalisation std.
         num_features: embedding width.
+        adapter: folder of the LoRA adapter on the backbone (``hashindex finetune``), or None.
+        adapter_sha256: sha256 of the adapter's weights file, or None.
     """
 
     model: str
@@ -45,6 +47,8 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_features: int
+    adapter: str | None = None
+    adapter_sha256: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +71,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # Fields that must agree between artifacts (the weights' path may differ between machines).
-_IDENTITY = ("model", "weights_sha256", "image_size", "crop_pct", "interpolation", "mean", "std", "num_features")
+_IDENTITY = ("model", "weights_sha256", "image_size", "crop_pct", "interpolation", "mean", "std", "num_features", "adapter_sha256")
 
 
 def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: str, b_name: str) -> None:
@@ -77,6 +81,7 @@ def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: 
     diff = [k for k in _IDENTITY if json.dumps(da.get(k)) != json.dumps(db.get(k))]
     if diff:
         def desc(d):
-            return f"{d.get('model')} at {d.get('image_size')} px, weights {str(d.get('weights_sha256'))[:12]}"
+            tuned = f", LoRA adapter {d['adapter_sha256'][:12]}" if d.get("adapter_sha256") else ", no adapter"
+            return f"{d.get('model')} at {d.get('image_size')} px, weights {str(d.get('weights_sha256'))[:12]}{tuned}"
 
         raise MismatchError(f"{a_name} come from {desc(da)}, but {b_name} from {desc(db)} (differs in {', '.join(diff)})")

@@ -49,3 +49,15 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
             out[pos] ^= 0xFF
         return f"overwrite {len(chunk)} bytes at {pos}", bytes(out)
     return "append bytes", data + rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+
+
+def run_cli(*args, ok=True):
+    """``hashindex -q ARGS`` through click's CliRunner; asserts exit 0 unless ``ok=False``."""
+    from click.testing import CliRunner
+
+    from hashindex.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["-q", *map(str, args)])
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r

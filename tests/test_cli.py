@@ -4,20 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from hashindex.cli.main import cli
 from hashindex.codes import hamming
 from hashindex.index import load_index
 from hashindex.store import open_embeddings
 
-
-def run(*args, ok=True):
-    r = CliRunner().invoke(cli, ["-q", *map(str, args)])
-    if ok:
-        assert r.exit_code == 0, r.output
-    return r
+from helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from .artifact import Probe, state_to_arrays
 from .baselines import fit_linear
 from .feature_views import FeatureViewConfig, feature_view_fn, repeated_views
 from .hashcoder import HashCoder
-from .losses import coding_rate, cross_view_loss, supervised_loss
+from .losses import crovca_loss
 from .sampling import read_rows, sample_rows
 from .targets import Codebook, align_codebook, make_codebook
 
@@ -60,6 +60,14 @@ def class_codebook(model: HashCoder, x: np.ndarray, labels: np.ndarray, seed: in
 
 def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, align: torch.Tensor, rate: torch.Tensor) -> np.ndarray:
+    """One optimiser step on ``loss``; returns (loss, alignment, rate) as floats for the epoch's means."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return np.array((loss.item(), align.item(), rate.item()))
 
 
 def _train_crovca(
@@ -106,13 +114,7 @@ def _train_crovca(
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = model(torch.cat([x1, x2]))
             z1, z2 = z.float().chunk(2)
-            align = supervised_loss(z1, z2, lab[ii], codes) if lab is not None else cross_view_loss(z1, z2)
-            reg = 0.5 * (coding_rate(z1, cfg.eps) + coding_rate(z2, cfg.eps))
-            loss = align + cfg.reg * reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += (loss.item(), align.item(), reg.item())
+            sums += optimizer_step(opt, *crovca_loss(z1, z2, None if lab is None else lab[ii], cfg.eps, cfg.reg, codes))
             step += 1
             bar.update(1)
         m = sums / max(1, steps_per_epoch)

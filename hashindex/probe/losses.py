@@ -83,3 +83,17 @@ def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
     a = torch.eye(b, device=z.device, dtype=torch.float32) + (b / (m * eps)) * (zn.t() @ zn)
     logdet = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(a))).sum()
     return -0.5 * logdet * (b + m) / (b * m)
+
+
+def crovca_loss(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None, eps: float, reg: float, codes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The CroVCA objective of a batch's two views: ``(alignment + reg · rate, alignment, rate)``.
+
+    Supervised when ``labels`` are given (codebook targets with ``codes``, else the paper's
+    class-prototype targets), cross-view otherwise; the rate is the coding rate averaged over
+    the two views.
+    """
+    align = supervised_loss(z1, z2, labels, codes) if labels is not None else cross_view_loss(z1, z2)
+    rate = 0.5 * (coding_rate(z1, eps) + coding_rate(z2, eps))
+    return align + reg * rate, align, rate

@@ -1,0 +1,75 @@
+"""``hashindex finetune``: LoRA adapters + HashCoder trained on images (CroVCA's second mode)."""
+
+from __future__ import annotations
+
+import click
+
+from hashindex.config import HASHCODER_SIZES
+
+from . import options as opt
+
+# Options that mean exactly what they mean for `embed`: taken from that command, defined once.
+_FROM_EMBED = ("split", "root", "data_dir", "limit", "model", "weights", "pretrained", "image_size", "crop_pct", "interpolation")
+
+
+def _patterns(ctx, param, value):
+    if value is None:
+        return None
+    pats = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not pats:
+        raise click.BadParameter("give at least one pattern, or leave the option out for all eligible layers")
+    return pats
+
+
+@click.command("finetune")
+@click.argument("source")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--bits", type=click.IntRange(min=16), default=None, help="Code length, a multiple of 8 [default: 64].")
+@click.option("--supervised", is_flag=True, default=None, help="Class-prototype targets from the source's labels (as fit-probe --supervised).")
+@click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help="HashCoder MLP size [default: small].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
+@click.option("--head-epochs", type=click.IntRange(min=0), default=None, help="First epochs that train the HashCoder alone, before the adapters join [default: 1].")
+@opt.batch_size
+@click.option("--lr", type=float, default=None, help="HashCoder peak learning rate (AdamW, cosine per step) [default: 1e-3].")
+@click.option("--adapter-lr", type=float, default=None, help="Adapters' peak learning rate [default: 5e-4].")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 1e-2].")
+@click.option("--rank", type=click.IntRange(min=1), default=None, help="LoRA rank [default: 16].")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None, help="LoRA alpha; updates are scaled by alpha/rank [default: 16].")
+@click.option("--lora-dropout", "dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="Dropout on the adapters' input [default: 0.1].")
+@click.option(
+    "--lora-layers", "layers", callback=_patterns, default=None,
+    help="Comma-separated patterns of module names that get adapters, e.g. 'blocks.5.*,blocks.6.*,conv_head' "
+    "or '*.qkv,*.proj' [default: every Linear and 1x1 Conv2d except the classifier: a ViT's attention qkv/proj "
+    "and MLP fc1/fc2, a convnet's pointwise convolutions].",
+)  # fmt: skip
+@opt.device
+@opt.seed
+@click.pass_obj
+def finetune(obj, source, out, split, root, data_dir, limit, rank, alpha, dropout, layers, **kw):
+    """Train LoRA adapters on the backbone jointly with a CroVCA HashCoder, on the images of SOURCE.
+
+    SOURCE is as for `embed`. Two augmented views of each image are made on the fly every
+    epoch. OUT gets adapter.safetensors, adapter.json and probe/ (a probe folder for `build`).
+    Use the adapters with `hashindex embed ... --adapter OUT`, then `build db.h5 OUT/probe index/`;
+    `query` with images loads the adapter by itself. An interrupted run (even kill -9) resumes
+    from its last finished epoch when re-run with the same arguments.
+    """
+    from hashindex.finetune import FinetuneConfig, finetune as run
+    from hashindex.lora import LoRAConfig
+    from hashindex.sources import open_source
+
+    if kw.get("bits") is not None:
+        from hashindex.codes import check_bits
+
+        check_bits(kw["bits"])
+    lora = LoRAConfig(**opt.kwargs(rank=rank, alpha=alpha, dropout=dropout, layers=layers))
+    src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
+    s = run(src, out, FinetuneConfig(lora=lora, **opt.kwargs(**kw)), progress=obj["progress"])
+    click.echo(s.describe())
+
+
+def register(group: click.Group) -> None:
+    """Add ``finetune`` to the group, with embed's source and backbone options."""
+    shared = [p for p in group.commands["embed"].params if p.name in _FROM_EMBED]
+    finetune.params[2:2] = shared  # after the two arguments
+    group.add_command(finetune)
