@@ -49,6 +49,8 @@ def cli(ctx, verbose: int, quiet: bool):
       hashindex build db.h5 probe/ index/         faiss binary index + manifest
       hashindex query index/ photo.jpg -k 10      images (or embeddings) in, ranked items out
       hashindex evaluate index/ q.h5              mAP@k against float cosine
+      hashindex add index/ new_photos/            live index: add, remove, compact, info
+      hashindex serve index/                      HTTP API and web page on 127.0.0.1:8000
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -277,6 +279,12 @@ def bench(obj, database, queries, out, methods, **kw):
     r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)
     met = [t for t in r["targets"] if t["met"] is not None]
     click.echo(f"wrote {out}/report.md, report.json and plots; targets met: {sum(t['met'] for t in met)} of {len(met)} measured")
+
+
+from .live import COMMANDS as _LIVE_COMMANDS  # noqa: E402 - registered on the group defined above
+
+for _command in _LIVE_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

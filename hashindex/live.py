@@ -78,6 +78,7 @@ class LiveIndex:
 
     def __init__(self, path: Path, manifest: dict, snapshot: Snapshot, verify: bool = True):
         self.path, self.manifest, self.snapshot, self.verify = path, manifest, snapshot, verify
+        self.lock_wait = DEFAULT_LOCK_WAIT  # seconds a write waits for another writer
 
     @property
     def state(self) -> LiveState:
@@ -102,15 +103,15 @@ class LiveIndex:
         return True
 
     @contextmanager
-    def writing(self, wait: float = DEFAULT_LOCK_WAIT):
-        """Hold the folder's writer lock (waiting up to ``wait`` seconds), caught up with the disk.
+    def writing(self):
+        """Hold the folder's writer lock (waiting up to ``lock_wait`` seconds), caught up with the disk.
 
         Raises:
             OutputLockedError: another writer kept the lock for longer than ``wait``.
         """
         from .compact import recover
 
-        lock = OutputLock(self.path)
+        lock, wait = OutputLock(self.path), self.lock_wait
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -136,7 +137,7 @@ class LiveIndex:
         self.snapshot = with_commit(self.snapshot, commit, state.generation)
         return self.snapshot
 
-    def add(self, embeddings, names, *, labels=None, source_index=None, uploads=None, wait: float = DEFAULT_LOCK_WAIT) -> np.ndarray:
+    def add(self, embeddings, names, *, labels=None, source_index=None, uploads=None) -> np.ndarray:
         """Encode float embeddings with the index's probe and append them as one commit.
 
         Args:
@@ -145,7 +146,6 @@ class LiveIndex:
             labels: ``(n, C)`` multi-hot labels matching the index's, or None.
             source_index: the items' indexes in their source (default -1).
             uploads: per item, ``(bytes, suffix)`` of an image to keep in the folder, or None.
-            wait: seconds to wait for another writer.
 
         Returns:
             The new items' ids.
@@ -159,7 +159,7 @@ class LiveIndex:
             raise InputError(f"add needs one name per embedding and at least one item, got {len(names)} names for {n}")
         codes = self.snapshot.index.probe.encode(x)
         src = np.full(n, -1, np.int64) if source_index is None else np.asarray(source_index, np.int64)
-        with self.writing(wait):
+        with self.writing():
             state = self.state
             ids = np.arange(state.next_id, state.next_id + n, dtype=np.int64)
             lab = labels
@@ -175,7 +175,7 @@ class LiveIndex:
         logger.info("%s: added %d items (ids %d..%d), generation %d", self.path, n, ids[0], ids[-1], new_state.generation)
         return ids
 
-    def remove(self, ids, *, wait: float = DEFAULT_LOCK_WAIT) -> np.ndarray:
+    def remove(self, ids) -> np.ndarray:
         """Remove items by id as one commit.
 
         Raises:
@@ -184,7 +184,7 @@ class LiveIndex:
         ids = np.unique(np.asarray(ids, np.int64).ravel())
         if len(ids) == 0:
             raise InputError("remove needs at least one id")
-        with self.writing(wait):
+        with self.writing():
             self.snapshot.positions(ids)  # InputError names an unknown id
             state = self.state
             rel = commit_name(state.generation + 1, "remove")
@@ -203,11 +203,11 @@ class LiveIndex:
             raise InputError(f"no item named {missing[0]!r} in the index" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         return snap.ids[hit]
 
-    def compact(self, *, wait: float = DEFAULT_LOCK_WAIT) -> Snapshot:
+    def compact(self) -> Snapshot:
         """Fold the commits into a new base (removed items leave the folder; ids stay)."""
         from .compact import compact_folder
 
-        with self.writing(wait):
+        with self.writing():
             compact_folder(self)
         return self.snapshot
 
