@@ -178,6 +178,35 @@ class Snapshot:
         d = np.stack([hamming(codes[q : q + 1], self.codes[pos[q]])[0] for q in range(len(pos))])
         return d.astype(np.int32), self.ids[pos], s
 
+    def search_id(self, item_id: int, k: int, rerank: int | None = None, asymmetric: bool = False):
+        """Search with an indexed item: its stored code (or, to re-rank, its float embedding).
+        The item itself comes first, at distance 0, even when more than k items share its code.
+
+        Raises:
+            InputError: unknown id, bad k, float re-ranking without the embeddings file.
+        """
+        k = check_k(k)
+        p = self.positions([item_id])
+        if rerank or asymmetric:
+            x = self.embedding_of(item_id)
+            if x is None:
+                raise InputError(f"float embedding of item {item_id} unavailable (the embeddings file is gone): search without re-ranking")
+            d, ids, s = self.search(x, k, rerank, asymmetric)
+        else:
+            (d, ids), s = hamming_search(self.index, self.codes[p], k), None
+        row = list(ids[0])
+        j = row.index(item_id) if item_id in row else None
+        if j is None:  # pushed out by ties of lower id: it takes the first place, the last one goes
+            own = 1.0 if not asymmetric else float(rerank_asymmetric(self.index.probe.logits(x), p[None], self.codes, 1)[0][0, 0])
+            ids = np.array([[item_id] + row[:-1]], np.int64)
+            d = np.concatenate([[[0]], d[:, :-1]], axis=1).astype(np.int32)
+            s = None if s is None else np.concatenate([[[own]], s[:, :-1]], axis=1)
+        else:
+            order = [j] + [i for i in range(len(row)) if i != j]
+            ids, d = ids[:, order], d[:, order]
+            s = None if s is None else s[:, order]
+        return d, ids, s
+
     def embedding_of(self, item_id: int) -> np.ndarray | None:
         """The stored float embedding of an item, ``(1, D)``; None when its file is gone."""
         rows = self.float_rows()
