@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -140,6 +141,12 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
     @app.exception_handler(HashIndexError)
     async def _lib_error(request, e: HashIndexError):
         return JSONResponse({"error": str(e)}, status_code=_status_of(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, e):
