@@ -203,13 +203,18 @@ def render() -> str:
     b = RESULTS / "bench_fashion_mnist.json"
     if b.exists():
         report = json.loads(b.read_text())
-        plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png"))]
+        plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png")) if p.name != "serve.png"]  # serve.png: the README's screenshot
         lines += ["", f"Command: `{report.get('command', 'hashindex bench')}`; then "
                   "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR`.", ""]
         lines.append(render_markdown(report, plots, heading="##"))
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
+    sl = RESULTS / "serve_load.json"
+    if sl.exists():
+        from serve_load import render_markdown as render_serve
+
+        lines += [""] + render_serve(json.loads(sl.read_text()))
     return "\n".join(lines) + "\n"
 
 

@@ -28,6 +28,7 @@ class ServeConfig:
     max_batch: int = 32
     batch_wait_ms: float = 5.0
     poll_seconds: float = 0.5
+    search_threads: int = 1  # faiss OpenMP threads per search: concurrency comes from the requests
 
 
 def create_app(index_dir: str | os.PathLike, config: ServeConfig = ServeConfig(), *, embed_fn=None):
@@ -41,4 +42,4 @@ def run(index_dir: str | os.PathLike, config: ServeConfig = ServeConfig()) -> No
     """Serve until interrupted (one process: the index and backbone are loaded once)."""
     import uvicorn
 
-    uvicorn.run(create_app(index_dir, config), host=config.host, port=config.port, workers=1, log_level="info")
+    uvicorn.run(create_app(index_dir, config), host=config.host, port=config.port, workers=1, log_level="info", access_log=False)

@@ -124,6 +124,11 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
+        import faiss
+
+        # One query per search call: OpenMP threads would only wait on each other (and, on a
+        # busy machine, on descheduled siblings); requests in flight use the other cores.
+        faiss.omp_set_num_threads(config.search_threads)
         await asyncio.get_running_loop().run_in_executor(None, load_backbone)
         batcher.start()
         poller = asyncio.get_running_loop().create_task(poll())
