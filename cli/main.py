@@ -214,11 +214,11 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
 def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asymmetric, as_json):
     """mAP@k of INDEX on the labelled QUERIES embeddings, beside float cosine kNN."""
     from hashindex.evaluate import evaluate as run
-    from hashindex.index import load_index
+    from hashindex.live import open_live
     from hashindex.store import open_embeddings
 
-    idx = load_index(index)
-    idx.set_nprobe(nprobe)
+    idx = open_live(index).snapshot  # added items included
+    idx.index.set_nprobe(nprobe)
     db = open_embeddings(db_embeddings) if db_embeddings else None
     r = run(idx, open_embeddings(queries), topk, db=db, with_float=not no_float, rerank=rerank, asymmetric=asymmetric)
     if as_json:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+
+import numpy as np
 from pathlib import Path
 
 from .backbone import check_same_backbone
@@ -29,7 +31,8 @@ def evaluate(
     """mAP@topk and precision@topk of Hamming ranking (ties by id), and of float cosine.
 
     Args:
-        index: the loaded index (its items carry the database labels).
+        index: the loaded index (its items carry the database labels), or a live index's
+            snapshot (added items included: their float embeddings come from the commits).
         queries: labelled query embeddings from the same backbone.
         topk: ranking depth.
         db: the database embeddings for the float reference (default: the file the index
@@ -47,17 +50,24 @@ def evaluate(
         InputError: missing labels, bad topk.
         MismatchError: queries from another backbone.
     """
+    from .snapshot import Snapshot
+
     topk = check_k(topk)
+    snap = index if isinstance(index, Snapshot) else None
+    index = snap.index if snap else index
     check_queries_match(index, queries)
     q_labels = queries.labels()
-    items = index.items()
-    if q_labels is None or items["labels"] is None:
+    db_labels = snap.labels if snap else index.items()["labels"]
+    if q_labels is None or db_labels is None:
         raise InputError("evaluate needs labels on both the queries and the indexed items")
     xq = queries.embeddings()
     t0 = time.perf_counter()
-    _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
+    if snap:  # rows of db_labels are positions, results are ids
+        ids = snap.positions(snap.search(xq, topk, rerank, asymmetric)[1]).reshape(len(xq), -1)
+    else:
+        _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
     search_s = time.perf_counter() - t0
-    rel = relevance(q_labels, items["labels"], ids)
+    rel = relevance(q_labels, db_labels, ids)
     out = {
         "index": str(index.path),
         "queries": str(queries.path),
@@ -68,7 +78,7 @@ def evaluate(
         "ranking": "hamming" if not (rerank or asymmetric) else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
-        "ntotal": index.ntotal,
+        "ntotal": snap.ntotal if snap else index.ntotal,
         "map": mean_average_precision(rel),
         "precision": precision_at_k(rel),
         "search_qps": len(xq) / search_s if search_s > 0 else None,
@@ -78,7 +88,16 @@ def evaluate(
         "float_precision": None,
         "float_qps": None,
     }
-    if with_float:
+    xb = None
+    if with_float and snap and db is None:
+        rows = snap.float_rows()
+        try:
+            xb = rows.take(np.arange(snap.ntotal))
+        except InputError as e:
+            logger.warning("%s: no float reference (pass the database embeddings explicitly)", e)
+        finally:
+            rows.close()
+    elif with_float:
         if db is None:
             path = Path(index.manifest["embeddings"]["path"])
             if path.exists():
@@ -86,13 +105,14 @@ def evaluate(
             else:
                 logger.warning("database embeddings %s are gone: no float reference (pass them explicitly)", path)
         if db is not None:
-            if db.n != index.ntotal:
-                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {index.ntotal} codes")
+            if db.n != out["ntotal"]:
+                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {out['ntotal']} codes")
             xb = db.embeddings()
-            t0 = time.perf_counter()
-            _, fids = cosine_knn(xq, xb, topk)
-            out["float_qps"] = len(xq) / (time.perf_counter() - t0)
-            frel = relevance(q_labels, items["labels"], fids)
-            out["float_map"] = mean_average_precision(frel)
-            out["float_precision"] = precision_at_k(frel)
+    if xb is not None:
+        t0 = time.perf_counter()
+        _, fids = cosine_knn(xq, xb, topk)
+        out["float_qps"] = len(xq) / (time.perf_counter() - t0)
+        frel = relevance(q_labels, db_labels, fids)
+        out["float_map"] = mean_average_precision(frel)
+        out["float_precision"] = precision_at_k(frel)
     return out

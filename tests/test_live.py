@@ -331,3 +331,33 @@ def test_kill9_at_20_random_moments(base, tmp_path, mode):
         open_live(path).add(rng.standard_normal((2000, D)), [f"pad{i}" for i in range(2000)])
     for trial in range(20):
         _kill_and_check(path, mode, trial, float(rng.uniform(0.2, 2.0)))
+
+
+def test_evaluate_covers_added_items(base, tmp_path):
+    """evaluate on a live index ranks added items too, and its float reference reads their floats."""
+    from hashindex.evaluate import evaluate
+    from hashindex.search import cosine_knn
+
+    d, emb, x = base
+    path = _build(base, tmp_path, "flat")
+    live = open_live(path)
+    rng = np.random.default_rng(5)
+    new_x = (rng.standard_normal((20, D)) * 3).astype(np.float32)
+    new_labels = np.eye(5, dtype=np.uint8)[rng.integers(0, 5, 20)]
+    live.add(new_x, [f"n{i}" for i in range(20)], labels=new_labels)
+    live.remove([0, 1])
+    q = write_embeddings(tmp_path / "q.h5", new_x[:10], labels=new_labels[:10])
+    r = evaluate(open_live(path).snapshot, q, 5)
+    assert r["ntotal"] == 518 and r["float_map"] is not None
+    # the reference: float cosine over the remaining items' floats, labels in the same order
+    snap = open_live(path).snapshot
+    xb = np.concatenate([x[2:], new_x])
+    yb = np.concatenate([emb.labels()[2:], new_labels])
+    _, fids = cosine_knn(new_x[:10], xb, 5)
+    from hashindex.metrics import mean_average_precision, relevance
+
+    assert r["float_map"] == pytest.approx(mean_average_precision(relevance(new_labels[:10], yb, fids)))
+    assert snap.ntotal == len(xb)
+    res = CliRunner().invoke(cli, ["evaluate", str(path), str(q.path), "--topk", "5", "--rerank", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["ntotal"] == 518
