@@ -224,8 +224,8 @@ def targets(doc: dict) -> list[dict]:
     for what in ("embedding", "id"):
         ratio = big[f"served_{what}"]["qps"] / big[f"in_process_{what}"]["qps"]
         out.append({"name": f"served search by {what} >= 0.5x in-process one-at-a-time (1M, 64-bit flat, {big['served_' + what]['clients']} clients)", "value": round(ratio, 2), "threshold": 0.5, "met": ratio >= 0.5})
-    best = img["runs"][0]
-    out.append({"name": f"image search micro-batched >= 2x one-at-a-time ({best['clients']} clients)", "value": best["speedup"], "threshold": 2.0, "met": best["speedup"] >= 2.0})
+    for run in img["runs"]:
+        out.append({"name": f"image search micro-batched >= 2x one-at-a-time ({run['clients']} clients)", "value": run["speedup"], "threshold": 2.0, "met": run["speedup"] >= 2.0})
     med = big["add_1000"]["median_s"]
     out.append({"name": "add of 1,000 items to a 1M index: commit < 1 s", "value": med, "threshold": 1.0, "met": med < 1.0})
     return out

@@ -322,7 +322,11 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
         if keep is None:
             fi.add_with_ids(np.ascontiguousarray(commit["codes"]), np.ascontiguousarray(commit["ids"]))
         else:
-            _ivf_rewrite(fi, lambda lid: (lid, ~np.isin(lid, removed)))
+            def drop(lid):
+                keep = ~np.isin(lid, removed)
+                return (lid, keep) if not keep.all() else (None, None)
+
+            _ivf_rewrite(fi, drop)
     else:
         fi = _id_map(codes, ids, hi.bits)
     manifest = dict(hi.manifest, ntotal=len(ids))

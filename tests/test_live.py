@@ -361,3 +361,31 @@ def test_evaluate_covers_added_items(base, tmp_path):
     res = CliRunner().invoke(cli, ["evaluate", str(path), str(q.path), "--topk", "5", "--rerank", "2", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["ntotal"] == 518
+
+
+def test_compaction_killed_between_its_renames(base, tmp_path, monkeypatch):
+    import hashindex.compact as compact_mod
+
+    path = _build(base, tmp_path, "ivf")
+    live = open_live(path)
+    live.add(base[2][:3], ["a", "b", "c"])
+    live.remove([4])
+    want = live.snapshot
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        if str(src).endswith(".compact-new") and Path(dst) == path:
+            raise KeyboardInterrupt("killed")  # the old base is aside, the new one not yet in place
+        real_replace(src, dst)
+
+    monkeypatch.setattr(compact_mod.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        live.compact()
+    monkeypatch.undo()
+    assert not path.exists()
+    reader = open_live(path)  # reads the complete new base meanwhile
+    np.testing.assert_array_equal(reader.snapshot.ids, want.ids)
+    assert reader.state.commits == ()
+    assert reader.add(base[2][:1], ["d"]).tolist() == [503]  # the next writer finishes the swap
+    assert path.is_dir() and sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".ivf")) == []
+    np.testing.assert_array_equal(open_live(path).snapshot.ids, np.append(want.ids, 503))
