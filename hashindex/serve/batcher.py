@@ -75,11 +75,19 @@ class ImageBatcher:
                 continue
             try:
                 x = await loop.run_in_executor(self._pool, self.embed_fn, [im for im, _ in batch])
-            except Exception as e:  # noqa: BLE001 - handed to every waiting request
+            except Exception:  # noqa: BLE001 - one image at a time, so only a culprit fails
                 logger.exception("backbone failed on a batch of %d images", len(batch))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+                x = None
+            if x is None:
+                for im, fut in batch:
+                    try:
+                        one = await loop.run_in_executor(self._pool, self.embed_fn, [im])
+                    except Exception as e:  # noqa: BLE001 - handed to the request that sent it
+                        if not fut.done():
+                            fut.set_exception(e)
+                    else:
+                        if not fut.done():
+                            fut.set_result(one)
                 continue
             self.batches += 1
             self.images += len(batch)
