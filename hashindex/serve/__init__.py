@@ -29,6 +29,7 @@ class ServeConfig:
     batch_wait_ms: float = 5.0
     poll_seconds: float = 0.5
     search_threads: int = 1  # faiss OpenMP threads per search: concurrency comes from the requests
+    search_workers: int = 2  # searches running at once (IVF indexes use 1: a search may retune nprobe)
 
 
 def create_app(index_dir: str | os.PathLike, config: ServeConfig = ServeConfig(), *, embed_fn=None):

@@ -2,8 +2,9 @@
 
 Every request reads one immutable snapshot (``live.snapshot``, fetched once); writes and the
 catch-up with commits made by other processes swap that reference, so a search sees the index
-before or after a commit, never between. Searches run one at a time in a worker thread (faiss
-uses the cores itself); writes run in another, under the folder's lock. Bad input gets a 4xx
+before or after a commit, never between. Searches run in a small pool of worker threads (faiss
+releases the GIL), image embedding in one more (see :mod:`.batcher`), writes in another, under
+the folder's lock. Bad input gets a 4xx
 with ``{"error": message}``.
 """
 
@@ -90,8 +91,9 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
 
     # One query per search call: OpenMP threads would only wait on each other (and, on a busy
     # machine, on a descheduled sibling: measured 100+ ms stalls); concurrent requests use the
-    # other cores. The setting is per thread, so it is made in the search thread itself.
-    search_pool = ThreadPoolExecutor(1, thread_name_prefix="search", initializer=faiss.omp_set_num_threads, initargs=(config.search_threads,))
+    # other cores. The setting is per thread, so it is made in each search thread itself.
+    workers = 1 if live.snapshot.index.kind == "ivf" else max(1, config.search_workers)
+    search_pool = ThreadPoolExecutor(workers, thread_name_prefix="search", initializer=faiss.omp_set_num_threads, initargs=(config.search_threads,))
     write_pool = ThreadPoolExecutor(1, thread_name_prefix="write")
     write_lock = threading.Lock()
     state = {"embed": embed_fn, "backbone_error": None, "started": time.time()}
@@ -192,7 +194,8 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         return out
 
     def searched(snap, t0, d, ids, s):
-        return {"results": snap.results(d, ids, s)[0], "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        # A response object: FastAPI would otherwise walk the dict through its encoder again.
+        return JSONResponse({"results": snap.results(d, ids, s)[0], "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
     @app.post("/search")
     async def search(request: Request):
