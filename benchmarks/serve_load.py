@@ -265,7 +265,7 @@ def render_markdown(doc: dict) -> list[str]:
     """The BENCHMARKS.md section (used by benchmarks/collect.py)."""
     big, img = doc["big"], doc["images"]
     lines = ["## Serving: `hashindex serve` under load", "",
-             f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']}. Server and clients share the machine; "
+             f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']}. {doc.get('note', '')} Server and clients share the machine; "
              "clients are closed-loop (each sends its next request when the previous one is answered) over 127.0.0.1, "
              "threads of one process with a keep-alive connection each. The server searches with one faiss thread per "
              "request and up to 2 requests at once; the in-process baseline is the faster of 1 and 2 faiss threads.", "",
@@ -306,9 +306,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
         doc = {"command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": time.strftime("%Y-%m-%d"), "machine": "2-core Intel Xeon, no GPU (shared): " + describe_machine(machine_info())}  # fmt: skip
+               "date": time.strftime("%Y-%m-%d"), "machine": "no GPU, shared with other jobs: " + describe_machine(machine_info()),
+               "load_average_start": round(os.getloadavg()[0], 1)}  # fmt: skip
         doc["big"] = bench_big(work, args.n, args.k, args.clients, args.seconds, log)
         doc["images"] = bench_images(work, args.image_db, args.k, [int(c) for c in args.image_clients.split(",")], args.seconds, log)
+    doc["load_average_end"] = round(os.getloadavg()[0], 1)
     doc["targets"] = targets(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
