@@ -90,7 +90,7 @@ def compact_folder(live) -> None:
             f.create_dataset("labels", data=snap.labels)
         f.create_dataset("ids", data=snap.ids)
         f.create_dataset("float_row", data=float_row)
-        f.attrs["label_names"] = json.dumps(snap.index.manifest.get("label_names"))
+        f.attrs["label_names"] = json.dumps(snap.label_names)
     rels = [INDEX_FILE, ITEMS_FILE, f"probe/{PROBE_JSON}", f"probe/{PROBE_WEIGHTS}"]
     if len(extra):
         np.save(new / EXTRA_EMBEDDINGS, extra, allow_pickle=False)

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 def _label_rows(live: LiveIndex, labels: np.ndarray | None, label_names) -> np.ndarray | None:
     """Labels kept when they use the index's classes (same count and names), else None."""
     snap = live.snapshot
-    ours = snap.index.manifest.get("label_names")
+    ours = snap.label_names
     if labels is None or snap.labels is None or labels.shape[1] != snap.labels.shape[1]:
         return None
     if ours and label_names and list(ours) != list(label_names):

@@ -10,6 +10,7 @@ manifest generation, and swap in a new snapshot. Readers never take the lock.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from .commits import (
     publish, read_commit, remove_commit, write_file,
 )  # fmt: skip
 from .errors import InputError, IntegrityError
-from .index import load_index, read_manifest
+from .index import MANIFEST, load_index, read_manifest
 from .search import check_embeddings
 from .snapshot import Snapshot, base_snapshot, with_commit
 from .store import OutputLock, OutputLockedError
@@ -51,7 +52,7 @@ def readable_path(path: Path) -> Path:
 
 def _load(path: Path, verify: bool) -> tuple[dict, Snapshot]:
     hi = load_index(path, verify=verify)
-    manifest = hi.manifest
+    manifest = json.loads((path / MANIFEST).read_bytes())  # as on disk (load_index checked its sha256)
     state = live_state(manifest)
     extra = None
     if state.extra:
@@ -59,7 +60,7 @@ def _load(path: Path, verify: bool) -> tuple[dict, Snapshot]:
             extra = np.load(path / state.extra, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise IntegrityError(f"{path / state.extra} is unreadable: {e}") from None
-    snap = base_snapshot(hi, state.generation - len(state.commits), extra)
+    snap = base_snapshot(hi, state.generation - len(state.commits), extra, (manifest.get("embeddings") or {}).get("path", ""))
     for rel in state.commits:
         snap = with_commit(snap, read_commit(path, rel), snap.generation + 1)
     if snap.ntotal and snap.ids[-1] >= state.next_id:

@@ -36,7 +36,8 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
     from .live import open_live
 
     check_k(k)
-    snap = open_live(index_dir).snapshot
+    live = open_live(index_dir)
+    snap = live.snapshot
     snap.index.set_nprobe(nprobe)
     decoded = []
     for path in images:
@@ -44,7 +45,7 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
             decoded.append(decode_image(path))
         except DecodeError as e:
             raise InputError(f"cannot read query image {e}") from None
-    bb = backbone_from_spec(snap.index.manifest["backbone"], weights=weights, device=device or "auto")
+    bb = backbone_from_spec(live.manifest["backbone"], weights=weights, device=device or "auto")
     d, ids, s = snap.search(embed_images(bb, decoded), k, rerank, asymmetric)
     return format_live(snap, list(images), d, ids, s)
 

@@ -111,6 +111,8 @@ class Snapshot:
     source_index: np.ndarray  # int64, the item's index in its source; -1 for added items
     float_row: np.ndarray  # int64: >= 0 row of the build's embeddings file, < 0: row -1-r of `extra`
     extra: np.ndarray  # (m, D) float32 embeddings of added items
+    label_names: list | None = None
+    embeddings_path: str = ""  # the build's embeddings file (float rows of base items)
 
     @property
     def ntotal(self) -> int:
@@ -141,7 +143,7 @@ class Snapshot:
     def _label(self, p: int) -> str | None:
         if self.labels is None or self.labels.shape[1] == 0:
             return None
-        return _label_text(self.labels, self.index.manifest.get("label_names"), p) or None
+        return _label_text(self.labels, self.label_names, p) or None
 
     def float_rows(self) -> "LiveRows":
         return LiveRows(self)
@@ -237,7 +239,7 @@ class LiveRows:
     def __init__(self, snap: Snapshot):
         self.snap, self._base = snap, None
         self.shape = (snap.ntotal, snap.index.probe.input_dim)
-        self.path = snap.index.manifest["embeddings"].get("path", "")
+        self.path = snap.embeddings_path
 
     def take(self, pos: np.ndarray) -> np.ndarray:
         ref = self.snap.float_row[np.asarray(pos, np.int64).ravel()]
@@ -257,8 +259,9 @@ class LiveRows:
             self._base.close()
 
 
-def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None) -> Snapshot:
-    """The snapshot of a loaded base folder, before any commit is replayed."""
+def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None, embeddings_path: str) -> Snapshot:
+    """The snapshot of a loaded base folder, before any commit is replayed (``hi`` keeps its
+    manifest: the snapshot only swaps in a faiss index that answers with ids)."""
     items = hi.items()
     n = hi.ntotal
     with h5py.File(hi.path / ITEMS_FILE, "r") as f:
@@ -276,10 +279,10 @@ def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None) -> S
         fi = _id_map(codes, ids, hi.bits)
     dim = hi.probe.input_dim
     ex = np.zeros((0, dim), np.float32) if extra is None else extra
-    manifest = dict(hi.manifest, label_names=items["label_names"])
-    index = dataclasses.replace(hi, manifest=manifest, faiss_index=fi, lookup=IdLookup(codes, ids) if hi.kind == "lookup" else None)
+    index = dataclasses.replace(hi, faiss_index=fi, lookup=IdLookup(codes, ids) if hi.kind == "lookup" else None)
     names = np.array(items["names"], dtype=object)
-    return Snapshot(generation, index, ids, codes, names, items["labels"], items["source_index"].astype(np.int64), float_row, ex)
+    return Snapshot(generation, index, ids, codes, names, items["labels"], items["source_index"].astype(np.int64), float_row, ex,
+                    items["label_names"], embeddings_path)  # fmt: skip
 
 
 def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
@@ -329,7 +332,6 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
             _ivf_rewrite(fi, drop)
     else:
         fi = _id_map(codes, ids, hi.bits)
-    manifest = dict(hi.manifest, ntotal=len(ids))
     lookup = IdLookup(codes, ids) if hi.kind == "lookup" and len(ids) else None
-    index = dataclasses.replace(hi, manifest=manifest, faiss_index=fi, lookup=lookup)
-    return Snapshot(generation, index, ids, codes, names, labels, source_index, float_row, extra)
+    index = dataclasses.replace(hi, faiss_index=fi, lookup=lookup)
+    return Snapshot(generation, index, ids, codes, names, labels, source_index, float_row, extra, snap.label_names, snap.embeddings_path)
