@@ -192,3 +192,12 @@ def test_fuzz_1000_malformed_requests_never_5xx(client):
             pytest.fail(f"fuzz loop exceeded its time bound after {n} requests")
     assert sum(v for s, v in statuses.items() if s >= 400) > 500  # mostly refused, as malformed input should be
     assert client.get("/health").json()["status"] == "ok"
+
+
+def test_cli_serve_needs_a_token_for_writes(index_dir):
+    from click.testing import CliRunner
+
+    from hashindex.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["serve", str(index_dir[0]), "--allow-writes"], env={"HASHINDEX_TOKEN": ""})
+    assert r.exit_code == 2 and "--token" in r.output

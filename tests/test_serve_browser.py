@@ -108,3 +108,34 @@ def test_page_in_headless_chromium(server, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("HASHINDEX_SCREENSHOT"):  # how docs/serve.png is made
         shutil.copyfile(shot, os.environ["HASHINDEX_SCREENSHOT"])
+
+
+def test_cli_add_images_with_the_index_backbone(tmp_path):
+    """`hashindex add` embeds image files with the recorded backbone; `query` then finds them."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hashindex.cli.main import cli
+    from hashindex.embed import EmbedConfig, embed
+    from hashindex.live import open_live
+    from hashindex.store import open_embeddings
+
+    embed(open_source("fashion-mnist", split="train", limit=60), tmp_path / "db.h5", EmbedConfig(image_size=64, device="cpu"), progress=False)
+    db = open_embeddings(tmp_path / "db.h5")
+    fit_probe(db, FitConfig(method="itq", bits=32), progress=False).save(tmp_path / "probe")
+    idx = tmp_path / "idx"
+    build_index(db, tmp_path / "probe", idx)
+    test = open_source("fashion-mnist", split="test", limit=3)
+    (tmp_path / "new").mkdir()
+    for i in range(3):
+        Image.fromarray(test.load(i)).save(tmp_path / "new" / f"t{i}.png")
+    (tmp_path / "new" / "broken.png").write_bytes(b"not a png")
+    r = CliRunner().invoke(cli, ["-q", "add", str(idx), str(tmp_path / "new"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "ids 60..62" in r.output and "1 images could not be decoded" in r.output
+    snap = open_live(idx).snapshot
+    assert snap.item(61)["name"] == str((tmp_path / "new" / "t1.png").resolve())
+    r = CliRunner().invoke(cli, ["query", str(idx), str(tmp_path / "new" / "t1.png"), "-k", "3", "--rerank", "4", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)[0]["results"][0]["id"] == 61
