@@ -1,5 +1,5 @@
 # Quick start: `make demo` (set-up + the main job), `make test` (the test suite).
-.PHONY: setup demo test test-slow bench-fmnist benchmarks-md
+.PHONY: setup demo test test-slow
 
 setup:
 	bash scripts/setup.sh

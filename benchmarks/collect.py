@@ -15,15 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from hashindex.config import METHOD_NAMES, PROTOCOL_TARGETS
+from hashindex.manifest import Manifest
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-METHOD_ORDER = ["lsh", "pca", "pca-rr", "itq", "crovca", "crovca-sup"]
-METHOD_NAMES = {
-    "lsh": "LSH", "pca": "PCA-sign", "pca-rr": "PCA + random rotation", "itq": "ITQ",
-    "crovca": "CroVCA unsupervised", "crovca-sup": "CroVCA supervised",
-}  # fmt: skip
-# Acceptance thresholds of the protocol (mAP@1000, %): method -> {bits: minimum}.
-TARGETS = {"crovca": {16: 72.0, 64: 76.0}, "crovca-sup": {32: 84.0, 64: 84.0}}
+METHOD_ORDER = list(METHOD_NAMES)
+TARGETS = PROTOCOL_TARGETS
 
 
 def collect(run_dir: Path) -> dict:
@@ -35,11 +33,11 @@ def collect(run_dir: Path) -> dict:
     for f in sorted((run_dir / "results").glob("*.json")):
         r = json.loads(f.read_text())
         probe = json.loads((run_dir / "probes" / f.stem / "probe.json").read_text())
-        manifest = json.loads((run_dir / "indexes" / f.stem / "manifest.json").read_text())
+        manifest, _ = Manifest.read(run_dir / "indexes" / f.stem)
         r["fit_seconds"] = probe["meta"]["fit_seconds"]
         r["fit_device"] = probe["config"].get("device")
         r["bit_balance_mean"] = probe["meta"]["bit_balance"]["mean"]
-        r["build_seconds"] = manifest["build_seconds"]
+        r["build_seconds"] = manifest.build_seconds
         r.pop("index", None), r.pop("queries", None)
         runs[f.stem] = r
     embeddings = {}

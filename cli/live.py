@@ -6,30 +6,21 @@ import json
 
 import click
 
+from hashindex.config import DEFAULT_LOCK_WAIT, ServeConfig, default
+
 from . import options as opt
 
 index_dir = click.argument("index", type=click.Path(file_okay=False, exists=True))
-wait = click.option("--wait", type=click.FloatRange(min=0), default=None, help="Seconds to wait for another writer (a server with --allow-writes, another command) [default: 10].")
+wait = click.option(
+    "--wait", type=click.FloatRange(min=0), default=None,
+    help=f"Seconds to wait for another writer (a server with --allow-writes, another command) [default: {DEFAULT_LOCK_WAIT:g}].",
+)  # fmt: skip
 
 
-class CommaList(click.ParamType):
-    """A comma-separated list (``3,7,9``); a repeated option adds to it."""
+def _say(obj, text: str) -> None:
+    from .main import _say as say  # cli.main imports this module at its end
 
-    name = "LIST"
-
-    def __init__(self, item=str):
-        self.item = item
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        parts = [v.strip() for v in str(value).split(",") if v.strip()]
-        if not parts:
-            self.fail(f"expected a comma-separated list, got {value!r}", param, ctx)
-        try:
-            return tuple(self.item(v) for v in parts)
-        except ValueError:
-            self.fail(f"expected comma-separated {self.item.__name__} values, got {value!r}", param, ctx)
+    say(obj, text)
 
 
 def _open(index, wait):
@@ -70,15 +61,18 @@ def add(obj, index, sources, emb_file, weights, device, batch_size, wait):
         ids, failed = add_embeddings_file(live, emb_file), 0
     else:
         ids, failed = add_images(live, list(sources), weights=weights, device=device, batch_size=batch_size or 64, progress=obj["progress"])
-    click.echo(f"added {len(ids)} items (ids {ids[0]}..{ids[-1]}) to {index}, generation {live.state.generation}" + (f"; {failed} images could not be decoded" if failed else ""))
+    _say(obj, f"added {len(ids)} items (ids {ids[0]}..{ids[-1]}) to {index}, generation {live.state.generation}")
+    if failed:  # about the data: shown even with -q
+        click.echo(f"warning: {failed} images could not be decoded and were not added", err=True)
 
 
 @click.command()
 @index_dir
-@click.option("--ids", type=CommaList(int), multiple=True, help="Ids to remove, comma-separated (repeatable).")
-@click.option("--names", type=CommaList(str), multiple=True, help="Names (paths) of items to remove, comma-separated (repeatable).")
+@click.option("--ids", type=opt.CommaList(int), multiple=True, help="Ids to remove, comma-separated (repeatable).")
+@click.option("--names", type=opt.CommaList(str), multiple=True, help="Names (paths) of items to remove, comma-separated (repeatable).")
 @wait
-def remove(index, ids, names, wait):
+@click.pass_obj
+def remove(obj, index, ids, names, wait):
     """Remove items from INDEX by id or name, as one durable commit (ids are never reused)."""
     ids, names = _flat(ids), _flat(names)
     if not ids and not names:
@@ -86,18 +80,19 @@ def remove(index, ids, names, wait):
     live = _open(index, wait)
     wanted = list(ids) + (live.ids_of_names(names).tolist() if names else [])
     done = live.remove(wanted)
-    click.echo(f"removed {len(done)} items from {index}, generation {live.state.generation}")
+    _say(obj, f"removed {len(done)} items from {index}, generation {live.state.generation}")
 
 
 @click.command()
 @index_dir
 @wait
-def compact(index, wait):
+@click.pass_obj
+def compact(obj, index, wait):
     """Fold INDEX's commits into a new base (removed items leave its files; ids stay)."""
     live = _open(index, wait)
     n = len(live.state.commits)
     live.compact()
-    click.echo(f"compacted {n} commits of {index}: {live.snapshot.ntotal} items, generation {live.state.generation}")
+    _say(obj, f"compacted {n} commits of {index}: {live.snapshot.ntotal} items, generation {live.state.generation}")
 
 
 @click.command()
@@ -119,8 +114,8 @@ def info(index, as_json):
 
 @click.command()
 @index_dir
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (the default answers this machine only).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--host", default=default(ServeConfig, "host"), show_default=True, help="Address to bind (the default answers this machine only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=default(ServeConfig, "port"), show_default=True, help="TCP port.")
 @click.option("--allow-writes", is_flag=True, help="Enable POST /items and DELETE /items/{id} (they need --token).")
 @click.option("--token", envvar="HASHINDEX_TOKEN", default=None, help="Bearer token the write endpoints require [env: HASHINDEX_TOKEN].")
 @opt.weights
@@ -130,7 +125,7 @@ def serve(index, host, port, allow_writes, token, weights, device):
 
     One process holds the index and the backbone; it follows commits made by other processes.
     """
-    from hashindex.serve import ServeConfig, run
+    from hashindex.serve import run
 
     if allow_writes and not token:
         raise click.UsageError("--allow-writes needs --token T (or HASHINDEX_TOKEN)")

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
 
 from hashindex import __version__
-from hashindex.errors import HashIndexError
+from hashindex.config import (
+    BENCH_METHODS, BITS_RANGE, HASHCODER_SIZES, INDEX_KINDS, METHODS, BenchConfig, EmbedConfig, FitConfig, IndexConfig,
+    default,
+)  # fmt: skip
+from hashindex.errors import HashIndexError, InputError
+from hashindex.spec import DEFAULT_MODEL, INTERPOLATIONS
 
 from . import options as opt
 
@@ -52,9 +58,28 @@ def cli(ctx, verbose: int, quiet: bool):
       hashindex add index/ new_photos/            live index: add, remove, compact, info
       hashindex serve index/                      HTTP API and web page on 127.0.0.1:8000
     """
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = {"progress": not quiet}
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    # -q hides chatter (progress bars, "wrote" lines, other libraries' warnings), never a
+    # warning of hashindex's about the user's data.
+    logging.basicConfig(level=logging.ERROR if quiet else level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("hashindex").setLevel(logging.WARNING if quiet else level)
+    if quiet:
+        import warnings
+
+        warnings.simplefilter("ignore")
+    ctx.obj = {"progress": not quiet, "quiet": quiet}
+
+
+def _commit_seconds() -> float | None:
+    """``HASHINDEX_COMMIT_SECONDS``: how often embed makes progress durable (read here, at the
+    boundary, so the library only sees EmbedConfig.commit_seconds)."""
+    env = os.environ.get("HASHINDEX_COMMIT_SECONDS")
+    if not env:
+        return None
+    try:
+        return float(env)
+    except ValueError:
+        raise InputError(f"HASHINDEX_COMMIT_SECONDS must be a number of seconds, got {env!r}") from None
 
 
 @cli.command()
@@ -63,14 +88,14 @@ def cli(ctx, verbose: int, quiet: bool):
 @click.option("--split", default="train", show_default=True, help="Split of IDX data / fashion-mnist: train or test.")
 @click.option("--root", type=click.Path(file_okay=False), default=None, help="Folder the paths of a list file are relative to [default: the list file's folder].")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where the Fashion-MNIST IDX files are [default: /usr/share/datasets/fashion-mnist].")
-@click.option("--model", default=None, help="timm model name [default: tf_efficientnet_lite0].")
+@click.option("--model", default=None, help=f"timm model name [default: {DEFAULT_MODEL}].")
 @opt.weights
 @click.option("--pretrained", is_flag=True, default=None, help="Download timm's pretrained weights (needs internet).")
-@click.option("--views", type=click.IntRange(min=0), default=None, help="Augmented views cached per image (CroVCA needs >= 1; 2 is the protocol) [default: 0].")
+@click.option("--views", type=click.IntRange(min=0), default=None, help=f"Augmented views cached per image (CroVCA needs >= 1; 2 is the protocol) [default: {default(EmbedConfig, 'views')}].")
 @click.option("--image-size", type=click.IntRange(min=16), default=None, help="Input resolution [default: the model's].")
 @click.option("--crop-pct", type=click.FloatRange(0.1, 1.0), default=None, help="Fraction of the square image kept by the centre crop; 1 resizes the whole image [default: the model's, 0.875].")
 @click.option(
-    "--interpolation", type=click.Choice(("bicubic", "bilinear", "nearest")), default=None,
+    "--interpolation", type=click.Choice(INTERPOLATIONS), default=None,
     help="Resize filter [default: the model's, bicubic for most]. bilinear suits small images "
     "upsampled several times, such as Fashion-MNIST's 28 px to 112 px.",
 )  # fmt: skip
@@ -82,10 +107,11 @@ def cli(ctx, verbose: int, quiet: bool):
 @click.option(
     "--max-failures", type=click.FloatRange(min=0), default=None,
     help="Undecodable images allowed before the exit status is 1: a count (10) or a fraction of the images "
-    "(0.01). The file is written either way, with the failures listed in /failures [default: 0].",
+    f"(0.01). The file is written either way, with the failures listed in /failures [default: {default(EmbedConfig, 'max_failures')}].",
 )  # fmt: skip
+@click.option("--restart", is_flag=True, help="Discard the progress of an interrupted run of OUT instead of resuming it (needed when the source changed since).")
 @click.pass_obj
-def embed(obj, source, out, split, root, data_dir, limit, **kw):
+def embed(obj, source, out, split, root, data_dir, limit, restart, **kw):
     """Embed the images of SOURCE into the HDF5 file OUT.
 
     SOURCE is a folder of images (class subfolders give labels), a list file
@@ -94,27 +120,30 @@ def embed(obj, source, out, split, root, data_dir, limit, **kw):
     run on the same OUT fails at once. Undecodable images are recorded in the file's /failures
     and skipped; more of them than --max-failures gives exit status 1.
     """
-    from hashindex.embed import EmbedConfig, embed as run
+    from hashindex.embed import embed as run
     from hashindex.sources import open_source
 
     src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
-    s = run(src, out, EmbedConfig(**opt.kwargs(**kw)), progress=obj["progress"])
-    click.echo(s.describe())
+    s = run(src, out, EmbedConfig(**opt.kwargs(**kw, commit_seconds=_commit_seconds())), progress=obj["progress"], restart=restart)
+    if s.failures:
+        click.echo(s.describe())  # failed images are news about the data: shown even with -q
+    else:
+        _say(obj, s.describe())
 
 
 @cli.command("fit-probe")
 @click.argument("embeddings", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--bits", type=int, default=None, help="Code length, a multiple of 8 in 16..1024 [default: 64].")
-@click.option("--method", type=click.Choice(["crovca", "lsh", "pca", "pca-rr", "itq"]), default=None, help="Hashing method [default: crovca].")
+@click.option("--bits", type=int, default=None, help=f"Code length, {BITS_RANGE} [default: {default(FitConfig, 'bits')}].")
+@click.option("--method", type=click.Choice(METHODS), default=None, help=f"Hashing method [default: {default(FitConfig, 'method')}].")
 @click.option("--supervised", is_flag=True, default=None, help="CroVCA with class-prototype targets from the file's labels.")
-@click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="CroVCA MLP size [default: small].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
+@click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help=f"CroVCA MLP size [default: {default(FitConfig, 'hashcoder')}].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Training epochs [default: {default(FitConfig, 'epochs')}].")
 @opt.batch_size
-@click.option("--lr", type=float, default=None, help="AdamW peak learning rate, cosine-decayed per step [default: 1e-3].")
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 1e-2].")
-@click.option("--eps", type=float, default=None, help="Coding-rate distortion epsilon [default: 0.05].")
-@click.option("--reg", type=float, default=None, help="Weight of the coding-rate regulariser [default: 0.1].")
+@click.option("--lr", type=float, default=None, help=f"AdamW peak learning rate, cosine-decayed per step [default: {default(FitConfig, 'lr'):g}].")
+@click.option("--weight-decay", type=float, default=None, help=f"AdamW weight decay [default: {default(FitConfig, 'weight_decay'):g}].")
+@click.option("--eps", type=float, default=None, help=f"Coding-rate distortion epsilon [default: {default(FitConfig, 'eps'):g}].")
+@click.option("--reg", type=float, default=None, help=f"Weight of the coding-rate regulariser [default: {default(FitConfig, 'reg'):g}].")
 @click.option(
     "--eval-view/--no-eval-view", default=None,
     help="CroVCA also draws the eval embedding (the un-augmented image) as one of a sample's two views "
@@ -128,19 +157,13 @@ def fit_probe(obj, embeddings, out, **kw):
 
     OUT holds weights.safetensors and probe.json (config, provenance, loss history, bit balance).
     """
-    from hashindex.probe.fit import FitConfig, fit_probe as run
+    from hashindex.probe.fit import fit_probe as run
     from hashindex.store import open_embeddings
 
-    if kw.get("bits") is not None:
-        from hashindex.codes import check_bits
-
-        check_bits(kw["bits"])
-        if kw["bits"] < 16:
-            raise click.BadParameter("must be at least 16", param_hint="--bits")
     probe = run(open_embeddings(embeddings), FitConfig(**opt.kwargs(**kw)), progress=obj["progress"])
     probe.save(out)
     b = probe.meta["bit_balance"]
-    click.echo(f"wrote {out}: {probe.method} {probe.bits} bits, fitted in {probe.meta['fit_seconds']:.1f}s, bit balance {b['mean']:.3f} (min {b['min']:.3f}, max {b['max']:.3f})")
+    _say(obj, f"wrote {out}: {probe.method} {probe.bits} bits, fitted in {probe.meta['fit_seconds']:.1f}s, bit balance {b['mean']:.3f} (min {b['min']:.3f}, max {b['max']:.3f})")
 
 
 @cli.command()
@@ -148,20 +171,33 @@ def fit_probe(obj, embeddings, out, **kw):
 @click.argument("probe", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option(
-    "--index", "kind", type=click.Choice(["flat", "ivf", "lookup"]), default=None,
+    "--index", "kind", type=click.Choice(INDEX_KINDS), default=None,
     help="flat: exact scan; ivf: inverted lists (approximate, --nlist/--nprobe); lookup: exact hash-table "
-    "lookup for codes of at most 16 bits, much faster than a scan there [default: flat].",
+    f"lookup for codes of at most 16 bits, much faster than a scan there [default: {default(IndexConfig, 'kind')}].",
 )  # fmt: skip
 @click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: about 4*sqrt(n)].")
 @opt.nprobe
-def build(embeddings, probe, out, **kw):
+@click.pass_obj
+def build(obj, embeddings, probe, out, **kw):
     """Encode EMBEDDINGS with PROBE and write a faiss binary index folder OUT."""
-    from hashindex.index import IndexConfig, build_index
+    from hashindex.index import build_index
     from hashindex.store import open_embeddings
 
     idx = build_index(open_embeddings(embeddings), probe, out, IndexConfig(**opt.kwargs(**kw)))
     m = idx.manifest
-    click.echo(f"wrote {out}: {m['index']['kind']} index of {m['ntotal']} codes, {m['bits']} bits, built in {m['build_seconds']:.2f}s")
+    _say(obj, f"wrote {out}: {m.index.kind} index of {m.ntotal} codes, {m.bits} bits, built in {m.build_seconds:.2f}s")
+
+
+def _say(obj, text: str) -> None:
+    """A line of chatter: printed unless -q."""
+    if not obj["quiet"]:
+        click.echo(text)
+
+
+def _field(text) -> str:
+    """A tab-separated field: tabs, newlines and backslashes in names are escaped (\\t, \\n, \\\\)
+    so every result stays one line of as many fields as the header."""
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 @cli.command()
@@ -179,8 +215,9 @@ def build(embeddings, probe, out, **kw):
 def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, device, as_json):
     """Search INDEX with IMAGES (embedded by the index's backbone) or --embeddings.
 
-    Prints rank, id, name (path or split/index), label and Hamming distance per result;
-    equal distances are ordered by id.
+    Prints rank, id, name (path or split/index), label and Hamming distance per result, one
+    tab-separated line each (tabs, newlines and backslashes in names escaped as \\t, \\n, \\\\;
+    --json gives them as they are); equal distances are ordered by id.
     """
     from hashindex.query import query_embeddings_file, query_images
 
@@ -198,7 +235,7 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
     for r in results:
         for hit in r["results"]:
             extra = f"\t{hit['score']}" if scored else ""
-            click.echo(f"{r['query']}\t{hit['rank']}\t{hit['id']}\t{hit['name']}\t{hit['label']}\t{hit['distance']}{extra}")
+            click.echo("\t".join(_field(v) for v in (r["query"], hit["rank"], hit["id"], hit["name"], hit["label"], hit["distance"])) + extra)
 
 
 @cli.command()
@@ -230,37 +267,33 @@ def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asym
     if r["float_map"] is not None:
         fl = f"float cosine ({r['float_bytes_per_item'] // 4}-d)"
         click.echo(f"{fl:<32}{100 * r['float_map']:>10.2f}{100 * r['float_precision']:>10.2f}{r['float_qps']:>12,.0f}{r['float_bytes_per_item']:>12}")
-    click.echo(f"{r['nq']} queries against {r['ntotal']} items; Hamming ranking, equal distances by id")
+    ranking = "Hamming ranking, equal distances by id" if r["ranking"] == "hamming" else f"ranking: {r['ranking']} (Hamming top R*k re-ranked)"
+    click.echo(f"{r['nq']} queries against {r['ntotal']} items; {ranking}")
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)
 
 
 @cli.command()
 @click.argument("database", type=click.Path(dir_okay=False))
 @click.argument("queries", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Report folder (report.md, report.json, PNG plots).")
-@click.option("--methods", default=None, help="Comma-separated: crovca,crovca-sup,lsh,pca,pca-rr,itq [default: all].")
-@click.option("--bits", callback=_int_list, default=None, help="Comma-separated code lengths [default: 16,32,64,128].")
-@click.option("--topk", type=click.IntRange(min=1), default=None, help="Ranking depth of mAP@k [default: 1000].")
-@click.option("--rerank", type=click.IntRange(min=1), default=None, help="Candidates R·k for the re-ranking modes [default: 4].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="CroVCA epochs [default: 5].")
-@click.option("--hashcoder", type=click.Choice(["small", "large"]), default=None, help="CroVCA MLP size [default: small].")
-@click.option("--nprobes", callback=_int_list, default=None, help="IVF nprobe values to time [default: 1,4,16].")
-@click.option("--scales", callback=_int_list, default=None, help="Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: 1000000].")
-@click.option("--float-scale", type=click.IntRange(min=0), default=None, help="Largest synthetic size that also times float IndexFlatIP and re-ranking [default: 1000000].")
-@click.option("--speed-queries", type=click.IntRange(min=1), default=None, help="Queries per throughput measurement [default: 1000].")
-@click.option("--latency-queries", type=click.IntRange(min=1), default=None, help="Single-query calls per latency measurement [default: 200; at most 100 on synthetic data].")
+@click.option("--methods", type=opt.CommaList(str, BENCH_METHODS), default=None, help=f"Comma-separated: {','.join(BENCH_METHODS)} [default: all].")
+@click.option("--bits", type=opt.CommaList(), default=None, help=f"Comma-separated code lengths [default: {_csv(default(BenchConfig, 'bits'))}].")
+@click.option("--topk", type=click.IntRange(min=1), default=None, help=f"Ranking depth of mAP@k [default: {default(BenchConfig, 'topk')}].")
+@click.option("--rerank", type=click.IntRange(min=1), default=None, help=f"Candidates R·k for the re-ranking modes [default: {default(BenchConfig, 'rerank')}].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"CroVCA epochs [default: {default(BenchConfig, 'epochs')}].")
+@click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help=f"CroVCA MLP size [default: {default(BenchConfig, 'hashcoder')}].")
+@click.option("--nprobes", type=opt.CommaList(), default=None, help=f"IVF nprobe values to time [default: {_csv(default(BenchConfig, 'nprobes'))}].")
+@click.option("--scales", type=opt.CommaList(), default=None, help=f"Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: {_csv(default(BenchConfig, 'scales'))}].")
+@click.option("--float-scale", type=click.IntRange(min=0), default=None, help=f"Largest synthetic size that also times float IndexFlatIP and re-ranking [default: {default(BenchConfig, 'float_scale')}].")
+@click.option("--speed-queries", type=click.IntRange(min=1), default=None, help=f"Queries per throughput measurement [default: {default(BenchConfig, 'speed_queries')}].")
+@click.option("--latency-queries", type=click.IntRange(min=1), default=None, help=f"Single-query calls per latency measurement [default: {default(BenchConfig, 'latency_queries')}; at most 100 on synthetic data].")
 @opt.device
 @opt.seed
 @click.pass_obj
-def bench(obj, database, queries, out, methods, **kw):
+def bench(obj, database, queries, out, **kw):
     """Quality, speed and memory of every method and index on DATABASE and QUERIES embeddings.
 
     Fits each method at each code length, measures mAP@k / precision@k / precision within
@@ -268,12 +301,10 @@ def bench(obj, database, queries, out, methods, **kw):
     float cosine, times flat, IVF and lookup indexes and float IndexFlatIP side by side (also on
     synthetic collections), and writes report.md, report.json and plots into OUT.
     """
-    from hashindex.bench import BenchConfig, run_bench
-    from hashindex.store import open_embeddings
-
-    if methods:
-        kw["methods"] = tuple(m.strip() for m in methods.split(",") if m.strip())
     import shlex
+
+    from hashindex.bench import run_bench
+    from hashindex.store import open_embeddings
 
     cmd = "hashindex " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)

@@ -1,33 +1,66 @@
-"""Options shared by several commands, defined once. Optional flags default to None so the
-library's defaults win."""
+"""Options shared by several commands, defined once, with choices and defaults taken from the
+library's config dataclasses and Literals (one source of truth). Optional flags default to None
+so the library's defaults win."""
 
 from __future__ import annotations
 
 import click
 
+from hashindex.config import DEFAULT_RERANK, DEVICES, EmbedConfig, FitConfig, default
+
+
+class CommaList(click.ParamType):
+    """A comma-separated list: ``16,32,64``; each element converted by ``convert_one``, and
+    checked against ``choices`` when given."""
+
+    name = "list"
+
+    def __init__(self, kind: type = int, choices: tuple[str, ...] | None = None):
+        self.kind, self.choices = kind, choices
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                v = self.kind(part)
+            except ValueError:
+                self.fail(f"expected comma-separated {self.kind.__name__}s, got {value!r}", param, ctx)
+            if self.choices is not None and v not in self.choices:
+                self.fail(f"{v!r} is not one of {', '.join(self.choices)}", param, ctx)
+            out.append(v)
+        if not out:
+            self.fail(f"expected a comma-separated list, got {value!r}", param, ctx)
+        return tuple(out)
+
+
+def kwargs(**options) -> dict:
+    """Drop options the user left unset, so library defaults apply."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 device = click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-    help="Compute device [default: auto = cuda when available, else cpu].",
+    "--device", type=click.Choice(DEVICES), default=None,
+    help=f"Compute device: auto = cuda when available, else cpu [default: {default(FitConfig, 'device')}].",
 )  # fmt: skip
-seed = click.option("--seed", type=int, default=None, help="Random seed; the same seed gives the same result on CPU [default: 0].")
-batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size.")
+seed = click.option("--seed", type=int, default=None, help=f"Random seed; the same seed gives the same result on CPU [default: {default(FitConfig, 'seed')}].")
+batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=None, help=f"Batch size [default: {default(EmbedConfig, 'batch_size')} for embed, {default(FitConfig, 'batch_size')} for fit-probe].")
 as_json = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 k = click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query (more than the index holds gives all of them).")
 weights = click.option(
     "--weights", type=click.Path(dir_okay=False), default=None,
     help="Local backbone state dict (.safetensors, or a torch file loadable with weights_only=True).",
 )  # fmt: skip
-nprobe = click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query [default: nlist/16].")
-
-
-def kwargs(**options) -> dict:
-    """Drop options the user left unset, so library defaults apply."""
-    return {k: v for k, v in options.items() if v is not None}
+nprobe = click.option("--nprobe", type=int, default=None, help="IVF lists visited per query, 1..nlist [default: nlist/16].")
 rerank = click.option(
-    "--rerank", type=click.IntRange(min=1), default=None,
+    "--rerank", type=int, default=None,
     help="Re-rank the Hamming top R*k by float cosine against the database embeddings file (R = this value).",
 )  # fmt: skip
 asymmetric = click.option(
     "--asymmetric", is_flag=True,
-    help="Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default 4).",
+    help=f"Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default {DEFAULT_RERANK}).",
 )  # fmt: skip

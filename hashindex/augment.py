@@ -16,34 +16,14 @@ Hue is rotated in YIQ space (a linear approximation of the HSV hue shift).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone import BackboneSpec
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The view recipe, stored with the embeddings."""
-
-    scale: tuple[float, float] = (0.4, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.2
-    gray_p: float = 0.2
-    blur_p: float = 0.1
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .config import AugmentConfig
+from .spec import BackboneSpec
 
 
 _GRAY = (0.299, 0.587, 0.114)

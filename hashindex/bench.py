@@ -21,56 +21,26 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .backbone import check_same_backbone
-from .codes import check_bits, unpack
+from .codes import unpack
+from .config import PROTOCOL_TARGETS, BenchConfig, FitConfig, IndexConfig
 from .errors import InputError
-from .index import HashIndex, IndexConfig, make_faiss_index, stored_codes
+from .index import HashIndex
 from .lookup import MAX_LOOKUP_BITS, HammingLookup
 from .metrics import mean_average_precision, precision_at_k, relevance
-from .probe.fit import METHODS, FitConfig, fit_probe
-from .rerank import FloatRows, rerank_asymmetric, rerank_float
-from .search import cosine_knn, hamming_search, l2_normalize
+from .probe.baselines import l2_normalize
+from .probe.fit import fit_probe
+from .retrieval import FloatRows, cosine_knn, hamming_search, rerank_asymmetric, rerank_float
+from .spec import check_same_backbone
 from .store import Embeddings
 
 logger = logging.getLogger(__name__)
 
-BENCH_METHODS = ("crovca", "crovca-sup", "lsh", "pca", "pca-rr", "itq")
 REPORT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What a bench run measures (defaults: the full report; see ``quick``)."""
-
-    methods: tuple[str, ...] = BENCH_METHODS
-    bits: tuple[int, ...] = (16, 32, 64, 128)
-    topk: int = 1000
-    rerank: int = 4
-    rerank_queries: int = 1000
-    epochs: int = 5
-    hashcoder: str = "small"
-    device: str = "auto"
-    seed: int = 0
-    nprobes: tuple[int, ...] = (1, 4, 16)
-    speed_k: int = 100
-    speed_queries: int = 1000
-    latency_queries: int = 200
-    scales: tuple[int, ...] = (1_000_000,)
-    float_scale: int = 1_000_000
-
-    def validate(self) -> None:
-        for m in self.methods:
-            if m not in BENCH_METHODS:
-                raise InputError(f"unknown method {m!r}: use {', '.join(BENCH_METHODS)}")
-        for b in self.bits:
-            check_bits(b)
-        if self.topk < 1 or self.rerank < 1 or self.epochs < 1:
-            raise InputError("topk, rerank and epochs must be positive")
 
 
 def machine_info() -> dict:
@@ -103,13 +73,6 @@ def _timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
         lat.append(time.perf_counter() - t)
     lat_ms = np.array(lat) * 1e3
     return {"qps": qps, "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
-
-
-def _in_memory_index(codes: np.ndarray, probe, config: IndexConfig) -> HashIndex:
-    cfg = config.resolved(len(codes))
-    fi = make_faiss_index(codes, cfg)
-    manifest = {"bits": codes.shape[1] * 8, "ntotal": len(codes), "index": asdict(cfg)}
-    return HashIndex(None, manifest, fi, probe)
 
 
 def radius_curves(q_codes, db_codes, q_labels, db_labels, chunk: int = 512) -> dict:
@@ -151,7 +114,7 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
     index and the seconds to encode the database and build that index."""
     t = time.perf_counter()
     db_codes = probe.encode(xb)
-    index = _in_memory_index(db_codes, probe, IndexConfig("flat"))
+    index = HashIndex.from_codes(db_codes, probe, IndexConfig("flat"))
     build_s = time.perf_counter() - t
     q_logits = probe.logits(xq)
     q_codes = np.packbits(q_logits > 0, axis=1)
@@ -160,16 +123,16 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
     rel = relevance(yq, yb, ids)
     curves = radius_curves(q_codes, db_codes, yq, yb)
     base = {"method": name, "bits": probe.bits}
-    out = [dict(base, mode="hamming", nq=len(xq), map=mean_average_precision(rel), precision=precision_at_k(rel), precision_r2=curves["precision_r2"])]
+    out = [dict(base, mode="hamming", nq=len(xq), map=mean_average_precision(rel), precision=precision_at_k(rel, cfg.topk), precision_r2=curves["precision_r2"])]
     # Re-ranking reads R·k float rows per query: measured on the first rerank_queries queries.
     sub = slice(0, min(cfg.rerank_queries, len(xq)))
     _, cand = hamming_search(index, q_codes[sub], min(cfg.rerank * k, len(xb)))
     _, fid = rerank_float(xq[sub], cand, rows, k)
     frel = relevance(yq[sub], yb, fid)
-    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", nq=len(cand), map=mean_average_precision(frel), precision=precision_at_k(frel)))
+    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", nq=len(cand), map=mean_average_precision(frel), precision=precision_at_k(frel, cfg.topk)))
     _, aid = rerank_asymmetric(q_logits[sub], cand, db_codes, k)
     arel = relevance(yq[sub], yb, aid)
-    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", nq=len(cand), map=mean_average_precision(arel), precision=precision_at_k(arel)))
+    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", nq=len(cand), map=mean_average_precision(arel), precision=precision_at_k(arel, cfg.topk)))
     bar.update(1)
     return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s
 
@@ -180,11 +143,11 @@ def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[
     xq = xq[: cfg.speed_queries]
     q_codes = q_codes[: cfg.speed_queries]
     bits = index.bits
-    db_codes = stored_codes(index.faiss_index)
+    db_codes = index.codes()
     out = [dict(kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries))]
-    ivf = _in_memory_index(db_codes, index.probe, IndexConfig("ivf"))
+    ivf = HashIndex.from_codes(db_codes, index.probe, IndexConfig("ivf"))
     for nprobe in cfg.nprobes:
-        if nprobe > ivf.manifest["index"]["nlist"]:
+        if nprobe > ivf.manifest.index.nlist:
             continue
         ivf.faiss_index.nprobe = nprobe
         r = _timed_search(lambda c: hamming_search(ivf, c, k), q_codes, cfg.latency_queries)
@@ -306,7 +269,7 @@ def run_bench(
     float_s = time.perf_counter() - t0
     frel = relevance(yq, yb, fids)
     for n in sorted({len(xq), min(config.rerank_queries, len(xq))}, reverse=True):  # all queries, and the re-rank subset
-        report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "nq": n, "map": mean_average_precision(frel[:n]), "precision": precision_at_k(frel[:n])})
+        report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "nq": n, "map": mean_average_precision(frel[:n]), "precision": precision_at_k(frel[:n], config.topk)})
     speed_index: dict[int, HashIndex] = {}
     for bits in config.bits:
         for name in config.methods:
@@ -372,9 +335,10 @@ def targets(report: dict) -> list[dict]:
     # The quality thresholds belong to the full Fashion-MNIST protocol (60k database, 10k queries).
     src = report["database"].get("source") or {}
     protocol = src.get("kind") == "fashion-mnist" and report["database"]["n"] == 60_000 and report["queries"]["n"] == 10_000
-    for m, b, lo in (("crovca", 16, 72), ("crovca", 64, 76), ("crovca-sup", 32, 84), ("crovca-sup", 64, 84)):
-        row = _find(q, method=m, bits=b, mode="hamming") if protocol else None
-        add(f"{m} mAP@{report['config']['topk']} at {b} bits (%)", None if row is None else 100 * row["map"], lo, "%")
+    for m, per_bits in PROTOCOL_TARGETS.items():
+        for b, lo in per_bits.items():
+            row = _find(q, method=m, bits=b, mode="hamming") if protocol else None
+            add(f"{m} mAP@{report['config']['topk']} at {b} bits (%)", None if row is None else 100 * row["map"], lo, "%")
     for m in ("crovca", "crovca-sup"):
         for b in report["config"]["bits"]:
             row, itq = _find(q, method=m, bits=b, mode="hamming"), _find(q, method="itq", bits=b, mode="hamming")

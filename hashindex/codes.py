@@ -10,32 +10,34 @@ import numpy as np
 
 from .errors import InputError
 
-MIN_BITS = 8
+MIN_BITS = 8  # the packing helpers accept a single byte (tests use it)
+MIN_PROBE_BITS = 16  # the shortest code fit-probe and build make: one range for the CLI, library and README
 MAX_BITS = 1024
 
 # Popcount of every byte value; used by the NumPy reference distance.
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-def check_bits(bits: int) -> int:
+def check_bits(bits: int, minimum: int = MIN_BITS) -> int:
     """Validate a code length.
 
     Args:
         bits: requested number of bits.
+        minimum: the shortest length allowed (``MIN_PROBE_BITS`` for probes and indexes).
 
     Returns:
         ``bits`` as an int.
 
     Raises:
-        InputError: unless ``bits`` is a multiple of 8 within [8, 1024].
+        InputError: unless ``bits`` is a multiple of 8 within [minimum, 1024].
     """
     if isinstance(bits, bool) or int(bits) != bits:
         raise InputError(f"bits must be an integer, got {bits!r}")
     bits = int(bits)
     if bits % 8 != 0:
         raise InputError(f"bits must be a multiple of 8 (codes are packed in bytes), got {bits}")
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise InputError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
+    if not minimum <= bits <= MAX_BITS:
+        raise InputError(f"bits must be a multiple of 8 in {minimum}..{MAX_BITS}, got {bits}")
     return bits
 
 

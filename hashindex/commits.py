@@ -7,7 +7,7 @@ manifest generation name it (written the same way, so the rename of ``manifest.j
 commit point). A commit file that the manifest does not name is an unfinished one: loading
 ignores it and the next writer deletes it.
 
-The manifest's optional ``live`` key holds the generation, the ``next_id`` counter (never goes
+The manifest's ``live`` key (index format 3, :class:`~hashindex.manifest.Manifest`) holds the generation, the ``next_id`` counter (never goes
 back), the named commits in order, counters, and the base's companion file of float embeddings
 (written by ``compact``). Folders without it are generation 0 with ``next_id = ntotal``.
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IntegrityError
-from .index import MANIFEST, manifest_bytes
-from .store import _fsync_dir, _write_durably
+from .manifest import LIVE_FORMAT, Manifest
+from .store.durable import fsync_dir, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +56,24 @@ class LiveState:
         return d
 
 
-def live_state(manifest: dict) -> LiveState:
+def live_state(manifest: Manifest) -> LiveState:
     """The live state recorded in a manifest (defaults for folders written before it existed).
 
     Raises:
         IntegrityError: a malformed ``live`` entry.
     """
-    doc = manifest.get("live")
+    doc = manifest.live
     if doc is None:
-        return LiveState(next_id=int(manifest["ntotal"]), built=manifest.get("created"))
+        return LiveState(next_id=manifest.ntotal, built=manifest.created)
     try:
         state = LiveState(**{k: tuple(v) if k in ("commits", "uploads") else v for k, v in doc.items()})
         ints = (state.generation, state.next_id, state.added_total, state.removed_total)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
             raise ValueError(f"bad counters {ints}")
-        if state.next_id < manifest["ntotal"]:
-            raise ValueError(f"next_id {state.next_id} below the base's {manifest['ntotal']} items")
+        if state.next_id < manifest.ntotal:
+            raise ValueError(f"next_id {state.next_id} below the base's {manifest.ntotal} items")
         for rel in state.commits + state.uploads + ((state.extra,) if state.extra else ()):
-            if rel not in manifest["files"]:
+            if rel not in manifest.files:
                 raise ValueError(f"{rel} is not among the manifest's verified files")
     except (TypeError, ValueError, AttributeError) as e:
         raise IntegrityError(f"the manifest's live entry is malformed: {e}") from None
@@ -84,7 +84,7 @@ def write_file(folder: Path, rel: str, data: bytes) -> dict:
     """Write ``folder/rel`` durably; returns its manifest entry (sha256 and size)."""
     path = folder / rel
     path.parent.mkdir(exist_ok=True)
-    _write_durably(path, lambda fh: fh.write(data))
+    write_durably(path, lambda fh: fh.write(data))
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
@@ -144,20 +144,20 @@ def read_commit(folder: Path, rel: str) -> dict:
         raise IntegrityError(f"commit {folder / rel} is unreadable: {type(e).__name__}: {e}") from None
 
 
-def publish(folder: Path, manifest: dict, state: LiveState, new_files: dict[str, dict]) -> dict:
+def publish(folder: Path, manifest: Manifest, state: LiveState, new_files: dict[str, dict]) -> Manifest:
     """Name new (already durable) files in a new manifest generation, written durably.
 
     Returns:
         The new manifest.
     """
-    out = dict(manifest, files=dict(manifest["files"], **new_files), live=state.to_dict())
-    _write_durably(folder / MANIFEST, lambda fh: fh.write(manifest_bytes(out)))
+    out = replace(manifest, files=dict(manifest.files, **new_files), live=state.to_dict(), format=LIVE_FORMAT)
+    out.write(folder)
     return out
 
 
-def discard_unnamed(folder: Path, manifest: dict) -> None:
+def discard_unnamed(folder: Path, manifest: Manifest) -> None:
     """Delete commit and upload files the manifest does not name (left by a killed writer)."""
-    named = set(manifest["files"])
+    named = set(manifest.files)
     for sub in (COMMITS_DIR, UPLOADS_DIR):
         d = folder / sub
         if not d.is_dir():
@@ -167,7 +167,7 @@ def discard_unnamed(folder: Path, manifest: dict) -> None:
             logger.info("discarding %s (an unfinished commit)", p)
             p.unlink(missing_ok=True)
         if stray:
-            _fsync_dir(d)
+            fsync_dir(d)
 
 
 def next_state(state: LiveState, rel: str, *, added: int = 0, removed: int = 0, next_id: int | None = None, uploads=()) -> LiveState:

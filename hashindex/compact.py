@@ -20,11 +20,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .backbone import sha256_file
 from .commits import EXTRA_EMBEDDINGS, UPLOADS_DIR, publish
-from .index import INDEX_FILE, ITEMS_FILE
+from .manifest import INDEX_FILE, ITEMS_FILE
 from .probe.artifact import PROBE_JSON, PROBE_WEIGHTS
-from .store import _fsync_dir
+from .spec import sha256_file
+from .store.durable import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def recover(path: Path) -> None:
             os.replace(new, path)  # the new base was complete: roll forward
         elif old.exists():
             os.replace(old, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     for leftover in (old, new):
         if leftover.exists() and path.exists():
             shutil.rmtree(leftover)
@@ -108,18 +108,17 @@ def compact_folder(live) -> None:
         files[rel] = {"sha256": sha256_file(new / rel), "size": (new / rel).stat().st_size}
     for d in (new / "probe", new / UPLOADS_DIR, new):
         if d.exists():
-            _fsync_dir(d)
+            fsync_dir(d)
     new_state = replace(
-        state, generation=state.generation + 1, commits=(), uploads=uploads, built=state.built or m.get("created"),
+        state, generation=state.generation + 1, commits=(), uploads=uploads, built=state.built or m.created,
         extra=EXTRA_EMBEDDINGS if len(extra) else None, compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )  # fmt: skip
-    base = {k: v for k, v in m.items() if k not in ("files", "live")}
-    publish(new, dict(base, ntotal=snap.ntotal, files={}), new_state, files)
-    _fsync_dir(path.parent)
+    publish(new, replace(m, ntotal=snap.ntotal, files={}, live=None), new_state, files)
+    fsync_dir(path.parent)
     os.replace(path, old)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     os.replace(new, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(old)
     live.manifest, live.snapshot = _load(path, live.verify)
     logger.info("%s: compacted %d commits into a base of %d items in %.2fs", path, len(state.commits), snap.ntotal, time.perf_counter() - t0)

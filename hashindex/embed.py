@@ -14,40 +14,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params, to_base
-from .backbone import DEFAULT_MODEL, Backbone, Interpolation, load_backbone
+from .augment import augmented_view, base_size, eval_view, sample_params, to_base
+from .backbone import Backbone, load_backbone
+from .config import EmbedConfig
 from .errors import HashIndexError, InputError
 from .sources import DecodeError, ImageSource
-from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path
+from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path, remove_resume_folder
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """Options of the embed stage (see ``hashindex embed --help``).
-
-    ``max_failures`` is how many images may fail to decode before :func:`embed` raises
-    :class:`TooManyFailuresError` (after writing the file): a count when >= 1, a fraction of the
-    source's images when below 1; 0 allows none. ``commit_seconds`` is how often progress is made
-    durable (None: the ``HASHINDEX_COMMIT_SECONDS`` environment variable, else 1 s; 0: after
-    every batch); a crash loses at most that much work.
-    """
-
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    pretrained: bool = False
-    image_size: int | None = None
-    crop_pct: float | None = None
-    interpolation: Interpolation | None = None
-    views: int = 0
-    batch_size: int = 128
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    max_failures: float = 0
-    commit_seconds: float | None = None
 
 
 @dataclass
@@ -149,18 +123,9 @@ def embed_images(backbone: Backbone, images: list[np.ndarray], batch_size: int =
     return np.concatenate(out).astype(np.float32)
 
 
-def _commit_seconds(config: EmbedConfig) -> float:
-    if config.commit_seconds is not None:
-        return float(config.commit_seconds)
-    env = os.environ.get("HASHINDEX_COMMIT_SECONDS")
-    try:
-        return float(env) if env else 1.0
-    except ValueError:
-        raise InputError(f"HASHINDEX_COMMIT_SECONDS must be a number of seconds, got {env!r}") from None
-
-
-def _source_attrs(source: ImageSource, config: EmbedConfig) -> dict:
+def _source_attrs(source: ImageSource, config: EmbedConfig, keys: list[str]) -> dict:
     return {
+        "source_digest": source.digest(keys),
         "augment": json.dumps(asdict(config.augment), sort_keys=True),
         "views": config.views,
         "seed": config.seed,
@@ -169,7 +134,9 @@ def _source_attrs(source: ImageSource, config: EmbedConfig) -> dict:
     }
 
 
-def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = EmbedConfig(), *, progress: bool = True) -> EmbedSummary:
+def embed(
+    source: ImageSource, out: str | os.PathLike, config: EmbedConfig = EmbedConfig(), *, progress: bool = True, restart: bool = False,
+) -> EmbedSummary:  # fmt: skip
     """Embed every image of ``source`` into the HDF5 file ``out``.
 
     Crash-safe and resumable (see :mod:`hashindex.store`): progress is kept in ``out.partial/``
@@ -184,6 +151,8 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
         out: output path (``.h5``).
         config: embedding options.
         progress: show a progress bar.
+        restart: discard the progress of an interrupted run instead of resuming it (needed when
+            the source changed since: a resume compares the source's items and refuses).
 
     Returns:
         A summary with the number of rows and failures.
@@ -202,16 +171,21 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
     if config.batch_size <= 0:
         raise InputError(f"--batch-size must be positive, got {config.batch_size}")
     max_failures = check_max_failures(config.max_failures)
-    commit_seconds = _commit_seconds(config)
+    if not config.commit_seconds >= 0:
+        raise InputError(f"commit_seconds must be >= 0, got {config.commit_seconds}")
     if len(source) == 0:
         raise InputError("the source holds no images")
     if not out.parent.exists():
         raise InputError(f"output folder {out.parent} does not exist")
     exists = f"{out} already exists (made with other settings or by another program): remove it or choose another output path"
+    keys = source.item_keys()  # names (+ size and mtime of files): a resume must see the same
     lock = OutputLock(out).acquire()
     writer = None
     try:
-        if out.exists() and not clean_published(out, _source_attrs(source, config), clean=False):
+        if restart and partial_path(out).is_dir():
+            logger.info("discarding the progress of an interrupted run in %s", partial_path(out))
+            remove_resume_folder(partial_path(out))
+        if out.exists() and not clean_published(out, _source_attrs(source, config, keys), clean=False):
             raise InputError(exists)  # refused before loading the backbone
         backbone = load_backbone(
             config.model, weights=config.weights, pretrained=config.pretrained,
@@ -221,7 +195,7 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
         spec = backbone.spec
         s0 = base_size(spec)
         label_dim = 0 if source.labels is None else source.labels.shape[1]
-        attrs = {"backbone": json.dumps(spec.to_dict(), sort_keys=True), **_source_attrs(source, config)}
+        attrs = {"backbone": json.dumps(spec.to_dict(), sort_keys=True), **_source_attrs(source, config, keys)}
         if out.exists():  # the same command already finished (maybe killed while cleaning up)
             if not clean_published(out, attrs):
                 raise InputError(exists)
@@ -230,7 +204,7 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
         else:
             writer = EmbeddingsWriter(
                 out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim,
-                attrs=attrs, lock=lock, commit_seconds=commit_seconds,
+                attrs=attrs, lock=lock, commit_seconds=config.commit_seconds, item_keys=keys,
             )  # fmt: skip
             path = _run(source, backbone, config, writer, s0, progress, tqdm)
     finally:
@@ -243,10 +217,14 @@ def embed(source: ImageSource, out: str | os.PathLike, config: EmbedConfig = Emb
     items = int(done.attrs.get("items_done", done.n + len(fails)))
     summary = EmbedSummary(path, done.n, len(fails), items, counts)
     if fails:
-        logger.warning("%s", summary.describe())
+        logger.info("%s", summary.describe())  # the summary is returned (and the CLI prints it)
         if len(fails) > failures_allowed(max_failures, items):
             raise TooManyFailuresError(summary, max_failures)
     return summary
+
+
+class WorkerDiedError(HashIndexError):
+    """An image-decoding worker process died (killed from outside, or by the kernel for memory)."""
 
 
 def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm) -> Path:
@@ -262,6 +240,21 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
         num_workers=workers, collate_fn=_collate,
     )  # fmt: skip
     bar = tqdm(total=len(source), initial=start, unit="img", desc=f"embed {writer.path.name}", disable=not progress)
+    try:
+        _embed_batches(loader, source, backbone, config, writer, s0, bar, seconds, t0)
+    except RuntimeError as e:  # torch raises it from its SIGCHLD handler, wherever we are
+        if "DataLoader worker" not in str(e):
+            raise
+        raise WorkerDiedError(
+            f"an image-decoding worker process died ({str(e).splitlines()[0].strip()}): the progress up to item "
+            f"{writer.items_done} is kept in {writer.work}; re-run the same command to resume"
+        ) from None
+    bar.close()
+    return writer.finish(device=str(backbone.device))
+
+
+def _embed_batches(loader, source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, bar, seconds: float, t0: float) -> None:
+    spec = backbone.spec
     for batch in loader:
         ok = [(i, b) for i, b, e in batch if e is None]
         failed = [(i, source.names[i], e[0], e[1]) for i, _, e in batch if e is not None]
@@ -300,5 +293,3 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
             embed_seconds=seconds + time.perf_counter() - t0,
         )  # fmt: skip
         bar.update(len(batch))
-    bar.close()
-    return writer.finish(device=str(backbone.device))

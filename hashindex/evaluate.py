@@ -6,22 +6,29 @@ import logging
 import time
 
 import numpy as np
-from pathlib import Path
 
-from .backbone import check_same_backbone
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .metrics import mean_average_precision, precision_at_k, relevance
-from .rerank import DEFAULT_RERANK, ranked
-from .search import check_k, cosine_knn
-from .store import Embeddings, open_embeddings
+from .retrieval import DEFAULT_RERANK, cosine_knn, ranked
+from .store import Embeddings
+from .validate import check_k
 
 logger = logging.getLogger(__name__)
 
 
-def check_queries_match(index: HashIndex, queries: Embeddings) -> None:
-    """Raises MismatchError unless the query embeddings come from the index's backbone."""
-    check_same_backbone(index.manifest["backbone"], queries.backbone, f"the codes of index {index.path}", f"the queries {queries.path}")
+def check_label_space(a_names, a_cols: int, b_names, b_cols: int, a: str, b: str) -> None:
+    """Raises MismatchError unless two label spaces are the same classes in the same order
+    (compared by name; unnamed columns by count): positions mean nothing across other orders."""
+    if a_names is None or b_names is None:
+        if a_cols != b_cols or a_names != b_names:
+            raise MismatchError(f"the labels of {a} ({a_cols} columns) and {b} ({b_cols} columns) are not the same classes")
+        return
+    if list(a_names) != list(b_names):
+        raise MismatchError(
+            f"the label names of {a} ({', '.join(a_names[:4])}...) and {b} ({', '.join(b_names[:4])}...) differ "
+            "or come in another order: labels are compared by position, so both must use the same classes in the same order"
+        )
 
 
 def evaluate(
@@ -55,15 +62,20 @@ def evaluate(
     topk = check_k(topk)
     snap = index if isinstance(index, Snapshot) else None
     index = snap.index if snap else index
-    check_queries_match(index, queries)
+    index.check_queries(queries)
     q_labels = queries.labels()
-    db_labels = snap.labels if snap else index.items()["labels"]
+    items = index.items()
+    db_labels, db_label_names = (snap.labels, snap.label_names) if snap else (items["labels"], items["label_names"])
+    ntotal = snap.ntotal if snap else index.ntotal
     if q_labels is None or db_labels is None:
         raise InputError("evaluate needs labels on both the queries and the indexed items")
+    if queries.n == 0 or ntotal == 0:
+        raise InputError(f"nothing to evaluate: {queries.path} holds {queries.n} queries, the index {ntotal} items")
+    check_label_space(queries.label_names, q_labels.shape[1], db_label_names, db_labels.shape[1], str(queries.path), f"index {index.path}")
     xq = queries.embeddings()
     t0 = time.perf_counter()
     if snap:  # rows of db_labels are positions, results are ids
-        ids = snap.positions(snap.search(xq, topk, rerank, asymmetric)[1]).reshape(len(xq), -1)
+        ids = snap.positions(snap.search(xq, topk, rerank, asymmetric).I).reshape(len(xq), -1)
     else:
         _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
     search_s = time.perf_counter() - t0
@@ -75,12 +87,12 @@ def evaluate(
         "supervised": bool(index.probe.config.get("supervised", False)),
         "bits": index.bits,
         "index_type": index.kind,
-        "ranking": "hamming" if not (rerank or asymmetric) else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
+        "ranking": "hamming" if rerank is None and not asymmetric else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
-        "ntotal": snap.ntotal if snap else index.ntotal,
+        "ntotal": ntotal,
         "map": mean_average_precision(rel),
-        "precision": precision_at_k(rel),
+        "precision": precision_at_k(rel, topk),
         "search_qps": len(xq) / search_s if search_s > 0 else None,
         "code_bytes_per_item": index.bits // 8,
         "float_bytes_per_item": 4 * queries.dim,
@@ -93,20 +105,27 @@ def evaluate(
         rows = snap.float_rows()
         try:
             xb = rows.take(np.arange(snap.ntotal))
+        except MismatchError:
+            raise
         except InputError as e:
             logger.warning("%s: no float reference (pass the database embeddings explicitly)", e)
         finally:
             rows.close()
     elif with_float:
         if db is None:
-            path = Path(index.manifest["embeddings"]["path"])
-            if path.exists():
-                db = open_embeddings(path)
-            else:
-                logger.warning("database embeddings %s are gone: no float reference (pass them explicitly)", path)
+            try:
+                db = index.database()
+            except MismatchError:
+                raise
+            except InputError as e:
+                logger.warning("%s: no float reference", e)
+        elif snap and not snap.is_base():  # after adds or removes the build's file is not the items
+            if db.n != ntotal:
+                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {ntotal} items")
+            index.check_queries(db)
+        else:
+            index.check_database(db)
         if db is not None:
-            if db.n != out["ntotal"]:
-                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {out['ntotal']} codes")
             xb = db.embeddings()
     if xb is not None:
         t0 = time.perf_counter()
@@ -114,5 +133,5 @@ def evaluate(
         out["float_qps"] = len(xq) / (time.perf_counter() - t0)
         frel = relevance(q_labels, db_labels, fids)
         out["float_map"] = mean_average_precision(frel)
-        out["float_precision"] = precision_at_k(frel)
+        out["float_precision"] = precision_at_k(frel, topk)
     return out

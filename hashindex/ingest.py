@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import check_same_backbone
 from .errors import InputError
 from .live import LiveIndex
 from .sources import IMAGE_EXTENSIONS, DecodeError, ImageSource, decode_image, open_source
+from .spec import check_same_backbone
 from .store import open_embeddings
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def add_images(live: LiveIndex, specs: list[str], *, weights=None, device=None, 
     from .embed import embed_images
 
     items = collect_images(specs)
-    bb = backbone_from_spec(live.manifest["backbone"], weights=weights, device=device or "auto")
+    bb = backbone_from_spec(live.manifest.backbone, weights=weights, device=device or "auto")
     xs, names, src_idx, labels, failures = [], [], [], [], 0
     label_names = None
     for s in tqdm(range(0, len(items), batch_size), desc="add", unit="batch", disable=not progress):
@@ -99,6 +99,6 @@ def add_embeddings_file(live: LiveIndex, path: str | os.PathLike) -> np.ndarray:
         MismatchError: another backbone or preprocessing, or another width.
     """
     emb = open_embeddings(path)
-    check_same_backbone(live.manifest["backbone"], emb.backbone, f"the index {live.path}", f"the embeddings {path}")
+    check_same_backbone(live.manifest.backbone, emb.backbone, f"the index {live.path}", f"the embeddings {path}")
     lab = _label_rows(live, emb.labels(), emb.label_names)
     return live.add(emb.embeddings(), emb.names(), labels=lab, source_index=emb.source_index())

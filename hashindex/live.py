@@ -10,7 +10,6 @@ manifest generation, and swap in a new snapshot. Readers never take the lock.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,15 +22,16 @@ from .commits import (
     UPLOADS_DIR, LiveState, add_commit, commit_bytes, commit_name, discard_unnamed, live_state, next_state,
     publish, read_commit, remove_commit, write_file,
 )  # fmt: skip
+from .config import DEFAULT_LOCK_WAIT
 from .errors import InputError, IntegrityError
-from .index import MANIFEST, load_index, read_manifest
-from .search import check_embeddings
+from .index import load_index
+from .manifest import Manifest
+from .validate import check_embeddings
 from .snapshot import Snapshot, base_snapshot, with_commit
 from .store import OutputLock, OutputLockedError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LOCK_WAIT = 10.0  # seconds a writer waits for another writer before giving up
 
 
 def compact_paths(path: Path) -> tuple[Path, Path]:
@@ -50,9 +50,9 @@ def readable_path(path: Path) -> Path:
     return path
 
 
-def _load(path: Path, verify: bool) -> tuple[dict, Snapshot]:
+def _load(path: Path, verify: bool) -> tuple[Manifest, Snapshot]:
     hi = load_index(path, verify=verify)
-    manifest = json.loads((path / MANIFEST).read_bytes())  # as on disk (load_index checked its sha256)
+    manifest = hi.manifest  # checked against its sha256 and the files by load_index
     state = live_state(manifest)
     extra = None
     if state.extra:
@@ -60,7 +60,7 @@ def _load(path: Path, verify: bool) -> tuple[dict, Snapshot]:
             extra = np.load(path / state.extra, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise IntegrityError(f"{path / state.extra} is unreadable: {e}") from None
-    snap = base_snapshot(hi, state.generation - len(state.commits), extra, (manifest.get("embeddings") or {}).get("path", ""))
+    snap = base_snapshot(hi, state.generation - len(state.commits), extra, manifest.embeddings.get("path", ""))
     for rel in state.commits:
         snap = with_commit(snap, read_commit(path, rel), snap.generation + 1)
     if snap.ntotal and snap.ids[-1] >= state.next_id:
@@ -73,11 +73,11 @@ class LiveIndex:
 
     Attributes:
         path: the index folder.
-        manifest: the manifest of ``snapshot``'s generation, as on disk.
+        manifest: the manifest of ``snapshot``'s generation.
         snapshot: the current immutable view (swap-only).
     """
 
-    def __init__(self, path: Path, manifest: dict, snapshot: Snapshot, verify: bool = True):
+    def __init__(self, path: Path, manifest: Manifest, snapshot: Snapshot, verify: bool = True):
         self.path, self.manifest, self.snapshot, self.verify = path, manifest, snapshot, verify
         self.lock_wait = DEFAULT_LOCK_WAIT  # seconds a write waits for another writer
 
@@ -87,7 +87,7 @@ class LiveIndex:
 
     def disk_generation(self) -> int:
         """The generation the folder's manifest names now (read without verifying)."""
-        manifest, _ = read_manifest(readable_path(self.path))
+        manifest, _ = Manifest.read(readable_path(self.path))
         return live_state(manifest).generation
 
     def refresh(self) -> bool:
@@ -215,7 +215,7 @@ class LiveIndex:
     def info(self) -> dict:
         """What the folder holds: live and base counts, generation, next id, additions since fit."""
         s, snap, m = self.state, self.snapshot, self.manifest
-        built = s.built or m.get("created")
+        built = s.built or m.created
         age = None
         if built:
             try:
@@ -224,10 +224,10 @@ class LiveIndex:
                 age = None
         return {
             "path": str(self.path), "kind": snap.index.kind, "bits": snap.bits, "ntotal": snap.ntotal,
-            "base_ntotal": int(m["ntotal"]), "generation": s.generation, "commits": len(s.commits),
+            "base_ntotal": m.ntotal, "generation": s.generation, "commits": len(s.commits),
             "next_id": s.next_id, "added_since_fit": s.added_total, "removed_since_build": s.removed_total,
-            "probe": {"method": m["probe"]["method"], "fitted_on": (m.get("embeddings") or {}).get("n"), "age_days": age},
-            "built": built, "compacted": s.compacted, "backbone": m["backbone"].get("model"),
+            "probe": {"method": m.probe.get("method"), "fitted_on": m.embeddings.get("n"), "age_days": age},
+            "built": built, "compacted": s.compacted, "backbone": m.backbone.get("model"),
         }  # fmt: skip
 
 

@@ -12,6 +12,8 @@ from itertools import combinations
 
 import numpy as np
 
+from .errors import InputError
+
 MAX_LOOKUP_BITS = 16
 
 
@@ -26,7 +28,7 @@ class HammingLookup:
         codes = np.asarray(codes, dtype=np.uint8)
         self.bits = codes.shape[1] * 8
         if self.bits > MAX_LOOKUP_BITS:
-            raise ValueError(f"lookup tables serve codes of at most {MAX_LOOKUP_BITS} bits, not {self.bits}")
+            raise InputError(f"lookup tables serve codes of at most {MAX_LOOKUP_BITS} bits, not {self.bits}")
         keys = self._keys(codes)
         self.ntotal = len(keys)
         # Ids sorted by (code, id): each bucket is a slice, already in id order.

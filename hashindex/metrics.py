@@ -46,6 +46,10 @@ def mean_average_precision(rel: np.ndarray) -> float:
     return float(average_precision(rel).mean()) if len(rel) else 0.0
 
 
-def precision_at_k(rel: np.ndarray) -> float:
-    """Mean fraction of hits in each list."""
-    return float(np.asarray(rel, dtype=bool).mean()) if np.size(rel) else 0.0
+def precision_at_k(rel: np.ndarray, k: int | None = None) -> float:
+    """Mean over queries of (hits in the list) / k; a list shorter than ``k`` (a database of
+    fewer items) counts its missing places as misses. ``k`` defaults to the lists' length."""
+    rel = np.asarray(rel, dtype=bool)
+    if rel.ndim != 2 or rel.shape[0] == 0:
+        return 0.0
+    return float(rel.sum(axis=1).mean() / (k or rel.shape[1] or 1))

@@ -1,16 +1,16 @@
-"""The query stage: images or stored embeddings → ranked items of an index."""
+"""The query stage: images or stored embeddings → ranked items of an index.
+
+A query by stored embeddings loads no model (and does not import torch until the probe encodes).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backbone import backbone_from_spec
-from .embed import embed_images
 from .errors import InputError
-from .evaluate import check_queries_match
-from .search import check_k
 from .sources import DecodeError, decode_image
 from .store import open_embeddings
+from .validate import check_k
 
 
 def _label_text(labels: np.ndarray | None, names: list[str] | None, row: int) -> str | None:
@@ -22,7 +22,8 @@ def _label_text(labels: np.ndarray | None, names: list[str] | None, row: int) ->
 
 def format_live(snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     """Attach rank, name and label to search results: one dict per query with its ranked hits
-    (rank, id, name, label, Hamming distance and, after re-ranking, the score)."""
+    (rank, id, name, label, Hamming distance and, after re-ranking, the score: cosine similarity,
+    or asymmetric distance)."""
     return [{"query": name, "results": [dict(rank=r + 1, **hit) for r, hit in enumerate(hits)]} for name, hits in zip(query_names, snap.results(d, ids, scores))]
 
 
@@ -45,7 +46,10 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
             decoded.append(decode_image(path))
         except DecodeError as e:
             raise InputError(f"cannot read query image {e}") from None
-    bb = backbone_from_spec(live.manifest["backbone"], weights=weights, device=device or "auto")
+    from .backbone import backbone_from_spec  # torch: only for queries by image
+    from .embed import embed_images
+
+    bb = backbone_from_spec(live.manifest.backbone, weights=weights, device=device or "auto")
     d, ids, s = snap.search(embed_images(bb, decoded), k, rerank, asymmetric)
     return format_live(snap, list(images), d, ids, s)
 
@@ -58,7 +62,7 @@ def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=Non
     snap = open_live(index_dir).snapshot
     snap.index.set_nprobe(nprobe)
     q = open_embeddings(emb_file)
-    check_queries_match(snap.index, q)
+    snap.index.check_queries(q)
     rows = slice(0, min(limit or q.n, q.n))
     d, ids, s = snap.search(q.embeddings(rows), k, rerank, asymmetric)
     return format_live(snap, q.names()[rows], d, ids, s)

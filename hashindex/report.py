@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = {
-    "float": "float cosine", "lsh": "LSH", "pca": "PCA-sign", "pca-rr": "PCA + random rotation",
-    "itq": "ITQ", "crovca": "CroVCA unsupervised", "crovca-sup": "CroVCA supervised",
-}  # fmt: skip
+from .config import METHOD_NAMES
+
+NAMES = {"float": "float cosine", **METHOD_NAMES}
 
 
 def describe_machine(m: dict) -> str:

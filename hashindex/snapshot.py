@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
-from .codes import hamming, pack
 from .errors import InputError, IntegrityError
-from .index import ITEMS_FILE, HashIndex, stored_codes
+from .index import HashIndex, stored_codes
 from .lookup import HammingLookup
+from .manifest import ITEMS_FILE
 from .query import _label_text
-from .rerank import DEFAULT_RERANK, FloatRows, rerank_asymmetric, rerank_float
-from .search import check_embeddings, check_k, hamming_search
+from .retrieval import FloatRows, Ranked, hamming_search, ranked, rerank_asymmetric
+from .validate import check_k
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +121,10 @@ class Snapshot:
     def bits(self) -> int:
         return self.index.bits
 
+    def is_base(self) -> bool:
+        """Whether the snapshot holds exactly the items of the build's embeddings file, in order."""
+        return self.ntotal == self.index.ntotal and np.array_equal(self.float_row, np.arange(self.ntotal))
+
     def positions(self, ids) -> np.ndarray:
         """Row positions of ids.
 
@@ -148,37 +151,19 @@ class Snapshot:
     def float_rows(self) -> "LiveRows":
         return LiveRows(self)
 
-    def search(self, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False):
-        """Hamming top-k of float queries, optionally re-ranked; rows ordered with ties by id.
-
-        Returns:
-            ``(D, I, S)``: Hamming distances, ids, re-rank scores (None without re-ranking).
+    def search(self, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False) -> Ranked:
+        """:func:`~hashindex.retrieval.ranked` over this snapshot: ids, not positions, and float
+        rows of added items from the commits.
 
         Raises:
             InputError: bad k/R, non-finite or wrong-width embeddings, an empty index.
         """
-        k = check_k(k)
-        x = check_embeddings(x, self.index.probe.input_dim)
-        if not rerank and not asymmetric:
-            d, ids = hamming_search(self.index, self.index.probe.encode(x), k)
-            return d, ids, None
-        r = rerank or DEFAULT_RERANK
-        if isinstance(r, bool) or int(r) != r or r < 1:
-            raise InputError(f"rerank factor must be a positive integer, got {rerank!r}")
-        logits = self.index.probe.logits(x)
-        codes = pack(logits)
-        _, cand = hamming_search(self.index, codes, min(int(r) * k, self.ntotal))
-        pos = self.positions(cand).reshape(cand.shape)
-        if asymmetric:
-            s, pos = rerank_asymmetric(logits, pos, self.codes, k)
-        else:
-            rows = self.float_rows()
-            try:
-                s, pos = rerank_float(x, pos, rows, k)
-            finally:
+        rows = self.float_rows() if rerank is not None and not asymmetric else None
+        try:
+            return ranked(self.index, x, k, rerank, asymmetric, rows=rows, db_codes=self.codes, ids=self.ids)
+        finally:
+            if rows is not None:
                 rows.close()
-        d = np.stack([hamming(codes[q : q + 1], self.codes[pos[q]])[0] for q in range(len(pos))])
-        return d.astype(np.int32), self.ids[pos], s
 
     def search_id(self, item_id: int, k: int, rerank: int | None = None, asymmetric: bool = False):
         """Search with an indexed item: its stored code (or, to re-rank, its float embedding).
@@ -189,7 +174,7 @@ class Snapshot:
         """
         k = check_k(k)
         p = self.positions([item_id])
-        if rerank or asymmetric:
+        if rerank is not None or asymmetric:
             x = self.embedding_of(item_id)
             if x is None:
                 raise InputError(f"float embedding of item {item_id} unavailable (the embeddings file is gone): search without re-ranking")
@@ -247,10 +232,8 @@ class LiveRows:
         added = ref < 0
         out[added] = self.snap.extra[-1 - ref[added]]
         if (~added).any():
-            if self._base is None:
-                if not os.path.exists(self.path):
-                    raise InputError(f"float re-ranking reads the database embeddings {self.path}, which are gone")
-                self._base = FloatRows(self.path)
+            if self._base is None:  # InputError when gone, MismatchError when another file
+                self._base = FloatRows(self.snap.index.database().path)
             out[~added] = self._base.take(ref[~added])
         return out.reshape(*np.shape(pos), self.shape[1])
 

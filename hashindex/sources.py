@@ -8,10 +8,12 @@ the embedding loop can record the failure and go on.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 import os
 import stat
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,7 @@ FASHION_MNIST_CLASSES = (
 MAX_IMAGE_PIXELS = 178_956_970
 
 
-class DecodeError(Exception):
+class DecodeError(InputError):
     """One image could not be decoded; carries the error class name and message."""
 
     def __init__(self, path: str, error: BaseException | None = None, *, error_class: str | None = None, message: str | None = None):
@@ -55,7 +57,7 @@ class ImageSource:
     """An indexable image collection.
 
     Attributes:
-        kind: ``folder``, ``list``, ``idx`` or ``fashion-mnist``.
+        kind: ``folder``, ``list``, ``files`` (single image files), ``idx`` or ``fashion-mnist``.
         location: where it was read from (folder or file).
         names: one string per image: a path relative to ``location`` or ``split/index``.
         labels: ``(n, C)`` uint8 multi-hot labels, or None.
@@ -77,6 +79,32 @@ class ImageSource:
     def describe(self) -> dict:
         """Provenance of the source, stored with the embeddings."""
         return {"kind": self.kind, "location": self.location, "split": self.split, "n": len(self)}
+
+    def item_keys(self) -> list[str]:
+        """What identifies each item: its name, and for files their size and modification time
+        (IDX items are named by position; their content is covered by :meth:`digest`)."""
+        if self._pixels is not None:
+            return list(self.names)
+        keys = []
+        for name in self.names:
+            try:
+                st = os.stat(os.path.join(self.location, name))
+                keys.append(f"{name}\t{st.st_size}\t{st.st_mtime_ns}")
+            except OSError:
+                keys.append(f"{name}\tmissing")
+        return keys
+
+    def digest(self, keys: list[str] | None = None) -> str:
+        """sha256 of the item list (:meth:`item_keys`) and, for IDX sources, of the pixels and
+        labels: a resumed or re-run embed compares it to notice a changed source."""
+        h = hashlib.sha256()
+        for key in self.item_keys() if keys is None else keys:
+            h.update(key.encode("utf-8", "surrogateescape") + b"\n")
+        if self._pixels is not None:
+            h.update(np.ascontiguousarray(self._pixels).tobytes())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()
 
     def load(self, i: int) -> np.ndarray:
         """Decode image ``i`` as an RGB ``(H, W, 3)`` uint8 array.
@@ -130,9 +158,10 @@ def decode_image(path: str) -> np.ndarray:
         if st.st_size == 0:
             raise OSError("empty file (0 bytes)")
         with warnings.catch_warnings():
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both here.
+            # Pillow's own check (a warning, then an error at twice its limit, quoting that) is
+            # replaced by ours, made on the header before any pixel is decoded.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > MAX_IMAGE_PIXELS:
@@ -233,23 +262,26 @@ def from_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None 
     root = Path(root) if root is not None else list_file.parent
     names: list[str] = []
     rows: list[list[int]] = []
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                vals = [int(v) for v in parts[1:]]
-            except ValueError:
-                raise InputError(f"{list_file}:{lineno}: labels must be 0/1 integers: {line.strip()!r}") from None
-            if any(v not in (0, 1) for v in vals):
-                raise InputError(f"{list_file}:{lineno}: labels must be a 0/1 multi-hot vector")
-            if rows and len(vals) != len(rows[0]):
-                raise InputError(
-                    f"{list_file}:{lineno}: {len(vals)} label columns, but line 1 has {len(rows[0])}"
-                )
-            names.append(parts[0])
-            rows.append(vals)
+    try:
+        lines = list(enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1))
+    except UnicodeDecodeError:
+        raise InputError(f"{list_file} is not a list file (not UTF-8 text); give a folder, an image, a list file or 'fashion-mnist'") from None
+    for lineno, line in lines:
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            vals = [int(v) for v in parts[1:]]
+        except ValueError:
+            raise InputError(f"{list_file}:{lineno}: labels must be 0/1 integers: {line.strip()!r}") from None
+        if any(v not in (0, 1) for v in vals):
+            raise InputError(f"{list_file}:{lineno}: labels must be a 0/1 multi-hot vector")
+        if rows and len(vals) != len(rows[0]):
+            raise InputError(
+                f"{list_file}:{lineno}: {len(vals)} label columns, but line 1 has {len(rows[0])}"
+            )
+        names.append(parts[0])
+        rows.append(vals)
     if not names:
         raise InputError(f"{list_file} lists no images")
     labels = np.asarray(rows, dtype=np.uint8) if rows[0] else None
@@ -262,11 +294,13 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise InputError(f"cannot read IDX file {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise InputError(f"cannot read IDX file {path} (damaged or not gzip): {type(e).__name__}: {e}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise InputError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise InputError(f"{path} is truncated: its header announces {ndim} dimensions but ends after {len(data)} bytes")
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
@@ -323,7 +357,8 @@ def open_source(
     """Resolve a SOURCE argument.
 
     Args:
-        spec: ``fashion-mnist``, a folder of images, a folder of IDX files, or a list file.
+        spec: ``fashion-mnist``, a folder of images, a folder of IDX files, a list file, or a
+            single image file (one unlabelled item).
         split: split of IDX data (``train``/``test``).
         root: folder the paths of a list file are relative to.
         data_dir: where the Fashion-MNIST IDX files are (default the Debian package's folder).
@@ -349,6 +384,8 @@ def open_source(
                 src = from_idx(path, split)
             else:
                 src = from_folder(path)
+        elif _is_image(path.name):
+            src = ImageSource("files", str(path.parent.resolve()), [path.name])
         else:
             src = from_list_file(path, root)
     return src.subset(limit)

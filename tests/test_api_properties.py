@@ -12,9 +12,10 @@ from hypothesis.extra import numpy as hnp
 
 from hashindex.codes import hamming
 from hashindex.errors import InputError
-from hashindex.index import HashIndex, IndexConfig, build_index, make_faiss_index
+from hashindex.index import HashIndex, IndexConfig, build_index
 from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.search import check_k, cosine_knn, hamming_search, search_embeddings
+from hashindex.retrieval import cosine_knn, hamming_search, search_embeddings
+from hashindex.validate import check_k
 
 from helpers import write_embeddings
 
@@ -182,13 +183,10 @@ def test_k_beyond_ntotal_returns_every_item_once(indexes):
 
 
 def test_empty_index_is_refused():
-    import torch
-
     from hashindex.probe.artifact import Probe
 
-    empty = make_faiss_index(np.zeros((0, 2), np.uint8), IndexConfig("flat"))
-    probe = Probe("lsh", 16, 4, {}, {}, {"mean": torch.zeros(4), "W": torch.ones(4, 16)})
-    idx = HashIndex(None, {"bits": 16, "ntotal": 0, "index": {"kind": "flat"}}, empty, probe)
+    probe = Probe("lsh", 16, 4, {}, {}, {"mean": np.zeros(4, np.float32), "W": np.ones((4, 16), np.float32)})
+    idx = HashIndex.from_codes(np.zeros((0, 2), np.uint8), probe, IndexConfig("flat"))
     with pytest.raises(InputError, match="empty"):
         hamming_search(idx, np.zeros((1, 2), np.uint8), 3)
     with pytest.raises(InputError, match="empty"):

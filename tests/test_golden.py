@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex.index import INDEX_FORMAT, load_index
+from hashindex.index import load_index
+from hashindex.manifest import INDEX_FORMAT
 from hashindex.probe.artifact import PROBE_FORMAT, load_probe
-from hashindex.search import hamming_search, search_embeddings
+from hashindex.retrieval import hamming_search, search_embeddings
 from hashindex.store import SCHEMA_VERSION, open_embeddings
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -47,7 +48,7 @@ def test_golden_index_reproduces_recorded_results(golden):
     exp = json.loads((golden / "expected.json").read_text())
     idx = load_index(golden / "index")  # verifies sha256 of every file and the manifest
     assert (idx.bits, idx.ntotal, idx.kind) == (exp["bits"], exp["n"], "flat")
-    assert idx.manifest["format"] == exp["versions"]["index_format"]
+    assert idx.manifest.format == exp["versions"]["index_format"]
     emb = open_embeddings(golden / "embeddings.h5")
     probe = load_probe(golden / "index" / "probe")
     assert _hex(probe.encode(emb.embeddings())) == exp["codes_hex"]  # the probe's weights and maths

@@ -9,7 +9,7 @@ import pytest
 from hashindex.errors import InputError, IntegrityError, MismatchError
 from hashindex.index import IndexConfig, build_index, load_index
 from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.search import hamming_search, search_embeddings
+from hashindex.retrieval import hamming_search, search_embeddings
 from hashindex.store import open_embeddings
 
 from helpers import FAKE_SPEC, write_embeddings

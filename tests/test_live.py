@@ -24,7 +24,7 @@ from hashindex.errors import InputError, IntegrityError
 from hashindex.index import IndexConfig, build_index
 from hashindex.live import open_live
 from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.search import hamming_search, sort_results
+from hashindex.retrieval import hamming_search, sort_results
 
 from helpers import FAKE_SPEC, write_embeddings
 
@@ -336,7 +336,7 @@ def test_kill9_at_20_random_moments(base, tmp_path, mode):
 def test_evaluate_covers_added_items(base, tmp_path):
     """evaluate on a live index ranks added items too, and its float reference reads their floats."""
     from hashindex.evaluate import evaluate
-    from hashindex.search import cosine_knn
+    from hashindex.retrieval import cosine_knn
 
     d, emb, x = base
     path = _build(base, tmp_path, "flat")

@@ -66,8 +66,13 @@ def test_itq_rotation_is_orthogonal_and_lowers_quantisation_error(clusters):
 
 
 def test_lsh_bits_are_balanced_after_centering(clusters):
-    _, w = fit_linear(clusters.embeddings(), 64, "lsh", seed=0)
+    x = clusters.embeddings()
+    mean, w = fit_linear(x, 64, "lsh", seed=0)
     assert w.shape == (48, 64)
+    ones = ((l2_normalize(x) - mean) @ w > 0).mean(axis=0)
+    # Hyperplanes through the mean split the data near its middle; without centring, a random
+    # hyperplane through the origin can leave a cluster-mixture mostly on one side.
+    assert abs(ones.mean() - 0.5) < 0.05 and ones.min() > 0.15 and ones.max() < 0.85
 
 
 def test_fit_errors(tmp_path, rng, clusters):
@@ -76,6 +81,8 @@ def test_fit_errors(tmp_path, rng, clusters):
         fit_probe(plain, FitConfig(bits=16), progress=False)
     with pytest.raises(InputError, match="multiple of 8"):
         fit_probe(clusters, FitConfig(bits=12), progress=False)
+    with pytest.raises(InputError, match="16..1024"):  # the library holds the same range as the CLI
+        fit_probe(clusters, FitConfig(bits=8), progress=False)
     with pytest.raises(InputError, match="crovca only"):
         fit_probe(clusters, FitConfig(method="itq", supervised=True), progress=False)
     unlabelled = write_embeddings(tmp_path / "u.h5", rng.standard_normal((50, 8)).astype(np.float32), views=rng.standard_normal((50, 2, 8)).astype(np.float32))

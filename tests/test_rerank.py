@@ -6,9 +6,7 @@ import pytest
 
 from hashindex.index import IndexConfig, build_index, load_index
 from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.index import stored_codes
-from hashindex.rerank import FloatRows, rerank_asymmetric, search_reranked
-from hashindex.search import cosine_knn
+from hashindex.retrieval import FloatRows, cosine_knn, ranked, rerank_asymmetric
 
 
 @pytest.fixture
@@ -32,18 +30,18 @@ def test_float_rows_memmap_and_chunked_agree(tmp_path, rng):
 
 def test_float_rerank_of_everything_is_exact_cosine(index, clusters):
     xq = clusters.embeddings(slice(0, 10))
-    s, i = search_reranked(index, xq, 20, rerank=clusters.n)  # R·k covers the whole database
+    _, i, s = ranked(index, xq, 20, rerank=clusters.n)  # R·k covers the whole database
     rs, ri = cosine_knn(xq, clusters.embeddings(), 20)
     np.testing.assert_array_equal(i, ri)
     np.testing.assert_allclose(s, rs, rtol=1e-5)
 
 
 def test_float_rerank_keeps_hamming_candidates(index, clusters):
-    from hashindex.search import hamming_search
+    from hashindex.retrieval import hamming_search
 
     xq = clusters.embeddings(slice(0, 5))
     _, cand = hamming_search(index, index.probe.encode(xq), 30)
-    s, i = search_reranked(index, xq, 10, rerank=3)
+    _, i, s = ranked(index, xq, 10, rerank=3)
     for row in range(5):
         assert set(i[row]) <= set(cand[row])
         assert list(s[row]) == sorted(s[row], reverse=True)
@@ -52,7 +50,7 @@ def test_float_rerank_keeps_hamming_candidates(index, clusters):
 def test_asymmetric_distance_by_formula(index, clusters, rng):
     xq = clusters.embeddings(slice(0, 4))
     logits = index.probe.logits(xq)
-    db = stored_codes(index.faiss_index)
+    db = index.codes()
     cand = np.stack([rng.permutation(clusters.n)[:50] for _ in range(4)])
     d, i = rerank_asymmetric(logits, cand, db, 7)
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
@@ -68,7 +66,7 @@ def test_lookup_index_folder(tmp_path, clusters, index):
     build_index(clusters, tmp_path / "p", tmp_path / "lk", IndexConfig("lookup"))
     lk = load_index(tmp_path / "lk")
     assert lk.lookup is not None and lk.kind == "lookup"
-    from hashindex.search import search_embeddings
+    from hashindex.retrieval import search_embeddings
 
     xq = clusters.embeddings(slice(0, 30))
     for a, b in zip(search_embeddings(lk, xq, 40), search_embeddings(index, xq, 40)):
@@ -79,4 +77,4 @@ def test_bad_rerank_factor(index, clusters):
     from hashindex.errors import InputError
 
     with pytest.raises(InputError, match="rerank"):
-        search_reranked(index, clusters.embeddings(slice(0, 1)), 5, rerank=0)
+        ranked(index, clusters.embeddings(slice(0, 1)), 5, rerank=0)

@@ -327,7 +327,7 @@ def test_verify_catches_modified_contents(tmp_path, rng):
 
 
 def test_run_stopped_after_publishing_is_finished_by_a_rerun(tmp_path, rng, monkeypatch):
-    import hashindex.store as store
+    import hashindex.store.writer as store
 
     x, v = _data(rng)
     out = tmp_path / "e.h5"

@@ -2,13 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
-
 from hashindex.codes import hamming
 from hashindex.errors import InputError
-from hashindex.index import HashIndex, IndexConfig, make_faiss_index
+from hashindex.index import HashIndex, IndexConfig
 from hashindex.probe.artifact import Probe
-from hashindex.search import cosine_knn, hamming_search
+from hashindex.retrieval import cosine_knn, hamming_search
 
 
 def reference_topk(xq, xb, k):
@@ -20,10 +18,8 @@ def reference_topk(xq, xb, k):
 
 def _index(codes, config=IndexConfig()):
     bits = codes.shape[1] * 8
-    fi = make_faiss_index(codes, config.resolved(len(codes)))
-    probe = Probe("lsh", bits, 4, {}, {}, {"mean": torch.zeros(4), "W": torch.zeros(4, bits)})
-    manifest = {"bits": bits, "ntotal": len(codes), "index": {"kind": config.kind, "nlist": getattr(fi, "nlist", None)}}
-    return HashIndex(None, manifest, fi, probe)
+    probe = Probe("lsh", bits, 4, {}, {}, {"mean": np.zeros(4, np.float32), "W": np.zeros((4, bits), np.float32)})
+    return HashIndex.from_codes(codes, probe, config)
 
 
 def _codes_with_ties(rng, n, nbytes):

@@ -1,4 +1,8 @@
-"""Probes as artifacts: encode embeddings to logits/codes; save and load (safetensors + JSON)."""
+"""Probes as artifacts: encode embeddings to logits/codes; save and load (safetensors + JSON).
+
+Loading and linear probes need NumPy only; torch is imported when a CroVCA probe first encodes,
+so opening an index (which holds a probe) stays light.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..codes import pack
-from ..errors import InputError, IntegrityError, MismatchError
+from ..errors import InputError, IntegrityError
+from ..store.durable import publish_folder
+from ..validate import check_embeddings
 from .baselines import l2_normalize
-from .hashcoder import HashCoder
 
 PROBE_JSON = "probe.json"
 PROBE_WEIGHTS = "weights.safetensors"
@@ -31,7 +35,8 @@ class Probe:
         input_dim: embedding width it was fitted on.
         config: the fit options (hyper-parameters, seed...).
         meta: loss history, bit balance, timings, the embeddings' provenance.
-        tensors: the weights (``mean``/``W`` for linear probes, the HashCoder state dict for CroVCA).
+        tensors: the weights as NumPy arrays (``mean``/``W`` for linear probes, the HashCoder
+            state dict for CroVCA).
     """
 
     method: str
@@ -39,50 +44,41 @@ class Probe:
     input_dim: int
     config: dict
     meta: dict = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    _module: HashCoder | None = field(default=None, repr=False)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    _module: object | None = field(default=None, repr=False)
 
     @property
     def backbone(self) -> dict | None:
         """The backbone spec of the embeddings it was fitted on."""
         return (self.meta.get("embeddings") or {}).get("backbone")
 
-    def module(self) -> HashCoder:
+    def module(self):
+        """The CroVCA HashCoder (a torch module, built on first use)."""
         if self._module is None:
+            import torch
+
+            from .hashcoder import HashCoder
+
             m = HashCoder(self.input_dim, self.bits, self.config.get("hashcoder", "small"))
-            m.load_state_dict(self.tensors)
+            m.load_state_dict({k: torch.from_numpy(np.array(v, order="C")) for k, v in self.tensors.items()})
             self._module = m.eval()
         return self._module
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """Validate embeddings fed to the probe; returns them as float32 C-contiguous.
+        """Validate embeddings fed to the probe (:func:`~hashindex.validate.check_embeddings`);
+        returns them as float32 C-contiguous."""
+        return check_embeddings(x, self.input_dim)
 
-        Raises:
-            InputError: not 2-D, non-finite values.
-            MismatchError: width differs from the probe's input dimension.
-        """
-        x = np.asarray(x)
-        if x.ndim != 2:
-            raise InputError(f"embeddings must be 2-D (n, dim), got shape {x.shape}")
-        if x.shape[1] != self.input_dim:
-            raise MismatchError(
-                f"the probe expects {self.input_dim}-d embeddings, these are {x.shape[1]}-d "
-                "(fit the probe on embeddings from the same backbone)"
-            )
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
-            raise InputError("embeddings contain NaN or inf values")
-        return x
-
-    @torch.inference_mode()
     def logits(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """``(n, bits)`` float32 logits; the code is ``logits > 0``."""
         x = self.check_input(x)
         if self.method != "crovca":
-            mean, w = self.tensors["mean"].numpy(), self.tensors["W"].numpy()
-            return ((l2_normalize(x) - mean) @ w).astype(np.float32)
+            return ((l2_normalize(x) - self.tensors["mean"]) @ self.tensors["W"]).astype(np.float32)
+        import torch
+
         m = self.module()
-        out = [m(torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
+        with torch.inference_mode():
+            out = [m(torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -90,12 +86,14 @@ class Probe:
         return pack(self.logits(x))
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``probe.json`` and ``weights.safetensors`` into ``out_dir`` (created)."""
-        from safetensors.torch import save_file
+        """Write ``probe.json`` and ``weights.safetensors`` as the new folder ``out_dir``,
+        published atomically (both files or neither).
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(out / PROBE_WEIGHTS))
+        Raises:
+            InputError: ``out_dir`` exists and is not empty.
+        """
+        from safetensors.numpy import save_file
+
         doc = {
             "format": PROBE_FORMAT,
             "method": self.method,
@@ -104,8 +102,13 @@ class Probe:
             "config": self.config,
             "meta": self.meta,
         }
-        (out / PROBE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        return out
+
+        def fill(tmp: Path) -> None:
+            # np.array(order="C") rather than ascontiguousarray, which would make 0-d arrays 1-d
+            save_file({k: np.array(v, order="C") for k, v in self.tensors.items()}, str(tmp / PROBE_WEIGHTS))
+            (tmp / PROBE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+        return publish_folder(fill, out_dir)
 
 
 def probe_hash(probe_dir: str | os.PathLike) -> str:
@@ -123,7 +126,7 @@ def load_probe(probe_dir: str | os.PathLike) -> Probe:
         InputError: missing files.
         IntegrityError: unreadable JSON/weights or tensors that do not fit the recorded shapes.
     """
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     d = Path(probe_dir)
     if not (d / PROBE_JSON).is_file() or not (d / PROBE_WEIGHTS).is_file():
@@ -139,14 +142,37 @@ def load_probe(probe_dir: str | os.PathLike) -> Probe:
     if doc.get("format", 0) > PROBE_FORMAT:
         raise InputError(f"probe {d} has format {doc['format']}; this hashindex reads up to {PROBE_FORMAT}")
     try:
-        if probe.method == "crovca":
-            probe.module()
-        elif tensors["W"].shape != (probe.input_dim, probe.bits) or tensors["mean"].shape != (probe.input_dim,):
-            raise ValueError("W/mean shapes differ from the recorded bits and input_dim")
-    except (RuntimeError, ValueError, KeyError) as e:
+        want = hashcoder_shapes(probe.input_dim, probe.bits, probe.config.get("hashcoder", "small")) if probe.method == "crovca" else {
+            "mean": (probe.input_dim,), "W": (probe.input_dim, probe.bits)}  # fmt: skip
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if got != want:
+            bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            raise ValueError(f"tensors {', '.join(bad[:4])} differ from the recorded bits, input_dim and hashcoder")
+    except (ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"probe {d}: weights do not match its config: {e}") from None
     return probe
 
 
-def state_to_tensors(module: HashCoder) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+def hashcoder_shapes(in_dim: int, bits: int, arch: str = "small") -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of a :class:`~hashindex.probe.hashcoder.HashCoder` (checked
+    against the module itself by the tests), so a probe file is validated without torch."""
+    if arch == "small":
+        dims = [(in_dim, in_dim), (bits, in_dim)]
+    elif arch == "large":
+        h = max(2 * in_dim, 2048)
+        dims = [(h, in_dim), (h, h), (bits, h)]
+    else:
+        raise ValueError(f"unknown hashcoder {arch!r}")
+    out: dict[str, tuple[int, ...]] = {}
+    for i, (o, n) in enumerate(dims):
+        out[f"net.{2 * i}.weight"], out[f"net.{2 * i}.bias"] = (o, n), (o,)
+    bn = f"net.{2 * len(dims) - 1}"  # Linear, activation, ..., Linear, BatchNorm
+    for k in ("weight", "bias", "running_mean", "running_var"):
+        out[f"{bn}.{k}"] = (bits,)
+    out[f"{bn}.num_batches_tracked"] = ()
+    return out
+
+
+def state_to_arrays(module) -> dict[str, np.ndarray]:
+    """A trained module's state dict as NumPy arrays (the probe's tensors)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()}

@@ -5,68 +5,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from ..backbone import resolve_device
-from ..codes import bit_balance, check_bits, pack
+from ..codes import bit_balance, pack
 from ..errors import InputError
+from ..config import FitConfig
 from ..store import Embeddings
-from .artifact import Probe, state_to_tensors
-from .baselines import BASELINES, fit_linear
+from .artifact import Probe, state_to_arrays
+from .baselines import fit_linear
 from .hashcoder import HashCoder
 from .losses import coding_rate, cross_view_loss, supervised_loss
 
 logger = logging.getLogger(__name__)
-
-Method = Literal["crovca", "lsh", "pca", "pca-rr", "itq"]
-METHODS: tuple[str, ...] = ("crovca",) + BASELINES
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    """Options of fit-probe (the CroVCA defaults).
-
-    ``eval_view``: CroVCA draws its two views per sample among the cached augmented views *and*
-    the eval embedding (the identity augmentation), so the embeddings that get indexed are part
-    of the training distribution. Measured on Fashion-MNIST (2 cached views): unsupervised 64 bits
-    75.6 → 76.5 mAP@1000 (mean of 3 seeds); supervised 32 / 64 bits 79.3 / 84.0 → 88.3 / 89.4
-    (seed 0), where without it two class codes merged (still possible at other seeds).
-    """
-
-    method: Method = "crovca"
-    bits: int = 64
-    supervised: bool = False
-    hashcoder: Literal["small", "large"] = "small"
-    epochs: int = 5
-    batch_size: int = 256
-    lr: float = 1e-3
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-2
-    eps: float = 0.05
-    reg: float = 0.1
-    eval_view: bool = True
-    device: str = "auto"
-    seed: int = 0
-
-    def validate(self) -> None:
-        check_bits(self.bits)
-        if self.method not in METHODS:
-            raise InputError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.supervised and self.method != "crovca":
-            raise InputError(f"--supervised applies to crovca only, not {self.method}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "eps"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"--{name} must be positive, got {getattr(self, name)}")
-        if self.reg < 0 or self.weight_decay < 0:
-            raise InputError("--reg and --weight-decay must be >= 0")
-
 
 def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
@@ -163,6 +117,8 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         InputError: bad options, no views for CroVCA, no labels for ``supervised``.
     """
     config.validate()
+    if emb.n == 0:
+        raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to fit a probe on")
     t0 = time.perf_counter()
     x = emb.embeddings()
     if not np.isfinite(x).all():
@@ -189,11 +145,11 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         model, history = _train_crovca(views, labels, config, progress)
         recalibrate_bits(model, x)
         del views
-        probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_tensors(model), model)
+        probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_arrays(model), model)
         meta["loss_history"] = history
     else:
         mean, w = fit_linear(x, config.bits, config.method, config.seed)
-        probe = Probe(config.method, config.bits, emb.dim, asdict(config), meta, {"mean": torch.from_numpy(mean), "W": torch.from_numpy(w)})
+        probe = Probe(config.method, config.bits, emb.dim, asdict(config), meta, {"mean": mean, "W": w})
     meta["fit_seconds"] = round(time.perf_counter() - t0, 3)
     bal = bit_balance(pack(probe.logits(x)))
     meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-Arch = Literal["small", "large"]
+from ..config import HashcoderSize
 
 
 class HashCoder(nn.Module):
@@ -23,7 +21,7 @@ class HashCoder(nn.Module):
         arch: ``small`` or ``large``.
     """
 
-    def __init__(self, in_dim: int, bits: int, arch: Arch = "small"):
+    def __init__(self, in_dim: int, bits: int, arch: HashcoderSize = "small"):
         super().__init__()
         if arch == "small":
             layers: list[nn.Module] = [nn.Linear(in_dim, in_dim), nn.ReLU(), nn.Linear(in_dim, bits)]

@@ -105,7 +105,7 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         from ..embed import embed_images
 
         try:
-            bb = backbone_from_spec(live.manifest["backbone"], weights=config.weights, device=config.device or "auto")
+            bb = backbone_from_spec(live.manifest.backbone, weights=config.weights, device=config.device or "auto")
         except Exception as e:  # noqa: BLE001 - the service still answers searches by embedding and id
             state["backbone_error"] = f"the index's backbone cannot be loaded, so image search is off: {e}"
             logger.warning(state["backbone_error"])

@@ -61,7 +61,7 @@ def item_image(live, snap, item_id: int, size: int | None = None) -> tuple[str, 
         if Path(rel).stem == str(item_id):
             path = live.path / rel
     name, src_idx = str(snap.names[p]), int(snap.source_index[p])
-    source = (live.manifest.get("embeddings") or {}).get("source") or {}
+    source = live.manifest.embeddings.get("source") or {}
     if path is None and os.path.isabs(name):
         path = Path(name)
     if path is None and snap.float_row[p] >= 0 and isinstance(source, dict):

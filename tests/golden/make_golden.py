@@ -27,7 +27,7 @@ SPEC = {
 
 
 def versions() -> dict:
-    from hashindex.index import INDEX_FORMAT
+    from hashindex.manifest import INDEX_FORMAT
     from hashindex.probe.artifact import PROBE_FORMAT
     from hashindex.store import SCHEMA_VERSION
 
@@ -41,7 +41,7 @@ def set_name(v: dict) -> str:
 def make(out: Path) -> Path:
     from hashindex.index import IndexConfig, build_index
     from hashindex.probe.fit import FitConfig, fit_probe
-    from hashindex.search import search_embeddings
+    from hashindex.retrieval import search_embeddings
     from hashindex.store import EmbeddingsWriter, open_embeddings
 
     rng = np.random.default_rng(20240601)
