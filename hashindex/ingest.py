@@ -19,12 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def _label_rows(live: LiveIndex, labels: np.ndarray | None, label_names) -> np.ndarray | None:
-    """Labels kept when they use the index's classes (same count and names), else None."""
+    """Labels kept when they use the index's classes (same count and names), else None (with a
+    warning: the new items are then unlabelled, which evaluate counts as never relevant)."""
     snap = live.snapshot
     ours = snap.label_names
-    if labels is None or snap.labels is None or labels.shape[1] != snap.labels.shape[1]:
+    if labels is None or snap.labels is None:
         return None
-    if ours and label_names and list(ours) != list(label_names):
+    if labels.shape[1] != snap.labels.shape[1] or (ours and label_names and list(ours) != list(label_names)):
+        logger.warning("the new items' labels are other classes than the index's (or in another order): added without labels")
         return None
     return labels
 

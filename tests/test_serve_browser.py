@@ -133,8 +133,10 @@ def test_cli_add_images_with_the_index_backbone(tmp_path):
     (tmp_path / "new" / "broken.png").write_bytes(b"not a png")
     r = CliRunner().invoke(cli, ["-q", "add", str(idx), str(tmp_path / "new"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
-    assert "ids 60..62" in r.output and "1 images could not be decoded" in r.output
+    # -q hides the "added" line, not the warning about the data
+    assert "ids 60..62" not in r.output and "1 images could not be decoded" in r.output
     snap = open_live(idx).snapshot
+    assert snap.ids[-3:].tolist() == [60, 61, 62]
     assert snap.item(61)["name"] == str((tmp_path / "new" / "t1.png").resolve())
     r = CliRunner().invoke(cli, ["query", str(idx), str(tmp_path / "new" / "t1.png"), "-k", "3", "--rerank", "4", "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
