@@ -201,7 +201,7 @@ def render() -> str:
     b = RESULTS / "bench_fashion_mnist.json"
     if b.exists():
         report = json.loads(b.read_text())
-        plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png"))]
+        plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png")) if p.name != "serve.png"]  # serve.png: the README's screenshot
         lines += ["", f"Command: `{report.get('command', 'hashindex bench')}`; then "
                   "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR`.", ""]
         lines.append(render_markdown(report, plots, heading="##"))
@@ -219,6 +219,11 @@ def render() -> str:
     tuned = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("finetune_fashion_mnist*.json"))]
     if tuned:
         lines += [""] + render_finetune(tuned)
+    sl = RESULTS / "serve_load.json"
+    if sl.exists():
+        from serve_load import render_markdown as render_serve
+
+        lines += [""] + render_serve(json.loads(sl.read_text()))
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,8 @@ def cli(ctx, verbose: int, quiet: bool):
       hashindex build db.h5 probe/ index/         faiss binary index + manifest
       hashindex query index/ photo.jpg -k 10      images (or embeddings) in, ranked items out
       hashindex evaluate index/ q.h5              mAP@k against float cosine
+      hashindex add index/ new_photos/            live index: add, remove, compact, info
+      hashindex serve index/                      HTTP API and web page on 127.0.0.1:8000
     """
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     # -q hides chatter (progress bars, "wrote" lines, other libraries' warnings), never a
@@ -262,11 +264,11 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
 def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asymmetric, as_json):
     """mAP@k of INDEX on the labelled QUERIES embeddings, beside float cosine kNN."""
     from hashindex.evaluate import evaluate as run
-    from hashindex.index import load_index
+    from hashindex.live import open_live
     from hashindex.store import open_embeddings
 
-    idx = load_index(index)
-    idx.set_nprobe(nprobe)
+    idx = open_live(index).snapshot  # added items included
+    idx.index.set_nprobe(nprobe)
     db = open_embeddings(db_embeddings) if db_embeddings else None
     r = run(idx, open_embeddings(queries), topk, db=db, with_float=not no_float, rerank=rerank, asymmetric=asymmetric)
     if as_json:
@@ -342,6 +344,11 @@ cli.add_command(scale.import_cmd)
 from .finetune import register as _register_finetune  # noqa: E402 - it reuses embed's options
 
 _register_finetune(cli)
+
+from .live import COMMANDS as _LIVE_COMMANDS  # noqa: E402 - registered on the group defined above
+
+for _command in _LIVE_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

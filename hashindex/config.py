@@ -35,6 +35,7 @@ METHOD_NAMES = {
 # Quality targets of the Fashion-MNIST protocol (60k database, 10k queries): mAP@1000 (%) minima.
 # With several seeds (bench --seeds) they apply to the minimum over seeds.
 PROTOCOL_TARGETS = {"crovca": {16: 72.5, 64: 76.0}, "crovca-sup": {16: 80.0, 32: 86.0, 64: 86.0, 128: 86.0}}
+DEFAULT_LOCK_WAIT = 10.0  # seconds a live index's writer waits for another writer
 DEFAULT_RERANK = 4  # candidates R·k re-ranked by float cosine or the asymmetric distance
 BITS_RANGE = f"a multiple of 8 in {MIN_PROBE_BITS}..{MAX_BITS}"
 
@@ -218,3 +219,27 @@ class BenchConfig:
             raise InputError(f"unknown targets {self.targets!r}: use one of {', '.join(TARGETS)}")
         if self.topk < 1 or self.rerank < 1 or (self.epochs is not None and self.epochs < 1):
             raise InputError("topk, rerank and epochs must be positive")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Options of the service.
+
+    ``batch_wait_ms``: how long the first image query of a batch waits for others before the
+    backbone runs (``max_batch`` 1 turns micro-batching off). ``poll_seconds``: how often the
+    manifest's generation is checked for commits made by other processes.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allow_writes: bool = False
+    token: str | None = None
+    weights: str | None = None
+    device: str | None = None
+    max_upload_bytes: int = 16 << 20
+    max_k: int = 1000
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
+    poll_seconds: float = 0.5
+    search_threads: int = 1  # faiss OpenMP threads per search: concurrency comes from the requests
+    search_workers: int = 2  # searches running at once (IVF indexes use 1: a search may retune nprobe)

@@ -38,7 +38,8 @@ def evaluate(
     """mAP@topk and precision@topk of Hamming ranking (ties by id), and of float cosine.
 
     Args:
-        index: the loaded index (its items carry the database labels).
+        index: the loaded index (its items carry the database labels), or a live index's
+            snapshot (added items included: their float embeddings come from the commits).
         queries: labelled query embeddings from the same backbone.
         topk: ranking depth.
         db: the database embeddings for the float reference (default: the file the index
@@ -59,20 +60,29 @@ def evaluate(
         InputError: missing labels, bad topk.
         MismatchError: queries from another backbone.
     """
+    from .snapshot import Snapshot
+
     topk = check_k(topk)
+    snap = index if isinstance(index, Snapshot) else None
+    index = snap.index if snap else index
     index.check_queries(queries)
     q_labels = queries.labels()
     items = index.items()
-    if q_labels is None or items["labels"] is None:
+    db_labels, db_label_names = (snap.labels, snap.label_names) if snap else (items["labels"], items["label_names"])
+    ntotal = snap.ntotal if snap else index.ntotal
+    if q_labels is None or db_labels is None:
         raise InputError("evaluate needs labels on both the queries and the indexed items")
-    if queries.n == 0 or index.ntotal == 0:
-        raise InputError(f"nothing to evaluate: {queries.path} holds {queries.n} queries, the index {index.ntotal} items")
-    check_label_space(queries.label_names, q_labels.shape[1], items["label_names"], items["labels"].shape[1], str(queries.path), f"index {index.path}")
+    if queries.n == 0 or ntotal == 0:
+        raise InputError(f"nothing to evaluate: {queries.path} holds {queries.n} queries, the index {ntotal} items")
+    check_label_space(queries.label_names, q_labels.shape[1], db_label_names, db_labels.shape[1], str(queries.path), f"index {index.path}")
     xq = queries.embeddings()
     t0 = time.perf_counter()
-    _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
+    if snap:  # rows of db_labels are positions, results are ids
+        ids = snap.positions(snap.search(xq, topk, rerank, asymmetric).I).reshape(len(xq), -1)
+    else:
+        _, ids, _ = ranked(index, xq, topk, rerank, asymmetric)
     search_s = time.perf_counter() - t0
-    rel = relevance(q_labels, items["labels"], ids)
+    rel = relevance(q_labels, db_labels, ids)
     out = {
         "index": str(index.path),
         "queries": str(queries.path),
@@ -83,7 +93,7 @@ def evaluate(
         "ranking": "hamming" if rerank is None and not asymmetric else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
-        "ntotal": index.ntotal,
+        "ntotal": ntotal,
         "map": mean_average_precision(rel),
         "precision": precision_at_k(rel, topk),
         "search_qps": len(xq) / search_s if search_s > 0 else None,
@@ -93,8 +103,22 @@ def evaluate(
         "float_precision": None,
         "float_qps": None,
     }
-    out.update(_paper_and_ivf(index, xq, q_labels, items["labels"], topk))
-    if with_float:
+    # Positions of the codes are positions of db_labels (a live snapshot's own order); the IVF
+    # recall compares ids with positions, so it is measured where they coincide.
+    codes = snap.codes if snap else index.codes()
+    out.update(_paper_and_ivf(index, codes, xq, q_labels, db_labels, topk, ivf=not snap or snap.is_base()))
+    xb = None
+    if with_float and snap and db is None:
+        rows = snap.float_rows()
+        try:
+            xb = rows.take(np.arange(snap.ntotal))
+        except MismatchError:
+            raise
+        except InputError as e:
+            logger.warning("%s: no float reference (pass the database embeddings explicitly)", e)
+        finally:
+            rows.close()
+    elif with_float:
         if db is None:
             try:
                 db = index.database()
@@ -102,33 +126,37 @@ def evaluate(
                 raise
             except InputError as e:
                 logger.warning("%s: no float reference", e)
+        elif snap and not snap.is_base():  # after adds or removes the build's file is not the items
+            if db.n != ntotal:
+                raise MismatchError(f"{db.path} holds {db.n} embeddings, the index {ntotal} items")
+            index.check_queries(db)
         else:
             index.check_database(db)
         if db is not None:
             xb = db.embeddings()
-            t0 = time.perf_counter()
-            _, fids = cosine_knn(xq, xb, topk)
-            out["float_qps"] = len(xq) / (time.perf_counter() - t0)
-            frel = relevance(q_labels, items["labels"], fids)
-            out["float_map"] = mean_average_precision(frel)
-            out["float_precision"] = precision_at_k(frel, topk)
+    if xb is not None:
+        t0 = time.perf_counter()
+        _, fids = cosine_knn(xq, xb, topk)
+        out["float_qps"] = len(xq) / (time.perf_counter() - t0)
+        frel = relevance(q_labels, db_labels, fids)
+        out["float_map"] = mean_average_precision(frel)
+        out["float_precision"] = precision_at_k(frel, topk)
     return out
 
 
-def _paper_and_ivf(index: HashIndex, xq, q_labels, db_labels, topk: int) -> dict:
+def _paper_and_ivf(index: HashIndex, db_codes, xq, q_labels, db_labels, topk: int, ivf: bool = True) -> dict:
     """Asymmetric ranking of the whole database; for IVF, recall of the exact top-k."""
     from .asymmetric import asymmetric_knn
     from .bench_seeds import ivf_rows
     from .config import IndexConfig
     from .retrieval import hamming_search
 
-    db_codes = index.codes()
     logits = index.probe.logits(xq)
-    k = min(topk, index.ntotal)
+    k = min(topk, len(db_codes))
     _, aids = asymmetric_knn(logits, db_codes, k)
     arel = relevance(q_labels, db_labels, aids)
     out = {"asymmetric_map": mean_average_precision(arel), "asymmetric_precision": precision_at_k(arel, topk), "ivf": None}
-    if index.kind == "ivf":
+    if ivf and index.kind == "ivf":
         q_codes = np.packbits(logits > 0, axis=1)
         fd, fids = hamming_search(HashIndex.from_codes(db_codes, index.probe, IndexConfig("flat")), q_codes, k)
         out["ivf"] = next(ivf_rows(index, fids, fd, q_codes, q_labels, db_labels, k, (index.faiss_index.nprobe,)), None)

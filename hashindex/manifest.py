@@ -21,7 +21,10 @@ from .probe.artifact import PROBE_JSON, PROBE_WEIGHTS
 from .store.durable import write_durably
 
 # Format 2 added the manifest's own checksum (``manifest_sha256``); format 1 folders still load.
+# Format 3 is format 2 plus ``live`` (a live index's commit log, :mod:`hashindex.commits`): builds
+# write format 2, the first add or remove turns a folder into format 3.
 INDEX_FORMAT = 2
+LIVE_FORMAT = 3
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.h5"
@@ -61,7 +64,8 @@ class Manifest:
         backbone: the backbone spec of the indexed embeddings.
         embeddings: the provenance of the embeddings file the index was built from.
         files: relative path → ``{"sha256", "size"}`` for every file of the folder.
-        format: index format (1 or 2).
+        format: index format (1, 2, or 3 with ``live``).
+        live: the commit log of a live index (format 3; None before the first add or remove).
         hashindex_version, faiss_version, build_seconds, created: provenance.
     """
 
@@ -77,6 +81,7 @@ class Manifest:
     faiss_version: str | None = None
     build_seconds: float | None = None
     created: str | None = None
+    live: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -100,11 +105,11 @@ class Manifest:
             TypeError, ValueError, KeyError: a field is missing or malformed.
         """
         fmt = m["format"]
-        if not _is_int(fmt) or fmt not in (1, 2):
+        if not _is_int(fmt) or fmt not in (1, 2, LIVE_FORMAT):
             raise ValueError(f"bad format {fmt!r}")
         # Exactly the keys of its format: damage to a key (say "format" itself) cannot turn a
         # format-2 manifest into a format-1 one whose own checksum would not be checked.
-        want = _KEYS | ({_CHECKSUM_KEY} if fmt == 2 else set())
+        want = _KEYS | ({_CHECKSUM_KEY} if fmt >= 2 else set()) | ({"live"} if fmt == LIVE_FORMAT else set())
         if set(m) != want:
             extra, missing = sorted(set(m) - want), sorted(want - set(m))
             raise ValueError(f"not a format-{fmt} manifest (unexpected keys {extra}, missing {missing})")
@@ -133,9 +138,12 @@ class Manifest:
                 raise ValueError(f"file entry {rel!r} points outside the folder")
             if not isinstance(want, dict) or not _is_int(want.get("size")) or not isinstance(want.get("sha256"), str):
                 raise ValueError(f"bad file entry {rel!r}: {want!r}")
+        live = m.get("live")
+        if live is not None:
+            _check_live(live, files)
         config = IndexConfig(idx["kind"], idx.get("nlist"), idx.get("nprobe"))
         known = {k: m[k] for k in ("hashindex_version", "faiss_version", "build_seconds", "created")}
-        return cls(m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m["embeddings"], files, fmt, **known)
+        return cls(m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m["embeddings"], files, fmt, **known, live=live)
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> tuple["Manifest", bytes]:
@@ -156,12 +164,12 @@ class Manifest:
             if not isinstance(doc, dict):
                 raise TypeError("not a JSON object")
             fmt = doc.get("format")
-            if _is_int(fmt) and fmt > INDEX_FORMAT:
+            if _is_int(fmt) and fmt > LIVE_FORMAT:
                 # A newer hashindex's manifest still seals its bytes; a damaged "format" does not.
                 problem = _checksum_problem(raw)
                 if problem:
                     raise IntegrityError(f"{mf} claims index format {fmt} but {problem}")
-                raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {INDEX_FORMAT}")
+                raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {LIVE_FORMAT}")
             manifest = cls.from_dict(doc)
         except InputError:
             raise
@@ -172,6 +180,20 @@ class Manifest:
     def checksum_problem(self, raw: bytes) -> str | None:
         """Why the manifest's bytes do not match their recorded checksum (None when they do)."""
         return _checksum_problem(raw)
+
+
+def _check_live(live, files: dict) -> None:
+    """The ``live`` entry's structure: counters are non-negative ints, and the commits, uploads and
+    companion file it names are among the verified files (their meaning: :mod:`hashindex.commits`)."""
+    if not isinstance(live, dict):
+        raise TypeError("live is not an object")
+    for key in ("generation", "next_id"):
+        if not _is_int(live.get(key)) or live[key] < 0:
+            raise ValueError(f"bad live {key} {live.get(key)!r}")
+    named = list(live.get("commits", [])) + list(live.get("uploads", [])) + ([live["extra"]] if live.get("extra") else [])
+    for rel in named:
+        if not isinstance(rel, str) or rel not in files:
+            raise ValueError(f"the live entry names {rel!r}, which is not among the manifest's files")
 
 
 def _checksum_problem(raw: bytes) -> str | None:

@@ -170,7 +170,7 @@ def _pick(values: np.ndarray, cand: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 def ranked(
     index: HashIndex, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False,
-    *, rows: FloatRows | None = None, db_codes: np.ndarray | None = None,
+    *, rows: FloatRows | None = None, db_codes: np.ndarray | None = None, ids: np.ndarray | None = None,
 ) -> Ranked:  # fmt: skip
     """Hamming top-k of float query embeddings, optionally re-ranked.
 
@@ -182,6 +182,8 @@ def ranked(
         asymmetric: re-rank by the asymmetric distance instead of float cosine.
         rows: database rows for float re-ranking (default: the embeddings file in the manifest).
         db_codes: database codes for asymmetric re-ranking (default: read from the index).
+        ids: when the faiss index answers with ids rather than row positions (a live index's
+            snapshot), the ascending ids of the rows of ``rows`` and ``db_codes``.
 
     Raises:
         InputError: bad k or R, bad embeddings, missing database embeddings.
@@ -195,20 +197,24 @@ def ranked(
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
         raise InputError(f"rerank factor must be a positive integer, got {rerank!r}")
     logits = index.probe.logits(x)
-    dc, cand = hamming_search(index, np.packbits(logits > 0, axis=1), min(int(r) * k, index.ntotal))
+    n = index.ntotal if ids is None else len(ids)
+    dc, cand = hamming_search(index, np.packbits(logits > 0, axis=1), min(int(r) * k, n))
+    if ids is not None:
+        cand = np.searchsorted(ids, cand)  # ids → rows (every id found is one of ``ids``)
     if asymmetric:
-        s, ids = rerank_asymmetric(logits, cand, index.codes() if db_codes is None else db_codes, k)
+        s, pos = rerank_asymmetric(logits, cand, index.codes() if db_codes is None else db_codes, k)
     else:
         own = rows is None
         rows = _database_rows(index) if own else rows
         try:
-            if rows.shape[0] != index.ntotal:
-                raise MismatchError(f"{rows.path} holds {rows.shape[0]} embeddings, the index {index.ntotal} codes")
-            s, ids = rerank_float(x, cand, rows, k)  # x was validated by logits()
+            if rows.shape[0] != n:
+                raise MismatchError(f"{rows.path} holds {rows.shape[0]} embeddings, the index {n} codes")
+            s, pos = rerank_float(x, cand, rows, k)  # x was validated by logits()
         finally:
             if own:
                 rows.close()
-    return Ranked(_pick(dc, cand, ids) if len(ids) else dc[:, :0], ids, s)
+    d = _pick(dc, cand, pos) if len(pos) else dc[:, :0]
+    return Ranked(d, pos if ids is None else ids[pos], s)
 
 
 def _database_rows(index: HashIndex) -> FloatRows:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh Debian machine: the Fashion-MNIST package, a virtual environment
-# in .venv with torch, and hashindex itself (editable, with the test extras).
+# One-time set-up on a fresh Debian machine: the Fashion-MNIST package, Chromium (the web page's
+# browser test drives it), a virtual environment in .venv with torch, and hashindex itself
+# (editable, with the test extras).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -x /usr/bin/chromium ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist chromium >/dev/null
 fi
 
 PY=${PYTHON:-python3}
