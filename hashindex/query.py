@@ -13,13 +13,6 @@ from .store import open_embeddings
 from .validate import check_k
 
 
-def _label_text(labels: np.ndarray | None, names: list[str] | None, row: int) -> str | None:
-    if labels is None:
-        return None
-    on = np.flatnonzero(labels[row])
-    return ",".join(names[j] if names else str(j) for j in on)
-
-
 def format_live(snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
     """Attach rank, name and label to search results: one dict per query with its ranked hits
     (rank, id, name, label, Hamming distance and, after re-ranking, the score: cosine similarity,

@@ -24,7 +24,6 @@ from .errors import InputError, IntegrityError
 from .index import HashIndex, stored_codes
 from .lookup import HammingLookup
 from .manifest import ITEMS_FILE
-from .query import _label_text
 from .retrieval import FloatRows, Ranked, hamming_search, ranked, rerank_asymmetric
 from .validate import check_k
 
@@ -144,9 +143,11 @@ class Snapshot:
         return {"id": int(item_id), "name": str(self.names[p]), "label": self._label(p), "source_index": int(self.source_index[p])}
 
     def _label(self, p: int) -> str | None:
+        """The item's labels as text: names (or column numbers) joined by commas."""
         if self.labels is None or self.labels.shape[1] == 0:
             return None
-        return _label_text(self.labels, self.label_names, p) or None
+        on = np.flatnonzero(self.labels[p])
+        return ",".join(self.label_names[j] if self.label_names else str(j) for j in on) or None
 
     def float_rows(self) -> "LiveRows":
         return LiveRows(self)
