@@ -23,31 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import AugmentConfig
+from .preprocess import base_size, to_base  # noqa: F401 (the base image is made without torch)
 from .spec import BackboneSpec
 
 
 _GRAY = (0.299, 0.587, 0.114)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
-
-
-def base_size(spec: BackboneSpec) -> int:
-    """Side of the square base image for a backbone spec."""
-    return int(math.floor(spec.image_size / spec.crop_pct))
-
-
-def to_base(rgb: np.ndarray, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Centre-square-crop an ``(H, W, 3)`` uint8 image and resize it to ``(size, size, 3)``."""
-    from PIL import Image
-
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    sq = rgb[top : top + s, left : left + s]
-    if s == size:
-        return np.ascontiguousarray(sq)
-    resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}.get(interpolation, Image.BICUBIC)
-    return np.array(Image.fromarray(sq).resize((size, size), resample=resample), dtype=np.uint8)
 
 
 def normalize(x: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:

@@ -22,6 +22,10 @@ IndexKind = Literal["flat", "ivf", "lookup"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
+# What runs the backbone: torch, or its ONNX export under ONNX Runtime (CPU only; about twice
+# torch's speed there). auto: ONNX Runtime on the CPU when it is installed, torch on a GPU.
+Runtime = Literal["auto", "torch", "onnx"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 # Supervised CroVCA targets (hashindex.probe.targets): a class codebook, or the paper's prototypes.
 TargetKind = Literal["codebook", "prototype"]
 TARGETS: tuple[str, ...] = get_args(TargetKind)
@@ -89,6 +93,8 @@ class EmbedConfig(BackboneOptions):
     the ``HASHINDEX_COMMIT_SECONDS`` environment variable when set. ``adapter`` is a folder made
     by ``hashindex finetune``: its LoRA adapters go on the backbone (image size, crop and
     interpolation default to those it was trained with), and the file's backbone spec names it.
+    ``runtime``: see :data:`Runtime`. ``jpeg_draft``: decode JPEGs at a reduced DCT scale no
+    smaller than the base image (:func:`hashindex.sources.decode_image`).
     """
 
     views: int = 0
@@ -100,6 +106,8 @@ class EmbedConfig(BackboneOptions):
     max_failures: float = 0
     commit_seconds: float = 1.0
     adapter: str | None = None
+    runtime: Runtime = "auto"
+    jpeg_draft: bool = True
 
 
 @dataclass(frozen=True)

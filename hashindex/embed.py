@@ -18,6 +18,7 @@ from .augment import augmented_view, base_size, eval_view, sample_params, to_bas
 from .backbone import Backbone, load_backbone
 from .config import EmbedConfig
 from .errors import HashIndexError, InputError
+from .onnx_backbone import runtime_name, with_runtime
 from .sources import DecodeError, ImageSource
 from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path, remove_resume_folder
 
@@ -89,8 +90,9 @@ def failures_allowed(max_failures: float, items: int) -> float:
 class _BaseImages(Dataset):
     """Decodes items into uint8 base images; a failed decode yields its error instead."""
 
-    def __init__(self, source: ImageSource, size: int, interpolation: str, start: int = 0):
+    def __init__(self, source: ImageSource, size: int, interpolation: str, start: int = 0, draft: bool = False):
         self.source, self.size, self.interp, self.start = source, size, interpolation, start
+        self.draft = size if draft else None
 
     def __len__(self) -> int:
         return len(self.source) - self.start
@@ -99,7 +101,7 @@ class _BaseImages(Dataset):
         # Errors travel as (class, message) pairs: plain data crosses worker processes safely.
         i = self.start + k
         try:
-            img = self.source.load(i)
+            img = self.source.load(i, self.draft)
         except DecodeError as e:
             return i, None, (e.error_class, e.message)
         try:
@@ -131,6 +133,7 @@ def _source_attrs(source: ImageSource, config: EmbedConfig, keys: list[str]) -> 
         "seed": config.seed,
         "source": json.dumps(source.describe(), sort_keys=True),
         "label_names": json.dumps(source.label_names),
+        "decode": json.dumps({"jpeg_draft": config.jpeg_draft}),
     }
 
 
@@ -195,6 +198,7 @@ def embed(
             image_size=config.image_size, crop_pct=config.crop_pct,
             interpolation=config.interpolation, device=config.device, adapter=config.adapter,
         )  # fmt: skip
+        backbone = with_runtime(backbone, config.runtime)
         spec = backbone.spec
         s0 = base_size(spec)
         label_dim = 0 if source.labels is None else source.labels.shape[1]
@@ -288,7 +292,7 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
     if workers is None:
         workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
     loader = DataLoader(
-        _BaseImages(source, s0, spec.interpolation, start), batch_size=config.batch_size,
+        _BaseImages(source, s0, spec.interpolation, start, config.jpeg_draft), batch_size=config.batch_size,
         num_workers=workers, collate_fn=_collate,
     )  # fmt: skip
     bar = tqdm(total=len(source), initial=start, unit="img", desc=f"embed {writer.path.name}", disable=not progress)
@@ -302,7 +306,7 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
             f"{writer.items_done} is kept in {writer.work}; re-run the same command to resume"
         ) from None
     bar.close()
-    return writer.finish(device=str(backbone.device))
+    return writer.finish(device=str(backbone.device), runtime=runtime_name(backbone))
 
 
 def _embed_batches(loader, source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, bar, seconds: float, t0: float) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .preprocess import base_size, eval_view_np, to_base
 from .sources import DecodeError, decode_image
+from .spec import BackboneSpec
 from .store import open_embeddings
 from .validate import check_k
 
@@ -20,8 +22,14 @@ def format_live(snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, sc
     return [{"query": name, "results": [dict(rank=r + 1, **hit) for r, hit in enumerate(hits)]} for name, hits in zip(query_names, snap.results(d, ids, scores))]
 
 
-def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None) -> list[dict]:
+def query_images(
+    index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None,
+    runtime: str = "auto",
+) -> list[dict]:  # fmt: skip
     """Embed image files with the index's backbone (with its LoRA adapter, if any) and search.
+
+    With ``runtime`` ``auto`` or ``onnx`` on the CPU the backbone's cached ONNX export answers
+    (:mod:`hashindex.onnx_backbone`; exported on first use), so the process never imports torch.
 
     Raises:
         InputError: an image cannot be decoded, bad k.
@@ -34,20 +42,40 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
 
     live = open_live(index_dir)
     check_image_queries(live.manifest.backbone, f"the index {index_dir}")
+    spec = BackboneSpec.from_dict(live.manifest.backbone)
     snap = live.snapshot
     snap.index.set_nprobe(nprobe)
     decoded = []
     for path in images:
         try:
-            decoded.append(decode_image(path))
+            decoded.append(decode_image(path, base_size(spec)))
         except DecodeError as e:
             raise InputError(f"cannot read query image {e}") from None
-    from .backbone import backbone_from_spec  # torch: only for queries by image
+    feats = image_features(spec, decoded, weights=weights, device=device, adapter=adapter, runtime=runtime)
+    d, ids, s = snap.search(feats, k, rerank, asymmetric)
+    return format_live(snap, list(images), d, ids, s)
+
+
+def image_features(spec: BackboneSpec, images: list[np.ndarray], *, weights=None, device=None, adapter=None, runtime="auto", batch_size: int = 64) -> np.ndarray:
+    """Eval-view features of decoded RGB images by the backbone of ``spec``: from its cached ONNX
+    export when ``runtime`` allows and the device is the CPU (no torch), else from torch (and then
+    the export is made for the next call)."""
+    from . import onnx_backbone
+
+    if runtime != "torch" and device in (None, "auto", "cpu"):
+        ob = onnx_backbone.load_onnx(spec)
+        if ob is not None:
+            s0 = base_size(spec)
+            out = [
+                ob.features_np(eval_view_np(np.stack([to_base(im, s0, spec.interpolation) for im in images[s : s + batch_size]]), spec))
+                for s in range(0, len(images), batch_size)
+            ]
+            return np.concatenate(out)
+    from .backbone import backbone_from_spec  # torch: only when no ONNX export answers
     from .embed import embed_images
 
-    bb = backbone_from_spec(live.manifest.backbone, weights=weights, device=device or "auto", adapter=adapter)
-    d, ids, s = snap.search(embed_images(bb, decoded), k, rerank, asymmetric)
-    return format_live(snap, list(images), d, ids, s)
+    bb = backbone_from_spec(spec, weights=weights, device=device or "auto", adapter=adapter)
+    return embed_images(onnx_backbone.with_runtime(bb, runtime), images, batch_size)
 
 
 def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False) -> list[dict]:

@@ -29,6 +29,7 @@ import numpy as np
 
 from .config import EmbedConfig
 from .embed import _BaseImages, append_batch, embed_batch
+from .onnx_backbone import with_runtime
 from .errors import InputError
 from .sources import ImageSource
 from .store import EmbeddingsWriter, write_durably
@@ -80,7 +81,7 @@ def pending_blocks(start: int, n: int, done: list[tuple[int, int, Path]], batch:
     return out
 
 
-def _decode(batch: dict, source_ref, size: int, interpolation: str) -> dict:
+def _decode(batch: dict, source_ref, size: int, interpolation: str, draft: bool) -> dict:
     """Ray task: decode and resize one block of items into uint8 base images (errors kept)."""
     import ray
 
@@ -88,7 +89,7 @@ def _decode(batch: dict, source_ref, size: int, interpolation: str) -> dict:
     if key not in _SOURCES:
         _SOURCES.clear()
         _SOURCES[key] = ray.get(source_ref)
-    images = _BaseImages(_SOURCES[key], size, interpolation)
+    images = _BaseImages(_SOURCES[key], size, interpolation, draft=draft)
     s, e = int(batch["start"][0]), int(batch["end"][0])
     items = [images[i] for i in range(s, e)]
     shape = next((b.shape for _, b, _ in items if b is not None), (size, size, 3))
@@ -120,6 +121,7 @@ class _EmbedActor:
         )  # fmt: skip
         if self.backbone.spec.to_dict() != spec:  # another node, other weights: refuse to mix them
             raise InputError(f"the backbone on this Ray worker differs from the driver's: {self.backbone.spec.to_dict()} vs {spec}")
+        self.backbone = with_runtime(self.backbone, c.runtime)
         self.work, self.s0 = Path(work), s0
 
     def __call__(self, batch: dict) -> dict:
@@ -190,7 +192,7 @@ def ray_runner(address: str | None = None, actors: int | None = None):
             ds = ray.data.from_items([{"start": s, "end": e} for s, e in todo], override_num_blocks=len(todo))
             ds = ds.map_batches(
                 _decode, batch_size=1, num_cpus=1,
-                fn_kwargs={"source_ref": ray.put(source), "size": s0, "interpolation": spec.interpolation},
+                fn_kwargs={"source_ref": ray.put(source), "size": s0, "interpolation": spec.interpolation, "draft": config.jpeg_draft},
             )  # fmt: skip
             # CPU actors share the cores: each gets its slice as torch threads (Ray's CPU count
             # is a scheduling hint, not a limit).

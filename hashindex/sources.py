@@ -106,15 +106,15 @@ class ImageSource:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()
 
-    def load(self, i: int) -> np.ndarray:
-        """Decode image ``i`` as an RGB ``(H, W, 3)`` uint8 array.
+    def load(self, i: int, draft: int | None = None) -> np.ndarray:
+        """Decode image ``i`` as an RGB ``(H, W, 3)`` uint8 array (``draft``: see :func:`decode_image`).
 
         Raises:
             DecodeError: the image cannot be read or decoded.
         """
         if self._pixels is not None:
             return np.repeat(self._pixels[i][:, :, None], 3, axis=2)
-        return decode_image(os.path.join(self.location, self.names[i]))
+        return decode_image(os.path.join(self.location, self.names[i]), draft)
 
     def subset(self, limit: int | None) -> "ImageSource":
         """The first ``limit`` images (all when None)."""
@@ -133,8 +133,13 @@ class ImageSource:
         )
 
 
-def decode_image(path: str) -> np.ndarray:
+def decode_image(path: str, draft: int | None = None) -> np.ndarray:
     """Decode one image file to RGB uint8, applying its EXIF orientation.
+
+    ``draft``: a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4, 1/8) that keeps both
+    sides at least ``draft`` pixels (Pillow's draft mode), which is several times faster for a
+    photo much larger than the base image it is resized to (BENCHMARKS.md: the features stay
+    within the tolerance stated there). Other formats decode in full.
 
     Transparent images (RGBA, LA, palette or gray with a transparent colour) are composited over
     white; palette, CMYK, 1-bit, 16-bit, 32-bit and float images are converted to 8-bit RGB
@@ -168,6 +173,8 @@ def decode_image(path: str) -> np.ndarray:
                     raise Image.DecompressionBombError(
                         f"image of {w}x{h} = {w * h} pixels exceeds the limit of {MAX_IMAGE_PIXELS} (possible decompression bomb)"
                     )
+                if draft and im.format == "JPEG":
+                    im.draft(None, (draft, draft))
                 im.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(im))
     except Exception as e:  # noqa: BLE001 - any failure of one image is recorded, never fatal

@@ -14,6 +14,15 @@ from helpers import write_embeddings
 N_DB, N_Q, SIZE = 1200, 400, 112
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory):
+    """Backbones exported to ONNX go to a folder of the test session, never the user's cache."""
+    import os
+
+    os.environ["HASHINDEX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return os.environ["HASHINDEX_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def fmnist(tmp_path_factory):
     """(db.h5, q.h5): 1,200 train images with 2 views and 400 test images, 112 px."""

@@ -27,7 +27,7 @@ N, SIZE = 256, 32
 # Arrays equal up to float noise: the same batches go through the same CPU kernels, but in other
 # processes with other thread counts (in practice they come out bit-identical).
 ATOL = RTOL = 1e-5  # |ray - single| <= ATOL + RTOL * |single|
-RUN_SPECIFIC = {"created", "embed_seconds", "device"}
+RUN_SPECIFIC = {"created", "embed_seconds", "device", "runtime"}
 
 
 def start_local_cluster(cpus: int = 2) -> str:

@@ -70,15 +70,15 @@ class Probe:
         return check_embeddings(x, self.input_dim)
 
     def logits(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """``(n, bits)`` float32 logits; the code is ``logits > 0``."""
+        """``(n, bits)`` float32 logits; the code is ``logits > 0``.
+
+        Computed with NumPy (the HashCoder's inference is three matrix products), so a query
+        never waits for torch to import; tests/test_probe.py holds it equal to the torch module.
+        """
         x = self.check_input(x)
         if self.method != "crovca":
             return ((l2_normalize(x) - self.tensors["mean"]) @ self.tensors["W"]).astype(np.float32)
-        import torch
-
-        m = self.module()
-        with torch.inference_mode():
-            out = [m(torch.from_numpy(x[s : s + batch_size])).numpy() for s in range(0, len(x), batch_size)]
+        out = [hashcoder_logits(self.tensors, self.config.get("hashcoder", "small"), x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -109,6 +109,30 @@ class Probe:
             (tmp / PROBE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
         return publish_folder(fill, out_dir)
+
+
+BN_EPS = 1e-5  # torch.nn.BatchNorm1d's default, which the HashCoder uses
+
+
+def hashcoder_logits(tensors: dict[str, np.ndarray], arch: str, x: np.ndarray) -> np.ndarray:
+    """The eval-mode forward of :class:`~hashindex.probe.hashcoder.HashCoder` in NumPy:
+    Linear layers with ReLU (``small``) or exact GELU (``large``) between them, then the final
+    BatchNorm with its running statistics."""
+    linears = sorted({int(k.split(".")[1]) for k, v in tensors.items() if k.endswith(".weight") and np.ndim(v) == 2})
+    bn = next(k.rsplit(".", 1)[0] for k in tensors if k.endswith("running_mean"))
+    h = np.asarray(x, np.float32)
+    for j, i in enumerate(linears):
+        h = h @ tensors[f"net.{i}.weight"].T + tensors[f"net.{i}.bias"]
+        if j < len(linears) - 1:
+            h = np.maximum(h, 0, out=h) if arch == "small" else _gelu(h)
+    scale = tensors[f"{bn}.weight"] / np.sqrt(tensors[f"{bn}.running_var"] + np.float32(BN_EPS))
+    return ((h - tensors[f"{bn}.running_mean"]) * scale + tensors[f"{bn}.bias"]).astype(np.float32, copy=False)
+
+
+def _gelu(h: np.ndarray) -> np.ndarray:
+    from scipy.special import erf  # only the large HashCoder needs it
+
+    return (h * 0.5 * (1.0 + erf(h / np.float32(np.sqrt(2.0))))).astype(np.float32, copy=False)
 
 
 def probe_hash(probe_dir: str | os.PathLike) -> str:

@@ -95,7 +95,7 @@ class Embeddings:
         """The attributes that identify how these embeddings were made."""
         keys = (
             "schema_version", "hashindex_version", "backbone", "augment", "views", "seed", "source", "source_digest",
-            "created", "embed_seconds", "device", "checksums",
+            "created", "embed_seconds", "device", "runtime", "checksums",
         )  # fmt: skip
         out = {k: self.attrs.get(k) for k in keys}
         out["n"], out["dim"], out["path"] = self.n, self.dim, str(self.path.resolve())
