@@ -21,7 +21,8 @@ def format_live(snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, sc
 
 
 def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None) -> list[dict]:
-    """Embed image files with the index's backbone (with its LoRA adapter, if any) and search.
+    """Embed image files with the index's backbone (with its LoRA adapter, if any) and search;
+    ``device`` (default ``auto``) runs both the backbone and a flat index's Hamming scan.
 
     Raises:
         InputError: an image cannot be decoded, bad k.
@@ -46,12 +47,13 @@ def query_images(index_dir, images: list[str], k: int, *, nprobe=None, weights=N
     from .embed import embed_images
 
     bb = backbone_from_spec(live.manifest.backbone, weights=weights, device=device or "auto", adapter=adapter)
-    d, ids, s = snap.search(embed_images(bb, decoded), k, rerank, asymmetric)
+    d, ids, s = snap.search(embed_images(bb, decoded), k, rerank, asymmetric, device or "auto")
     return format_live(snap, list(images), d, ids, s)
 
 
-def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False) -> list[dict]:
-    """Search with the eval embeddings of an HDF5 file (queries named by their item names)."""
+def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False, device=None) -> list[dict]:
+    """Search with the eval embeddings of an HDF5 file (queries named by their item names); a flat
+    index's Hamming scan on ``device`` (default ``auto``: the GPU when CUDA is there)."""
     from .live import open_live
 
     check_k(k)
@@ -60,5 +62,5 @@ def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=Non
     q = open_embeddings(emb_file)
     snap.index.check_queries(q)
     rows = slice(0, min(limit or q.n, q.n))
-    d, ids, s = snap.search(q.embeddings(rows), k, rerank, asymmetric)
+    d, ids, s = snap.search(q.embeddings(rows), k, rerank, asymmetric, device or "auto")
     return format_live(snap, q.names()[rows], d, ids, s)
