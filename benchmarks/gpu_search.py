@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", default="benchmarks/results/gpu_search.json")
+    ap.add_argument("--note", default="", help="what else ran on the machine, and the like")
     args = ap.parse_args(argv)
     import faiss
     import torch
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (no CUDA device: torch on the CPU against faiss-cpu)",
         "threads": {"faiss_omp": faiss.omp_get_max_threads(), "torch": torch.get_num_threads()},
         "faiss_gpu": bool(hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0),
-        "codes": "uniform random bits", "cases": cases,
+        "codes": "uniform random bits", "note": args.note, "cases": cases,
     }  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
