@@ -244,7 +244,7 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
     if bool(images) == bool(emb_file):
         raise click.UsageError("give query IMAGES or --embeddings FILE (one of the two)")
     if emb_file:
-        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe, rerank=rerank, asymmetric=asymmetric)
+        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe, rerank=rerank, asymmetric=asymmetric, device=device)
     else:
         results = query_images(
             index, list(images), k, nprobe=nprobe, weights=weights, device=device, rerank=rerank, asymmetric=asymmetric,

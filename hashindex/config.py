@@ -235,7 +235,8 @@ class ServeConfig:
 
     ``batch_wait_ms``: how long the first image query of a batch waits for others before the
     backbone runs (``max_batch`` 1 turns micro-batching off). ``poll_seconds``: how often the
-    manifest's generation is checked for commits made by other processes.
+    manifest's generation is checked for commits made by other processes. ``device`` (None:
+    ``auto``) runs the backbone and a flat index's Hamming scan.
     """
 
     host: str = "127.0.0.1"
@@ -243,7 +244,7 @@ class ServeConfig:
     allow_writes: bool = False
     token: str | None = None
     weights: str | None = None
-    device: str | None = None
+    device: Device | None = None
     max_upload_bytes: int = 16 << 20
     max_k: int = 1000
     max_batch: int = 32

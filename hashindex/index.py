@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -51,6 +51,16 @@ def stored_codes(fi) -> np.ndarray:
         return faiss.vector_to_array(fi.xb).reshape(fi.ntotal, fi.code_size)
     fi.make_direct_map()
     return fi.reconstruct_n(0, fi.ntotal)
+
+
+def flat_contents(fi) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(codes, ids)`` of a flat binary index: ids None when they are the row positions, the
+    id map's ids when it is an ``IndexBinaryIDMap`` (a live snapshot's)."""
+    import faiss
+
+    if isinstance(fi, faiss.IndexBinaryIDMap):
+        return stored_codes(faiss.downcast_IndexBinary(fi.index)), faiss.vector_to_array(fi.id_map)
+    return stored_codes(fi), None
 
 
 def is_ivf(fi) -> bool:
@@ -99,6 +109,8 @@ class HashIndex:
     probe: Probe
     lookup: HammingLookup | None = None
     _items: dict | None = None
+    # (device, engine) of a search on a GPU (hashindex.torch_search); not copied by replace().
+    _device_searcher: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, probe: Probe, config: IndexConfig = IndexConfig(), items: dict | None = None) -> "HashIndex":

@@ -26,7 +26,8 @@ def query_images(
     index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None,
     runtime: str = "auto",
 ) -> list[dict]:  # fmt: skip
-    """Embed image files with the index's backbone (with its LoRA adapter, if any) and search.
+    """Embed image files with the index's backbone (with its LoRA adapter, if any) and search;
+    ``device`` (default ``auto``) runs both the backbone and a flat index's Hamming scan.
 
     With ``runtime`` ``auto`` or ``onnx`` on the CPU the backbone's cached ONNX export answers
     (:mod:`hashindex.onnx_backbone`; exported on first use), so the process never imports torch.
@@ -52,7 +53,7 @@ def query_images(
         except DecodeError as e:
             raise InputError(f"cannot read query image {e}") from None
     feats = image_features(spec, decoded, weights=weights, device=device, adapter=adapter, runtime=runtime)
-    d, ids, s = snap.search(feats, k, rerank, asymmetric)
+    d, ids, s = snap.search(feats, k, rerank, asymmetric, device or "auto")
     return format_live(snap, list(images), d, ids, s)
 
 
@@ -78,8 +79,9 @@ def image_features(spec: BackboneSpec, images: list[np.ndarray], *, weights=None
     return embed_images(onnx_backbone.with_runtime(bb, runtime), images, batch_size)
 
 
-def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False) -> list[dict]:
-    """Search with the eval embeddings of an HDF5 file (queries named by their item names)."""
+def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False, device=None) -> list[dict]:
+    """Search with the eval embeddings of an HDF5 file (queries named by their item names); a flat
+    index's Hamming scan on ``device`` (default ``auto``: the GPU when CUDA is there)."""
     from .live import open_live
 
     check_k(k)
@@ -88,5 +90,5 @@ def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=Non
     q = open_embeddings(emb_file)
     snap.index.check_queries(q)
     rows = slice(0, min(limit or q.n, q.n))
-    d, ids, s = snap.search(q.embeddings(rows), k, rerank, asymmetric)
+    d, ids, s = snap.search(q.embeddings(rows), k, rerank, asymmetric, device or "auto")
     return format_live(snap, q.names()[rows], d, ids, s)

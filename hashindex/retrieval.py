@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from .codes import unpack
-from .config import DEFAULT_RERANK
+from .config import DEFAULT_RERANK, Device
 from .errors import InputError, MismatchError
 from .index import HashIndex
 from .probe.baselines import l2_normalize
@@ -42,13 +42,15 @@ def sort_results(d: np.ndarray, i: np.ndarray, descending: bool = False) -> tupl
     return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
-def hamming_search(index: HashIndex, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def hamming_search(index: HashIndex, codes: np.ndarray, k: int, device: Device | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Top-k by Hamming distance.
 
     Args:
         index: a loaded index.
         codes: ``(nq, bits // 8)`` uint8 packed query codes.
         k: results per query; more than ``ntotal`` gives ``ntotal``.
+        device: where a flat index is scanned: ``cuda`` (or ``auto`` when CUDA is there) on the
+            GPU (:mod:`hashindex.torch_search`, the same results); IVF and lookup stay on the CPU.
 
     Returns:
         ``(D, I)``: int32 distances and int64 ids of shape ``(nq, min(k, ntotal))``, each row
@@ -56,7 +58,7 @@ def hamming_search(index: HashIndex, codes: np.ndarray, k: int) -> tuple[np.ndar
         are searched again over all lists, so no row carries the placeholder −1.
 
     Raises:
-        InputError: bad k, bad codes, empty index.
+        InputError: bad k, bad codes, empty index, ``cuda`` without a CUDA device.
     """
     k = check_k(k)
     codes = check_codes(codes, index.bits)
@@ -64,6 +66,11 @@ def hamming_search(index: HashIndex, codes: np.ndarray, k: int) -> tuple[np.ndar
     if fi.ntotal == 0:
         raise InputError("the index is empty")
     k = min(k, fi.ntotal)
+    if device not in (None, "cpu"):
+        from .torch_search import device_search, search_device
+
+        if search_device(device) == "cuda" and index.kind == "flat":
+            return device_search(index, codes, k, "cuda")
     if index.lookup is not None:
         return index.lookup.search(codes, k)  # exact, already ordered by (distance, id)
     d, i = fi.search(codes, k)
@@ -78,15 +85,15 @@ def hamming_search(index: HashIndex, codes: np.ndarray, k: int) -> tuple[np.ndar
     return sort_results(d.astype(np.int32), i.astype(np.int64))
 
 
-def search_embeddings(index: HashIndex, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Encode float embeddings with the index's probe, then :func:`hamming_search`.
+def search_embeddings(index: HashIndex, x: np.ndarray, k: int, device: Device | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Encode float embeddings with the index's probe, then :func:`hamming_search` (on ``device``).
 
     Raises:
         InputError: bad k, or embeddings that are not finite floats of shape ``(n, dim)``.
         MismatchError: embeddings of another width than the probe's.
     """
     check_k(k)
-    return hamming_search(index, index.probe.encode(x), k)
+    return hamming_search(index, index.probe.encode(x), k, device)
 
 
 class FloatRows:
@@ -171,6 +178,7 @@ def _pick(values: np.ndarray, cand: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def ranked(
     index: HashIndex, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False,
     *, rows: FloatRows | None = None, db_codes: np.ndarray | None = None, ids: np.ndarray | None = None,
+    device: Device | None = "cpu",
 ) -> Ranked:  # fmt: skip
     """Hamming top-k of float query embeddings, optionally re-ranked.
 
@@ -184,6 +192,7 @@ def ranked(
         db_codes: database codes for asymmetric re-ranking (default: read from the index).
         ids: when the faiss index answers with ids rather than row positions (a live index's
             snapshot), the ascending ids of the rows of ``rows`` and ``db_codes``.
+        device: where the Hamming search runs (:func:`hamming_search`).
 
     Raises:
         InputError: bad k or R, bad embeddings, missing database embeddings.
@@ -191,14 +200,14 @@ def ranked(
     """
     k = check_k(k)
     if rerank is None and not asymmetric:
-        d, ids = search_embeddings(index, x, k)
+        d, ids = search_embeddings(index, x, k, device)
         return Ranked(d, ids, None)
     r = DEFAULT_RERANK if rerank is None else rerank
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
         raise InputError(f"rerank factor must be a positive integer, got {rerank!r}")
     logits = index.probe.logits(x)
     n = index.ntotal if ids is None else len(ids)
-    dc, cand = hamming_search(index, np.packbits(logits > 0, axis=1), min(int(r) * k, n))
+    dc, cand = hamming_search(index, np.packbits(logits > 0, axis=1), min(int(r) * k, n), device)
     if ids is not None:
         cand = np.searchsorted(ids, cand)  # ids → rows (every id found is one of ``ids``)
     if asymmetric:

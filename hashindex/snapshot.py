@@ -152,21 +152,21 @@ class Snapshot:
     def float_rows(self) -> "LiveRows":
         return LiveRows(self)
 
-    def search(self, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False) -> Ranked:
+    def search(self, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False, device: str | None = "cpu") -> Ranked:
         """:func:`~hashindex.retrieval.ranked` over this snapshot: ids, not positions, and float
-        rows of added items from the commits.
+        rows of added items from the commits; the Hamming search on ``device``.
 
         Raises:
             InputError: bad k/R, non-finite or wrong-width embeddings, an empty index.
         """
         rows = self.float_rows() if rerank is not None and not asymmetric else None
         try:
-            return ranked(self.index, x, k, rerank, asymmetric, rows=rows, db_codes=self.codes, ids=self.ids)
+            return ranked(self.index, x, k, rerank, asymmetric, rows=rows, db_codes=self.codes, ids=self.ids, device=device)
         finally:
             if rows is not None:
                 rows.close()
 
-    def search_id(self, item_id: int, k: int, rerank: int | None = None, asymmetric: bool = False):
+    def search_id(self, item_id: int, k: int, rerank: int | None = None, asymmetric: bool = False, device: str | None = "cpu"):
         """Search with an indexed item: its stored code (or, to re-rank, its float embedding).
         The item itself comes first, at distance 0, even when more than k items share its code.
 
@@ -179,9 +179,9 @@ class Snapshot:
             x = self.embedding_of(item_id)
             if x is None:
                 raise InputError(f"float embedding of item {item_id} unavailable (the embeddings file is gone): search without re-ranking")
-            d, ids, s = self.search(x, k, rerank, asymmetric)
+            d, ids, s = self.search(x, k, rerank, asymmetric, device)
         else:
-            (d, ids), s = hamming_search(self.index, self.codes[p], k), None
+            (d, ids), s = hamming_search(self.index, self.codes[p], k, device), None
         row = list(ids[0])
         j = row.index(item_id) if item_id in row else None
         if j is None:  # pushed out by ties of lower id: it takes the first place, the last one goes

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import HashIndexError, InputError, MismatchError
 from ..live import open_live
 from ..store import OutputLockedError
+from ..torch_search import search_device
 from . import ServeConfig
 from .batcher import ImageBatcher
 from .images import decode_upload, item_image
@@ -87,6 +88,7 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         embed_fn: ``list[np.ndarray] -> (n, D)`` features (default: the index's backbone).
     """
     live = open_live(index_dir)
+    device = search_device(config.device or "auto")  # of the Hamming scan: InputError now, not per request
     import faiss
 
     # One query per search call: OpenMP threads would only wait on each other (and, on a busy
@@ -225,14 +227,14 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
                 snap.positions([item_id])
             except InputError as e:
                 raise ApiError(404, str(e)) from None
-            run = lambda: snap.search_id(item_id, k, rerank, asym)  # noqa: E731
+            run = lambda: snap.search_id(item_id, k, rerank, asym, device)  # noqa: E731
             return searched(snap, t0, *(await asyncio.get_running_loop().run_in_executor(search_pool, run)))
         elif x is None:
             emb = params["embedding"]
             if not isinstance(emb, list) or not emb or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb):
                 raise ApiError(400, '"embedding" must be a non-empty list of numbers')
             x = np.asarray(emb, np.float64)[None]
-        d, ids, s = await asyncio.get_running_loop().run_in_executor(search_pool, snap.search, x, k, rerank, asym)
+        d, ids, s = await asyncio.get_running_loop().run_in_executor(search_pool, snap.search, x, k, rerank, asym, device)
         return searched(snap, t0, d, ids, s)
 
     def parse_id(item_id: str) -> int:
