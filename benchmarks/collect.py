@@ -219,6 +219,11 @@ def render() -> str:
     tuned = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("finetune_fashion_mnist*.json"))]
     if tuned:
         lines += [""] + render_finetune(tuned)
+    es = RESULTS / "embed_speed.json"
+    if es.exists():
+        from embed_speed import render as render_embed_speed
+
+        lines += ["", "## Speed on the CPU", ""] + render_embed_speed(json.loads(es.read_text()))
     sl = RESULTS / "serve_load.json"
     if sl.exists():
         from serve_load import render_markdown as render_serve

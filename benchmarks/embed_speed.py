@@ -185,3 +185,27 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(doc: dict) -> list[str]:
+    """The BENCHMARKS.md section of an embed_speed.json."""
+    p, b, r, d = doc["passes_per_second"], doc["bare_loops_per_second"], doc["ratios"], doc["draft_vs_full_decoding"]
+    return [
+        "### Embedding on the CPU: this tree against the previous commit and bare forward loops",
+        "",
+        f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']}. Backbone passes per second from each",
+        f"file's `embed_seconds` (best of {len(doc['runs']['fmnist_new'])} alternating runs); old = commit `{doc['old_commit']}`,",
+        "checked out in a temporary worktree; bare loops = a batched channels-last forward over random tensors",
+        "(torch in `inference_mode`, and ONNX Runtime), measured in the same run.",
+        "",
+        "| workload | old | new (default) | new, torch | new, no draft | new / old | bare torch | bare ONNX Runtime | new / bare torch |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| Fashion-MNIST, 2 views, 112 px | {p['fmnist_old']:.0f} | {p['fmnist_new']:.0f} | – | – | {r['fmnist_new_vs_old']:.2f}x "
+        f"| {b['112']['torch']:.0f} | {b['112']['onnxruntime']:.0f} | {r['fmnist_new_vs_bare_torch']:.2f}x |",
+        f"| JPEG photos 1600x1200, 224 px | {p['photos_old']:.1f} | {p['photos_new']:.1f} | {p['photos_new_torch']:.1f} "
+        f"| {p['photos_new_no_draft']:.1f} | {r['photos_new_vs_old']:.2f}x | {b['224']['torch']:.1f} | {b['224']['onnxruntime']:.1f} "
+        f"| {r['photos_new_vs_bare_torch']:.2f}x (old: {r['photos_old_vs_bare_torch']:.2f}x) |",
+        "",
+        f"Draft decoding against full decoding, same photos (eval embeddings, ONNX Runtime): cosine similarity mean "
+        f"{d['cosine_mean']:.4f}, minimum {d['cosine_min']:.4f}; largest difference {100 * d['max_rel_diff']:.1f}% of the largest feature.",
+    ]
