@@ -138,7 +138,7 @@ def render_pipeline(ps: dict | None, heading: str = "#") -> list[str]:
         )
     f = ps["fit"]
     L.append(
-        f"| fit | CroVCA {f['bits']} bits, {f['rows']:,} rows × {f['views']} views, {f['steps']:,} steps of {f['batch_size']} | "
+        f"| fit | CroVCA {f['bits']} bits, {f['rows']:,} rows × {f['views']} views, {f['epochs']} epochs = {f['steps']:,} steps of {f['batch_size']} | "
         f"{f['hashindex']['seconds']:.2f} s (`fit_probe`, reading the file included) | {f['reference']['seconds']:.2f} s "
         f"(plain loop over the arrays: same HashCoder, AdamW, loss, data on the device) | {f['ratio']:.2f}x |"
     )

@@ -6,7 +6,7 @@ side with a bare reference measured in the same run, on the same device, on the 
   shape (channels-last, ``inference_mode``, bf16 autocast on CUDA as the backbone runs, the same
   batch size and number of passes);
 - fit: :func:`hashindex.probe.fit.fit_probe` (CroVCA) on the database embeddings against a plain
-  PyTorch loop over the same arrays: the same HashCoder, AdamW, batch size, number of steps and
+  PyTorch loop over the same arrays: the same HashCoder, AdamW, batch size, epochs (so steps) and
   loss (:func:`hashindex.probe.losses.crovca_loss`), the data on the device, no host
   synchronisation per step;
 - query: the wall time of one ``hashindex query`` process (a fresh interpreter: cold) with
@@ -73,10 +73,10 @@ def reference_forward(backbone: Backbone, passes: int, batch_size: int) -> float
     return time.perf_counter() - t
 
 
-def reference_fit(views: np.ndarray, cfg: FitConfig, steps: int) -> float:
-    """Seconds of a plain CroVCA training loop: ``steps`` AdamW steps of ``cfg.batch_size``
-    samples, two distinct views each drawn on the device from ``views`` ``(n, V, D)`` (V >= 2),
-    from the host array to the trained model."""
+def reference_fit(views: np.ndarray, cfg: FitConfig, epochs: int) -> float:
+    """Seconds of a plain CroVCA training loop over ``views`` ``(n, V, D)`` (V >= 2): ``epochs``
+    passes over a permutation in batches of ``cfg.batch_size`` (as ``fit_probe`` steps), two
+    distinct views per sample drawn on the device, AdamW; from the host array to the trained model."""
     from .probe.hashcoder import HashCoder
     from .probe.losses import crovca_loss
 
@@ -85,21 +85,22 @@ def reference_fit(views: np.ndarray, cfg: FitConfig, steps: int) -> float:
     n, v, d = views.shape
     model = HashCoder(d, cfg.bits, cfg.hashcoder).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    m = min(cfg.batch_size, n)
     _sync(dev)
     t = time.perf_counter()
     data = torch.from_numpy(views).to(dev)
-    for _ in range(steps):
-        i = torch.randint(0, n, (m,), device=dev)
-        a = torch.randint(0, v, (m,), device=dev)
-        b = (a + torch.randint(1, v, (m,), device=dev)) % v
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            z = model(torch.cat([data[i, a], data[i, b]]))
-        z1, z2 = z.float().chunk(2)
-        loss = crovca_loss(z1, z2, None, cfg.eps, cfg.reg)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    for _ in range(epochs):
+        perm = torch.randperm(n, device=dev)
+        for s in range(0, n - 1, cfg.batch_size):  # a last batch of one sample is skipped, as in fit_probe
+            i = perm[s : s + cfg.batch_size]
+            a = torch.randint(0, v, (len(i),), device=dev)
+            b = (a + torch.randint(1, v, (len(i),), device=dev)) % v
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                z = model(torch.cat([data[i, a], data[i, b]]))
+            z1, z2 = z.float().chunk(2)
+            loss = crovca_loss(z1, z2, None, cfg.eps, cfg.reg)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     _sync(dev)
     return time.perf_counter() - t
 
@@ -148,7 +149,7 @@ def measure_embed(db: Embeddings, config: BenchConfig, workdir: Path) -> tuple[d
 
 def measure_fit(db: Embeddings, config: BenchConfig) -> tuple[dict, Probe]:
     """Seconds of ``fit_probe`` (CroVCA, 64 bits or the longest code of the bench) and of the bare
-    loop for as many steps on the same arrays (the sampled rows: eval embedding + cached views);
+    loop for as many epochs on the same arrays (the sampled rows: eval embedding + cached views);
     returns the figures and the fitted probe."""
     from .probe.fit import fit_probe
     from .probe.sampling import read_rows, sample_rows
@@ -159,16 +160,17 @@ def measure_fit(db: Embeddings, config: BenchConfig) -> tuple[dict, Probe]:
     t = time.perf_counter()
     probe = fit_probe(db, cfg, progress=False)
     seconds = time.perf_counter() - t
-    steps = int(probe.meta["schedule"]["steps"])
+    epochs, steps = int(probe.meta["schedule"]["epochs"]), int(probe.meta["schedule"]["steps"])
     rows = sample_rows(db.n, cfg.sample, cfg.seed)
     x = read_rows(db, rows)
     # The eval embedding is one of the views (FitConfig.eval_view); without cached views it is
     # paired with itself (fit_probe then adds feature-space noise, which the bare loop leaves out).
     views = np.stack([x] + [read_rows(db, rows, view=v) for v in range(db.num_views)] if db.num_views else [x, x], axis=1)
     logger.info("pipeline speed: bare training loop of %d steps", steps)
-    ref_s = reference_fit(views, cfg, steps)
+    ref_s = reference_fit(views, cfg, epochs)
     figures = {
-        "method": "crovca", "bits": bits, "rows": len(x), "views": views.shape[1], "steps": steps, "batch_size": cfg.batch_size,
+        "method": "crovca", "bits": bits, "rows": len(x), "views": views.shape[1], "epochs": epochs, "steps": steps,
+        "batch_size": cfg.batch_size,
         "hashindex": {"seconds": seconds}, "reference": {"seconds": ref_s}, "ratio": ref_s / seconds,
     }  # fmt: skip
     return figures, probe

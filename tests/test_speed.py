@@ -45,7 +45,7 @@ def test_pipeline_speed_with_images(tmp_path, real_spec, rng):
     assert h["passes_per_s"] == pytest.approx(h["passes"] / h["seconds"])
     assert e["ratio"] == pytest.approx(h["passes_per_s"] / ref["passes_per_s"])
     f = ps["fit"]
-    assert f["bits"] == 16 and f["rows"] == n and f["views"] == 2 and f["steps"] == math.ceil(n / FitConfig().batch_size)
+    assert f["bits"] == 16 and f["rows"] == n and f["views"] == 2 and f["epochs"] == 1 and f["steps"] == math.ceil(n / FitConfig().batch_size)
     assert f["hashindex"]["seconds"] > 0 and f["ratio"] == pytest.approx(f["reference"]["seconds"] / f["hashindex"]["seconds"])
     for kind in ("embeddings", "image"):
         q = ps["query"][kind]
@@ -57,11 +57,17 @@ def test_pipeline_speed_with_images(tmp_path, real_spec, rng):
         assert f"| {ratio:.2f}x |" in sec
 
 
-def test_reference_loops_run_their_work(clusters):
+def test_reference_loops_do_the_same_work_as_hashindex(clusters, monkeypatch):
     bb = load_backbone(image_size=32, device="cpu")
+    batches, forward = [], bb.model.forward_features
+    monkeypatch.setattr(bb.model, "forward_features", lambda x: batches.append(tuple(x.shape)) or forward(x))
     assert reference_forward(bb, passes=5, batch_size=2) > 0
-    views = np.stack([clusters.embeddings(), clusters.view(0)], axis=1)
-    assert reference_fit(views, FitConfig(bits=16, device="cpu"), steps=2) > 0
+    assert batches == [(2, 3, 32, 32)] * 3 + [(1, 3, 32, 32)]  # a warm-up batch, then 2 + 2 + 1 passes
+    steps, step = [], torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    views = np.stack([clusters.embeddings(), clusters.view(0)], axis=1)  # 800 rows: 4 batches of at most 256
+    assert reference_fit(views, FitConfig(bits=16, device="cpu"), epochs=2) > 0
+    assert len(steps) == 2 * math.ceil(clusters.n / FitConfig().batch_size)
 
 
 def test_faiss_sizes_equal_code_size_times_n(rng):
@@ -92,7 +98,7 @@ def test_reference_loops_on_cuda(clusters):
     bb = load_backbone(image_size=32, device="cuda")
     assert reference_forward(bb, passes=300, batch_size=128) > 0
     views = np.stack([clusters.embeddings(), clusters.view(0)], axis=1)
-    assert reference_fit(views, FitConfig(bits=16, device="cuda"), steps=3) > 0
+    assert reference_fit(views, FitConfig(bits=16, device="cuda"), epochs=2) > 0
 
 
 def test_bad_images_fail_before_the_long_part(tmp_path, clusters):
