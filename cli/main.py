@@ -327,6 +327,13 @@ def _csv(values) -> str:
 @click.option("--float-scale", type=click.IntRange(min=0), default=None, help=f"Largest synthetic size that also times float IndexFlatIP and re-ranking [default: {default(BenchConfig, 'float_scale')}].")
 @click.option("--speed-queries", type=click.IntRange(min=1), default=None, help=f"Queries per throughput measurement [default: {default(BenchConfig, 'speed_queries')}].")
 @click.option("--latency-queries", type=click.IntRange(min=1), default=None, help=f"Single-query calls per latency measurement [default: {default(BenchConfig, 'latency_queries')}; at most 100 on synthetic data].")
+@click.option(
+    "--images", type=str, default=None,
+    help="Image source (as embed takes it: a folder, fashion-mnist, an IDX folder, a list file) for the pipeline-speed "
+    "section: its first --images-limit images are embedded with the database's backbone and views, beside a bare "
+    "forward loop [default: none; the embedding figures say not measured].",
+)  # fmt: skip
+@click.option("--images-limit", type=click.IntRange(min=1), default=None, help=f"Images of --images to embed [default: {default(BenchConfig, 'images_limit')}].")
 @opt.device
 @opt.seed
 @click.pass_obj
@@ -336,7 +343,8 @@ def bench(obj, database, queries, out, **kw):
     Fits each method at each code length, measures mAP@k / precision@k / precision within
     Hamming radius 2 / PR curves (Hamming ranking, float re-rank, asymmetric re-rank) against
     float cosine, times flat, IVF and lookup indexes and float IndexFlatIP side by side (also on
-    synthetic collections), and writes report.md, report.json and plots into OUT.
+    synthetic collections), times embed (with --images), fit-probe and one query process beside
+    bare reference loops, and writes report.md, report.json and plots into OUT.
     """
     import shlex
 

@@ -251,20 +251,17 @@ def load_backbone(
     return Backbone(net, spec, dev)
 
 
-def backbone_from_spec(
-    spec: BackboneSpec | dict, *, weights: str | None = None, device: str | None = "auto", adapter: str | None = None
-) -> Backbone:
-    """Re-create the backbone an artifact was made with, checking the weights' (and adapter's) hash.
+def spec_load_options(spec: BackboneSpec | dict, *, weights: str | None = None, adapter: str | None = None) -> dict:
+    """The :func:`load_backbone` options (model, weights, pretrained, preprocessing, adapter) that
+    re-create a recorded backbone; also the backbone fields of an ``EmbedConfig``.
 
     Args:
         spec: the recorded spec.
         weights: a local copy of the weights when the recorded path is gone.
-        device: compute device.
         adapter: a local copy of the recorded LoRA adapter when the recorded folder is gone.
 
     Raises:
         InputError: the weights or the adapter cannot be found.
-        MismatchError: the weights or adapter found differ from the recorded ones.
     """
     if isinstance(spec, dict):
         spec = BackboneSpec.from_dict(spec)
@@ -283,9 +280,30 @@ def backbone_from_spec(
             weights = spec.weights
             if not os.path.isfile(weights):
                 raise InputError(f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE")
-    bb = load_backbone(
-        spec.model, weights=weights, pretrained=pretrained, image_size=spec.image_size, crop_pct=spec.crop_pct,
-        interpolation=spec.interpolation, device=device, expect_sha256=spec.weights_sha256,
-        adapter=adapter if spec.adapter_sha256 is not None else None, expect_adapter_sha256=spec.adapter_sha256,
-    )  # fmt: skip
+    return {
+        "model": spec.model, "weights": weights, "pretrained": pretrained, "image_size": spec.image_size,
+        "crop_pct": spec.crop_pct, "interpolation": spec.interpolation,
+        "adapter": adapter if spec.adapter_sha256 is not None else None,
+    }  # fmt: skip
+
+
+def backbone_from_spec(
+    spec: BackboneSpec | dict, *, weights: str | None = None, device: str | None = "auto", adapter: str | None = None
+) -> Backbone:
+    """Re-create the backbone an artifact was made with, checking the weights' (and adapter's) hash.
+
+    Args:
+        spec: the recorded spec.
+        weights: a local copy of the weights when the recorded path is gone.
+        device: compute device.
+        adapter: a local copy of the recorded LoRA adapter when the recorded folder is gone.
+
+    Raises:
+        InputError: the weights or the adapter cannot be found.
+        MismatchError: the weights or adapter found differ from the recorded ones.
+    """
+    if isinstance(spec, dict):
+        spec = BackboneSpec.from_dict(spec)
+    opts = spec_load_options(spec, weights=weights, adapter=adapter)
+    bb = load_backbone(**opts, device=device, expect_sha256=spec.weights_sha256, expect_adapter_sha256=spec.adapter_sha256)
     return Backbone(bb.model, spec, bb.device)

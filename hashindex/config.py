@@ -197,7 +197,13 @@ def check_nprobe(nprobe, nlist: int) -> int:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """What a bench run measures (defaults: the full report)."""
+    """What a bench run measures (defaults: the full report).
+
+    ``images``: an image source (as ``embed`` takes it) whose first ``images_limit`` images the
+    pipeline-speed section embeds with the database's backbone and views (none: the embedding
+    figures are not measured). ``rss_min_items``: the smallest synthetic scale whose flat index's
+    RSS growth is measured (in a fresh process); smaller ones report faiss's sizes only.
+    """
 
     methods: tuple[BenchMethod, ...] = BENCH_METHODS
     bits: tuple[int, ...] = (16, 32, 64, 128)
@@ -216,8 +222,13 @@ class BenchConfig:
     latency_queries: int = 200
     scales: tuple[int, ...] = (1_000_000,)
     float_scale: int = 1_000_000
+    images: str | None = None
+    images_limit: int = 512
+    rss_min_items: int = 1_000_000
 
     def validate(self) -> None:
+        if self.images_limit < 1:
+            raise InputError(f"--images-limit must be positive, got {self.images_limit}")
         for m in self.methods:
             if m not in BENCH_METHODS:
                 raise InputError(f"unknown method {m!r}: use {', '.join(BENCH_METHODS)}")

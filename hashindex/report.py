@@ -78,11 +78,8 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
             f"| {s['scope']} | {s['n']:,} | {s['kind']} | {s.get('bits', '–')} | {s['qps']:,.0f} | {s['p50_ms']:.3f} | "
             f"{s['p99_ms']:.3f} | {_fmt(None if s.get('map') is None else 100 * s['map'])} |"
         )
-    L += ["", f"{heading}# Memory (bytes per item)", "", "| items | bits | serialised flat index | RAM growth of the flat index | float32 vectors |", "|---|---|---|---|---|"]
-    fsz = next((s["float_bytes_per_item"] for s in report["speed"] if "float_bytes_per_item" in s), None)
-    for s in report["speed"]:
-        if s["kind"] == "flat" and s["scope"] == "synthetic":
-            L.append(f"| {s['n']:,} | {s['bits']} | {s['index_bytes_per_item']:.2f} | {s['ram_bytes_per_item']:.2f} | {_fmt(fsz, ',')} |")
+    L += render_pipeline(report.get("pipeline_speed"), heading)
+    L += render_memory(report, heading)
     L += ["", f"{heading}# Targets", ""]
     for t in report.get("targets", []):
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
@@ -90,6 +87,70 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
     for p in plots or []:
         L += ["", f"![{p}]({p})"]
     return "\n".join(L) + "\n"
+
+
+def _ram_cell(s: dict) -> str:
+    if s.get("ram_bytes_per_item") is not None and "ram_note" in s:
+        return f"{s['ram_bytes_per_item']:.2f}"
+    return s.get("ram_note", "not shown (an older report's in-process reading)")
+
+
+def render_memory(report: dict, heading: str = "#") -> list[str]:
+    """The memory table: faiss's own sizes of the synthetic flat indexes, their RSS growth where
+    measured, and the float vectors."""
+    fsz = next((s["float_bytes_per_item"] for s in report["speed"] if "float_bytes_per_item" in s), None)
+    rss_from = report["config"].get("rss_min_items")
+    L = [
+        "", f"{heading}# Memory (bytes per item)", "",
+        "Serialised index and codes: faiss's own sizes (`serialize_index_binary`, `code_size × ntotal`), exact. "
+        "RSS growth: measured in a fresh process around `add` of the codes"
+        + (f", only at {rss_from:,} items or more" if rss_from else "")
+        + "; an index too small for the reading to resolve it says so instead of a number.",
+        "", "| items | bits | serialised flat index | codes in faiss | RSS growth of the flat index | float32 vectors |", "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for s in report["speed"]:
+        if s["kind"] == "flat" and s["scope"] == "synthetic":
+            code = s.get("code_bytes_per_item", s["bits"] / 8)
+            L.append(f"| {s['n']:,} | {s['bits']} | {s['index_bytes_per_item']:.2f} | {code:.2f} | {_ram_cell(s)} | {_fmt(fsz, ',')} |")
+    return L
+
+
+def render_pipeline(ps: dict | None, heading: str = "#") -> list[str]:
+    """The pipeline-speed table (:mod:`hashindex.speed`): hashindex beside the bare reference."""
+    L = ["", f"{heading}# Pipeline speed: hashindex beside a bare reference loop", ""]
+    if ps is None:
+        return L + ["Not measured in this report (made before the section existed)."]
+    L += [
+        f"Device: {ps['device_name']}. Each reference ran in the same run on the same work; ratio = the reference's "
+        "time / hashindex's time (1.00x: hashindex at the bare loop's pace).",
+        "", "| stage | work | hashindex | reference | ratio |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    e = ps.get("embed")
+    if e is None:
+        L.append("| embed | – | not measured (no `--images`) | – | – |")
+    else:
+        h, r = e["hashindex"], e["reference"]
+        L.append(
+            f"| embed | {e['images']:,} images of {e['source']} × (1 + {e['views']} views) = {h['passes']:,} passes, "
+            f"{e['model']} at {e['image_size']} px, batch {e['batch_size']} | {h['passes_per_s']:,.0f} passes/s "
+            f"({h['seconds']:.2f} s embedding; {h['wall_seconds']:.2f} s wall with model load and file) | "
+            f"{r['passes_per_s']:,.0f} passes/s (bare batched forward over random tensors, channels-last) | {e['ratio']:.2f}x |"
+        )
+    f = ps["fit"]
+    L.append(
+        f"| fit | CroVCA {f['bits']} bits, {f['rows']:,} rows × {f['views']} views, {f['epochs']} epochs = {f['steps']:,} steps of {f['batch_size']} | "
+        f"{f['hashindex']['seconds']:.2f} s (`fit_probe`, reading the file included) | {f['reference']['seconds']:.2f} s "
+        f"(plain loop over the arrays: same HashCoder, AdamW, loss, data on the device) | {f['ratio']:.2f}x |"
+    )
+    qy = ps["query"]
+    for kind, work in (("embeddings", "`--embeddings` with `--limit 1`"), ("image", "one PNG image")):
+        row = qy.get(kind)
+        head = f"| query, {kind} | one cold `hashindex query` process, {work}, flat index of {qy['index_items']:,} items, {qy['bits']} bits | "
+        if row is None:
+            L.append(head + "not measured (no `--images`: no image to query) | – | – |")
+        else:
+            L.append(head + f"{row['seconds']:.2f} s wall | {row['reference_seconds']:.2f} s (`{row['reference']}`) | {row['ratio']:.2f}x |")
+    return L
 
 
 def write_plots(report: dict, out_dir: str | Path) -> list[str]:

@@ -43,6 +43,12 @@ def test_run_bench_writes_report(tmp_path, clusters):
     assert all(s["qps"] > 0 and s["p99_ms"] >= s["p50_ms"] for s in doc["speed"])
     flat = [s for s in doc["speed"] if s["kind"] == "flat" and s["scope"] == "synthetic"]
     assert [s["index_bytes_per_item"] for s in flat] == pytest.approx([2.0, 4.0], abs=0.1)
+    assert [s["code_bytes_per_item"] * s["n"] for s in flat] == [2 * 3000, 4 * 3000]  # faiss code_size × n
+    assert all(s["ram_bytes_per_item"] is None and s["ram_note"].startswith("not measured") for s in flat)  # 3k < rss_min_items
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "CroVCA unsupervised" in md and "![map_vs_bits.png]" in md
+    ps = doc["pipeline_speed"]  # without images: fit and the embeddings query only
+    assert ps["embed"] is None and ps["query"]["image"] is None and ps["query"]["embeddings"]["seconds"] > 0
+    assert ps["fit"]["bits"] == 32 and ps["fit"]["ratio"] == pytest.approx(ps["fit"]["reference"]["seconds"] / ps["fit"]["hashindex"]["seconds"])
+    assert "| embed | – | not measured (no `--images`) |" in md and "| 3,000 | 16 | 2.01 | 2.00 | not measured (below 1,000,000 items) |" in md
     assert r["targets"] == doc["targets"]

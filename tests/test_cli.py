@@ -163,7 +163,7 @@ def test_query_and_evaluate_with_reranking(built, fmnist):
 def test_bench_command(tmp_path, built, fmnist):
     db, q = fmnist
     r = run("bench", db.path, q.path, "-o", tmp_path / "rep", "--methods", "lsh", "--bits", "16", "--topk", 50,
-            "--scales", 2000, "--float-scale", 2000, "--speed-queries", 20, "--nprobes", "1")  # fmt: skip
+            "--scales", 2000, "--float-scale", 2000, "--speed-queries", 20, "--nprobes", "1", "--epochs", 1)  # fmt: skip
     assert "targets met" in r.output
     assert (tmp_path / "rep" / "report.md").exists()
     _err(run("bench", db.path, q.path, "-o", tmp_path / "r2", "--bits", "12", ok=False), 2, "multiple of 8")
