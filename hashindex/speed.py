@@ -38,8 +38,9 @@ from .store import Embeddings, open_embeddings
 
 logger = logging.getLogger(__name__)
 
-# What a query process of each kind imports at the least today: the reference of its wall time.
-QUERY_FLOORS = {"embeddings": "import numpy, h5py, faiss", "image": "import torch, timm"}
+# What a query process of each kind must import at the least (on the CPU an image query runs the
+# backbone's ONNX export, no torch): the reference of its wall time.
+QUERY_FLOORS = {"embeddings": "import numpy, h5py, faiss", "image": "import numpy, h5py, faiss, PIL.Image, onnxruntime"}
 
 
 def device_name(dev: torch.device) -> str:
