@@ -224,6 +224,11 @@ def render() -> str:
         from embed_speed import render as render_embed_speed
 
         lines += ["", "## Speed on the CPU", ""] + render_embed_speed(json.loads(es.read_text()))
+    gs = RESULTS / "gpu_search.json"
+    if gs.exists():
+        from gpu_search import render as render_gpu_search
+
+        lines += [""] + render_gpu_search(json.loads(gs.read_text()))
     sl = RESULTS / "serve_load.json"
     if sl.exists():
         from serve_load import render_markdown as render_serve

@@ -89,3 +89,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def render(doc: dict) -> list[str]:
+    """The BENCHMARKS.md section of a gpu_search.json."""
+    lines = [
+        "### Hamming search through torch (the GPU path) against faiss-cpu",
+        "",
+        f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']}; device: {doc['device']}. Uniform random codes,",
+        "queries/s of one batched search; the torch path's results are compared with faiss-cpu's (ids and distances).",
+        "",
+        "| items | bits | queries | k | faiss-cpu q/s | torch q/s | torch / faiss-cpu | equal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in doc["cases"]:
+        t = c["torch"]
+        lines.append(f"| {c['n']:,} | {c['bits']} | {c['queries']} | {c['k']} | {c['faiss_cpu_qps']:,.1f} | {t['qps']:,.1f} | {t['ratio_to_faiss_cpu']:.3f} | {'yes' if t['equal_to_faiss_cpu'] else 'NO'} |")
+    return lines
