@@ -20,7 +20,7 @@ from .config import EmbedConfig
 from .errors import HashIndexError, InputError
 from .onnx_backbone import runtime_name, with_runtime
 from .sources import DecodeError, ImageSource
-from .store import EmbeddingsWriter, OutputLock, clean_published, open_embeddings, partial_path, remove_resume_folder
+from .store import EmbeddingsWriter, OutputLock, WriterThread, clean_published, open_embeddings, partial_path, remove_resume_folder
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +234,21 @@ class WorkerDiedError(HashIndexError):
     """An image-decoding worker process died (killed from outside, or by the kernel for memory)."""
 
 
+def _to_device(bases: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Base images as a uint8 ``(m, 3, S0, S0)`` batch on ``device``; for CUDA staged in pinned
+    memory and copied without the host waiting for it."""
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack(bases)).permute(0, 3, 1, 2)
+    buf = torch.empty((len(bases), *bases[0].shape), dtype=torch.uint8, pin_memory=True)
+    np.stack(bases, out=buf.numpy())
+    return buf.to(device, non_blocking=True).permute(0, 3, 1, 2)
+
+
 def embed_batch(backbone: Backbone, config: EmbedConfig, s0: int, batch: list) -> tuple:
     """Features of one batch of ``(source index, base image or None, error or None)`` items.
+
+    The eval view and the ``config.views`` augmented views go through the backbone as one
+    batch, and the features come back to the host in one copy (the only wait on the device).
 
     Returns:
         ``(idx, embeddings, views, failures)``: the rows (int64 source indices, float32 features,
@@ -247,18 +260,14 @@ def embed_batch(backbone: Backbone, config: EmbedConfig, s0: int, batch: list) -
     ok = [(i, b) for i, b, e in batch if e is None]
     if not ok:
         return np.zeros(0, np.int64), None, None, failed
-    x = torch.from_numpy(np.stack([b for _, b in ok])).permute(0, 3, 1, 2).to(backbone.device)
+    x = _to_device([b for _, b in ok], backbone.device)
     idx = np.array([i for i, _ in ok], dtype=np.int64)
-    emb = backbone.features(eval_view(x, spec)).cpu().numpy()
-    views = None
-    if config.views:
-        views = np.stack(
-            [
-                backbone.features(augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment))).cpu().numpy()
-                for v in range(config.views)
-            ],
-            axis=1,
-        )
+    inputs = [eval_view(x, spec)]
+    inputs += [augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment)) for v in range(config.views)]
+    f = backbone.features(torch.cat(inputs) if config.views else inputs[0]).cpu().numpy()
+    m = len(idx)
+    emb = f[:m]
+    views = np.ascontiguousarray(f[m:].reshape(config.views, m, -1).transpose(1, 0, 2)) if config.views else None
     finite = np.isfinite(emb).all(axis=1)
     if views is not None:
         finite &= np.isfinite(views).all(axis=(1, 2))
@@ -310,7 +319,10 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
 
 
 def _embed_batches(loader, source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, bar, seconds: float, t0: float) -> None:
-    for batch in loader:
-        idx, emb, views, errors = embed_batch(backbone, config, s0, batch)
-        append_batch(writer, source, batch[-1][0] + 1, idx, emb, views, errors, embed_seconds=seconds + time.perf_counter() - t0)
-        bar.update(len(batch))
+    # Appends (and their fsyncs) run on their own thread while the next batch is embedded; at most
+    # two finished batches wait for it.
+    with WriterThread(depth=2) as writes:
+        for batch in loader:
+            idx, emb, views, errors = embed_batch(backbone, config, s0, batch)
+            writes.submit(append_batch, writer, source, batch[-1][0] + 1, idx, emb, views, errors, embed_seconds=seconds + time.perf_counter() - t0)
+            bar.update(len(batch))

@@ -60,6 +60,12 @@ def test_coding_rate_formula(m, b):
     assert coding_rate(z.float(), eps).item() == pytest.approx(want, rel=1e-4)
 
 
+def test_stacked_coding_rates_are_each_matrix_s_rate():
+    z = torch.randn(3, 40, 16, generator=torch.Generator().manual_seed(2))
+    want = torch.stack([coding_rate(zi) for zi in z])
+    np.testing.assert_allclose(coding_rate(z).numpy(), want.numpy(), rtol=1e-5)
+
+
 def test_coding_rate_prefers_spread_codes():
     collapsed = torch.ones(64, 16) + 0.01 * torch.randn(64, 16)
     spread = torch.randn(64, 16)

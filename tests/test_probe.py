@@ -145,3 +145,71 @@ def test_crovca_trains_on_the_eval_embedding_as_a_view(clusters, monkeypatch, ev
         want = np.concatenate([clusters.embeddings()[:, None], want], axis=1)
     np.testing.assert_array_equal(seen["views"], want)
     assert probe.config["eval_view"] is eval_view
+
+
+@pytest.mark.parametrize("n", [23, 17])  # 17 = 2 batches of 8 and a batch of one, which is skipped
+def test_epoch_pairs_are_the_per_step_draws_of_the_former_sampler(n):
+    from hashindex.probe.fit import epoch_pairs
+
+    v, bs = 3, 8
+    ref, new = np.random.default_rng(4), np.random.default_rng(4)
+    for _ in range(2):  # two epochs: the generator is left where the per-step sampler left it
+        perm = ref.permutation(n)
+        got_perm, a, b = epoch_pairs(new, n, v, bs)
+        np.testing.assert_array_equal(got_perm, perm)
+        for s in range(0, n, bs):
+            idx = perm[s : s + bs]
+            if len(idx) < 2:
+                continue
+            want_a = ref.integers(0, v, len(idx))
+            want_b = (want_a + ref.integers(1, v, len(idx))) % v
+            np.testing.assert_array_equal(a[s : s + bs], want_a)
+            np.testing.assert_array_equal(b[s : s + bs], want_b)
+            assert (want_a != want_b).all()
+
+
+@pytest.mark.parametrize("repeated", [False, True])
+def test_batch_rows_gather_the_two_views_of_each_sample(rng, repeated):
+    from hashindex.probe.feature_views import repeated_views
+    from hashindex.probe.fit import _batch_rows, _view_table, epoch_pairs
+
+    n, d, bs = 23, 5, 8
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    views = repeated_views(x) if repeated else rng.standard_normal((n, 3, d)).astype(np.float32)
+    perm, a, b = epoch_pairs(np.random.default_rng(0), n, views.shape[1], bs)
+    table, per = _view_table(views, torch.device("cpu"))
+    rows = torch.from_numpy(_batch_rows(perm, a, b, per, bs))
+    for s in range(0, n, bs):
+        m = min(bs, n - s)
+        got = table.index_select(0, rows[2 * s : 2 * s + 2 * m]).numpy()
+        np.testing.assert_array_equal(got[:m], views[perm[s : s + m], a[s : s + m]])
+        np.testing.assert_array_equal(got[m:], views[perm[s : s + m], b[s : s + m]])
+
+
+def test_recalibration_logits_are_the_recalibrated_models(clusters):
+    from hashindex.probe.fit import recalibrate_bits
+    from hashindex.probe.hashcoder import HashCoder
+
+    x = clusters.embeddings()[:1001]  # a last batch of one row: no statistics from it, but its logits
+    for bits in (16, 64):  # 64 > 48 dims: the second pass instead of the kept outputs
+        torch.manual_seed(0)
+        m = HashCoder(48, bits)
+        got = recalibrate_bits(m, x, batch_size=500, logits=True)
+        with torch.no_grad():
+            want = m(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("views", [True, False])  # cached views; feature-space views drawn on the device
+def test_crovca_on_cuda_separates_classes_as_on_cpu(tmp_path, clusters, views):
+    emb = clusters if views else write_embeddings(tmp_path / "noviews.h5", clusters.embeddings(), labels=clusters.labels())
+    probe = fit_probe(emb, FitConfig(bits=16, epochs=3, supervised=True, device="cuda"), progress=False)
+    assert all(np.isfinite(h["loss"]) for h in probe.meta["loss_history"])
+    bits = np.unpackbits(probe.encode(clusters.embeddings()), axis=1)  # encoded on CPU
+    y = clusters.labels().argmax(1)
+    intra = np.mean([np.abs(bits[y == c] - bits[y == c].mean(0)).sum(1).mean() for c in range(8)])
+    inter = np.abs(bits[:, None] - bits[None, :400]).sum(2).mean()
+    assert intra < 0.25 * inter
+    assert 0.3 < probe.meta["bit_balance"]["mean"] < 0.7

@@ -5,7 +5,7 @@ space instead: each view of an embedding ``x`` is ``(x * mask) / (1 - p) + σ ·
 ``mask`` an inverted dropout mask of rate ``p`` (``dropout``), ``ε`` standard Gaussian noise
 and ``s`` the per-dimension standard deviation of the training embeddings (so ``noise`` is a
 fraction of each dimension's spread, whatever the model's scale). Fresh noise is drawn at every
-step from a seeded generator, so a fit is reproducible. How these views compare with ITQ and
+step from a seeded generator on the fitting device, so a fit is reproducible. How these views compare with ITQ and
 with image views on Fashion-MNIST is in BENCHMARKS.md ("Feature-space views").
 """
 
@@ -42,13 +42,16 @@ def feature_view_fn(x: np.ndarray, seed: int, config: FeatureViewConfig = Featur
         config: dropout rate and noise scale.
     """
     scale = torch.from_numpy(x.std(axis=0).astype(np.float32)) * config.noise
-    gen = torch.Generator().manual_seed(int(seed) + 7919)  # a stream apart from the batch sampler's
     keep = 1.0 - config.dropout
+    state: dict[torch.device, tuple[torch.Generator, torch.Tensor]] = {}
 
     def view(batch: torch.Tensor) -> torch.Tensor:
-        b = batch.float().cpu()
-        mask = (torch.rand(b.shape, generator=gen) < keep).to(b.dtype) / keep
-        out = b * mask + torch.randn(b.shape, generator=gen) * scale
-        return out.to(batch.device)
+        dev = batch.device
+        if dev not in state:  # drawn where the batch is (a CPU fit reproduces the former stream)
+            state[dev] = (torch.Generator(dev).manual_seed(int(seed) + 7919), scale.to(dev))  # apart from the batch sampler's
+        gen, s = state[dev]
+        b = batch.float()
+        mask = (torch.rand(b.shape, generator=gen, device=dev) < keep).to(b.dtype) / keep
+        return b * mask + torch.randn(b.shape, generator=gen, device=dev) * s
 
     return view

@@ -70,11 +70,60 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, align: torch.
     return np.array((loss.item(), align.item(), rate.item()))
 
 
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as one fused kernel per step where torch has one for the parameters' device (CUDA;
+    CPU since torch 2.4): the default per-tensor loop cost about a fifth of a CPU step of the
+    small HashCoder. The fused update rounds differently, so codes differ from the loop's in the
+    last bits of the weights (quality measured equal: benchmarks/results/fit_speed.json)."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # a device or torch without the fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def epoch_pairs(gen: np.random.Generator, n: int, v: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One epoch's samples and view pairs: ``(perm, a, b)``, sample ``perm[j]`` seen in views
+    ``a[j] != b[j]``; batches are consecutive runs of ``batch_size``. Drawn in the order the
+    per-step sampler drew them (a final batch of one is skipped and draws nothing), so a seed
+    gives the same pairs as before, all at once for the device."""
+    perm = gen.permutation(n)
+    a, b = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for s in range(0, n, batch_size):
+        k = min(batch_size, n - s)
+        if k < 2:  # BatchNorm and the coding rate need two samples
+            continue
+        a[s : s + k] = gen.integers(0, v, k)
+        b[s : s + k] = (a[s : s + k] + gen.integers(1, v, k)) % v  # a different view
+    return perm, a, b
+
+
+def _view_table(views: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, int]:
+    """The views as one ``(rows, D)`` table on ``dev`` and the rows per sample: view ``j`` of
+    sample ``i`` is row ``i * per + j`` (``per`` 0: the views all alias one array, every view of
+    sample ``i`` is row ``i``)."""
+    n, v, d = views.shape
+    if views.strides[1] == 0:  # repeated_views: every view is the same row
+        return torch.from_numpy(np.ascontiguousarray(views[:, 0])).to(dev), 0
+    return torch.from_numpy(np.ascontiguousarray(views)).reshape(n * v, d).to(dev), v
+
+
+def _batch_rows(perm: np.ndarray, a: np.ndarray, b: np.ndarray, per: int, batch_size: int) -> np.ndarray:
+    """Table rows of an epoch, batch by batch: each batch's first views, then its second views."""
+    first, second = (perm * per + a, perm * per + b) if per else (perm, perm)
+    return np.concatenate([np.concatenate([first[s : s + batch_size], second[s : s + batch_size]]) for s in range(0, len(perm), batch_size)])
+
+
 def _train_crovca(
     views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool, view_fn=None,
 ) -> tuple[HashCoder, list[dict], Codebook | None]:  # fmt: skip
     """Train a HashCoder on ``(n, V, D)`` cached views; two distinct views per sample per step
-    (each passed through ``view_fn`` when given: feature-space views)."""
+    (each passed through ``view_fn`` when given: feature-space views).
+
+    The views stay on the device, each epoch's pairs go there once as row indices, and the
+    epoch's losses are summed there: a step never waits on the host. Returns the model on the
+    training device, in eval mode.
+    """
     from tqdm.auto import tqdm
 
     dev = resolve_device(cfg.device)
@@ -82,66 +131,91 @@ def _train_crovca(
     gen = np.random.default_rng(cfg.seed)
     n, v, d = views.shape
     model = HashCoder(d, cfg.bits, cfg.hashcoder).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
+    bs = cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
     epochs = resolve_epochs(n, cfg)
     total = steps_per_epoch * epochs
     book = class_codebook(model, views[:, 0], labels, cfg.seed) if labels is not None and cfg.targets == "codebook" else None
     codes = None if book is None else torch.from_numpy(book.codes).to(dev)
-    data = torch.from_numpy(views)
-    if dev.type == "cuda":
-        data = data.to(dev)
+    table, per = _view_table(views, dev)
     lab = None if labels is None else torch.from_numpy(labels.astype(np.float32)).to(dev)
     history, step = [], 0
     bar = tqdm(total=total, unit="step", desc=f"fit crovca {cfg.bits} bits", disable=not progress)
     model.train()
     for epoch in range(epochs):
-        perm = gen.permutation(n)
-        sums = np.zeros(3)
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s : s + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm and the coding rate need two samples
+        perm, a, b = epoch_pairs(gen, n, v, bs)
+        rows = torch.from_numpy(_batch_rows(perm, a, b, per, bs)).to(dev)
+        samples = torch.from_numpy(perm).to(dev) if lab is not None else None
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)
+        for s in range(0, n, bs):
+            m = min(bs, n - s)
+            if m < 2:  # BatchNorm and the coding rate need two samples
                 continue
-            a = gen.integers(0, v, len(idx))
-            b = (a + gen.integers(1, v, len(idx))) % v  # a different view
-            ii = torch.from_numpy(idx).to(data.device)
-            x1 = data[ii, torch.from_numpy(a).to(data.device)].to(dev, non_blocking=True)
-            x2 = data[ii, torch.from_numpy(b).to(data.device)].to(dev, non_blocking=True)
+            x = table.index_select(0, rows[2 * s : 2 * s + 2 * m])  # both views of the batch
             if view_fn is not None:
-                x1, x2 = view_fn(x1), view_fn(x2)
+                x = torch.cat([view_fn(x[:m]), view_fn(x[m:])])
             for g in opt.param_groups:
                 g["lr"] = _cosine_lr(step, total, cfg.lr, cfg.min_lr)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                z = model(torch.cat([x1, x2]))
+                z = model(x)
             z1, z2 = z.float().chunk(2)
-            sums += optimizer_step(opt, *crovca_loss(z1, z2, None if lab is None else lab[ii], cfg.eps, cfg.reg, codes))
+            y = None if lab is None else lab[samples[s : s + m]]
+            loss, align, rate = crovca_loss(z1, z2, y, cfg.eps, cfg.reg, codes)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack((loss.detach(), align.detach(), rate.detach())).double()
             step += 1
             bar.update(1)
-        m = sums / max(1, steps_per_epoch)
-        history.append({"epoch": epoch + 1, "loss": float(m[0]), "align": float(m[1]), "coding_rate": float(m[2])})
-        bar.set_postfix(loss=f"{m[0]:.4f}")
-        logger.info("epoch %d: loss %.4f (align %.4f, rate %.4f)", epoch + 1, *m)
+        mean = (sums / max(1, steps_per_epoch)).tolist()  # the epoch's one wait on the device
+        history.append({"epoch": epoch + 1, "loss": mean[0], "align": mean[1], "coding_rate": mean[2]})
+        bar.set_postfix(loss=f"{mean[0]:.4f}")
+        logger.info("epoch %d: loss %.4f (align %.4f, rate %.4f)", epoch + 1, *mean)
     bar.close()
-    return model.eval().cpu(), history, book
+    return model.eval(), history, book
 
 
 @torch.no_grad()
-def recalibrate_bits(model: HashCoder, x: np.ndarray, batch_size: int = 4096) -> None:
+def recalibrate_bits(model: HashCoder, x: np.ndarray, batch_size: int = 4096, *, logits: bool = False) -> np.ndarray | None:
     """Re-estimate the final BatchNorm's statistics on the embeddings that will be indexed.
 
     Training sees augmented views, whose logit statistics differ from those of the clean
     embeddings stored in the index; centring each bit on the clean ones balances the bits of
     the codes actually searched (a cumulative average over one pass; weights are unchanged).
+    Runs on the model's device.
+
+    Args:
+        logits: also return the recalibrated model's ``(n, bits)`` float32 logits of ``x``, from
+            the same pass when the outputs before the BatchNorm take no more memory than ``x``.
     """
-    bn = model.net[-1]
+    bn, body = model.net[-1], model.net[:-1]
+    dev = next(model.parameters()).device
     bn.reset_running_stats()
     momentum, bn.momentum = bn.momentum, None
     model.train()
+    keep = logits and model.bits <= x.shape[1]
+    kept = []
     for s in range(0, len(x), batch_size):
-        if len(x) - s >= 2:
-            model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])))
+        h = body(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(dev))
+        if len(h) >= 2:  # BatchNorm statistics need two rows
+            bn(h)
+        if keep:
+            kept.append(h)
     bn.momentum = momentum
     model.eval()
+    if not logits:
+        return None
+    if not keep:
+        return _logits(model, x)
+    return np.concatenate([bn(h).float().cpu().numpy() for h in kept]) if kept else np.zeros((0, model.bits), np.float32)
+
+
+@torch.no_grad()
+def _logits(model: HashCoder, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+    """Eval logits of ``x`` on the model's device (what :meth:`Probe.logits` computes on CPU)."""
+    dev = next(model.parameters()).device
+    return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(dev)).float().cpu().numpy() for s in range(0, len(x), batch_size)])
 
 
 def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: bool = True) -> Probe:
@@ -194,9 +268,9 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
                 raise InputError(f"--supervised needs labels, but {emb.path} has none (use class folders or a list file)")
             labels = labels if rows is None else labels[rows]
         model, history, book = _train_crovca(views, labels, config, progress, view_fn)
-        recalibrate_bits(model, x)
         del views
-        probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_arrays(model), model)
+        logits = recalibrate_bits(model, x, logits=True)  # on the training device, with the logits for the bit balance
+        probe = Probe("crovca", config.bits, emb.dim, asdict(config), meta, state_to_arrays(model.cpu()), model)
         meta["loss_history"] = history
         meta["schedule"] = {"epochs": len(history), "steps": len(history) * math.ceil(len(x) / config.batch_size)}
         if book is not None:
@@ -205,6 +279,8 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         mean, w = fit_linear(x, config.bits, config.method, config.seed)
         probe = Probe(config.method, config.bits, emb.dim, asdict(config), meta, {"mean": mean, "W": w})
     meta["fit_seconds"] = round(time.perf_counter() - t0, 3)
-    bal = bit_balance(pack(probe.logits(x)))
+    if config.method != "crovca":
+        logits = probe.logits(x)
+    bal = bit_balance(pack(logits))
     meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}
     return probe

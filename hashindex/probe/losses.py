@@ -7,11 +7,9 @@ import torch.nn.functional as F
 
 
 def alignment_loss(z1: torch.Tensor, z2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
-    """``½·[BCE(z1, t1) + BCE(z2, t2)]`` with logits ``z`` and stop-gradient 0/1 targets ``t``."""
-    return 0.5 * (
-        F.binary_cross_entropy_with_logits(z1.float(), t1.detach().float())
-        + F.binary_cross_entropy_with_logits(z2.float(), t2.detach().float())
-    )
+    """``½·[BCE(z1, t1) + BCE(z2, t2)]`` with logits ``z`` and stop-gradient 0/1 targets ``t``
+    (the two views have the same shape: one BCE over both, half the small ops of a step)."""
+    return F.binary_cross_entropy_with_logits(torch.cat((z1, z2)).float(), torch.cat((t1, t2)).detach().float())
 
 
 def cross_view_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
@@ -65,9 +63,7 @@ def supervised_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, co
     ``codes``: class codes (codebook targets); None gives the paper's prototype targets.
     """
     t = supervised_targets(z1, z2, labels) if codes is None else codebook_targets(z1, z2, labels, codes)
-    has = labels.sum(1) > 0
-    if bool(has.all()):
-        return alignment_loss(z1, z2, t, t)
+    has = labels.sum(1) > 0  # no branch on it: that would wait for the device every step
     t1 = torch.where(has[:, None], t, (z2 > 0).float())
     t2 = torch.where(has[:, None], t, (z1 > 0).float())
     return alignment_loss(z1, z2, t1, t2)
@@ -76,12 +72,15 @@ def supervised_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, co
 def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
     """Negative coding rate of the row-normalised logits (minimising it spreads the codes).
 
-    ``R(Z) = −½·logdet(I_B + B/(m·ε)·ẐᵀẐ)·(B+m)/(B·m)``, the logdet by Cholesky.
+    ``R(Z) = −½·logdet(I_B + B/(m·ε)·ẐᵀẐ)·(B+m)/(B·m)``, the logdet by Cholesky. ``z`` is one
+    ``(m, B)`` matrix, or a stack ``(k, m, B)`` of them (one rate each, factorised together).
     """
-    m, b = z.shape
-    zn = F.normalize(z.float(), dim=1)
-    a = torch.eye(b, device=z.device, dtype=torch.float32) + (b / (m * eps)) * (zn.t() @ zn)
-    logdet = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky(a))).sum()
+    m, b = z.shape[-2:]
+    zn = F.normalize(z.float(), dim=-1)
+    a = torch.eye(b, device=z.device, dtype=torch.float32) + (b / (m * eps)) * (zn.mT @ zn)
+    # cholesky_ex: A is positive definite by construction, and checking the factorisation's
+    # status would make the host wait for the device every step.
+    logdet = 2.0 * torch.log(torch.diagonal(torch.linalg.cholesky_ex(a).L, dim1=-2, dim2=-1)).sum(-1)
     return -0.5 * logdet * (b + m) / (b * m)
 
 
@@ -95,5 +94,5 @@ def crovca_loss(
     the two views.
     """
     align = supervised_loss(z1, z2, labels, codes) if labels is not None else cross_view_loss(z1, z2)
-    rate = 0.5 * (coding_rate(z1, eps) + coding_rate(z2, eps))
+    rate = coding_rate(torch.stack((z1, z2)), eps).mean()
     return align + reg * rate, align, rate
