@@ -208,6 +208,13 @@ def render() -> str:
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
             lines += [""] + render_seeds(json.loads(sf.read_text()), report)
+    fp = RESULTS / "seeds_full_protocol.json"
+    if fp.exists():
+        from fit_grid import render as render_grid
+
+        doc = json.loads(fp.read_text())
+        lines += ["", "## CroVCA across seeds on the full protocol (this code: codebook targets, step schedule)", "", doc["note"], ""]
+        lines += render_grid(doc["rows"], doc["command"])
     # benchmarks/ is on sys.path as the script's folder
     from finetune_fmnist import render as render_finetune
     from quality_subsets import render as render_subsets
@@ -224,6 +231,11 @@ def render() -> str:
         from embed_speed import render as render_embed_speed
 
         lines += ["", "## Speed on the CPU", ""] + render_embed_speed(json.loads(es.read_text()))
+    fs = RESULTS / "fit_speed.json"
+    if fs.exists():
+        from fit_speed import render as render_fit_speed
+
+        lines += [""] + render_fit_speed(json.loads(fs.read_text()))
     gs = RESULTS / "gpu_search.json"
     if gs.exists():
         from gpu_search import render as render_gpu_search

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,15 +73,21 @@ def run_embed(pythonpath: Path | None, args: list[str], out: Path) -> dict:
     import h5py
 
     out.unlink(missing_ok=True)
+    shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)  # a killed earlier run's progress
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    code = "import sys; from hashindex.cli.main import main; sys.argv[0] = 'hashindex'; main()"
+    code = "import sys, hashindex; from hashindex.cli.main import main; sys.argv[0] = 'hashindex'; print(hashindex.__file__, file=sys.stderr); main()"
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, "-q", "embed", *args, str(out)], check=True, env=env, cwd=REPO)
+    # cwd: the output's folder, never a source tree (``-c`` puts the cwd first on sys.path, where it
+    # would shadow PYTHONPATH's tree)
+    r = subprocess.run([sys.executable, "-c", code, "-q", "embed", *args, str(out)], env=env, cwd=out.parent, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
+    if r.returncode:
+        raise RuntimeError(f"embed failed ({r.returncode}): {r.stderr[-2000:]}")
+    tree = str(Path(r.stderr.splitlines()[0]).parent.parent)  # which hashindex ran: proof of old vs new
     with h5py.File(out, "r") as f:
-        return {"embed_seconds": float(f.attrs["embed_seconds"]), "rows": int(f["embeddings"].shape[0]), "views": int(f.attrs["views"]), "wall_seconds": wall}
+        return {"embed_seconds": float(f.attrs["embed_seconds"]), "rows": int(f["embeddings"].shape[0]), "views": int(f.attrs["views"]), "wall_seconds": wall, "tree": tree}
 
 
 BARE = r"""
@@ -109,7 +116,7 @@ print(json.dumps(out))
 
 
 def bare(size: int, batch: int, reps: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", BARE, str(size), str(batch), str(reps)], check=True, capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, "-c", BARE, str(size), str(batch), str(reps)], check=True, capture_output=True, text=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -125,7 +132,7 @@ def draft_tolerance(photos: Path, work: Path) -> dict:
     for draft in (True, False):
         out = work / f"draft-{draft}.h5"
         out.unlink(missing_ok=True)
-        embed(src, out, EmbedConfig(image_size=224, jpeg_draft=draft), progress=False)
+        embed(src, out, EmbedConfig(image_size=224, jpeg_draft=draft), progress=False, restart=True)
         e[draft] = open_embeddings(out).embeddings()
     a, b = e[True], e[False]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

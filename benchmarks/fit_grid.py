@@ -20,10 +20,9 @@ import numpy as np
 def main(argv: list[str]) -> None:
     if len(argv) != 4:
         sys.exit(__doc__)
-    from hashindex.asymmetric import asymmetric_knn
+    from hashindex.bench_seeds import ranking_maps
     from hashindex.codes import unpack
     from hashindex.config import FitConfig
-    from hashindex.metrics import mean_average_precision, relevance
     from hashindex.probe.fit import fit_probe
     from hashindex.store import open_embeddings
 
@@ -35,16 +34,14 @@ def main(argv: list[str]) -> None:
             t = time.perf_counter()
             p = fit_probe(db, FitConfig(**kw), progress=False)
             fit_s = time.perf_counter() - t
-            cb, lq = p.encode(xb), p.logits(xq)
-            ub, uq = unpack(cb).astype(np.float32), unpack(np.packbits(lq > 0, axis=1)).astype(np.float32)
-            d = (ub.shape[1] - (2 * uq - 1) @ (2 * ub - 1).T) / 2  # Hamming distances, exact
-            ids = np.lexsort((np.broadcast_to(np.arange(len(xb)), d.shape), d), axis=1)[:, :k]  # ties by id
-            _, aids = asymmetric_knn(lq, cb, k)
+            maps = ranking_maps(p, xb, xq, yb, yq, k)  # the bench's own measurement (faiss, ties by id)
+            cb = p.encode(xb)
+            ub = unpack(cb).astype(np.float32)
             c = np.corrcoef(ub.T.astype(np.float64))
             np.fill_diagonal(c, 0)
             row = dict(
-                kw, db=argv[0], n=db.n, hamming=mean_average_precision(relevance(yq, yb, ids)),
-                asymmetric=mean_average_precision(relevance(yq, yb, aids)), balance_min=float(ub.mean(0).min()),
+                kw, db=argv[0], n=db.n, nq=len(xq), hamming=maps["hamming"],
+                asymmetric=maps["asymmetric"], balance_min=float(ub.mean(0).min()),
                 bit_corr_mean=float(np.abs(np.nan_to_num(c)).mean()), distinct_codes=int(len(np.unique(cb, axis=0))),
                 schedule=p.meta.get("schedule"), fit_seconds=round(fit_s, 1),
             )  # fmt: skip
@@ -54,3 +51,19 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def render(rows: list[dict], command: str) -> list[str]:
+    """BENCHMARKS.md rows of a fit_grid run over seeds: per option set (seed aside), mAP per seed,
+    mean and minimum of Hamming and asymmetric ranking."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        key = json.dumps({k: v for k, v in r.items() if k in ("bits", "supervised", "method", "targets", "epochs")}, sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    lines = [f"Command: `{command}`.", "", "| options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | fit s (mean) |", "|---|---|---|---|---|---|---|"]
+    for key, rs in groups.items():
+        h = [100 * r["hamming"] for r in rs]
+        a = [100 * r["asymmetric"] for r in rs]
+        per = ", ".join(f"{r.get('seed', 0)}: {x:.1f}" for r, x in zip(rs, h))
+        lines.append(f"| `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |")
+    return lines
