@@ -42,14 +42,19 @@ def _patterns(ctx, param, value):
     "or '*.qkv,*.proj' [default: every Linear and 1x1 Conv2d except the classifier: a ViT's attention qkv/proj "
     "and MLP fc1/fc2, a convnet's pointwise convolutions].",
 )  # fmt: skip
+@click.option(
+    "--eval-view/--no-eval-view", default=None,
+    help="Draw each image's two views among its eval view (the un-augmented image) and two augmented "
+    "views, as fit-probe does [default: on; --no-eval-view trains on two augmented views].",
+)  # fmt: skip
 @opt.device
 @opt.seed
 @click.pass_obj
 def finetune(obj, source, out, split, root, data_dir, limit, rank, alpha, dropout, layers, **kw):
     """Train LoRA adapters on the backbone jointly with a CroVCA HashCoder, on the images of SOURCE.
 
-    SOURCE is as for `embed`. Two augmented views of each image are made on the fly every
-    epoch. OUT gets adapter.safetensors, adapter.json and probe/ (a probe folder for `build`).
+    SOURCE is as for `embed`. Views of each image are made on the fly every epoch (two
+    distinct of its eval view and two augmented ones; --no-eval-view: two augmented). OUT gets adapter.safetensors, adapter.json and probe/ (a probe folder for `build`).
     Use the adapters with `hashindex embed ... --adapter OUT`, then `build db.h5 OUT/probe index/`;
     `query` with images loads the adapter by itself. An interrupted run (even kill -9) resumes
     from its last finished epoch when re-run with the same arguments.

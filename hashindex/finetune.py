@@ -54,6 +54,9 @@ class FinetuneConfig(BackboneOptions):
     adapters', ten times smaller: they perturb a pretrained network whose features the head is
     fitting at the same time, and a large step there makes the codes chase a moving target.
     Both follow a cosine schedule per step down to ``min_lr``, the adapters' over the joint epochs.
+
+    ``eval_view``: as fit-probe's, a sample's two views are two distinct of {the eval view, two
+    augmented views}, so the un-augmented images that get indexed are part of what is trained on.
     """
 
     bits: int = 64
@@ -68,6 +71,7 @@ class FinetuneConfig(BackboneOptions):
     weight_decay: float = 1e-2
     eps: float = 0.05
     reg: float = 0.1
+    eval_view: bool = True
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     device: str = "auto"
@@ -78,7 +82,7 @@ class FinetuneConfig(BackboneOptions):
         return FitConfig(
             method="crovca", bits=self.bits, supervised=self.supervised, hashcoder=self.hashcoder, epochs=self.epochs,
             batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay, eps=self.eps,
-            reg=self.reg, eval_view=False, device=self.device, seed=self.seed,
+            reg=self.reg, eval_view=self.eval_view, device=self.device, seed=self.seed,
         )  # fmt: skip
 
     def validate(self) -> None:
@@ -284,6 +288,8 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
                 continue
             x = data[torch.from_numpy(b)].to(dev)
             views = [augmented_view(x, spec, sample_params(idx[b], 2 * epoch + j, config.seed, s0, config.augment)) for j in (0, 1)]
+            if config.eval_view:
+                views = pick_views(torch.stack([eval_view(x, spec), *views]), np.random.default_rng([config.seed, epoch, s]))
             with torch.set_grad_enabled(joint):
                 f = _forward(model, torch.cat(views), dev)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -311,6 +317,16 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
     bar.close()
     set_adapter_training(model, False)
     return _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds)
+
+
+def pick_views(stack: torch.Tensor, gen: np.random.Generator) -> list[torch.Tensor]:
+    """Two distinct views per sample out of ``stack`` ``(V, m, ...)``, drawn as fit-probe draws
+    its pairs among the eval and cached views."""
+    v, m = stack.shape[:2]
+    a = gen.integers(0, v, m)
+    b = (a + gen.integers(1, v, m)) % v
+    rows = torch.arange(m)
+    return [stack[torch.from_numpy(a), rows], stack[torch.from_numpy(b), rows]]
 
 
 def eval_features(backbone: Backbone, bases: np.ndarray, batch_size: int = 256) -> np.ndarray:

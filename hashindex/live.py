@@ -51,7 +51,7 @@ def readable_path(path: Path) -> Path:
 
 
 def _load(path: Path, verify: bool) -> tuple[Manifest, Snapshot]:
-    hi = load_index(path, verify=verify)
+    hi = load_index(path, verify=verify, mmap=True)  # read-only: edits make new faiss indexes
     manifest = hi.manifest  # checked against its sha256 and the files by load_index
     state = live_state(manifest)
     extra = None

@@ -91,4 +91,4 @@ def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=Non
     snap.index.check_queries(q)
     rows = slice(0, min(limit or q.n, q.n))
     d, ids, s = snap.search(q.embeddings(rows), k, rerank, asymmetric, device or "auto")
-    return format_live(snap, q.names()[rows], d, ids, s)
+    return format_live(snap, q.names(rows), d, ids, s)

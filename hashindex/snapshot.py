@@ -14,6 +14,7 @@ additions and an order-preserving removal (faiss's own swaps the last entry in).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from .index import HashIndex, stored_codes
 from .lookup import HammingLookup
 from .manifest import ITEMS_FILE
 from .retrieval import FloatRows, Ranked, hamming_search, ranked, rerank_asymmetric
+from .store.schema import as_str
 from .validate import check_k
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,63 @@ def _id_map(codes: np.ndarray, ids: np.ndarray, bits: int):
     return fi
 
 
+def flat_codes_view(fi) -> np.ndarray:
+    """The codes of a flat faiss index as a read-only view of its storage (a memory-mapped
+    file's pages, or its own vector), ``(ntotal, code_size)``. The array keeps ``fi`` alive:
+    a row taken from an old snapshot stays valid after the snapshot is gone."""
+    import faiss
+
+    n, cs = fi.ntotal, fi.code_size
+    if n == 0:
+        return np.zeros((0, cs), np.uint8)
+    address = faiss.rev_swig_ptr(fi.xb.data(), n * cs).__array_interface__["data"][0]
+    return np.asarray(_Pinned(fi, address, n * cs)).reshape(n, cs)
+
+
+class _Pinned:
+    """Bytes owned by a faiss index, exposed to NumPy with the index as the array's base."""
+
+    def __init__(self, owner, address: int, nbytes: int):
+        self.owner = owner
+        self.__array_interface__ = {"data": (address, True), "shape": (nbytes,), "typestr": "|u1", "version": 3}
+
+
+class ItemNames:
+    """Item names read from an index's items file by the rows asked for, so that a search on a
+    100M-item index reads its hits' names, never all of them. The file stays open: a snapshot
+    keeps reading the names it was made with even after a compaction swapped the folder.
+    Anything but ``take``/an integer (an edit's concatenation or mask) loads them all once.
+    """
+
+    def __init__(self, path, n: int):
+        self._f = h5py.File(path, "r")
+        self._n, self._all = n, None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def take(self, pos) -> list[str]:
+        pos = np.asarray(pos, np.int64).ravel()
+        if self._all is not None:
+            return [str(s) for s in self._all[pos]]
+        rows, inv = np.unique(pos, return_inverse=True)  # h5py reads increasing rows
+        raw = self._f["names"][rows] if len(rows) else []
+        return [as_str(raw[i]) for i in inv]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if self._all is None:
+            self._all = np.array([as_str(s) for s in self._f["names"][()]], dtype=object)
+        return self._all
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.take([key])[0]
+        return self.__array__()[key]
+
+    def __iter__(self):
+        return iter(self.__array__())
+
+
 class IdLookup:
     """A :class:`HammingLookup` over codes in id order that answers with ids, not positions."""
 
@@ -104,7 +163,7 @@ class Snapshot:
     index: HashIndex  # its faiss index (and lookup) answer with stable ids
     ids: np.ndarray  # int64, ascending
     codes: np.ndarray  # (n, bits // 8) uint8, rows in id order
-    names: np.ndarray  # object array of str
+    names: "ItemNames | np.ndarray"  # str per row: read on demand from the items file, or in memory
     labels: np.ndarray | None  # (n, C) uint8 multi-hot
     source_index: np.ndarray  # int64, the item's index in its source; -1 for added items
     float_row: np.ndarray  # int64: >= 0 row of the build's embeddings file, < 0: row -1-r of `extra`
@@ -140,7 +199,13 @@ class Snapshot:
     def item(self, item_id: int) -> dict:
         """``{"id", "name", "label", "source_index"}`` of one item (InputError when unknown)."""
         p = int(self.positions([item_id])[0])
-        return {"id": int(item_id), "name": str(self.names[p]), "label": self._label(p), "source_index": int(self.source_index[p])}
+        return {"id": int(item_id), "name": self.name_list([p])[0], "label": self._label(p), "source_index": int(self.source_index[p])}
+
+    def name_list(self, pos) -> list[str]:
+        """The names of the rows at ``pos``."""
+        if isinstance(self.names, ItemNames):
+            return self.names.take(pos)
+        return [str(s) for s in self.names[np.asarray(pos, np.int64)]]
 
     def _label(self, p: int) -> str | None:
         """The item's labels as text: names (or column numbers) joined by commas."""
@@ -211,9 +276,9 @@ class Snapshot:
         for q in range(len(ids)):
             pos = self.positions(ids[q])
             out.append([
-                {"id": int(i), "name": str(self.names[p]), "label": self._label(int(p)), "distance": int(dist),
+                {"id": int(i), "name": name, "label": self._label(int(p)), "distance": int(dist),
                  **({} if scores is None else {"score": round(float(scores[q, r]), 6)})}
-                for r, (dist, i, p) in enumerate(zip(d[q], ids[q], pos))
+                for r, (dist, i, p, name) in enumerate(zip(d[q], ids[q], pos, self.name_list(pos)))
             ])  # fmt: skip
         return out
 
@@ -245,28 +310,39 @@ class LiveRows:
 
 def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None, embeddings_path: str) -> Snapshot:
     """The snapshot of a loaded base folder, before any commit is replayed (``hi`` keeps its
-    manifest: the snapshot only swaps in a faiss index that answers with ids)."""
-    items = hi.items()
+    manifest: the snapshot only swaps in a faiss index that answers with ids).
+
+    A fresh build (ids = row positions) of a flat index is searched as loaded, memory-mapped
+    when ``load_index(mmap=True)`` opened it, its codes a view of the faiss index: no copy of
+    them. Names are read from the items file by the rows asked for (:class:`ItemNames`).
+    """
     n = hi.ntotal
     with h5py.File(hi.path / ITEMS_FILE, "r") as f:
         ids = f["ids"][()].astype(np.int64) if "ids" in f else np.arange(n, dtype=np.int64)
         float_row = f["float_row"][()].astype(np.int64) if "float_row" in f else np.arange(n, dtype=np.int64)
+        source_index = f["source_index"][()].astype(np.int64)
+        labels = f["labels"][()] if "labels" in f else None
+        label_names = json.loads(f.attrs.get("label_names", "null"))
     if len(ids) != n or (n and (np.diff(ids) <= 0).any()) or len(float_row) != n:
         raise IntegrityError(f"{hi.path}: {ITEMS_FILE} has ids that are not strictly ascending or not one per item")
-    codes = stored_codes(hi.faiss_index)
     fi = hi.faiss_index
+    identity = n == 0 or (ids[0] == 0 and ids[-1] == n - 1)  # strictly ascending: then ids == positions
     if hi.kind == "ivf":
+        codes = stored_codes(fi)
         fi.make_direct_map(False)  # stored_codes made one; lists are edited directly from now on
-        if not np.array_equal(ids, np.arange(n)):
+        if not identity:
+            fi = _clone(fi)  # a memory-mapped index's lists are read-only
             _ivf_rewrite(fi, lambda lid: (ids[lid], None))
+    elif identity:
+        codes = flat_codes_view(fi)
     else:
+        codes = stored_codes(fi)
         fi = _id_map(codes, ids, hi.bits)
     dim = hi.probe.input_dim
     ex = np.zeros((0, dim), np.float32) if extra is None else extra
     index = dataclasses.replace(hi, faiss_index=fi, lookup=IdLookup(codes, ids) if hi.kind == "lookup" else None)
-    names = np.array(items["names"], dtype=object)
-    return Snapshot(generation, index, ids, codes, names, items["labels"], items["source_index"].astype(np.int64), float_row, ex,
-                    items["label_names"], embeddings_path)  # fmt: skip
+    return Snapshot(generation, index, ids, codes, ItemNames(hi.path / ITEMS_FILE, n), labels, source_index, float_row, ex,
+                    label_names, embeddings_path)  # fmt: skip
 
 
 def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:

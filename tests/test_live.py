@@ -389,3 +389,47 @@ def test_compaction_killed_between_its_renames(base, tmp_path, monkeypatch):
     assert reader.add(base[2][:1], ["d"]).tolist() == [503]  # the next writer finishes the swap
     assert path.is_dir() and sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".ivf")) == []
     np.testing.assert_array_equal(open_live(path).snapshot.ids, np.append(want.ids, 503))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_fresh_build_is_searched_mapped_and_reads_only_hit_names(base, tmp_path, kind):
+    """A fresh build's snapshot neither copies its codes (flat: a view of the memory-mapped
+    index file) nor loads its names: a search reads its hits' names from the items file, and a
+    snapshot taken before a compaction swapped the folder keeps reading its own names and codes."""
+    import h5py
+
+    from hashindex.snapshot import ItemNames
+
+    path = _build(base, tmp_path, kind)
+    snap = open_live(path).snapshot
+    assert isinstance(snap.names, ItemNames) and snap.names._all is None
+    if kind == "flat":
+        assert not snap.codes.flags.owndata and not snap.codes.flags.writeable
+    with h5py.File(path / "items.h5") as f:
+        want = [s.decode() for s in f["names"][()]]
+    d, ids, _ = snap.search(base[2][:3], 7)
+    names = [[h["name"] for h in hits] for hits in snap.results(d, ids)]
+    assert names == [[want[i] for i in row] for row in ids]
+    assert snap.names._all is None  # only the hits were read
+    assert snap.item(499)["name"] == want[499] and snap.names[3] == want[3]
+    codes_before = np.array(snap.codes)
+    live = open_live(path)
+    live.remove([0, 1])
+    live.compact()  # the folder now holds a new base without items 0 and 1
+    assert open_live(path).snapshot.name_list([0]) == [want[2]]  # positions of the new base: id 2 first
+    assert snap.name_list([0, 1, 2]) == want[:3]  # the old snapshot reads the file it opened
+    np.testing.assert_array_equal(np.array(snap.codes), codes_before)
+
+
+def test_codes_of_a_released_snapshot_stay_valid(base, tmp_path):
+    """A row taken from a snapshot whose faiss index was released (a later add replaced it)
+    still reads the codes: the view keeps its index alive."""
+    import gc
+
+    path = _build(base, tmp_path, "flat")
+    live = open_live(path)
+    row = live.snapshot.codes[5]
+    want = row.copy()
+    live.add(base[2][:2], ["a", "b"])
+    gc.collect()
+    assert row.tolist() == want.tolist() and not row.flags.owndata

@@ -71,9 +71,9 @@ class Embeddings:
         """uint8 ``(n, C)`` multi-hot labels, or None."""
         return self._read("labels")
 
-    def names(self) -> list[str]:
-        raw = self._read("names")
-        return [as_str(s) for s in raw]
+    def names(self, rows=None) -> list[str]:
+        """Item names (or those of the given rows)."""
+        return [as_str(s) for s in self._read("names", rows)]
 
     def source_index(self) -> np.ndarray:
         """int64 ``(n,)`` position of each row's item in its source."""
