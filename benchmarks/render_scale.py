@@ -25,16 +25,14 @@ def render_scale(results: Path) -> list[str]:
     if not (scale or ray or fv):
         return []
     out = ["", "## Scale: Ray embedding, imported embeddings, 100M codes", ""]
-    out += [f"Machine: {(scale or ray or fv)['machine']}; date {(scale or ray or fv)['date']}. "
-            "The machine was shared with several other heavy jobs (load average 15-20 on 2 cores) during "
-            "every run below, so absolute speeds are low; ratios come from runs side by side.", ""]  # fmt: skip
     if ray:
         docs = ray if isinstance(ray, list) else [ray]
         r0 = docs[0]
         out += ["### Ray embed against single-process embed", "",
                 f"`python benchmarks/ray_embed.py --images N`: Fashion-MNIST at 112 px, a local Ray cluster with "
                 f"{r0['ray_cpus']} CPUs and {r0['ray_actors']} CPU actors, runs alternating single / Ray / Ray / single "
-                "(images/s over the whole `embed` call, means of the two runs of each).", "",
+                f"(images/s over the whole `embed` call, means of the two runs of each); {r0['machine']}, {r0['date']}, "
+                "the machine shared with several other heavy jobs (load average 10-20 on 2 cores).", "",
                 "| images | single process img/s | Ray img/s | ratio (target ≥ 0.8) | largest difference of the embeddings |",
                 "|---|---|---|---|---|"]  # fmt: skip
         for r in docs:
@@ -44,74 +42,64 @@ def render_scale(results: Path) -> list[str]:
                 "each Ray run pays a fixed start (every actor imports torch and loads the backbone) and moves "
                 "decoded blocks between processes, which 400 images on a saturated machine do not amortise. "
                 "The files are identical to the single-process ones.", ""]  # fmt: skip
-    a = (scale or {}).get("import_fit_build")
-    if a:
-        rows = scale.get("rows_part_a", scale["rows"])
-        out += ["### Import, fit-probe --sample and build: peak RSS", "",
-                f"`python benchmarks/scale.py --parts a --rows {rows:,} --dim {scale['dim']}`: {rows:,} × {scale['dim']} float32 "
-                f"rows ({rows * scale['dim'] * 4 / GB:.1f} GB) as `.npy` shards of 250,000 rows, then the CLI: "
-                "`hashindex import`, `hashindex fit-probe --bits 64` (CroVCA on feature-space views, default `--sample` "
-                "250,000, 2 epochs) and `hashindex build` (flat). Each stage is its own process; peak RSS is its "
-                "`ru_maxrss` (about 0.7 GB of it is importing torch).", "",
+    for a in (scale or {}).get("part_a", []):
+        rows, dim = a["rows"], a["dim"]
+        out += [f"### {rows / 1e6:.0f}M × {dim} embeddings: import, fit-probe --sample, build, a cold query", "",
+                f"`python benchmarks/scale.py --parts a --rows {rows} --dim {dim}`; {a['machine']}, {a['date']}. "
+                f"{rows:,} × {dim} float32 rows ({rows * dim * 4 / GB:.1f} GB) as `.npy` shards of 250,000 rows, then the "
+                "CLI: `hashindex import` (no names given: items are named by their row), `hashindex fit-probe --bits 64` "
+                "(CroVCA on feature-space views, default `--sample` 250,000, 2 epochs), `hashindex build` (flat) and one "
+                "`hashindex query INDEX --embeddings q.h5 --limit 1` (a fresh process: opens and verifies the index, "
+                "searches, names the hits). Each stage is its own process with one thread; peak RSS is its `ru_maxrss`.", "",
                 "| stage | seconds | peak RSS (GB) | target |", "|---|---|---|---|"]  # fmt: skip
-        for k in ("import", "fit_probe", "build"):
+        for k in ("import", "fit_probe", "build", "query"):
             if k in a:
-                out.append(f"| {k.replace('_', '-')} | {a[k]['seconds']:.0f} | {a[k]['peak_rss_bytes'] / GB:.2f} | < 3 GB: {_met(a[k]['peak_rss_bytes'] < 3 * GB)} |")
+                tgt = f"< 3 GB: {_met(a[k]['peak_rss_bytes'] < 3 * GB)}" if k != "query" else "reported"
+                out.append(f"| {k.replace('_', '-')} | {a[k]['seconds']:.1f} | {a[k]['peak_rss_bytes'] / GB:.2f} | {tgt} |")
         out += [""]
-        first = a.get("import_before_madvise_fix")
-        if first:
-            out += [f"A first import run peaked at {first['peak_rss_bytes'] / GB:.2f} GB: the pages of the memory-mapped "
-                    "shards stayed in the process's RSS after being copied, so RSS grew with the data read. The "
-                    "importer now releases them (`madvise(MADV_DONTNEED)`; they stay in the page cache); the "
-                    "table shows the run after that change.", ""]  # fmt: skip
-        if rows < 10_000_000:
-            out += [f"Measured at {rows:,} rows, not the 10M of the target: on the shared machine writing the 10 GB of "
-                    "shards alone was on course to take most of an hour. Memory is bounded by a chunk (import), the "
-                    "sample (fit) and the codes plus a chunk (build), so the figures should change little at 10M "
-                    "(build adds 8 bytes per row of codes: +64 MB); that is reasoning, not a measurement.", ""]  # fmt: skip
+    cq = _load(results / "cold_query.json")
+    if cq:
+        o, n = cq["best"]["old"], cq["best"]["new"]
+        out += [f"Cold `query --embeddings --limit 1` on the {cq['ntotal'] / 1e6:.0f}M-item index above, this tree ({cq['new']}) "
+                f"against {cq['old']} (before a live snapshot of a fresh build searched the memory-mapped index as loaded "
+                f"and read only the hits' names), best of {len(cq['runs']['new'])} alternating runs: "
+                f"{o['seconds']:.1f} s and {o['peak_rss_bytes'] / GB:.2f} GB before, {n['seconds']:.1f} s and "
+                f"{n['peak_rss_bytes'] / GB:.2f} GB now, same hits (`{cq['command']}`; {cq['machine']}, {cq['date']}).", ""]  # fmt: skip
     b = (scale or {}).get("search")
     if b and "flat" in b and "result" in b["flat"]:
         f = b["flat"]["result"]
         t = b.get("targets", {})
         out += [f"### Search over {f['ntotal'] / 1e6:.0f}M 64-bit codes", "",
-                f"`python benchmarks/scale.py --parts b --codes {f['ntotal']}`. Collection: {b['collection']}; "
-                "queries drawn the same way; k = 10. One thread (`OMP_NUM_THREADS=1`): on the oversubscribed machine "
-                "two OpenMP threads were many times slower than one (single-query flat search at 2M codes: 14 ms "
-                "against 1.1 s).", "",
-                "| index | codes | queries/s | p50 ms | p99 ms |", "|---|---|---|---|---|",
-                f"| flat (memory-mapped) | {f['ntotal']:,} | {f['qps']:.2f} | {f['latency']['p50_ms']:.0f} | {f['latency']['p99_ms']:.0f} |", "",
-                f"Loaded flat index: opened in {f['load_seconds']:.2f} s (memory-mapped with faiss `IO_FLAG_MMAP_IFC`, as "
-                f"`load_index(mmap=True)` does); resident memory after a full scan {f['resident_bytes'] / 1e6:,.0f} MB = "
+                f"`python benchmarks/scale.py --parts b,ivf --codes {f['ntotal']} --nlist {b['nlist']}`; {b['machine']}, {b['date']}. "
+                f"Collection: {b['collection']}; queries drawn the same way; k = 10; one thread "
+                "(`OMP_NUM_THREADS=1`). Flat: faiss `IndexBinaryFlat` memory-mapped (`IO_FLAG_MMAP_IFC`, as "
+                "`load_index(mmap=True)` and a live index's snapshot open it). IVF: trained on a sample as "
+                "`make_faiss_index` does, nprobe raised until recall@10 against flat reaches 0.95 (a hit counts "
+                "when its distance is within the true 10th distance).", "",
+                "| index | queries/s | p50 ms | p99 ms | recall@10 vs flat |", "|---|---|---|---|---|",
+                f"| flat | {f['qps']:.2f} | {f['latency']['p50_ms']:.0f} | {f['latency']['p99_ms']:.0f} | 1 |"]  # fmt: skip
+        iv = b.get("ivf", {}).get("result")
+        if iv and iv["at_target"]:
+            at = iv["at_target"]
+            out.append(f"| IVF nlist {iv['nlist']}, nprobe {at['nprobe']} | {at['qps']:,.0f} | {at['latency']['p50_ms']:.2f} | {at['latency']['p99_ms']:.2f} | {at['recall_at_10']:.3f} |")
+        out += [""]
+        if iv:
+            sweep = ", ".join(f"nprobe {x['nprobe']}: {x['recall_at_10']:.3f} at {x['qps']:,.0f} q/s" for x in iv["sweep"])
+            out += [f"IVF sweep: {sweep}. Building it (training, then adding the {f['ntotal'] / 1e6:.0f}M codes) took "
+                    f"{iv['build_seconds']:.0f} s at a peak RSS of {iv['peak_rss_bytes'] / GB:.2f} GB (codes and ids held by "
+                    "the lists, plus the mapped flat file read as its input).", ""]  # fmt: skip
+        out += [f"Loaded flat index: resident memory after a full scan {f['resident_bytes'] / 1e6:,.0f} MB = "
                 f"{f['resident_bytes_per_item']:.2f} bytes/item (RssAnon {f['resident_anon_bytes'] / 1e6:,.0f} MB + RssFile "
                 f"{f['resident_file_bytes'] / 1e6:,.0f} MB: every mapped page of the index file that the scan touched counts "
-                "in full, as if private, although the kernel may share or drop it; ids are implicit row positions).", ""]  # fmt: skip
-    iv = (scale or {}).get("search_ivf")
-    if iv and "ivf" in iv:
-        f10, ivf = iv["flat"]["result"], iv["ivf"]["result"]
-        at = ivf["at_target"]
-        sweep = ", ".join(f"nprobe {x['nprobe']}: {x['recall_at_10']:.3f} at {x['qps']:,.0f} q/s" for x in ivf["sweep"])
-        out += [f"IVF against flat on {f10['ntotal'] / 1e6:.0f}M codes of the same collection "
-                f"(`--parts b,ivf --codes {f10['ntotal']} --nlist {ivf['nlist']}`; at 100M, building the IVF index "
-                "was out of reach on the shared machine: its 10M build took "
-                f"{ivf['build_seconds']:.0f} s, peak RSS {ivf['peak_rss_bytes'] / GB:.2f} GB):", "",
-                "| index | queries/s | p50 ms | p99 ms | recall@10 vs flat |", "|---|---|---|---|---|",
-                f"| flat | {f10['qps']:.2f} | {f10['latency']['p50_ms']:.0f} | {f10['latency']['p99_ms']:.0f} | 1 |"]  # fmt: skip
-        if at:
-            out.append(f"| IVF nlist {ivf['nlist']}, nprobe {at['nprobe']} | {at['qps']:,.0f} | {at['latency']['p50_ms']:.2f} | {at['latency']['p99_ms']:.1f} | {at['recall_at_10']:.3f} |")
-        out += ["", f"Sweep (recall@10 counts a hit when its distance is within the true 10th distance): {sweep}.", ""]
-        t = dict(t, **{k: v for k, v in iv.get("targets", {}).items() if k.startswith("ivf")})
-    if b or iv:
-        fr = b["flat"]["result"] if b else None
-        out += ["| target | measured | |", "|---|---|---|",
-                f"| IVF at recall@10 ≥ 0.95: ≥ 10x flat q/s | {t.get('ivf_speedup_at_recall_0.95')}x (at 10M codes) | {_met(t.get('ivf_speedup_met'))} |"]  # fmt: skip
-        if fr:
-            out += [f"| flat resident ≤ 1.2 × (bits/8 + 8) = {t.get('flat_resident_limit', 19.2):.1f} B/item | {fr['resident_bytes_per_item']:.2f} B/item ({fr['ntotal'] / 1e6:.0f}M) | {_met(t.get('flat_resident_met'))} |",
-                    f"| flat p99 reported | {fr['latency']['p99_ms']:,.0f} ms ({fr['ntotal'] / 1e6:.0f}M, one thread, loaded machine) | reported |"]  # fmt: skip
-        out += [""]
+                "in full, as if private, although the kernel may share or drop it; ids are implicit row positions).", "",
+                "| target | measured | |", "|---|---|---|",
+                f"| IVF at recall@10 ≥ 0.95: ≥ 10x flat q/s | {t.get('ivf_speedup_at_recall_0.95')}x ({f['ntotal'] / 1e6:.0f}M codes) | {_met(t.get('ivf_speedup_met'))} |",
+                f"| flat resident ≤ 1.2 × (bits/8 + 8) = {t.get('flat_resident_limit', 19.2):.1f} B/item | {f['resident_bytes_per_item']:.2f} B/item | {_met(t.get('flat_resident_met'))} |",
+                f"| flat p99 reported | {f['latency']['p99_ms']:,.0f} ms (one thread) | reported |", ""]  # fmt: skip
     if fv:
         s = fv["summary"]
         out += ["### CroVCA on feature-space views (no image views) against ITQ", "",
-                f"`python benchmarks/feature_views.py`: Fashion-MNIST embeddings (EfficientNet-Lite0, 112 px, bilinear) of "
+                f"`python benchmarks/feature_views.py` ({fv['machine']}, {fv['date']}): Fashion-MNIST embeddings (EfficientNet-Lite0, 112 px, bilinear) of "
                 f"{fv['database']['n']:,} train images and {fv['queries']['n']:,} test queries, made without views and "
                 "imported back with `hashindex import` (external backbone). CroVCA trains on feature-space views "
                 f"(dropout {fv['feature_views_default']['dropout']}, noise {fv['feature_views_default']['noise']} × std); "

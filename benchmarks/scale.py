@@ -17,6 +17,8 @@ single-query latency (p50/p99); an IVF index (trained on a sample, as ``make_fai
 does) at increasing nprobe until recall@10 against flat reaches the target, with its queries/s.
 
     nice python benchmarks/scale.py --work /work/runs/i12/scale --out benchmarks/results/scale.json
+
+The results file gathers runs: part A one entry per (rows, dim), part B the latest run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -202,15 +205,20 @@ def main() -> None:
 
     me = [sys.executable, __file__, "--work", str(work), "--rows", str(args.rows), "--dim", str(args.dim), "--codes", str(args.codes),
           "--nlist", str(args.nlist), "--queries", str(args.queries), "--latency-queries", str(args.latency_queries)]  # fmt: skip
-    res = {"date": time.strftime("%Y-%m-%d"), "machine": "2-core Intel Xeon, no GPU (shared)", "rows": args.rows, "dim": args.dim, "codes": args.codes}
     out = Path(args.out) if args.out else work / "scale.json"
+    # The results file gathers runs: part A per (rows, dim), part B replaced by the latest run.
+    res = json.loads(out.read_text()) if out.exists() else {}
+    run_info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU"}
 
     def save():
+        for part in [*res.get("part_a", []), res.get("search", {})]:
+            part.setdefault("load_average_at_end", round(os.getloadavg()[0], 1))
         out.write_text(json.dumps(res, indent=1) + "\n")
 
     parts = args.parts.split(",")
     if "a" in parts:
-        a = res["import_fit_build"] = {}
+        a = dict(run_info, rows=args.rows, dim=args.dim)
+        res["part_a"] = [p for p in res.get("part_a", []) if (p["rows"], p["dim"]) != (args.rows, args.dim)] + [a]
         a["generate"] = run_child(me + ["--stage", "gen_shards"], log)
         shards = sorted(str(p) for p in (work / "shards").glob("emb-*.npy"))
         emb, probe, index = work / "emb.h5", work / "probe", work / "index"
@@ -232,7 +240,7 @@ def main() -> None:
         a["met"] = all(a[k]["peak_rss_bytes"] < 3 * 2**30 for k in ("import", "fit_probe", "build"))
         save()
     if "b" in parts or "ivf" in parts:
-        b = res["search"] = {"collection": "64-bit codes around 4,096 random centres, each bit flipped with probability 1/8"}
+        b = res["search"] = dict(run_info, nlist=args.nlist, collection="64-bit codes around 4,096 random centres, each bit flipped with probability 1/8")
         b["generate"] = run_child(me + ["--stage", "gen_codes"], log)
         b["flat"] = run_child(me + ["--stage", "flat"], log)
         flat = b["flat"]["result"]
