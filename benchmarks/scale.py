@@ -87,14 +87,12 @@ def gen_shards(work: Path, rows: int, dim: int) -> None:
 
 # -- part B --------------------------------------------------------------------------------------
 
-def clustered_codes(n: int, seed: int, chunk: int = 1 << 20):
-    """Chunks of 64-bit codes around 4,096 centres with a 1/8 flip probability per bit."""
-    centres = np.random.default_rng(12345).integers(0, 256, (4096, 8), dtype=np.uint8)
-    rng = np.random.default_rng(seed)
-    for s in range(0, n, chunk):
-        m = min(chunk, n - s)
-        flips = rng.integers(0, 256, (3, m, 8), dtype=np.uint8)
-        yield centres[rng.integers(0, 4096, m)] ^ (flips[0] & flips[1] & flips[2])
+def clustered_codes(n: int, seed: int):
+    """Chunks of 64-bit codes around 4,096 centres (always the same ones) with a 1/8 flip
+    probability per bit: :mod:`hashindex.synthetic`'s collection, drawn by seed."""
+    from hashindex.synthetic import iter_clustered, random_centres
+
+    return iter_clustered(n, random_centres(64, np.random.default_rng(12345)), np.random.default_rng(seed))
 
 
 def gen_codes(work: Path, n: int) -> dict:

@@ -324,6 +324,7 @@ def _csv(values) -> str:
 @click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help=f"CroVCA MLP size [default: {default(BenchConfig, 'hashcoder')}].")
 @click.option("--nprobes", type=opt.CommaList(), default=None, help=f"IVF nprobe values to time [default: {_csv(default(BenchConfig, 'nprobes'))}].")
 @click.option("--scales", type=opt.CommaList(), default=None, help=f"Synthetic collection sizes for speed, e.g. 1000000,10000000 [default: {_csv(default(BenchConfig, 'scales'))}].")
+@click.option("--synthetic-ivf", "ivf_nlist", type=click.IntRange(min=0), default=None, help="Also time an IVF index with this many lists on each synthetic collection, at the nprobe whose recall@k against flat reaches 0.95 (the sweep is reported); 2048 suits 100M codes [default: 0, none: training takes minutes at these scales].")
 @click.option("--float-scale", type=click.IntRange(min=0), default=None, help=f"Largest synthetic size that also times float IndexFlatIP and re-ranking [default: {default(BenchConfig, 'float_scale')}].")
 @click.option("--speed-queries", type=click.IntRange(min=1), default=None, help=f"Queries per throughput measurement [default: {default(BenchConfig, 'speed_queries')}].")
 @click.option("--latency-queries", type=click.IntRange(min=1), default=None, help=f"Single-query calls per latency measurement [default: {default(BenchConfig, 'latency_queries')}; at most 100 on synthetic data].")

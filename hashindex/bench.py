@@ -37,6 +37,7 @@ from .config import PROTOCOL_TARGETS, BenchConfig, FitConfig, IndexConfig
 from .errors import InputError
 from .index import HashIndex
 from .lookup import MAX_LOOKUP_BITS, HammingLookup
+from .synthetic import clustered_codes, ivf_at_recall
 from .metrics import mean_average_precision, precision_at_k, relevance
 from .probe.baselines import l2_normalize
 from .probe.fit import fit_probe
@@ -179,15 +180,17 @@ def _float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
     return dict(kind="float-IndexFlatIP", dim=int(xb.shape[1]), **r)
 
 
-def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar) -> list[dict]:
-    """Random codes (and, up to ``float_scale``, random float vectors) at scale n."""
+def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar, ivf_out: list) -> list[dict]:
+    """Clustered synthetic codes (:mod:`hashindex.synthetic`; queries drawn the same way) at scale
+    n: flat, lookup and, with ``ivf_nlist``, IVF at the nprobe reaching recall@k 0.95 against flat
+    (its sweep appended to ``ivf_out``); up to ``float_scale``, random float vectors too."""
     import faiss
 
     out = []
     nq = min(cfg.speed_queries, 1000)
     for bits in cfg.bits:
-        codes = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
-        qc = rng.integers(0, 256, (nq, bits // 8), dtype=np.uint8)
+        codes = clustered_codes(n + nq, bits, rng)
+        codes, qc = codes[:n], codes[n:]
         fi = faiss.IndexBinaryFlat(bits)
         fi.add(codes)
         mem = flat_memory(fi, n, bits, cfg.seed, cfg.rss_min_items)
@@ -197,7 +200,22 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
             lk = HammingLookup(codes)
             r = _timed_search(lambda c: lk.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
             out.append(dict(kind="lookup", n=n, bits=bits, **r))
-        del fi, codes
+            del lk
+        if cfg.ivf_nlist and cfg.ivf_nlist <= n:
+            flat_d, _ = fi.search(qc, cfg.speed_k)
+            del fi  # the flat index's copy of the codes: IVF keeps its own
+            iv = ivf_at_recall(codes, qc, flat_d, cfg.ivf_nlist)
+            ivf, at = iv.pop("index"), iv["at_target"]
+            if at is not None:
+                ivf.nprobe = at["nprobe"]
+                r = _timed_search(lambda c: ivf.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
+                out.append(dict(kind=f"ivf-nprobe{at['nprobe']}", n=n, bits=bits, recall=at["recall"], **r))
+            flat_qps = next(r["qps"] for r in out if r["kind"] == "flat" and r["bits"] == bits and r["n"] == n)
+            ivf_out.append(dict(iv, n=n, bits=bits, k=cfg.speed_k, flat_qps=flat_qps, speedup=None if at is None else at["qps"] / flat_qps))
+            del ivf
+        else:
+            del fi
+        del codes
         bar.update(1)
     if n <= cfg.float_scale:
         # Float vectors: IndexFlatIP in RAM, and the same matrix in a contiguous HDF5 file
@@ -260,7 +278,7 @@ def run_bench(
     report: dict = {
         "version": REPORT_VERSION, "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "command": command,
         "config": asdict(config), "database": db.provenance(), "queries": q.provenance(),
-        "quality": [], "pr_curves": {}, "fit": [], "speed": [], "memory": [], "seeds": [],
+        "quality": [], "pr_curves": {}, "fit": [], "speed": [], "memory": [], "seeds": [], "synthetic_ivf": [],
     }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=out) as tmp:  # first: a bad --images fails before the long part
         from .speed import measure_pipeline
@@ -303,7 +321,7 @@ def run_bench(
     rng = np.random.default_rng(config.seed)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         for n in config.scales:
-            for r in _speed_synthetic(n, xb.shape[1], config, rng, Path(tmp), bar):
+            for r in _speed_synthetic(n, xb.shape[1], config, rng, Path(tmp), bar, report["synthetic_ivf"]):
                 report["speed"].append(dict(r, scope="synthetic"))
     bar.close()
     report["float_cosine_seconds"] = float_s
@@ -338,6 +356,8 @@ def targets(report: dict) -> list[dict]:
     add(f"Hamming top-{r}k + float re-rank mAP vs float mAP on the same queries, 64 bits (%)", 100 * rq["map"] / fq["map"] if rq and fq else None, 99, "%")
     rr = _find(sp, kind=f"flat+rerank-float-{r}", scope="synthetic", n=1_000_000)
     add(f"Hamming top-{r}k + float re-rank vs float IndexFlatIP, 1M items (QPS ratio)", rr["qps"] / fl["qps"] if rr and fl else None, 10)
+    for iv in [x for x in report.get("synthetic_ivf", []) if x["bits"] == 64 and x["n"] >= 100_000_000]:
+        add(f"IVF at recall@{iv['k']} >= 0.95 vs flat, {iv['n'] / 1e6:.0f}M clustered 64-bit codes (QPS ratio)", iv["speedup"], 10)
     q = report["quality"]
     # The quality thresholds belong to the full Fashion-MNIST protocol (60k database, 10k queries).
     src = report["database"].get("source") or {}

@@ -134,7 +134,7 @@ def render_tables(report: dict, heading: str = "#") -> list[str]:
                 f"| {NAMES.get(r['method'], r['method'])} | {r['bits']} | {r['mode']} | {','.join(map(str, r['seeds']))} | "
                 f"{_fmt(None if r['default'] is None else 100 * r['default'])} | {100 * r['mean']:.2f} | {100 * r['min']:.2f} | {100 * r['std']:.2f} | {per} |"
             )
-    ivf = [s for s in report["speed"] if s.get("recall") is not None]
+    ivf = [s for s in report["speed"] if s.get("recall") is not None and s.get("scope") == "collection"]
     if ivf:
         L += ["", f"IVF against the flat index of the same codes: recall of the flat top-{ivf[0]['k']} (ids / counting equal distances), "
               "queries that got all k back, and mAP only where every query did:", ""]  # fmt: skip

@@ -225,8 +225,11 @@ class BenchConfig:
     images: str | None = None
     images_limit: int = 512
     rss_min_items: int = 1_000_000
+    ivf_nlist: int = 0  # synthetic scales: also IVF with this many lists (0: none)
 
     def validate(self) -> None:
+        if self.ivf_nlist < 0:
+            raise InputError(f"--synthetic-ivf must be >= 0, got {self.ivf_nlist}")
         if self.images_limit < 1:
             raise InputError(f"--images-limit must be positive, got {self.images_limit}")
         for m in self.methods:

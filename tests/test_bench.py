@@ -27,7 +27,7 @@ def test_radius_curves_by_hand():
 def test_run_bench_writes_report(tmp_path, clusters):
     cfg = BenchConfig(
         methods=("lsh", "crovca"), bits=(16, 32), topk=50, rerank=2, epochs=1, nprobes=(1, 2),
-        speed_queries=40, latency_queries=5, scales=(3000,), float_scale=3000,
+        speed_queries=40, latency_queries=5, scales=(3000,), float_scale=3000, ivf_nlist=8,
     )  # fmt: skip
     r = run_bench(clusters, clusters, tmp_path / "rep", cfg, progress=False)
     for f in ("report.json", "report.md", "map_vs_bits.png", "qps_vs_map.png", "pr_curves.png"):
@@ -52,3 +52,34 @@ def test_run_bench_writes_report(tmp_path, clusters):
     assert ps["fit"]["bits"] == 32 and ps["fit"]["ratio"] == pytest.approx(ps["fit"]["reference"]["seconds"] / ps["fit"]["hashindex"]["seconds"])
     assert "| embed | – | not measured (no `--images`) |" in md and "| 3,000 | 16 | 2.01 | 2.00 | not measured (below 1,000,000 items) |" in md
     assert r["targets"] == doc["targets"]
+    ivf = doc["synthetic_ivf"]  # IVF on the clustered synthetic codes, 8 lists
+    assert [(x["n"], x["bits"], x["nlist"]) for x in ivf] == [(3000, 16, 8), (3000, 32, 8)]
+    for x in ivf:
+        assert x["at_target"]["recall"] >= 0.95 and x["speedup"] == pytest.approx(x["at_target"]["qps"] / x["flat_qps"])
+        assert [s["nprobe"] for s in x["sweep"]][-1] == x["at_target"]["nprobe"]
+        assert ("synthetic", f"ivf-nprobe{x['at_target']['nprobe']}", x["bits"]) in kinds
+    assert "nprobe at recall ≥ 0.95" in md
+
+
+def test_ivf_at_recall_against_numpy_popcount():
+    """The IVF sweep's recall is the fraction of places filled within the flat k-th distance, by a
+    NumPy popcount, and the sweep stops at the first nprobe that reaches 0.95."""
+    from hashindex.codes import hamming
+    from hashindex.synthetic import clustered_codes, ivf_at_recall, recall_within
+
+    rng = np.random.default_rng(0)
+    codes = clustered_codes(5000, 64, rng)
+    db, q = codes[:4900], codes[4900:]
+    full = hamming(q, db)  # (100, 4900) by NumPy popcount
+    k = 10
+    flat_d = np.sort(full, axis=1)[:, :k]
+    iv = ivf_at_recall(db, q, flat_d.astype(np.int32), nlist=16)
+    fi = iv["index"]
+    for row in iv["sweep"]:
+        fi.nprobe = row["nprobe"]
+        d, i = fi.search(q, k)
+        found = i >= 0
+        ok = np.array([(full[r, i[r][found[r]]] <= flat_d[r, -1]).sum() for r in range(len(q))])
+        assert row["recall"] == pytest.approx(ok.mean() / k)
+        assert recall_within(d, flat_d) == pytest.approx(ok.mean() / k)
+    assert iv["at_target"]["recall"] >= 0.95 and all(r["recall"] < 0.95 for r in iv["sweep"][:-1])
