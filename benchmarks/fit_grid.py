@@ -56,14 +56,17 @@ if __name__ == "__main__":
 def render(rows: list[dict], command: str) -> list[str]:
     """BENCHMARKS.md rows of a fit_grid run over seeds: per option set (seed aside), mAP per seed,
     mean and minimum of Hamming and asymmetric ranking."""
-    groups: dict[str, list[dict]] = {}
+    from hashindex.config import FitConfig
+
+    options = set(FitConfig.__dataclass_fields__) - {"seed"}
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = json.dumps({k: v for k, v in r.items() if k in ("bits", "supervised", "method", "targets", "epochs")}, sort_keys=True)
+        key = (r["n"], json.dumps({k: v for k, v in r.items() if k in options}, sort_keys=True))
         groups.setdefault(key, []).append(r)
-    lines = [f"Command: `{command}`.", "", "| options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | fit s (mean) |", "|---|---|---|---|---|---|---|"]
-    for key, rs in groups.items():
+    lines = [f"Command: `{command}`.", "", "| database | options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | fit s (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for (n, key), rs in groups.items():
         h = [100 * r["hamming"] for r in rs]
         a = [100 * r["asymmetric"] for r in rs]
         per = ", ".join(f"{r.get('seed', 0)}: {x:.1f}" for r, x in zip(rs, h))
-        lines.append(f"| `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |")
+        lines.append(f"| {n:,} | `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |")
     return lines
