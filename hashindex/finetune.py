@@ -51,7 +51,7 @@ class FinetuneConfig(BackboneOptions):
     """Options of ``hashindex finetune`` (the paper's LoRA defaults: rank 16, alpha 16, dropout 0.1).
 
     ``lr`` is the HashCoder's peak learning rate (fit-probe's 1e-3); ``adapter_lr`` the
-    adapters', ten times smaller: they perturb a pretrained network whose features the head is
+    adapters', half of it: they perturb a pretrained network whose features the head is
     fitting at the same time, and a large step there makes the codes chase a moving target.
     Both follow a cosine schedule per step down to ``min_lr``, the adapters' over the joint epochs.
 
