@@ -11,8 +11,8 @@ import click
 
 from hashindex import __version__
 from hashindex.config import (
-    BENCH_METHODS, BITS_RANGE, HASHCODER_SIZES, INDEX_KINDS, METHODS, BenchConfig, EmbedConfig, FitConfig, IndexConfig,
-    default,
+    BENCH_METHODS, BITS_RANGE, HASHCODER_SIZES, INDEX_KINDS, METHODS, RATE_WEIGHT, RATE_WEIGHT_SHORT, SHORT_CODE_BITS,
+    BenchConfig, EmbedConfig, FitConfig, IndexConfig, default,
 )  # fmt: skip
 from hashindex.errors import HashIndexError, InputError
 from hashindex.spec import DEFAULT_MODEL, INTERPOLATIONS
@@ -160,7 +160,7 @@ def embed(obj, source, out, split, root, data_dir, limit, restart, ray_address, 
 @click.option("--lr", type=float, default=None, help=f"AdamW peak learning rate, cosine-decayed per step [default: {default(FitConfig, 'lr'):g}].")
 @click.option("--weight-decay", type=float, default=None, help=f"AdamW weight decay [default: {default(FitConfig, 'weight_decay'):g}].")
 @click.option("--eps", type=float, default=None, help=f"Coding-rate distortion epsilon [default: {default(FitConfig, 'eps'):g}].")
-@click.option("--reg", type=float, default=None, help=f"Weight of the coding-rate regulariser [default: {default(FitConfig, 'reg'):g}].")
+@click.option("--reg", type=float, default=None, help=f"Weight of the coding-rate regulariser [default: {RATE_WEIGHT_SHORT:g} for codes of at most {SHORT_CODE_BITS} bits, {RATE_WEIGHT:g} for longer ones].")
 @click.option(
     "--eval-view/--no-eval-view", default=None,
     help="CroVCA also draws the eval embedding (the un-augmented image) as one of a sample's two views "

@@ -70,7 +70,7 @@ class FinetuneConfig(BackboneOptions):
     min_lr: float = 1e-6
     weight_decay: float = 1e-2
     eps: float = 0.05
-    reg: float = 0.1
+    reg: float | None = None  # None: as fit-probe, by code length
     eval_view: bool = True
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -298,7 +298,7 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             opt.param_groups[0]["lr"] = _cosine_lr(step, total, config.lr, config.min_lr)
             opt.param_groups[1]["lr"] = _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
             y = None if labels is None else labels[torch.from_numpy(b).to(dev)]
-            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, config.reg))
+            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, config.fit_config().rate_weight))
             sums += now
             step += 1
             bar.update(1)

@@ -98,7 +98,7 @@ def reference_fit(views: np.ndarray, cfg: FitConfig, epochs: int) -> float:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = model(torch.cat([data[i, a], data[i, b]]))
             z1, z2 = z.float().chunk(2)
-            loss = crovca_loss(z1, z2, None, cfg.eps, cfg.reg)[0]
+            loss = crovca_loss(z1, z2, None, cfg.eps, cfg.rate_weight)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -213,3 +213,23 @@ def test_crovca_on_cuda_separates_classes_as_on_cpu(tmp_path, clusters, views):
     inter = np.abs(bits[:, None] - bits[None, :400]).sum(2).mean()
     assert intra < 0.25 * inter
     assert 0.3 < probe.meta["bit_balance"]["mean"] < 0.7
+
+
+@pytest.mark.parametrize("bits,reg,want", [(16, None, 0.2), (24, None, 0.1), (64, None, 0.1), (16, 0.05, 0.05)])
+def test_coding_rate_weight_by_code_length(clusters, monkeypatch, bits, reg, want):
+    """Codes of at most 16 bits get the stronger coding-rate weight unless one is given; the loss
+    uses it and the probe records it."""
+    import hashindex.probe.fit as fit
+
+    used = set()
+    real = fit.crovca_loss
+
+    def spy(z1, z2, y, eps, weight, codes=None):
+        used.add(weight)
+        return real(z1, z2, y, eps, weight, codes)
+
+    monkeypatch.setattr(fit, "crovca_loss", spy)
+    probe = fit_probe(clusters, FitConfig(bits=bits, epochs=1, reg=reg), progress=False)
+    assert used == {want} and probe.config["reg"] == want
+    with pytest.raises(InputError):
+        FitConfig(reg=-0.1).validate()

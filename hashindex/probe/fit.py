@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import torch
@@ -161,7 +161,7 @@ def _train_crovca(
                 z = model(x)
             z1, z2 = z.float().chunk(2)
             y = None if lab is None else lab[samples[s : s + m]]
-            loss, align, rate = crovca_loss(z1, z2, y, cfg.eps, cfg.reg, codes)
+            loss, align, rate = crovca_loss(z1, z2, y, cfg.eps, cfg.rate_weight, codes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -240,6 +240,8 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
         InputError: bad options, no views for CroVCA, no labels for ``supervised``.
     """
     config.validate()
+    if config.method == "crovca":
+        config = replace(config, reg=config.rate_weight)  # the probe records the weight it was fitted with
     if emb.n == 0:
         raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to fit a probe on")
     t0 = time.perf_counter()
