@@ -215,6 +215,13 @@ def render() -> str:
         doc = json.loads(fp.read_text())
         lines += ["", "## CroVCA across seeds on the full protocol (this code: codebook targets, step schedule)", "", doc["note"], ""]
         lines += render_grid(doc["rows"], doc["command"])
+    cw = RESULTS / "coding_rate_weight.json"
+    if cw.exists():
+        from fit_grid import render as render_grid
+
+        doc = json.loads(cw.read_text())
+        lines += ["", "## Coding-rate weight (`--reg`) by code length and collection size", "", doc["note"], ""]
+        lines += render_grid(doc["rows"], doc["command"])
     # benchmarks/ is on sys.path as the script's folder
     from finetune_fmnist import render as render_finetune
     from quality_subsets import render as render_subsets

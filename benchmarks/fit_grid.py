@@ -63,10 +63,11 @@ def render(rows: list[dict], command: str) -> list[str]:
     for r in rows:
         key = (r["n"], json.dumps({k: v for k, v in r.items() if k in options}, sort_keys=True))
         groups.setdefault(key, []).append(r)
-    lines = [f"Command: `{command}`.", "", "| database | options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | fit s (mean) |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Command: `{command}`.", "", "| database | options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | mean bit correlation | distinct codes | fit s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (n, key), rs in groups.items():
         h = [100 * r["hamming"] for r in rs]
         a = [100 * r["asymmetric"] for r in rs]
         per = ", ".join(f"{r.get('seed', 0)}: {x:.1f}" for r, x in zip(rs, h))
-        lines.append(f"| {n:,} | `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |")
+        lines.append(f"| {n:,} | `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | "
+                     f"{np.mean([r['bit_corr_mean'] for r in rs]):.3f} | {np.mean([r['distinct_codes'] for r in rs]):,.0f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |")
     return lines
