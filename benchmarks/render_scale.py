@@ -18,6 +18,10 @@ def _met(ok) -> str:
     return "not measured" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def _fmt_x(v) -> str:
+    return "not reached" if v is None else f"{v:,.0f}x"
+
+
 def render_scale(results: Path) -> list[str]:
     scale = _load(results / "scale.json")
     ray = _load(results / "ray_embed.json")
@@ -96,6 +100,25 @@ def render_scale(results: Path) -> list[str]:
                 f"| IVF at recall@10 ≥ 0.95: ≥ 10x flat q/s | {t.get('ivf_speedup_at_recall_0.95')}x ({f['ntotal'] / 1e6:.0f}M codes) | {_met(t.get('ivf_speedup_met'))} |",
                 f"| flat resident ≤ 1.2 × (bits/8 + 8) = {t.get('flat_resident_limit', 19.2):.1f} B/item | {f['resident_bytes_per_item']:.2f} B/item | {_met(t.get('flat_resident_met'))} |",
                 f"| flat p99 reported | {f['latency']['p99_ms']:,.0f} ms (one thread) | reported |", ""]  # fmt: skip
+    bs = _load(results / "bench_scale_100m.json")
+    if bs:
+        syn = [r for r in bs["speed"] if r["scope"] == "synthetic"]
+        cfg = bs["config"]
+        out += ["### `hashindex bench` at 100M codes", "",
+                f"`{bs['command']}`; {bs['date']}, {bs['machine'].get('cpu', '')}, one thread (`OMP_NUM_THREADS=1`). "
+                f"The bench's synthetic collection (clustered codes, queries drawn the same way), "
+                f"k = {cfg['speed_k']}; queries/s from one batch of {min(cfg['speed_queries'], 1000)}, latency from "
+                f"{min(cfg['latency_queries'], 100)} single queries; bytes/item of the flat index from the RSS growth of a fresh process.", "",
+                "| index | bits | queries/s | p50 ms | p99 ms | recall@k vs flat | bytes/item |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in syn:
+            rec = "" if r.get("recall") is None else f"{r['recall']:.3f}"
+            mem = "" if r.get("ram_bytes_per_item") is None else f"{r['ram_bytes_per_item']:.2f}"
+            out.append(f"| {r['kind']} | {r['bits']} | {r['qps']:,.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {rec} | {mem} |")
+        for iv in bs.get("synthetic_ivf", []):
+            sweep = ", ".join(f"{x['nprobe']}: {x['recall']:.3f}" for x in iv["sweep"])
+            out.append(f"\nIVF, {iv['bits']} bits, nlist {iv['nlist']}: built in {iv['build_seconds']:.0f} s; recall by nprobe {sweep}; "
+                       f"{_fmt_x(iv['speedup'])} the flat index's queries/s at the first nprobe reaching 0.95.")
+        out += [""]
     if fv:
         s = fv["summary"]
         out += ["### CroVCA on feature-space views (no image views) against ITQ", "",
