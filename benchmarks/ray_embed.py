@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import shutil
 import time
 from pathlib import Path
@@ -58,7 +60,7 @@ def main() -> None:
     ips = {m: float(np.mean([r["images_per_second"] for r in runs if r["mode"] == m])) for m in ("single", "ray")}
     a, b = open_embeddings(work / "single-0.h5"), open_embeddings(work / "ray-1.h5")
     doc = {
-        "benchmark": "ray_embed", "date": time.strftime("%Y-%m-%d"), "machine": "2-core Intel Xeon, no GPU (shared)",
+        "benchmark": "ray_embed", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
         "images": args.images, "image_size": 112, "ray_cpus": args.cpus, "ray_actors": args.actors, "runs": runs,
         "single_images_per_second": round(ips["single"], 2), "ray_images_per_second": round(ips["ray"], 2),
         "ratio": round(ips["ray"] / ips["single"], 3), "target_ratio": 0.8, "met": ips["ray"] >= 0.8 * ips["single"],

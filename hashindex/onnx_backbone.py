@@ -93,11 +93,14 @@ class OnnxBackbone:
         return torch.from_numpy(self.features_np(x.detach().cpu().contiguous().numpy()))
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # its warnings about unused initialisers are noise here
+    if threads:  # a slice of cores shared with other workers: wait for work instead of spinning
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -190,9 +193,10 @@ def _Features(model):
     return Features(model)
 
 
-def with_runtime(backbone, runtime: str):
+def with_runtime(backbone, runtime: str, threads: int | None = None):
     """The backbone that ``runtime`` asks for (:data:`hashindex.config.Runtime`): the torch
-    backbone itself, or its ONNX export (made on first use).
+    backbone itself, or its ONNX export (made on first use). ``threads``: the ONNX Runtime
+    session's threads, for a worker that shares the cores with others (default: all cores).
 
     ``auto`` takes ONNX Runtime on the CPU when it is installed and the export works, and falls
     back to torch with a warning when it does not; ``onnx`` insists.
@@ -206,7 +210,8 @@ def with_runtime(backbone, runtime: str):
     if backbone.device.type != "cpu":
         raise InputError("--runtime onnx runs on the CPU: use --device cpu, or --runtime torch on a GPU")
     try:
-        return load_onnx(backbone.spec) or export_onnx(backbone)
+        ob = load_onnx(backbone.spec) or export_onnx(backbone)
+        return ob if not threads else OnnxBackbone(_session(ob.path, threads), ob.spec, ob.path)
     except InputError as e:
         if runtime == "onnx":
             raise

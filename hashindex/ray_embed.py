@@ -121,7 +121,7 @@ class _EmbedActor:
         )  # fmt: skip
         if self.backbone.spec.to_dict() != spec:  # another node, other weights: refuse to mix them
             raise InputError(f"the backbone on this Ray worker differs from the driver's: {self.backbone.spec.to_dict()} vs {spec}")
-        self.backbone = with_runtime(self.backbone, c.runtime)
+        self.backbone = with_runtime(self.backbone, c.runtime, threads)
         self.work, self.s0 = Path(work), s0
 
     def __call__(self, batch: dict) -> dict:
@@ -194,8 +194,8 @@ def ray_runner(address: str | None = None, actors: int | None = None):
                 _decode, batch_size=1, num_cpus=1,
                 fn_kwargs={"source_ref": ray.put(source), "size": s0, "interpolation": spec.interpolation, "draft": config.jpeg_draft},
             )  # fmt: skip
-            # CPU actors share the cores: each gets its slice as torch threads (Ray's CPU count
-            # is a scheduling hint, not a limit).
+            # CPU actors share the cores: each gets its slice as torch or ONNX Runtime threads
+            # (Ray's CPU count is a scheduling hint, not a limit).
             threads = None if gpus else max(1, cpus // pool)
             ds = ds.map_batches(
                 _EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),

@@ -83,6 +83,9 @@ def test_onnx_export_gives_torch_features_and_is_cached(lite0, rng):
     assert again is not None and again.path == ob.path
     assert onnx_backbone.with_runtime(lite0, "torch") is lite0
     assert isinstance(onnx_backbone.with_runtime(lite0, "auto"), onnx_backbone.OnnxBackbone)
+    one = onnx_backbone.with_runtime(lite0, "onnx", threads=1)  # a Ray actor's slice of the cores
+    assert one.session.get_session_options().intra_op_num_threads == 1 and one.path == ob.path
+    np.testing.assert_allclose(one.features(x).numpy(), got, rtol=1e-5, atol=1e-6)
     # a corrupt file or a record of another backbone is refused, never used
     data = ob.path.read_bytes()
     try:
