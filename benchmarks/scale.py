@@ -144,30 +144,26 @@ def search_flat(work: Path, n: int, nq: int, nlat: int) -> dict:
 
 
 def search_ivf(work: Path, n: int, nq: int, nlat: int, nlist: int, target: float) -> dict:
+    """IVF (trained on a sample, as ``build`` does) at doubling nprobe until recall@10 against
+    the flat results reaches ``target``: :func:`hashindex.synthetic.ivf_at_recall`."""
     import faiss
 
-    from hashindex.index import IndexConfig, make_faiss_index
+    from hashindex.synthetic import ivf_at_recall
 
     flat = faiss.read_index_binary(str(work / f"flat-{n}.faiss"), faiss.IO_FLAG_MMAP_IFC)
-    codes = faiss.vector_to_array(flat.xb).reshape(n, 8)  # a view of the mapped file
-    t0 = time.perf_counter()
-    index = make_faiss_index(codes, IndexConfig("ivf", nlist, 1))
-    build_s = time.perf_counter() - t0
-    del codes, flat
+    codes = faiss.vector_to_array(flat.xb).reshape(n, 8)
     xq = next(clustered_codes(nq, seed=2))
-    gd, gi = np.load(work / f"gt-{n}.npy")
-    sweep, best = [], None
-    for nprobe in (1, 2, 4, 8, 16, 32, 64, 128):
-        index.nprobe = nprobe
-        qps, d, ids = _qps(index, xq, 10)
-        # Recall@10 with ties: a hit counts when its distance is within the true 10th distance.
-        recall = float(np.mean([np.sum(d[q] <= gd[q][-1]) / 10 for q in range(nq)]))
-        sweep.append({"nprobe": nprobe, "qps": round(qps, 1), "recall_at_10": round(recall, 4)})
-        print(json.dumps(sweep[-1]), file=sys.stderr, flush=True)
-        if recall >= target:
-            best = dict(sweep[-1], latency=_latency(index, xq[:nlat], 10))
-            break
-    return {"nlist": nlist, "build_seconds": round(build_s, 1), "sweep": sweep, "at_target": best, "peak_rss_bytes": _mem()["VmHWM"]}
+    gd, _ = np.load(work / f"gt-{n}.npy")
+    iv = ivf_at_recall(codes, xq, gd, nlist, target)
+    del codes, flat
+    sweep = [{"nprobe": r["nprobe"], "qps": round(r["qps"], 1), "recall_at_10": round(r["recall"], 4)} for r in iv["sweep"]]
+    at = iv["at_target"]
+    best = None
+    if at is not None:
+        index = iv["index"]
+        index.nprobe = at["nprobe"]
+        best = dict(sweep[-1], latency=_latency(index, xq[:nlat], 10))
+    return {"nlist": nlist, "build_seconds": round(iv["build_seconds"], 1), "sweep": sweep, "at_target": best, "peak_rss_bytes": _mem()["VmHWM"]}
 
 
 def main() -> None:

@@ -194,8 +194,8 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
         fi = faiss.IndexBinaryFlat(bits)
         fi.add(codes)
         mem = flat_memory(fi, n, bits, cfg.seed, cfg.rss_min_items)
-        r = _timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
-        out.append(dict(kind="flat", n=n, bits=bits, **mem, **r))
+        flat = dict(kind="flat", n=n, bits=bits, **mem, **_timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)))
+        out.append(flat)
         if bits <= MAX_LOOKUP_BITS:
             lk = HammingLookup(codes)
             r = _timed_search(lambda c: lk.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
@@ -210,8 +210,7 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
                 ivf.nprobe = at["nprobe"]
                 r = _timed_search(lambda c: ivf.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
                 out.append(dict(kind=f"ivf-nprobe{at['nprobe']}", n=n, bits=bits, recall=at["recall"], **r))
-            flat_qps = next(r["qps"] for r in out if r["kind"] == "flat" and r["bits"] == bits and r["n"] == n)
-            ivf_out.append(dict(iv, n=n, bits=bits, k=cfg.speed_k, flat_qps=flat_qps, speedup=None if at is None else at["qps"] / flat_qps))
+            ivf_out.append(dict(iv, n=n, bits=bits, k=cfg.speed_k, flat_qps=flat["qps"], speedup=None if at is None else at["qps"] / flat["qps"]))
             del ivf
         else:
             del fi

@@ -90,6 +90,7 @@ def ivf_rows(ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray,
     Yields one row per nprobe, with the index still set to it (so the caller can time it).
     """
     from .retrieval import sort_results
+    from .synthetic import recall_within
 
     fi = ivf.faiss_index
     for nprobe in nprobes:
@@ -100,8 +101,7 @@ def ivf_rows(ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray,
         found = i >= 0
         complete = float(found.all(axis=1).mean())
         hit = np.array([np.isin(flat_ids[r], i[r][found[r]]).sum() for r in range(len(i))])
-        tie_ok = (found & (d <= flat_d[:, -1:])).sum(1)
-        row = {"kind": f"ivf-nprobe{nprobe}", "nprobe": nprobe, "k": k, "recall": float(hit.mean() / k), "recall_ties": float(tie_ok.mean() / k), "complete": complete, "map": None}
+        row = {"kind": f"ivf-nprobe{nprobe}", "nprobe": nprobe, "k": k, "recall": float(hit.mean() / k), "recall_ties": recall_within(d, i, flat_d), "complete": complete, "map": None}
         if complete == 1.0:
             _, ids = sort_results(d.astype(np.int32), i.astype(np.int64))
             row["map"] = mean_average_precision(relevance(yq, yb, ids))

@@ -34,7 +34,7 @@ from .errors import InputError
 from .lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
 from .config import BackboneOptions, FitConfig
 from .probe.artifact import Probe, state_to_arrays
-from .probe.fit import _cosine_lr, optimizer_step, recalibrate_bits
+from .probe.fit import _cosine_lr, optimizer_step, recalibrate_bits, view_pairs
 from .probe.hashcoder import HashCoder
 from .probe.losses import crovca_loss
 from .sources import ImageSource
@@ -274,6 +274,7 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
     logger.info("LoRA rank %d on %d layers: %d trainable weights, %d in the backbone", config.lora.rank, len(layers), trainable, backbone_params)
     bar = tqdm(total=total, initial=start * steps, unit="step", desc=f"finetune {config.bits} bits", disable=not progress)
     data = torch.from_numpy(bases)
+    rate_weight = config.fit_config().rate_weight
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         joint = epoch >= config.head_epochs
@@ -298,7 +299,7 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             opt.param_groups[0]["lr"] = _cosine_lr(step, total, config.lr, config.min_lr)
             opt.param_groups[1]["lr"] = _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
             y = None if labels is None else labels[torch.from_numpy(b).to(dev)]
-            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, config.fit_config().rate_weight))
+            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, rate_weight))
             sums += now
             step += 1
             bar.update(1)
@@ -323,8 +324,7 @@ def pick_views(stack: torch.Tensor, gen: np.random.Generator) -> list[torch.Tens
     """Two distinct views per sample out of ``stack`` ``(V, m, ...)``, drawn as fit-probe draws
     its pairs among the eval and cached views."""
     v, m = stack.shape[:2]
-    a = gen.integers(0, v, m)
-    b = (a + gen.integers(1, v, m)) % v
+    a, b = view_pairs(gen, v, m)
     rows = torch.arange(m)
     return [stack[torch.from_numpy(a), rows], stack[torch.from_numpy(b), rows]]
 

@@ -141,13 +141,14 @@ class HashIndex:
         """The packed codes of every item, ``(ntotal, bits // 8)``, in id order."""
         return stored_codes(self.faiss_index)
 
-    def items(self) -> dict:
-        """``names`` (list[str]), ``source_index`` (int64), ``labels`` (uint8 or None), ``label_names``."""
+    def items(self, names: bool = True) -> dict:
+        """``names`` (list[str]; None unless ``names``), ``source_index`` (int64), ``labels``
+        (uint8 or None), ``label_names``."""
         if self._items is not None:
             return self._items
         with h5py.File(self.path / ITEMS_FILE, "r") as f:
             return {
-                "names": [as_str(s) for s in f["names"][()]],
+                "names": [as_str(s) for s in f["names"][()]] if names else None,
                 "source_index": f["source_index"][()],
                 "labels": f["labels"][()] if "labels" in f else None,
                 "label_names": json.loads(f.attrs.get("label_names", "null")),

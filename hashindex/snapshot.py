@@ -14,7 +14,6 @@ additions and an order-preserving removal (faiss's own swaps the last entry in).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 
@@ -316,13 +315,11 @@ def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None, embe
     when ``load_index(mmap=True)`` opened it, its codes a view of the faiss index: no copy of
     them. Names are read from the items file by the rows asked for (:class:`ItemNames`).
     """
+    items = hi.items(names=False)  # names: read by the rows asked for
     n = hi.ntotal
     with h5py.File(hi.path / ITEMS_FILE, "r") as f:
         ids = f["ids"][()].astype(np.int64) if "ids" in f else np.arange(n, dtype=np.int64)
         float_row = f["float_row"][()].astype(np.int64) if "float_row" in f else np.arange(n, dtype=np.int64)
-        source_index = f["source_index"][()].astype(np.int64)
-        labels = f["labels"][()] if "labels" in f else None
-        label_names = json.loads(f.attrs.get("label_names", "null"))
     if len(ids) != n or (n and (np.diff(ids) <= 0).any()) or len(float_row) != n:
         raise IntegrityError(f"{hi.path}: {ITEMS_FILE} has ids that are not strictly ascending or not one per item")
     fi = hi.faiss_index
@@ -341,8 +338,8 @@ def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None, embe
     dim = hi.probe.input_dim
     ex = np.zeros((0, dim), np.float32) if extra is None else extra
     index = dataclasses.replace(hi, faiss_index=fi, lookup=IdLookup(codes, ids) if hi.kind == "lookup" else None)
-    return Snapshot(generation, index, ids, codes, ItemNames(hi.path / ITEMS_FILE, n), labels, source_index, float_row, ex,
-                    label_names, embeddings_path)  # fmt: skip
+    return Snapshot(generation, index, ids, codes, ItemNames(hi.path / ITEMS_FILE, n), items["labels"], items["source_index"].astype(np.int64),
+                    float_row, ex, items["label_names"], embeddings_path)  # fmt: skip
 
 
 def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:

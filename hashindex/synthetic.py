@@ -40,12 +40,11 @@ def clustered_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def recall_within(d: np.ndarray, flat_d: np.ndarray) -> float:
+def recall_within(d: np.ndarray, ids: np.ndarray, flat_d: np.ndarray) -> float:
     """Recall@k of a search against the flat one, counting ties: the fraction of the k places
-    filled by an item at most as far as the flat k-th distance (``d`` < 0 or found -1 count as
-    misses through their faiss distance of INT_MAX)."""
+    filled (id >= 0) by an item at most as far as the flat k-th distance."""
     k = flat_d.shape[1]
-    return float((d <= flat_d[:, -1:]).sum(1).mean() / k)
+    return float(((ids >= 0) & (d <= flat_d[:, -1:])).sum(1).mean() / k)
 
 
 def ivf_at_recall(codes: np.ndarray, queries: np.ndarray, flat_d: np.ndarray, nlist: int, target: float = 0.95) -> dict:
@@ -65,8 +64,8 @@ def ivf_at_recall(codes: np.ndarray, queries: np.ndarray, flat_d: np.ndarray, nl
     while at is None and nprobe <= nlist:
         fi.nprobe = nprobe
         t0 = time.perf_counter()
-        d, _ = fi.search(queries, flat_d.shape[1])
-        row = {"nprobe": nprobe, "qps": len(queries) / (time.perf_counter() - t0), "recall": recall_within(d, flat_d)}
+        d, ids = fi.search(queries, flat_d.shape[1])
+        row = {"nprobe": nprobe, "qps": len(queries) / (time.perf_counter() - t0), "recall": recall_within(d, ids, flat_d)}
         sweep.append(row)
         at = row if row["recall"] >= target else None
         nprobe *= 2

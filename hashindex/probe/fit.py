@@ -82,6 +82,12 @@ def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def view_pairs(gen: np.random.Generator, v: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two distinct views ``(a, b)`` among ``v`` for each of ``m`` samples, uniformly."""
+    a = gen.integers(0, v, m)
+    return a, (a + gen.integers(1, v, m)) % v
+
+
 def epoch_pairs(gen: np.random.Generator, n: int, v: int, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One epoch's samples and view pairs: ``(perm, a, b)``, sample ``perm[j]`` seen in views
     ``a[j] != b[j]``; batches are consecutive runs of ``batch_size``. Drawn in the order the
@@ -93,8 +99,7 @@ def epoch_pairs(gen: np.random.Generator, n: int, v: int, batch_size: int) -> tu
         k = min(batch_size, n - s)
         if k < 2:  # BatchNorm and the coding rate need two samples
             continue
-        a[s : s + k] = gen.integers(0, v, k)
-        b[s : s + k] = (a[s : s + k] + gen.integers(1, v, k)) % v  # a different view
+        a[s : s + k], b[s : s + k] = view_pairs(gen, v, k)
     return perm, a, b
 
 
