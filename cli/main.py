@@ -231,8 +231,13 @@ def _field(text) -> str:
 @click.option("--adapter", type=click.Path(file_okay=False), default=None, help="Where the index's LoRA adapter is now, when its recorded folder moved.")
 @opt.device
 @opt.runtime
+@click.option(
+    "--verify/--no-verify", default=True, show_default=True,
+    help="Check the sha256 of every index file before searching (sizes are always checked); hashing a large index "
+    "dominates a cold query, and --no-verify skips it.",
+)  # fmt: skip
 @opt.as_json
-def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, adapter, device, runtime, as_json):
+def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights, adapter, device, runtime, verify, as_json):
     """Search INDEX with IMAGES (embedded by the index's backbone) or --embeddings.
 
     Prints rank, id, name (path or split/index), label and Hamming distance per result, one
@@ -244,11 +249,11 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
     if bool(images) == bool(emb_file):
         raise click.UsageError("give query IMAGES or --embeddings FILE (one of the two)")
     if emb_file:
-        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe, rerank=rerank, asymmetric=asymmetric, device=device)
+        results = query_embeddings_file(index, emb_file, k, limit=limit, nprobe=nprobe, rerank=rerank, asymmetric=asymmetric, device=device, verify=verify)
     else:
         results = query_images(
             index, list(images), k, nprobe=nprobe, weights=weights, device=device, rerank=rerank, asymmetric=asymmetric,
-            adapter=adapter, runtime=runtime or default(EmbedConfig, "runtime"),
+            adapter=adapter, runtime=runtime or default(EmbedConfig, "runtime"), verify=verify,
         )  # fmt: skip
     if as_json:
         click.echo(json.dumps(results, indent=1))

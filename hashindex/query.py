@@ -24,13 +24,14 @@ def format_live(snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, sc
 
 def query_images(
     index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None,
-    runtime: str = "auto",
+    runtime: str = "auto", verify: bool = True,
 ) -> list[dict]:  # fmt: skip
     """Embed image files with the index's backbone (with its LoRA adapter, if any) and search;
     ``device`` (default ``auto``) runs both the backbone and a flat index's Hamming scan.
 
     With ``runtime`` ``auto`` or ``onnx`` on the CPU the backbone's cached ONNX export answers
     (:mod:`hashindex.onnx_backbone`; exported on first use), so the process never imports torch.
+    ``verify`` False skips the sha256 of the index files (their sizes are still checked).
 
     Raises:
         InputError: an image cannot be decoded, bad k.
@@ -41,7 +42,7 @@ def query_images(
     check_k(k)
     from .importer import check_image_queries
 
-    live = open_live(index_dir)
+    live = open_live(index_dir, verify=verify)
     check_image_queries(live.manifest.backbone, f"the index {index_dir}")
     spec = BackboneSpec.from_dict(live.manifest.backbone)
     snap = live.snapshot
@@ -79,13 +80,15 @@ def image_features(spec: BackboneSpec, images: list[np.ndarray], *, weights=None
     return embed_images(onnx_backbone.with_runtime(bb, runtime), images, batch_size)
 
 
-def query_embeddings_file(index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False, device=None) -> list[dict]:
+def query_embeddings_file(
+    index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False, device=None, verify: bool = True,
+) -> list[dict]:  # fmt: skip
     """Search with the eval embeddings of an HDF5 file (queries named by their item names); a flat
     index's Hamming scan on ``device`` (default ``auto``: the GPU when CUDA is there)."""
     from .live import open_live
 
     check_k(k)
-    snap = open_live(index_dir).snapshot
+    snap = open_live(index_dir, verify=verify).snapshot
     snap.index.set_nprobe(nprobe)
     q = open_embeddings(emb_file)
     snap.index.check_queries(q)

@@ -95,6 +95,28 @@ def test_query_embeddings_matches_reference(built, fmnist):
     assert text.splitlines()[0] == "query\trank\tid\tname\tlabel\tdistance" and len(text.splitlines()) == 3
 
 
+def test_query_no_verify_skips_only_the_hashing(built, fmnist, tmp_path):
+    """A same-size change to the index file is refused by default (sha256) and searched with --no-verify;
+    a change of size is refused either way."""
+    import shutil
+
+    from hashindex.manifest import INDEX_FILE
+
+    _, q = fmnist
+    d = tmp_path / "index"
+    shutil.copytree(built / "index", d)
+    args = ("query", d, "--embeddings", q.path, "--limit", 3, "-k", 5, "--json")
+    clean = json.loads(run(*args).output)
+    f = d / INDEX_FILE
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF  # the last item's code: the queries' top 5 do not hold it
+    f.write_bytes(bytes(data))
+    _err(run(*args, ok=False), 3, "sha256")
+    assert json.loads(run(*args, "--no-verify").output) == clean
+    f.write_bytes(bytes(data[:-1]))
+    _err(run(*args, "--no-verify", ok=False), 3, INDEX_FILE)
+
+
 def test_evaluate_json(built, fmnist):
     _, q = fmnist
     r = run("evaluate", built / "index", q.path, "--topk", 100, "--json")
