@@ -120,12 +120,16 @@ def render_fashion_mnist(doc: dict) -> list[str]:
     return out
 
 
-def collect_bench(report_dir: Path) -> None:
-    """Copy a bench report's JSON into results/ and its plots into docs/ (for the README)."""
+def collect_bench(report_dir: Path, note: str | None = None) -> None:
+    """Copy a bench report's JSON into results/ (with ``note``, the run's circumstances, when given)
+    and its plots into docs/ (for the README)."""
     import shutil
 
     RESULTS.mkdir(exist_ok=True)
-    shutil.copyfile(report_dir / "report.json", RESULTS / "bench_fashion_mnist.json")
+    report = json.loads((report_dir / "report.json").read_text())
+    if note:
+        report["note"] = note
+    (RESULTS / "bench_fashion_mnist.json").write_text(json.dumps(report, indent=1) + "\n")
     docs = HERE.parent / "docs"
     docs.mkdir(exist_ok=True)
     for png in report_dir.glob("*.png"):
@@ -191,8 +195,8 @@ def render() -> str:
         "ImageNet weights at 112 px (timm's eval transform, bilinear resizing), made with",
         "`hashindex embed fashion-mnist db.h5 --split train --views 2 --image-size 112 --interpolation bilinear` and",
         "`hashindex embed fashion-mnist q.h5 --split test --image-size 112 --interpolation bilinear`; CroVCA with the defaults",
-        "(small HashCoder, 5 epochs, batch 256, seed 0). Speeds are from one run on one machine,",
-        "side by side; the synthetic rows use uniformly random codes and Gaussian float vectors.",
+        "(small HashCoder, at least 1,000 optimiser steps: 5 epochs here, batch 256, seed 0). Speeds are from one run on one",
+        "machine, side by side; the synthetic rows use clustered random codes (`hashindex/synthetic.py`) and Gaussian float vectors.",
         "",
     ]
     f = RESULTS / "fashion_mnist.json"
@@ -203,7 +207,8 @@ def render() -> str:
         report = json.loads(b.read_text())
         plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png")) if p.name != "serve.png"]  # serve.png: the README's screenshot
         lines += ["", f"Command: `{report.get('command', 'hashindex bench')}`; then "
-                  "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR`.", ""]
+                  "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR [NOTE]`.", ""]
+        lines += [report["note"], ""] if report.get("note") else []
         lines.append(render_markdown(report, plots, heading="##"))
         sf = RESULTS / "seeds_fashion_mnist.json"
         if sf.exists():
@@ -268,7 +273,7 @@ def render() -> str:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--bench"]:
-        collect_bench(Path(argv[1]))
+        collect_bench(Path(argv[1]), argv[2] if len(argv) > 2 else None)
     elif argv[:1] == ["--seeds"]:
         collect_seeds([Path(a) for a in argv[1:]])
     elif argv:
