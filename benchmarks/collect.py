@@ -248,6 +248,15 @@ def render() -> str:
     tuned = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("finetune_fashion_mnist*.json"))]
     if tuned:
         lines += [""] + render_finetune(tuned)
+    fz = RESULTS / "frozen_10k_e10.json"
+    if fz.exists():  # the 10-epoch LoRA row against a frozen probe trained as long
+        from hashindex.report import describe_machine
+
+        doc = json.loads(fz.read_text())
+        lines += ["", f"Equal training length: {doc['what']}; {doc['date']}, {describe_machine(doc['machine'])}:", ""]
+        for run in doc["runs"]:
+            ev = run["evaluate"]
+            lines.append(f"- seed {run['seed']}: mAP@1000 {100 * ev['map']:.1f} (asymmetric {100 * ev['asymmetric_map']:.1f}); `" + "`; `".join(run["commands"]) + "`")
     es = RESULTS / "embed_speed.json"
     if es.exists():
         from embed_speed import render as render_embed_speed
