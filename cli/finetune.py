@@ -25,7 +25,8 @@ def _patterns(ctx, param, value):
 @click.argument("source")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--bits", type=click.IntRange(min=16), default=None, help="Code length, a multiple of 8 [default: 64].")
-@click.option("--supervised", is_flag=True, default=None, help="Class-prototype targets from the source's labels (as fit-probe --supervised).")
+@click.option("--supervised", is_flag=True, default=None, help="Class targets from the source's labels (as fit-probe --supervised; see --targets).")
+@opt.targets
 @click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help="HashCoder MLP size [default: small].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
 @click.option("--head-epochs", type=click.IntRange(min=0), default=None, help="First epochs that train the HashCoder alone, before the adapters join [default: 1].")

@@ -3,7 +3,8 @@
 CroVCA's second mode. Each step makes two augmented views of every image of the batch on the
 fly (the recipe and per-image seeding of :mod:`hashindex.augment`, as ``embed --views``), runs
 them through the backbone with its adapters and the HashCoder, and minimises the same loss as
-``fit-probe`` (cross-view or class-prototype BCE plus the coding rate). The first
+``fit-probe`` (cross-view BCE, or with ``supervised`` BCE to fit-probe's class targets, plus the
+coding rate). The first
 ``head_epochs`` train the HashCoder alone on the untouched backbone (its adapters start at
 zero), then adapters and HashCoder train together. Only adapter and HashCoder weights change;
 the backbone's weights and BatchNorm statistics never do.
@@ -32,9 +33,9 @@ from .backbone import Backbone, load_backbone
 from .embed import _BaseImages
 from .errors import InputError
 from .lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
-from .config import BackboneOptions, FitConfig
+from .config import BackboneOptions, FitConfig, TargetKind
 from .probe.artifact import Probe, state_to_arrays
-from .probe.fit import _cosine_lr, optimizer_step, recalibrate_bits, view_pairs
+from .probe.fit import CODEBOOK_SAMPLE, _cosine_lr, class_codebook, optimizer_step, recalibrate_bits, view_pairs
 from .probe.hashcoder import HashCoder
 from .probe.losses import crovca_loss
 from .sources import ImageSource
@@ -61,6 +62,7 @@ class FinetuneConfig(BackboneOptions):
 
     bits: int = 64
     supervised: bool = False
+    targets: TargetKind = "codebook"  # supervised targets, as fit-probe's (FitConfig.targets)
     hashcoder: str = "small"
     epochs: int = 5
     head_epochs: int = 1
@@ -80,7 +82,7 @@ class FinetuneConfig(BackboneOptions):
     def fit_config(self) -> FitConfig:
         """The HashCoder's share of the options, as fit-probe records them."""
         return FitConfig(
-            method="crovca", bits=self.bits, supervised=self.supervised, hashcoder=self.hashcoder, epochs=self.epochs,
+            method="crovca", bits=self.bits, supervised=self.supervised, targets=self.targets, hashcoder=self.hashcoder, epochs=self.epochs,
             batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay, eps=self.eps,
             reg=self.reg, eval_view=self.eval_view, device=self.device, seed=self.seed,
         )  # fmt: skip
@@ -253,6 +255,8 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
     torch.manual_seed(config.seed)
     head = HashCoder(spec.num_features, config.bits, config.hashcoder).to(dev)
     layers = inject(model, names, config.lora, config.seed)
+    book = _codebook(bb, head, bases, None if labels is None else source.labels[idx], config)  # adapters start at zero: untuned features
+    codes = None if book is None else torch.from_numpy(book.codes).to(dev)
     adapters = [p for m in layers for p in (m.lora_A, m.lora_B)]
     for p in adapters:
         p.requires_grad_(True)
@@ -299,7 +303,7 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             opt.param_groups[0]["lr"] = _cosine_lr(step, total, config.lr, config.min_lr)
             opt.param_groups[1]["lr"] = _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
             y = None if labels is None else labels[torch.from_numpy(b).to(dev)]
-            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, rate_weight))
+            now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, rate_weight, codes))
             sums += now
             step += 1
             bar.update(1)
@@ -317,7 +321,16 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
         _write_bytes(out / CHECKPOINT, save(_checkpoint_tensors(head, model, opt), metadata=meta))
     bar.close()
     set_adapter_training(model, False)
-    return _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds)
+    return _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book)
+
+
+def _codebook(bb: Backbone, head: HashCoder, bases: np.ndarray, labels: np.ndarray | None, config: FinetuneConfig):
+    """fit-probe's class codebook for supervised codebook targets, aligned to the untrained
+    HashCoder's class prototypes on the eval features of (a sample of) the training images."""
+    if labels is None or config.targets != "codebook":
+        return None
+    sel = np.sort(np.random.default_rng(config.seed).permutation(len(bases))[:CODEBOOK_SAMPLE])
+    return class_codebook(head, eval_features(bb, bases[sel]), labels[sel], config.seed)
 
 
 def pick_views(stack: torch.Tensor, gen: np.random.Generator) -> list[torch.Tensor]:
@@ -338,7 +351,7 @@ def eval_features(backbone: Backbone, bases: np.ndarray, batch_size: int = 256) 
     return np.concatenate(out).astype(np.float32)
 
 
-def _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds) -> FinetuneSummary:
+def _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book) -> FinetuneSummary:
     """Write the adapter, then the probe, then ``adapter.json`` (the mark of a finished run)."""
     from .codes import bit_balance, pack
 
@@ -353,6 +366,8 @@ def _publish(out, source, config, settings, bb, head, bases, idx, trainable, bac
     }  # fmt: skip
     fit = asdict(config.fit_config())
     meta = {"embeddings": provenance, "adapter": {"path": tuned.adapter, "sha256": sha}, "loss_history": history, "fit_seconds": round(seconds, 3)}
+    if book is not None:
+        meta["codebook"] = book.to_meta()
     probe = Probe("crovca", config.bits, tuned.num_features, {**fit, "finetune": True}, meta, state_to_arrays(head), head.eval())
     bal = bit_balance(pack(probe.logits(x)))
     meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}

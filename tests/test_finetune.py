@@ -188,3 +188,38 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert a["adapter"] == b["adapter"] and a["history"] == b["history"]
     assert a["probe"].keys() == b["probe"].keys() and all(np.array_equal(a["probe"][k], b["probe"][k]) for k in a["probe"])
     assert not (out / ft.CHECKPOINT).exists()
+
+
+def test_supervised_trains_to_fit_probes_class_codebook(tmp_path, monkeypatch):
+    """--supervised uses fit-probe's default targets: the class codebook, aligned to the untrained
+    HashCoder's class prototypes on the untuned features, given to every step's loss and
+    recorded in the probe; --targets prototype trains without it."""
+    from hashindex.augment import base_size
+    from hashindex.backbone import load_backbone
+    from hashindex.probe.fit import class_codebook
+
+    seen = []
+
+    def loss(*a):
+        seen.append(a[5])
+        return ft_loss(*a)
+
+    ft_loss = ft.crovca_loss
+    monkeypatch.setattr(ft, "crovca_loss", loss)
+    weights = tinyvit.write_weights(tmp_path / "vit.safetensors")
+    src = open_source("fashion-mnist", limit=N)
+    cfg = FinetuneConfig(model=tinyvit.NAME, weights=weights, image_size=32, bits=16, epochs=2, batch_size=8,
+                         supervised=True, lora=LoRAConfig(rank=4), device="cpu", seed=0)  # fmt: skip
+    finetune(src, tmp_path / "cb", cfg, progress=False)
+    probe = load_probe(tmp_path / "cb" / "probe")
+    assert probe.config["targets"] == "codebook" and probe.config["supervised"] is True
+    # reference: the codebook of an untrained HashCoder (same seed) on the plain backbone's eval features
+    bb = load_backbone(tinyvit.NAME, weights=weights, image_size=32, device="cpu")
+    bases, idx = ft._decode(src, base_size(bb.spec), bb.spec.interpolation, False)
+    torch.manual_seed(0)
+    ref = class_codebook(HashCoder(bb.spec.num_features, 16), ft.eval_features(bb, bases), src.labels[idx], 0)
+    assert probe.meta["codebook"] == ref.to_meta() and ref.min_distance == 8
+    assert len(seen) == 2 * 3 and all(np.array_equal(c.numpy(), ref.codes) for c in seen)
+    seen.clear()
+    proto = finetune(src, tmp_path / "pt", FinetuneConfig(**{**cfg.__dict__, "targets": "prototype", "epochs": 1}), progress=False)
+    assert "codebook" not in load_probe(proto.out / "probe").meta and seen == [None] * 3

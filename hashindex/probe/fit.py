@@ -44,8 +44,12 @@ def resolve_epochs(n: int, cfg: FitConfig) -> int:
     return max(DEFAULT_EPOCHS, math.ceil(cfg.min_steps / max(1, math.ceil(n / cfg.batch_size))))
 
 
+# Samples whose class prototypes (under the untrained model) the codebook is aligned to.
+CODEBOOK_SAMPLE = 20000
+
+
 @torch.no_grad()
-def class_codebook(model: HashCoder, x: np.ndarray, labels: np.ndarray, seed: int, limit: int = 20000) -> Codebook:
+def class_codebook(model: HashCoder, x: np.ndarray, labels: np.ndarray, seed: int, limit: int = CODEBOOK_SAMPLE) -> Codebook:
     """The class codebook aligned to the untrained model's class prototypes on ``x``."""
     book = make_codebook(labels.shape[1], model.bits, seed)
     sel = np.random.default_rng(seed).permutation(len(x))[:limit]
