@@ -98,7 +98,7 @@ def main() -> None:
                 "history": doc["history"], "trainable_params": doc["trainable_params"], "backbone_params": doc["backbone_params"],
                 "embed_db_lora_seconds": emb_db, "embed_q_lora_seconds": emb_q,
                 "eval_view": doc["config"].get("eval_view", False),
-                "targets": doc["config"].get("targets", "prototype") if sup else None,  # runs before the option: prototypes
+                "targets": doc["config"].get("targets") if sup else None,  # None before the option: see _mode
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
             _write(a, rows, t)
@@ -224,7 +224,7 @@ NOTES = [
     "  (69.2 at both seeds, below) it is +1.7 and +1.6. With 5 epochs the best was +1.5 (adapter lr 1e-3);",
     "  2e-3 lowered the loss further without a better mAP; adapting every pointwise convolution (`all",
     "  eligible`, 364,544 weights) at 1e-3 gained less (+0.8) than the late layers alone. Each 10k run takes",
-    "  13-22 minutes of this CPU; untried: more images, other ranks.",
+    "  13-29 minutes of this CPU; untried: more images, other ranks.",
     "- Supervised 64 bits, seed 0, 10 epochs: with fit-probe's class codebook as targets (`supervised (codebook)`,",
     "  the default since 2026-12-01) LoRA gives 90.9 against the frozen probe's 86.7 (+4.2); with the paper's",
     "  class prototypes, which finetune used before, 85.0 (-1.7). One seed.",

@@ -35,7 +35,7 @@ from .errors import InputError
 from .lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
 from .config import BackboneOptions, FitConfig, TargetKind
 from .probe.artifact import Probe, state_to_arrays
-from .probe.fit import CODEBOOK_SAMPLE, _cosine_lr, class_codebook, optimizer_step, recalibrate_bits, view_pairs
+from .probe.fit import _cosine_lr, class_codebook, optimizer_step, recalibrate_bits, view_pairs
 from .probe.hashcoder import HashCoder
 from .probe.losses import crovca_loss
 from .sources import ImageSource
@@ -243,19 +243,18 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
     )  # fmt: skip
     spec, dev, model = bb.spec, bb.device, bb.model
     backbone_params = sum(p.numel() for p in model.parameters())
-    labels = None
     if config.supervised and source.labels is None:
         raise InputError("--supervised needs labels, but the source has none (use class folders or a list file)")
     names = target_layers(model, config.lora.layers)
     s0 = base_size(spec)
     bases, idx = _decode(source, s0, spec.interpolation, progress)
-    if config.supervised:
-        labels = torch.from_numpy(source.labels[idx].astype(np.float32)).to(dev)
+    classes = source.labels[idx] if config.supervised else None  # (n, C) multi-hot
+    labels = None if classes is None else torch.from_numpy(classes.astype(np.float32)).to(dev)
     n = len(idx)
     torch.manual_seed(config.seed)
     head = HashCoder(spec.num_features, config.bits, config.hashcoder).to(dev)
     layers = inject(model, names, config.lora, config.seed)
-    book = _codebook(bb, head, bases, None if labels is None else source.labels[idx], config)  # adapters start at zero: untuned features
+    book = _codebook(bb, head, bases, classes, config)  # adapters start at zero: untuned features
     codes = None if book is None else torch.from_numpy(book.codes).to(dev)
     adapters = [p for m in layers for p in (m.lora_A, m.lora_B)]
     for p in adapters:
@@ -329,8 +328,7 @@ def _codebook(bb: Backbone, head: HashCoder, bases: np.ndarray, labels: np.ndarr
     HashCoder's class prototypes on the eval features of (a sample of) the training images."""
     if labels is None or config.targets != "codebook":
         return None
-    sel = np.sort(np.random.default_rng(config.seed).permutation(len(bases))[:CODEBOOK_SAMPLE])
-    return class_codebook(head, eval_features(bb, bases[sel]), labels[sel], config.seed)
+    return class_codebook(head, lambda r: eval_features(bb, bases[r]), labels, config.seed)
 
 
 def pick_views(stack: torch.Tensor, gen: np.random.Generator) -> list[torch.Tensor]:

@@ -217,7 +217,8 @@ def test_supervised_trains_to_fit_probes_class_codebook(tmp_path, monkeypatch):
     bb = load_backbone(tinyvit.NAME, weights=weights, image_size=32, device="cpu")
     bases, idx = ft._decode(src, base_size(bb.spec), bb.spec.interpolation, False)
     torch.manual_seed(0)
-    ref = class_codebook(HashCoder(bb.spec.num_features, 16), ft.eval_features(bb, bases), src.labels[idx], 0)
+    feats = ft.eval_features(bb, bases)
+    ref = class_codebook(HashCoder(bb.spec.num_features, 16), lambda r: feats[r], src.labels[idx], 0)
     assert probe.meta["codebook"] == ref.to_meta() and ref.min_distance == 8
     assert len(seen) == 2 * 3 and all(np.array_equal(c.numpy(), ref.codes) for c in seen)
     seen.clear()

@@ -49,13 +49,14 @@ CODEBOOK_SAMPLE = 20000
 
 
 @torch.no_grad()
-def class_codebook(model: HashCoder, x: np.ndarray, labels: np.ndarray, seed: int, limit: int = CODEBOOK_SAMPLE) -> Codebook:
-    """The class codebook aligned to the untrained model's class prototypes on ``x``."""
+def class_codebook(model: HashCoder, features, labels: np.ndarray, seed: int, limit: int = CODEBOOK_SAMPLE) -> Codebook:
+    """The class codebook aligned to the untrained model's class prototypes on a sample of
+    ``limit`` rows; ``features(rows)`` gives the model's inputs for an array of row numbers."""
     book = make_codebook(labels.shape[1], model.bits, seed)
-    sel = np.random.default_rng(seed).permutation(len(x))[:limit]
+    sel = np.random.default_rng(seed).permutation(len(labels))[:limit]
     dev = next(model.parameters()).device
     model.eval()
-    z = torch.cat([model(torch.from_numpy(np.ascontiguousarray(x[sel[s : s + 4096]])).to(dev)).float().cpu() for s in range(0, len(sel), 4096)]).numpy()
+    z = torch.cat([model(torch.from_numpy(np.ascontiguousarray(features(sel[s : s + 4096]))).to(dev)).float().cpu() for s in range(0, len(sel), 4096)]).numpy()
     model.train()
     y = labels[sel].astype(np.float64)
     protos = (y.T @ (z - z.mean(0))) / np.maximum(y.sum(0), 1)[:, None]
@@ -145,7 +146,7 @@ def _train_crovca(
     steps_per_epoch = math.ceil(n / bs)
     epochs = resolve_epochs(n, cfg)
     total = steps_per_epoch * epochs
-    book = class_codebook(model, views[:, 0], labels, cfg.seed) if labels is not None and cfg.targets == "codebook" else None
+    book = class_codebook(model, lambda r: views[r, 0], labels, cfg.seed) if labels is not None and cfg.targets == "codebook" else None
     codes = None if book is None else torch.from_numpy(book.codes).to(dev)
     table, per = _view_table(views, dev)
     lab = None if labels is None else torch.from_numpy(labels.astype(np.float32)).to(dev)
