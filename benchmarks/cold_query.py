@@ -25,7 +25,7 @@ CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[1])
-from hashindex.query import query_embeddings_file
+from hashindex.api.query import query_embeddings_file
 r = query_embeddings_file(sys.argv[2], sys.argv[3], 10, limit=1, device="cpu")
 print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   "hits": [h["name"] for h in r[0]["results"]]}))

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from hashindex.config import METHOD_NAMES, PROTOCOL_TARGETS
-from hashindex.manifest import Manifest
+from hashindex.core.config import METHOD_NAMES, PROTOCOL_TARGETS
+from hashindex.index.manifest import Manifest
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -27,7 +27,7 @@ TARGETS = PROTOCOL_TARGETS
 def collect(run_dir: Path) -> dict:
     import h5py
 
-    from hashindex.bench import machine_info
+    from hashindex.measure.bench import machine_info
 
     runs = {}
     for f in sorted((run_dir / "results").glob("*.json")):
@@ -67,7 +67,7 @@ def collect(run_dir: Path) -> dict:
 
 
 def render_fashion_mnist(doc: dict) -> list[str]:
-    from hashindex.report import describe_machine
+    from hashindex.measure.report import describe_machine
 
     runs = doc["runs"]
     bits = sorted({r["bits"] for r in runs.values()})
@@ -158,7 +158,7 @@ def collect_seeds(report_dirs: list[Path]) -> None:
 
 def render_seeds(seeds: dict, main: dict) -> list[str]:
     """CroVCA's spread over seeds: the main report's seed and the other seeds' reports."""
-    from hashindex.report import describe_machine
+    from hashindex.measure.report import describe_machine
 
     maps = {(m, b, main["config"]["seed"]): v for (m, b), v in _hamming_maps(main).items()}
     maps.update({(r["method"], r["bits"], r["seed"]): r["map"] for r in seeds["rows"]})
@@ -183,7 +183,7 @@ def render_seeds(seeds: dict, main: dict) -> list[str]:
 
 
 def render() -> str:
-    from hashindex.report import render_markdown
+    from hashindex.measure.report import render_markdown
     lines = [
         "# Benchmarks",
         "",
@@ -250,7 +250,7 @@ def render() -> str:
         lines += [""] + render_finetune(tuned)
     fz = RESULTS / "frozen_10k_e10.json"
     if fz.exists():  # the 10-epoch LoRA row against a frozen probe trained as long
-        from hashindex.report import describe_machine
+        from hashindex.measure.report import describe_machine
 
         doc = json.loads(fz.read_text())
         lines += ["", f"Equal training length: {doc['what']}; {doc['date']}, {describe_machine(doc['machine'])}:", ""]

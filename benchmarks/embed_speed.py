@@ -92,7 +92,7 @@ def run_embed(pythonpath: Path | None, args: list[str], out: Path) -> dict:
 
 BARE = r"""
 import json, sys, time, numpy as np, torch
-from hashindex.backbone import load_backbone
+from hashindex.backbone.model import load_backbone
 size, batch, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 bb = load_backbone(image_size=size, device="cpu")
 x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -103,7 +103,7 @@ with torch.inference_mode():
     for _ in range(reps):
         bb.model.forward_head(bb.model.forward_features(x), pre_logits=True)
     out["torch"] = batch * reps / (time.perf_counter() - t)
-from hashindex.onnx_backbone import export_onnx, load_onnx
+from hashindex.backbone.onnx_runtime import export_onnx, load_onnx
 ob = load_onnx(bb.spec) or export_onnx(bb)
 xn = np.ascontiguousarray(x.numpy())
 ob.features_np(xn)
@@ -122,10 +122,10 @@ def bare(size: int, batch: int, reps: int) -> dict:
 
 def draft_tolerance(photos: Path, work: Path) -> dict:
     """Cosine similarity of each photo's eval embedding decoded with and without draft mode."""
-    from hashindex.config import EmbedConfig
-    from hashindex.embed import embed
-    from hashindex.sources import open_source
-    from hashindex.store import open_embeddings
+    from hashindex.core.config import EmbedConfig
+    from hashindex.embedding.run import embed
+    from hashindex.embedding.sources import open_source
+    from hashindex.store.reader import open_embeddings
 
     src = open_source(str(photos))
     e = {}

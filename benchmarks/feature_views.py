@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.evaluate import evaluate
-from hashindex.importer import ImportConfig, import_embeddings
-from hashindex.index import build_index
+from hashindex.measure.evaluate import evaluate
+from hashindex.embedding.importer import ImportConfig, import_embeddings
+from hashindex.index.load import build_index
 from hashindex.probe import fit as fit_mod
 from hashindex.probe.feature_views import FeatureViewConfig, feature_view_fn
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.store import open_embeddings
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.store.reader import open_embeddings
 
 
 def imported(src: Path, work: Path) -> Path:

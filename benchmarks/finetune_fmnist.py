@@ -124,7 +124,7 @@ def cold_start(w: Path, name: str, reps: int = 3) -> dict:
     frozen index and on the LoRA one (which also loads and attaches the adapter), alternated."""
     from PIL import Image
 
-    from hashindex.sources import open_source
+    from hashindex.embedding.sources import open_source
 
     img = w / "query.png"
     Image.fromarray(open_source("fashion-mnist", split="test", limit=1).load(0)).save(img)

@@ -20,11 +20,11 @@ import numpy as np
 def main(argv: list[str]) -> None:
     if len(argv) != 4:
         sys.exit(__doc__)
-    from hashindex.bench_seeds import ranking_maps
-    from hashindex.codes import unpack
-    from hashindex.config import FitConfig
+    from hashindex.measure.bench_seeds import ranking_maps
+    from hashindex.core.codes import unpack
+    from hashindex.core.config import FitConfig
     from hashindex.probe.fit import fit_probe
-    from hashindex.store import open_embeddings
+    from hashindex.store.reader import open_embeddings
 
     db, q = open_embeddings(argv[0]), open_embeddings(argv[1])
     xb, xq, yb, yq = db.embeddings(), q.embeddings(), db.labels(), q.labels()
@@ -56,7 +56,7 @@ if __name__ == "__main__":
 def render(rows: list[dict], command: str) -> list[str]:
     """BENCHMARKS.md rows of a fit_grid run over seeds: per option set (seed aside), mAP per seed,
     mean and minimum of Hamming and asymmetric ranking."""
-    from hashindex.config import FitConfig
+    from hashindex.core.config import FitConfig
 
     options = set(FitConfig.__dataclass_fields__) - {"seed"}
     groups: dict[tuple, list[dict]] = {}

@@ -12,7 +12,7 @@ spin), so the timings run under the three environments of :data:`side_by_side.EN
 shipped`` (what a user gets), ``both passive`` and ``both 1 thread`` (the code changes alone).
 
 Quality: old and new fits at ``--seeds`` (default 0 1 2), mAP@``--k`` of Hamming and asymmetric
-ranking of the held-out queries (:func:`hashindex.bench_seeds.ranking_maps`), and whether the
+ranking of the held-out queries (:func:`hashindex.measure.bench_seeds.ranking_maps`), and whether the
 codes of the database are identical.
 
     nice -n 10 python benchmarks/fit_speed.py --old /tmp/old --work /tmp/fitspeed \\
@@ -34,9 +34,9 @@ CHILD = r"""
 import hashlib, json, sys, time
 a = json.loads(sys.argv[1])
 import hashindex
-from hashindex.config import FitConfig
+from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
-from hashindex.store import open_embeddings
+from hashindex.store.reader import open_embeddings
 import torch
 db = open_embeddings(a["db"])
 t = time.perf_counter()
@@ -44,7 +44,7 @@ probe = fit_probe(db, FitConfig(**a["config"]), progress=False)
 out = {"seconds": time.perf_counter() - t, "fit_seconds": probe.meta["fit_seconds"], "tree": hashindex.__file__,
        "threads": torch.get_num_threads(), "loss": probe.meta["loss_history"][-1]["loss"]}
 if a.get("quality"):
-    from hashindex.bench_seeds import ranking_maps
+    from hashindex.measure.bench_seeds import ranking_maps
     q = open_embeddings(a["q"])
     xb, xq = db.embeddings(), q.embeddings()
     out["codes_sha1"] = hashlib.sha1(probe.encode(xb).tobytes()).hexdigest()
@@ -57,7 +57,7 @@ SPEC = {"model": "synthetic", "weights": "random", "weights_sha256": None, "imag
 
 def make_data(work: Path, n: int, nq: int, dim: int, views: int, classes: int) -> tuple[Path, Path]:
     """``db.h5`` (n rows, ``views`` cached views, labels) and ``q.h5`` (nq held-out rows)."""
-    from hashindex.store import EmbeddingsWriter
+    from hashindex.store.writer import EmbeddingsWriter
 
     rng = np.random.default_rng(0)
     basis = rng.standard_normal((64, dim)).astype(np.float32) / 8

@@ -1,7 +1,7 @@
 """Flat Hamming search on the device at hand against faiss-cpu ``IndexBinaryFlat``.
 
 For each code length and database size: uniform random codes and queries; faiss-cpu and the torch
-engine of :mod:`hashindex.torch_search` (on CUDA when present, else torch on the CPU, which is
+engine of :mod:`hashindex.search.gpu` (on CUDA when present, else torch on the CPU, which is
 not what it is for: the CPU figure only shows what torch's elementwise ops cost there), and faiss
 ``GpuIndexBinaryFlat`` when this faiss has GPU support. Each engine answers every query once after
 a one-query warm-up, side by side in the same process; the results are compared for equality
@@ -31,7 +31,7 @@ def _timed(search, xq: np.ndarray, k: int) -> tuple[float, np.ndarray, np.ndarra
 def run_case(n: int, bits: int, nq: int, k: int, device: str, rng) -> dict:
     import faiss
 
-    from hashindex.torch_search import FaissGpuHamming, TorchHamming
+    from hashindex.search.gpu import FaissGpuHamming, TorchHamming
 
     xb = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
     xq = rng.integers(0, 256, (nq, bits // 8), dtype=np.uint8)
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     import faiss
     import torch
 
-    from hashindex.bench import machine_info
-    from hashindex.report import describe_machine
+    from hashindex.measure.bench import machine_info
+    from hashindex.measure.report import describe_machine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)

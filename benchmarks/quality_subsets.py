@@ -64,7 +64,7 @@ def subset_targets(doc: dict) -> list[str]:
 
 def render() -> list[str]:
     """Markdown lines of the section (empty when no subset report was kept)."""
-    from hashindex.report import describe_machine
+    from hashindex.measure.report import describe_machine
 
     files = sorted(RESULTS.glob("subset_*.json"))
     if not files:

@@ -27,12 +27,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--depths", default="100,250,1000")
     ap.add_argument("--options", required=True, help="JSON list of FitConfig option sets")
     a = ap.parse_args(argv)
-    from hashindex.bench import machine_info
-    from hashindex.bench_seeds import ranking_maps
-    from hashindex.config import FitConfig
-    from hashindex.metrics import mean_average_precision, relevance
+    from hashindex.measure.bench import machine_info
+    from hashindex.measure.bench_seeds import ranking_maps
+    from hashindex.core.config import FitConfig
+    from hashindex.measure.metrics import mean_average_precision, relevance
     from hashindex.probe.fit import fit_probe
-    from hashindex.store import open_embeddings
+    from hashindex.store.reader import open_embeddings
 
     db, q = open_embeddings(a.db), open_embeddings(a.q)
     xb, xq, yb, yq = db.embeddings(), q.embeddings(), db.labels(), q.labels()
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
 
 def render(doc: dict) -> list[str]:
     """BENCHMARKS.md rows: per option set and depth, Hamming mAP mean and min over seeds."""
-    from hashindex.report import describe_machine
+    from hashindex.measure.report import describe_machine
 
     depths = sorted({r["k"] for r in doc["rows"]})
     groups: dict[str, dict[int, list[float]]] = {}

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from hashindex.embed import EmbedConfig, embed
-from hashindex.ray_embed import ray_runner
-from hashindex.sources import open_source
-from hashindex.store import open_embeddings
+from hashindex.core.config import EmbedConfig
+from hashindex.embedding.run import embed
+from hashindex.embedding.ray_runner import ray_runner
+from hashindex.embedding.sources import open_source
+from hashindex.store.reader import open_embeddings
 
 
 def main() -> None:

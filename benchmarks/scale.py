@@ -89,8 +89,8 @@ def gen_shards(work: Path, rows: int, dim: int) -> None:
 
 def clustered_codes(n: int, seed: int):
     """Chunks of 64-bit codes around 4,096 centres (always the same ones) with a 1/8 flip
-    probability per bit: :mod:`hashindex.synthetic`'s collection, drawn by seed."""
-    from hashindex.synthetic import iter_clustered, random_centres
+    probability per bit: :mod:`hashindex.measure.synthetic`'s collection, drawn by seed."""
+    from hashindex.measure.synthetic import iter_clustered, random_centres
 
     return iter_clustered(n, random_centres(64, np.random.default_rng(12345)), np.random.default_rng(seed))
 
@@ -145,10 +145,10 @@ def search_flat(work: Path, n: int, nq: int, nlat: int) -> dict:
 
 def search_ivf(work: Path, n: int, nq: int, nlat: int, nlist: int, target: float) -> dict:
     """IVF (trained on a sample, as ``build`` does) at doubling nprobe until recall@10 against
-    the flat results reaches ``target``: :func:`hashindex.synthetic.ivf_at_recall`."""
+    the flat results reaches ``target``: :func:`hashindex.measure.synthetic.ivf_at_recall`."""
     import faiss
 
-    from hashindex.synthetic import ivf_at_recall
+    from hashindex.measure.synthetic import ivf_at_recall
 
     flat = faiss.read_index_binary(str(work / f"flat-{n}.faiss"), faiss.IO_FLAG_MMAP_IFC)
     codes = faiss.vector_to_array(flat.xb).reshape(n, 8)

@@ -32,7 +32,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def _synthetic_embeddings(path: Path, n: int, dim: int, seed: int):
-    from hashindex.store import EmbeddingsWriter, open_embeddings
+    from hashindex.store.writer import EmbeddingsWriter
+    from hashindex.store.reader import open_embeddings
 
     spec = {"model": "synthetic", "weights": "random", "weights_sha256": None, "image_size": 32, "crop_pct": 1.0,
             "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "num_features": dim}  # fmt: skip
@@ -59,7 +60,7 @@ class Server:
 
     def __init__(self, index: Path, **config):
         self.port = _free_port()
-        code = ("import sys, json; from hashindex.serve import ServeConfig, run; "
+        code = ("import sys, json; from hashindex.core.config import ServeConfig; from hashindex.serve.app import run; "
                 "run(sys.argv[1], ServeConfig(**json.loads(sys.argv[2])))")  # fmt: skip
         cfg = dict(config, host="127.0.0.1", port=self.port, device="cpu")
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(index), json.dumps(cfg)], stderr=subprocess.DEVNULL)
@@ -164,9 +165,10 @@ def in_process(fn, n: int, max_seconds: float) -> dict:
 
 
 def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> dict:
-    from hashindex.index import build_index
-    from hashindex.live import open_live
-    from hashindex.probe.fit import FitConfig, fit_probe
+    from hashindex.index.load import build_index
+    from hashindex.live.live_index import open_live
+    from hashindex.core.config import FitConfig
+    from hashindex.probe.fit import fit_probe
 
     t = time.perf_counter()
     emb = _synthetic_embeddings(work / "big.h5", n, 64, 0)
@@ -217,11 +219,13 @@ def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> 
 def bench_images(work: Path, n_db: int, k: int, clients: list[int], seconds: float, log) -> dict:
     from PIL import Image
 
-    from hashindex.embed import EmbedConfig, embed
-    from hashindex.index import build_index
-    from hashindex.probe.fit import FitConfig, fit_probe
-    from hashindex.sources import open_source
-    from hashindex.store import open_embeddings
+    from hashindex.core.config import EmbedConfig
+    from hashindex.embedding.run import embed
+    from hashindex.index.load import build_index
+    from hashindex.core.config import FitConfig
+    from hashindex.probe.fit import fit_probe
+    from hashindex.embedding.sources import open_source
+    from hashindex.store.reader import open_embeddings
 
     embed(open_source("fashion-mnist", split="train", limit=n_db), work / "fm.h5", EmbedConfig(image_size=112, interpolation="bilinear", crop_pct=1.0, device="cpu"), progress=False)
     fit_probe(open_embeddings(work / "fm.h5"), FitConfig(method="itq", bits=64), progress=False).save(work / "fm-probe")
@@ -299,8 +303,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="time bound of each load phase")
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args(argv)
-    from hashindex.bench import machine_info
-    from hashindex.report import describe_machine
+    from hashindex.measure.bench import machine_info
+    from hashindex.measure.report import describe_machine
 
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from hashindex.config import HASHCODER_SIZES
+from hashindex.core.config import HASHCODER_SIZES
 
-from . import options as opt
+from hashindex.cli import options as opt
 
 # Options that mean exactly what they mean for `embed`: taken from that command, defined once.
 _FROM_EMBED = ("split", "root", "data_dir", "limit", "model", "weights", "pretrained", "image_size", "crop_pct", "interpolation")
@@ -60,12 +60,12 @@ def finetune(obj, source, out, split, root, data_dir, limit, rank, alpha, dropou
     `query` with images loads the adapter by itself. An interrupted run (even kill -9) resumes
     from its last finished epoch when re-run with the same arguments.
     """
-    from hashindex.finetune import FinetuneConfig, finetune as run
-    from hashindex.lora import LoRAConfig
-    from hashindex.sources import open_source
+    from hashindex.probe.finetune import FinetuneConfig, finetune as run
+    from hashindex.backbone.lora import LoRAConfig
+    from hashindex.embedding.sources import open_source
 
     if kw.get("bits") is not None:
-        from hashindex.codes import check_bits
+        from hashindex.core.codes import check_bits
 
         check_bits(kw["bits"])
     lora = LoRAConfig(**opt.kwargs(rank=rank, alpha=alpha, dropout=dropout, layers=layers))

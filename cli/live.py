@@ -6,9 +6,9 @@ import json
 
 import click
 
-from hashindex.config import DEFAULT_LOCK_WAIT, ServeConfig, default
+from hashindex.core.config import DEFAULT_LOCK_WAIT, ServeConfig, default
 
-from . import options as opt
+from hashindex.cli import options as opt
 
 index_dir = click.argument("index", type=click.Path(file_okay=False, exists=True))
 wait = click.option(
@@ -18,13 +18,13 @@ wait = click.option(
 
 
 def _say(obj, text: str) -> None:
-    from .main import _say as say  # cli.main imports this module at its end
+    from hashindex.cli.main import _say as say  # cli.main imports this module at its end
 
     say(obj, text)
 
 
 def _open(index, wait):
-    from hashindex.live import open_live
+    from hashindex.live.live_index import open_live
 
     live = open_live(index)
     if wait is not None:
@@ -52,7 +52,7 @@ def add(obj, index, sources, emb_file, weights, device, batch_size, wait):
     backbone and preprocessing recorded in the index and encoded with its probe (not refitted:
     `hashindex info` tells how many items were added since). New items get the next free ids.
     """
-    from hashindex.ingest import add_embeddings_file, add_images
+    from hashindex.live.ingest import add_embeddings_file, add_images
 
     if bool(sources) == bool(emb_file):
         raise click.UsageError("give image SOURCES or --embeddings FILE (one of the two)")
@@ -101,7 +101,7 @@ def compact(obj, index, wait):
 def info(index, as_json):
     """What INDEX holds: items, commits since the last compaction, items added since the probe
     was fitted (refit and rebuild when they are a large share, see the README)."""
-    from hashindex.live import open_live
+    from hashindex.live.live_index import open_live
 
     r = open_live(index).info()
     if as_json:
@@ -125,7 +125,7 @@ def serve(index, host, port, allow_writes, token, weights, device):
 
     One process holds the index and the backbone; it follows commits made by other processes.
     """
-    from hashindex.serve import run
+    from hashindex.serve.app import run
 
     if allow_writes and not token:
         raise click.UsageError("--allow-writes needs --token T (or HASHINDEX_TOKEN)")

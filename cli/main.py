@@ -9,16 +9,13 @@ import sys
 
 import click
 
-from hashindex import __version__
-from hashindex.config import (
-    BENCH_METHODS, BITS_RANGE, HASHCODER_SIZES, INDEX_KINDS, METHODS, RATE_WEIGHT, RATE_WEIGHT_SHORT, SHORT_CODE_BITS,
-    BenchConfig, EmbedConfig, FitConfig, IndexConfig, default,
-)  # fmt: skip
-from hashindex.errors import HashIndexError, InputError
-from hashindex.spec import DEFAULT_MODEL, INTERPOLATIONS
+from hashindex.core.version import __version__
+from hashindex.core.config import BENCH_METHODS, BITS_RANGE, HASHCODER_SIZES, INDEX_KINDS, METHODS, RATE_WEIGHT, RATE_WEIGHT_SHORT, SHORT_CODE_BITS, BenchConfig, EmbedConfig, FitConfig, IndexConfig, default
+from hashindex.core.errors import HashIndexError, InputError
+from hashindex.core.spec import DEFAULT_MODEL, INTERPOLATIONS
 
-from . import options as opt
-from . import scale
+from hashindex.cli import options as opt
+from hashindex.cli import scale
 
 
 class _Group(click.Group):
@@ -130,8 +127,8 @@ def embed(obj, source, out, split, root, data_dir, limit, restart, ray_address, 
     run on the same OUT fails at once. Undecodable images are recorded in the file's /failures
     and skipped; more of them than --max-failures gives exit status 1.
     """
-    from hashindex.embed import embed as run
-    from hashindex.sources import open_source
+    from hashindex.embedding.run import embed as run
+    from hashindex.embedding.sources import open_source
 
     src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
     runner = scale.embed_runner(ray_address, ray_actors)
@@ -176,7 +173,7 @@ def fit_probe(obj, embeddings, out, **kw):
     OUT holds weights.safetensors and probe.json (config, provenance, loss history, bit balance).
     """
     from hashindex.probe.fit import fit_probe as run
-    from hashindex.store import open_embeddings
+    from hashindex.store.reader import open_embeddings
 
     probe = run(open_embeddings(embeddings), FitConfig(**opt.kwargs(**kw)), progress=obj["progress"])
     probe.save(out)
@@ -198,8 +195,8 @@ def fit_probe(obj, embeddings, out, **kw):
 @click.pass_obj
 def build(obj, embeddings, probe, out, **kw):
     """Encode EMBEDDINGS with PROBE and write a faiss binary index folder OUT."""
-    from hashindex.index import build_index
-    from hashindex.store import open_embeddings
+    from hashindex.index.load import build_index
+    from hashindex.store.reader import open_embeddings
 
     idx = build_index(open_embeddings(embeddings), probe, out, IndexConfig(**opt.kwargs(**kw)))
     m = idx.manifest
@@ -244,7 +241,7 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
     tab-separated line each (tabs, newlines and backslashes in names escaped as \\t, \\n, \\\\;
     --json gives them as they are); equal distances are ordered by id.
     """
-    from hashindex.query import query_embeddings_file, query_images
+    from hashindex.api.query import query_embeddings_file, query_images
 
     if bool(images) == bool(emb_file):
         raise click.UsageError("give query IMAGES or --embeddings FILE (one of the two)")
@@ -278,9 +275,9 @@ def query(index, images, emb_file, limit, k, nprobe, rerank, asymmetric, weights
 @opt.as_json
 def evaluate(index, queries, topk, db_embeddings, no_float, nprobe, rerank, asymmetric, as_json):
     """mAP@k of INDEX on the labelled QUERIES embeddings, beside float cosine kNN."""
-    from hashindex.evaluate import evaluate as run
-    from hashindex.live import open_live
-    from hashindex.store import open_embeddings
+    from hashindex.measure.evaluate import evaluate as run
+    from hashindex.live.live_index import open_live
+    from hashindex.store.reader import open_embeddings
 
     idx = open_live(index).snapshot  # added items included
     idx.index.set_nprobe(nprobe)
@@ -354,8 +351,8 @@ def bench(obj, database, queries, out, **kw):
     """
     import shlex
 
-    from hashindex.bench import run_bench
-    from hashindex.store import open_embeddings
+    from hashindex.measure.bench import run_bench
+    from hashindex.store.reader import open_embeddings
 
     cmd = "hashindex " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     r = run_bench(open_embeddings(database), open_embeddings(queries), out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)
@@ -365,11 +362,11 @@ def bench(obj, database, queries, out, **kw):
 
 cli.add_command(scale.import_cmd)
 
-from .finetune import register as _register_finetune  # noqa: E402 - it reuses embed's options
+from hashindex.cli.finetune import register as _register_finetune  # noqa: E402 - it reuses embed's options
 
 _register_finetune(cli)
 
-from .live import COMMANDS as _LIVE_COMMANDS  # noqa: E402 - registered on the group defined above
+from hashindex.cli.live import COMMANDS as _LIVE_COMMANDS  # noqa: E402 - registered on the group defined above
 
 for _command in _LIVE_COMMANDS:
     cli.add_command(_command)

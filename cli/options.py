@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from hashindex.config import DEFAULT_RERANK, DEVICES, RUNTIMES, TARGETS, EmbedConfig, FitConfig, default
+from hashindex.core.config import DEFAULT_RERANK, DEVICES, RUNTIMES, TARGETS, EmbedConfig, FitConfig, default
 
 
 class CommaList(click.ParamType):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import options as opt
+from hashindex.cli import options as opt
 
 
 @click.command("import")
@@ -34,7 +34,7 @@ def import_cmd(obj, sources, out, **kw):
     such a file as usual; query it with --embeddings (image queries are refused, since the
     model is not hashindex's). Without --views-from, CroVCA trains on feature-space views.
     """
-    from hashindex.importer import ImportConfig, import_embeddings
+    from hashindex.embedding.importer import ImportConfig, import_embeddings
 
     if kw.get("views_from") == ():
         kw.pop("views_from")
@@ -61,6 +61,6 @@ def embed_runner(ray_address: str | None, ray_actors: int | None):
         if ray_actors is not None:
             raise click.UsageError("--ray-actors needs --ray")
         return None
-    from hashindex.ray_embed import ray_runner
+    from hashindex.embedding.ray_runner import ray_runner
 
     return ray_runner(None if ray_address == "local" else ray_address, ray_actors)

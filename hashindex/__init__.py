@@ -4,8 +4,6 @@ Stages (one module each): ``sources`` → ``embed`` (``backbone``, ``augment``, 
 ``probe`` → ``index`` → ``search``/``query`` → ``evaluate`` (``metrics``).
 """
 
-__version__ = "0.1.0"
-
 import os as _os
 
 # OpenMP threads that wait for work by sleeping, not spinning (read when torch or faiss loads
@@ -15,6 +13,7 @@ import os as _os
 # while on idle cores sleeping costs a wake-up per region (benchmarks/fit_speed.py).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .errors import HashIndexError, InputError, IntegrityError, MismatchError  # noqa: E402
+from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError  # noqa: E402
+from hashindex.core.version import __version__  # noqa: E402
 
 __all__ = ["HashIndexError", "InputError", "IntegrityError", "MismatchError", "__version__"]

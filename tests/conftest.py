@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashindex.embed import EmbedConfig, embed
-from hashindex.sources import open_source
-from hashindex.store import open_embeddings
+from hashindex.core.config import EmbedConfig
+from hashindex.embedding.run import embed
+from hashindex.embedding.sources import open_source
+from hashindex.store.reader import open_embeddings
 
 from helpers import write_embeddings
 

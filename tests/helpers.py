@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from hashindex.store import open_embeddings
+from hashindex.store.reader import open_embeddings
 
 
 FAKE_SPEC = {
@@ -15,7 +15,7 @@ def write_embeddings(path, x, views=None, labels=None, names=None, spec=None, la
     """A synthetic embeddings file through the real writer (for fast probe/index tests)."""
     import json
 
-    from hashindex.store import EmbeddingsWriter
+    from hashindex.store.writer import EmbeddingsWriter
 
     n, d = x.shape
     spec = dict(spec or FAKE_SPEC, num_features=d)

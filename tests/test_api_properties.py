@@ -10,12 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hashindex.codes import hamming
-from hashindex.errors import InputError
-from hashindex.index import HashIndex, IndexConfig, build_index
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.retrieval import cosine_knn, hamming_search, search_embeddings
-from hashindex.validate import check_k
+from hashindex.core.codes import hamming
+from hashindex.core.errors import InputError
+from hashindex.index.load import HashIndex, build_index
+from hashindex.core.config import IndexConfig
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.search.ranking import cosine_knn, hamming_search, search_embeddings
+from hashindex.core.validate import check_k
 
 from helpers import write_embeddings
 

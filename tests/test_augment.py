@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hashindex.augment import AugmentConfig, augmented_view, base_size, eval_view, sample_params, to_base
-from hashindex.backbone import BackboneSpec
+from hashindex.core.config import AugmentConfig
+from hashindex.backbone.augment import augmented_view, eval_view, sample_params
+from hashindex.backbone.preprocess import base_size, to_base
+from hashindex.core.spec import BackboneSpec
 
 SPEC = BackboneSpec("m", "w", None, 112, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3, 8)
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashindex.augment import eval_view, to_base, base_size
-from hashindex.backbone import backbone_from_spec, load_backbone, read_state_dict
-from hashindex.errors import InputError, MismatchError
+from hashindex.backbone.augment import eval_view
+from hashindex.backbone.preprocess import to_base, base_size
+from hashindex.backbone.model import backbone_from_spec, load_backbone, read_state_dict
+from hashindex.core.errors import InputError, MismatchError
 
 
 @pytest.fixture(scope="module")

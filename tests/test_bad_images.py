@@ -14,11 +14,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from hashindex.backbone import load_backbone
-from hashindex.embed import EmbedConfig, TooManyFailuresError, embed, embed_images
-from hashindex.errors import InputError
-from hashindex.sources import MAX_IMAGE_PIXELS, DecodeError, decode_image, open_source
-from hashindex.store import open_embeddings
+from hashindex.backbone.model import load_backbone
+from hashindex.core.config import EmbedConfig
+from hashindex.embedding.run import TooManyFailuresError, embed, embed_images
+from hashindex.core.errors import InputError
+from hashindex.embedding.sources import MAX_IMAGE_PIXELS, DecodeError, decode_image, open_source
+from hashindex.store.reader import open_embeddings
 
 SIZE = 32
 

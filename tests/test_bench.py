@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hashindex.bench import BenchConfig, radius_curves, run_bench
-from hashindex.codes import pack
+from hashindex.measure.bench import BenchConfig, radius_curves, run_bench
+from hashindex.core.codes import pack
 
 
 def test_radius_curves_by_hand():
@@ -64,8 +64,8 @@ def test_run_bench_writes_report(tmp_path, clusters):
 def test_ivf_at_recall_against_numpy_popcount():
     """The IVF sweep's recall is the fraction of places filled within the flat k-th distance, by a
     NumPy popcount, and the sweep stops at the first nprobe that reaches 0.95."""
-    from hashindex.codes import hamming
-    from hashindex.synthetic import clustered_codes, ivf_at_recall, recall_within
+    from hashindex.core.codes import hamming
+    from hashindex.measure.synthetic import clustered_codes, ivf_at_recall, recall_within
 
     rng = np.random.default_rng(0)
     codes = clustered_codes(5000, 64, rng)

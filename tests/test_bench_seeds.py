@@ -5,15 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from hashindex.asymmetric import asymmetric_knn
+from hashindex.search.exact import asymmetric_knn
 from types import SimpleNamespace
 
-from hashindex.bench import run_bench
-from hashindex.bench_seeds import ivf_rows, summarize
-from hashindex.codes import unpack
-from hashindex.config import BenchConfig, IndexConfig
-from hashindex.index import HashIndex
-from hashindex.retrieval import hamming_search
+from hashindex.measure.bench import run_bench
+from hashindex.measure.bench_seeds import ivf_rows, summarize
+from hashindex.core.codes import unpack
+from hashindex.core.config import BenchConfig, IndexConfig
+from hashindex.index.load import HashIndex
+from hashindex.search.ranking import hamming_search
 
 
 def test_asymmetric_knn_matches_numpy_reference(rng):
@@ -79,10 +79,10 @@ def test_bench_with_seeds(tmp_path, clusters):
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_evaluate_reports_asymmetric_ranking_and_ivf_recall(tmp_path, clusters, kind):
-    from hashindex.evaluate import evaluate
-    from hashindex.index import build_index
-    from hashindex.metrics import mean_average_precision, relevance
-    from hashindex.config import FitConfig
+    from hashindex.measure.evaluate import evaluate
+    from hashindex.index.load import build_index
+    from hashindex.measure.metrics import mean_average_precision, relevance
+    from hashindex.core.config import FitConfig
     from hashindex.probe.fit import fit_probe
 
     fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")

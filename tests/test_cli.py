@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashindex.codes import hamming
-from hashindex.index import load_index
-from hashindex.store import open_embeddings
+from hashindex.core.codes import hamming
+from hashindex.index.load import load_index
+from hashindex.store.reader import open_embeddings
 
 from helpers import run_cli as run
 
@@ -59,8 +59,8 @@ def test_embed_folder_and_query_images(tmp_path, built):
 def test_interpolation_is_recorded_and_reproduced_at_query_time(tmp_path):
     from skimage import data
 
-    from hashindex.backbone import backbone_from_spec
-    from hashindex.embed import embed_images
+    from hashindex.backbone.model import backbone_from_spec
+    from hashindex.embedding.run import embed_images
 
     (tmp_path / "imgs").mkdir()
     Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "imgs" / "a.png")  # 64 px, upsampled
@@ -100,7 +100,7 @@ def test_query_no_verify_skips_only_the_hashing(built, fmnist, tmp_path):
     a change of size is refused either way."""
     import shutil
 
-    from hashindex.manifest import INDEX_FILE
+    from hashindex.index.manifest import INDEX_FILE
 
     _, q = fmnist
     d = tmp_path / "index"

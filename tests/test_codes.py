@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hashindex.codes import bit_balance, check_bits, hamming, pack, unpack
-from hashindex.errors import InputError
+from hashindex.core.codes import bit_balance, check_bits, hamming, pack, unpack
+from hashindex.core.errors import InputError
 
 
 @pytest.mark.parametrize("bits", [8, 16, 64, 1024])

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from hashindex.augment import augmented_view, base_size, eval_view, sample_params, to_base
-from hashindex.backbone import load_backbone
-from hashindex.embed import EmbedConfig, embed
-from hashindex.sources import open_source
-from hashindex.store import EmbeddingsWriter, WriterThread, open_embeddings
+from hashindex.backbone.augment import augmented_view, eval_view, sample_params
+from hashindex.backbone.preprocess import base_size, to_base
+from hashindex.backbone.model import load_backbone
+from hashindex.core.config import EmbedConfig
+from hashindex.embedding.run import embed
+from hashindex.embedding.sources import open_source
+from hashindex.store.writer import EmbeddingsWriter
+from hashindex.store.background import WriterThread
+from hashindex.store.reader import open_embeddings
 
 # Max abs difference between the features of one forward of (1+V)·m images and of 1+V forwards of
 # m images, on CPU: exactly 0 measured here (EfficientNet-Lite0 at 64, 112 and 224 px, m = 8..32,

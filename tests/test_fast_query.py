@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from hashindex import onnx_backbone
-from hashindex.augment import eval_view
-from hashindex.backbone import load_backbone
-from hashindex.config import EmbedConfig, FitConfig
-from hashindex.embed import embed
-from hashindex.errors import InputError, IntegrityError
-from hashindex.preprocess import base_size, eval_view_np, to_base
+from hashindex.backbone import onnx_runtime as onnx_backbone
+from hashindex.backbone.augment import eval_view
+from hashindex.backbone.model import load_backbone
+from hashindex.core.config import EmbedConfig, FitConfig
+from hashindex.embedding.run import embed
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.backbone.preprocess import base_size, eval_view_np, to_base
 from hashindex.probe.artifact import Probe
 from hashindex.probe.hashcoder import HashCoder
-from hashindex.sources import decode_image, open_source
-from hashindex.store import open_embeddings
+from hashindex.embedding.sources import decode_image, open_source
+from hashindex.store.reader import open_embeddings
 
 from helpers import run_cli
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hashindex.finetune as ft
-from hashindex.errors import InputError
-from hashindex.finetune import FinetuneConfig, finetune
-from hashindex.lora import LoRAConfig, load_adapter
+import hashindex.probe.finetune as ft
+from hashindex.core.errors import InputError
+from hashindex.probe.finetune import FinetuneConfig, finetune
+from hashindex.backbone.lora import LoRAConfig, load_adapter
 from hashindex.probe.artifact import load_probe
 from hashindex.probe.hashcoder import HashCoder
-from hashindex.sources import open_source
+from hashindex.embedding.sources import open_source
 
 import tinyvit
 from helpers import run_cli as run
@@ -131,7 +131,7 @@ def test_tuned_embeddings_build_query_and_never_mix_with_untuned(tuned):
     r = run("evaluate", d / "index0", d / "q.h5", ok=False)
     assert r.exit_code == 2 and "adapter" in r.output
     # Query with an image: the index's backbone is rebuilt with the adapter from its recorded folder.
-    from hashindex.sources import open_source as src
+    from hashindex.embedding.sources import open_source as src
 
     img = d / "query.png"
     from PIL import Image
@@ -194,8 +194,8 @@ def test_supervised_trains_to_fit_probes_class_codebook(tmp_path, monkeypatch):
     """--supervised uses fit-probe's default targets: the class codebook, aligned to the untrained
     HashCoder's class prototypes on the untuned features, given to every step's loss and
     recorded in the probe; --targets prototype trains without it."""
-    from hashindex.augment import base_size
-    from hashindex.backbone import load_backbone
+    from hashindex.backbone.preprocess import base_size
+    from hashindex.backbone.model import load_backbone
     from hashindex.probe.fit import class_codebook
 
     seen = []

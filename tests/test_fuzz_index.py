@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex.errors import HashIndexError, IntegrityError, MismatchError
-from hashindex.index import IndexConfig, build_index, load_index
-from hashindex.manifest import sealed_bytes
-from hashindex.probe.fit import FitConfig, fit_probe
+from hashindex.core.errors import HashIndexError, IntegrityError, MismatchError
+from hashindex.core.config import IndexConfig
+from hashindex.index.load import build_index, load_index
+from hashindex.index.manifest import sealed_bytes
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
 
 from helpers import mutate as _mutate, write_embeddings
 
@@ -78,7 +80,7 @@ def test_damage_behind_a_resealed_manifest_many(index_dir, tmp_path):
 
 
 def _resealed_fuzz(index_dir, tmp_path, count: int, seed: int) -> None:
-    from hashindex.spec import sha256_file
+    from hashindex.core.spec import sha256_file
     from hashindex.probe.artifact import probe_hash
 
     d = _copy(index_dir, tmp_path)
@@ -164,7 +166,7 @@ def test_swapped_probe_is_refused(index_dir, tmp_path):
     """A probe from another fit, with the manifest re-sealed around it: the probe hash catches it."""
     import shutil
 
-    from hashindex.spec import sha256_file
+    from hashindex.core.spec import sha256_file
 
     d = _copy(index_dir, tmp_path)
     other = tmp_path / "other"

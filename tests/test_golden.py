@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashindex.index import load_index
-from hashindex.manifest import INDEX_FORMAT
+from hashindex.index.load import load_index
+from hashindex.index.manifest import INDEX_FORMAT
 from hashindex.probe.artifact import PROBE_FORMAT, load_probe
-from hashindex.retrieval import hamming_search, search_embeddings
-from hashindex.store import SCHEMA_VERSION, open_embeddings
+from hashindex.search.ranking import hamming_search, search_embeddings
+from hashindex.store.schema import SCHEMA_VERSION
+from hashindex.store.reader import open_embeddings
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SETS = sorted(p for p in GOLDEN.iterdir() if (p / "expected.json").is_file())

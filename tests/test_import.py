@@ -10,11 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from hashindex.cli.main import cli
-from hashindex.errors import InputError
-from hashindex.importer import ImportConfig, import_embeddings
-from hashindex.probe.fit import FitConfig, fit_probe
+from hashindex.core.errors import InputError
+from hashindex.embedding.importer import ImportConfig, import_embeddings
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
 from hashindex.probe.sampling import read_rows, sample_rows
-from hashindex.store import open_embeddings, partial_path
+from hashindex.store.reader import open_embeddings
+from hashindex.store.resume import partial_path
 
 N, D = 700, 24
 
@@ -175,8 +177,9 @@ def test_crovca_on_feature_views_is_seeded(tmp_path, x):
 def test_memory_mapped_index_answers_like_the_loaded_one(tmp_path, rng, kind):
     from helpers import write_embeddings
 
-    from hashindex.index import IndexConfig, build_index, load_index
-    from hashindex.retrieval import ranked
+    from hashindex.core.config import IndexConfig
+    from hashindex.index.load import build_index, load_index
+    from hashindex.search.ranking import ranked
 
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     emb = write_embeddings(tmp_path / "db.h5", x, labels=np.eye(4, dtype=np.uint8)[np.arange(3000) % 4])

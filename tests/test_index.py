@@ -6,11 +6,13 @@ import h5py
 import numpy as np
 import pytest
 
-from hashindex.errors import InputError, IntegrityError, MismatchError
-from hashindex.index import IndexConfig, build_index, load_index
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.retrieval import hamming_search, search_embeddings
-from hashindex.store import open_embeddings
+from hashindex.core.errors import InputError, IntegrityError, MismatchError
+from hashindex.core.config import IndexConfig
+from hashindex.index.load import build_index, load_index
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.search.ranking import hamming_search, search_embeddings
+from hashindex.store.reader import open_embeddings
 
 from helpers import FAKE_SPEC, write_embeddings
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from hashindex.evaluate import evaluate
-from hashindex.index import build_index
-from hashindex.probe.fit import FitConfig, fit_probe
+from hashindex.measure.evaluate import evaluate
+from hashindex.index.load import build_index
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
 
 
 def test_embeddings_file_is_complete_and_labelled(fmnist):

@@ -20,12 +20,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hashindex.cli.main import cli
-from hashindex.errors import HashIndexError, InputError, IntegrityError, MismatchError
-from hashindex.evaluate import evaluate
-from hashindex.index import build_index, load_index
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.retrieval import ranked
-from hashindex.store import EmbeddingsWriter, open_embeddings, partial_path
+from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
+from hashindex.measure.evaluate import evaluate
+from hashindex.index.load import build_index, load_index
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.search.ranking import ranked
+from hashindex.store.writer import EmbeddingsWriter
+from hashindex.store.reader import open_embeddings
+from hashindex.store.resume import partial_path
 
 from helpers import FAKE_SPEC, mutate, write_embeddings
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from hashindex.cli.main import cli
-from hashindex.config import BENCH_METHODS, DEVICES, HASHCODER_SIZES, INDEX_KINDS, METHODS, TARGETS, EmbedConfig, FitConfig, IndexConfig, default
-from hashindex.index import build_index
+from hashindex.core.config import BENCH_METHODS, DEVICES, HASHCODER_SIZES, INDEX_KINDS, METHODS, TARGETS, EmbedConfig, FitConfig, IndexConfig, default
+from hashindex.index.load import build_index
 from hashindex.probe.artifact import hashcoder_shapes
 from hashindex.probe.fit import fit_probe
-from hashindex.spec import INTERPOLATIONS
+from hashindex.core.spec import INTERPOLATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def _no_torch(code: str, *args) -> str:
 
 def test_reading_an_embeddings_file_does_not_import_torch(clusters):
     out = _no_torch(
-        "import sys\nfrom hashindex.store import open_embeddings\n"
+        "import sys\nfrom hashindex.store.reader import open_embeddings\n"
         "e = open_embeddings(sys.argv[1], verify=True)\nprint(e.n, e.embeddings().shape, e.backbone.model)",
         clusters.path,
     )
@@ -43,7 +43,7 @@ def test_loading_an_index_and_searching_by_codes_does_not_import_torch(tmp_path,
     codes = idx.codes()[:3]
     np.save(tmp_path / "q.npy", codes)
     out = _no_torch(
-        "import sys, numpy as np\nfrom hashindex.index import load_index\nfrom hashindex.retrieval import hamming_search\n"
+        "import sys, numpy as np\nfrom hashindex.index.load import load_index\nfrom hashindex.search.ranking import hamming_search\n"
         "i = load_index(sys.argv[1])\nd, ids = hamming_search(i, np.load(sys.argv[2]), 1)\n"
         "print(ids.ravel().tolist(), d.ravel().tolist(), len(i.items()['names']))",
         tmp_path / "i", tmp_path / "q.npy",

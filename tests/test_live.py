@@ -19,12 +19,14 @@ import pytest
 from click.testing import CliRunner
 
 from hashindex.cli.main import cli
-from hashindex.codes import hamming
-from hashindex.errors import InputError, IntegrityError
-from hashindex.index import IndexConfig, build_index
-from hashindex.live import open_live
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.retrieval import hamming_search, sort_results
+from hashindex.core.codes import hamming
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.config import IndexConfig
+from hashindex.index.load import build_index
+from hashindex.live.live_index import open_live
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.search.ranking import hamming_search, sort_results
 
 from helpers import FAKE_SPEC, write_embeddings
 
@@ -225,7 +227,7 @@ def test_unnamed_commit_ignored_and_tampering_detected(base, tmp_path):
 def test_lock_refuses_a_second_writer(base, tmp_path):
     path = _build(base, tmp_path, "flat")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hashindex.store import OutputLock; l = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
+        [sys.executable, "-c", "import sys, time; from hashindex.core.durable import OutputLock; l = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -273,7 +275,7 @@ def test_cli_add_remove_compact_info(base, tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, numpy as np
-    from hashindex.live import open_live
+    from hashindex.live.live_index import open_live
     path, mode, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
     live = open_live(path)
     rng = np.random.default_rng(seed)
@@ -335,8 +337,8 @@ def test_kill9_at_20_random_moments(base, tmp_path, mode):
 
 def test_evaluate_covers_added_items(base, tmp_path):
     """evaluate on a live index ranks added items too, and its float reference reads their floats."""
-    from hashindex.evaluate import evaluate
-    from hashindex.retrieval import cosine_knn
+    from hashindex.measure.evaluate import evaluate
+    from hashindex.search.ranking import cosine_knn
 
     d, emb, x = base
     path = _build(base, tmp_path, "flat")
@@ -354,7 +356,7 @@ def test_evaluate_covers_added_items(base, tmp_path):
     xb = np.concatenate([x[2:], new_x])
     yb = np.concatenate([emb.labels()[2:], new_labels])
     _, fids = cosine_knn(new_x[:10], xb, 5)
-    from hashindex.metrics import mean_average_precision, relevance
+    from hashindex.measure.metrics import mean_average_precision, relevance
 
     assert r["float_map"] == pytest.approx(mean_average_precision(relevance(new_labels[:10], yb, fids)))
     assert snap.ntotal == len(xb)
@@ -364,7 +366,7 @@ def test_evaluate_covers_added_items(base, tmp_path):
 
 
 def test_compaction_killed_between_its_renames(base, tmp_path, monkeypatch):
-    import hashindex.compact as compact_mod
+    import hashindex.live.compact as compact_mod
 
     path = _build(base, tmp_path, "ivf")
     live = open_live(path)
@@ -398,7 +400,7 @@ def test_fresh_build_is_searched_mapped_and_reads_only_hit_names(base, tmp_path,
     snapshot taken before a compaction swapped the folder keeps reading its own names and codes."""
     import h5py
 
-    from hashindex.snapshot import ItemNames
+    from hashindex.live.snapshot import ItemNames
 
     path = _build(base, tmp_path, kind)
     snap = open_live(path).snapshot

@@ -1,6 +1,6 @@
 """A live index's manifest is index format 3 (format 2 plus ``live``), read and written through
 the Manifest type; opening a live index imports no torch; the live commands follow the CLI's
-conventions (-q, comma lists, defaults from hashindex.config)."""
+conventions (-q, comma lists, defaults from hashindex.core.config)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from hashindex.cli.main import cli
-from hashindex.config import DEFAULT_LOCK_WAIT, ServeConfig, default
-from hashindex.errors import IntegrityError
-from hashindex.index import build_index, load_index
-from hashindex.live import open_live
-from hashindex.manifest import INDEX_FORMAT, LIVE_FORMAT, MANIFEST, Manifest, sealed_bytes
-from hashindex.probe.fit import FitConfig, fit_probe
+from hashindex.core.config import DEFAULT_LOCK_WAIT, ServeConfig, default
+from hashindex.core.errors import IntegrityError
+from hashindex.index.load import build_index, load_index
+from hashindex.live.live_index import open_live
+from hashindex.index.manifest import INDEX_FORMAT, LIVE_FORMAT, MANIFEST, Manifest, sealed_bytes
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
 
 from helpers import write_embeddings
 
@@ -94,7 +95,7 @@ def test_opening_a_live_index_and_searching_by_codes_imports_no_torch(folder):
     np.save(path.parent / "q.npy", codes)
     check = "\nimport sys\nbad = [m for m in ('torch', 'timm') if m in sys.modules]\nassert not bad, bad\nprint('ok')"
     code = (
-        "import sys, numpy as np\nfrom hashindex.live import open_live\nfrom hashindex.retrieval import hamming_search\n"
+        "import sys, numpy as np\nfrom hashindex.live.live_index import open_live\nfrom hashindex.search.ranking import hamming_search\n"
         "s = open_live(sys.argv[1]).snapshot\nd, ids = hamming_search(s.index, np.load(sys.argv[2]), 1)\n"
         "print(s.ntotal, d.ravel().tolist(), s.item(int(ids[0, 0]))['name'])"
     )

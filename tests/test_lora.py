@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from hashindex.backbone import BackboneSpec, backbone_from_spec, check_same_backbone, load_backbone
-from hashindex.errors import InputError, MismatchError
-from hashindex.lora import LoRAConfig, LoRALayer, attach_adapter, inject, load_adapter, lora_layers, save_adapter, target_layers
+from hashindex.core.spec import BackboneSpec, check_same_backbone
+from hashindex.backbone.model import backbone_from_spec, load_backbone
+from hashindex.core.errors import InputError, MismatchError
+from hashindex.backbone.lora import LoRAConfig, LoRALayer, attach_adapter, inject, load_adapter, lora_layers, save_adapter, target_layers
 
 import tinyvit
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hashindex.metrics import average_precision, mean_average_precision, precision_at_k, relevance
+from hashindex.measure.metrics import average_precision, mean_average_precision, precision_at_k, relevance
 
 
 def test_average_precision_by_hand():

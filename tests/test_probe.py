@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from hashindex.errors import InputError, IntegrityError, MismatchError
+from hashindex.core.errors import InputError, IntegrityError, MismatchError
 from hashindex.probe.artifact import load_probe, probe_hash
 from hashindex.probe.baselines import fit_linear, l2_normalize
-from hashindex.probe.fit import FitConfig, fit_probe
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
 
 from helpers import write_embeddings
 

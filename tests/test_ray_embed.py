@@ -16,10 +16,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hashindex.cli.main import cli
-from hashindex.embed import EmbedConfig, embed
-from hashindex.ray_embed import pending_blocks, ray_runner
-from hashindex.sources import open_source
-from hashindex.store import open_embeddings, partial_path
+from hashindex.core.config import EmbedConfig
+from hashindex.embedding.run import embed
+from hashindex.embedding.ray_runner import pending_blocks, ray_runner
+from hashindex.embedding.sources import open_source
+from hashindex.store.reader import open_embeddings
+from hashindex.store.resume import partial_path
 
 ray = pytest.importorskip("ray")
 
@@ -144,7 +146,7 @@ def test_killed_worker_and_driver_resume_to_the_same_file(tmp_path, cluster, cap
     assert not out.exists()
     kept = sorted(partial_path(out).glob("ray-*.npz"))
     assert len(kept) >= 3 and len(kept) < N // 16
-    with caplog.at_level(logging.INFO, logger="hashindex.ray_embed"):
+    with caplog.at_level(logging.INFO, logger="hashindex.embedding.ray_runner"):
         r = CliRunner().invoke(cli, ["-q", *args])
     assert r.exit_code == 0, r.output
     assert any(f"{len(kept)} blocks already done" in m for m in caplog.messages), caplog.messages

@@ -4,9 +4,11 @@ import h5py
 import numpy as np
 import pytest
 
-from hashindex.index import IndexConfig, build_index, load_index
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.retrieval import FloatRows, cosine_knn, ranked, rerank_asymmetric
+from hashindex.core.config import IndexConfig
+from hashindex.index.load import build_index, load_index
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.search.ranking import FloatRows, cosine_knn, ranked, rerank_asymmetric
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def test_float_rerank_of_everything_is_exact_cosine(index, clusters):
 
 
 def test_float_rerank_keeps_hamming_candidates(index, clusters):
-    from hashindex.retrieval import hamming_search
+    from hashindex.search.ranking import hamming_search
 
     xq = clusters.embeddings(slice(0, 5))
     _, cand = hamming_search(index, index.probe.encode(xq), 30)
@@ -66,7 +68,7 @@ def test_lookup_index_folder(tmp_path, clusters, index):
     build_index(clusters, tmp_path / "p", tmp_path / "lk", IndexConfig("lookup"))
     lk = load_index(tmp_path / "lk")
     assert lk.lookup is not None and lk.kind == "lookup"
-    from hashindex.retrieval import search_embeddings
+    from hashindex.search.ranking import search_embeddings
 
     xq = clusters.embeddings(slice(0, 30))
     for a, b in zip(search_embeddings(lk, xq, 40), search_embeddings(index, xq, 40)):
@@ -74,7 +76,7 @@ def test_lookup_index_folder(tmp_path, clusters, index):
 
 
 def test_bad_rerank_factor(index, clusters):
-    from hashindex.errors import InputError
+    from hashindex.core.errors import InputError
 
     with pytest.raises(InputError, match="rerank"):
         ranked(index, clusters.embeddings(slice(0, 1)), 5, rerank=0)

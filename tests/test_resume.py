@@ -17,10 +17,11 @@ import h5py
 import numpy as np
 import pytest
 
-from hashindex.errors import InputError, IntegrityError
-from hashindex.store import (
-    EmbeddingsWriter, OutputLock, OutputLockedError, clean_published, lock_path, open_embeddings, partial_path,
-)  # fmt: skip
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.store.writer import EmbeddingsWriter, clean_published
+from hashindex.core.durable import OutputLock, OutputLockedError, lock_path
+from hashindex.store.reader import open_embeddings
+from hashindex.store.resume import partial_path
 
 from helpers import FAKE_SPEC
 
@@ -165,7 +166,7 @@ def test_kill9_at_20_random_moments(idx_source, tmp_path, reference):
 
 # -- the output lock -----------------------------------------------------------------------------
 
-_HOLDER = "import sys, time; from hashindex.store import OutputLock; OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)"
+_HOLDER = "import sys, time; from hashindex.core.durable import OutputLock; OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)"
 
 
 def test_second_writer_fails_fast_and_a_killed_writer_leaves_no_stale_lock(tmp_path, idx_source):

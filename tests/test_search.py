@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
-from hashindex.codes import hamming
-from hashindex.errors import InputError
-from hashindex.index import HashIndex, IndexConfig
+from hashindex.core.codes import hamming
+from hashindex.core.errors import InputError
+from hashindex.index.load import HashIndex
+from hashindex.core.config import IndexConfig
 from hashindex.probe.artifact import Probe
-from hashindex.retrieval import cosine_knn, hamming_search
+from hashindex.search.ranking import cosine_knn, hamming_search
 
 
 def reference_topk(xq, xb, k):
@@ -103,7 +104,7 @@ def test_cosine_knn_against_brute_force(rng):
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("k", [1, 50, 3000])
 def test_lookup_equals_popcount_reference(rng, bits, k):
-    from hashindex.lookup import HammingLookup
+    from hashindex.index.lookup import HammingLookup
 
     xb = _codes_with_ties(rng, 2000, bits // 8)
     xq = rng.integers(0, 256, (25, bits // 8), dtype=np.uint8)
@@ -115,7 +116,7 @@ def test_lookup_equals_popcount_reference(rng, bits, k):
 
 
 def test_lookup_refuses_long_codes(rng):
-    from hashindex.lookup import HammingLookup
+    from hashindex.index.lookup import HammingLookup
 
     with pytest.raises(ValueError, match="16 bits"):
         HammingLookup(rng.integers(0, 256, (10, 4), dtype=np.uint8))

@@ -13,10 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from hashindex.index import build_index
-from hashindex.live import open_live
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.serve import ServeConfig, create_app
+from hashindex.index.load import build_index
+from hashindex.live.live_index import open_live
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.core.config import ServeConfig
+from hashindex.serve.app import create_app
 
 from helpers import write_embeddings
 

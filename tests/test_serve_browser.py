@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashindex.index import build_index
-from hashindex.probe.fit import FitConfig, fit_probe
-from hashindex.serve import ServeConfig, create_app
-from hashindex.sources import open_source
+from hashindex.index.load import build_index
+from hashindex.core.config import FitConfig
+from hashindex.probe.fit import fit_probe
+from hashindex.core.config import ServeConfig
+from hashindex.serve.app import create_app
+from hashindex.embedding.sources import open_source
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -119,9 +121,10 @@ def test_cli_add_images_with_the_index_backbone(tmp_path):
     from click.testing import CliRunner
 
     from hashindex.cli.main import cli
-    from hashindex.embed import EmbedConfig, embed
-    from hashindex.live import open_live
-    from hashindex.store import open_embeddings
+    from hashindex.core.config import EmbedConfig
+    from hashindex.embedding.run import embed
+    from hashindex.live.live_index import open_live
+    from hashindex.store.reader import open_embeddings
 
     embed(open_source("fashion-mnist", split="train", limit=60), tmp_path / "db.h5", EmbedConfig(image_size=64, device="cpu"), progress=False)
     db = open_embeddings(tmp_path / "db.h5")

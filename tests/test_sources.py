@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashindex.errors import InputError
-from hashindex.sources import DecodeError, decode_image, open_source
+from hashindex.core.errors import InputError
+from hashindex.embedding.sources import DecodeError, decode_image, open_source
 
 
 def _img(path, color=(200, 10, 10), size=(20, 12), mode="RGB"):

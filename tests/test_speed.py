@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from hashindex.backbone import load_backbone
-from hashindex.bench import BenchConfig, run_bench
-from hashindex.bench_memory import RSS_RESOLUTION, faiss_sizes, flat_memory
+from hashindex.backbone.model import load_backbone
+from hashindex.measure.bench import BenchConfig, run_bench
+from hashindex.measure.bench_memory import RSS_RESOLUTION, faiss_sizes, flat_memory
 from hashindex.cli.main import cli
-from hashindex.config import FitConfig, default
-from hashindex.errors import InputError
-from hashindex.speed import reference_fit, reference_forward
+from hashindex.core.config import FitConfig, default
+from hashindex.core.errors import InputError
+from hashindex.measure.speed import reference_fit, reference_forward
 
 from helpers import run_cli, write_embeddings
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashindex.config import FitConfig
+from hashindex.core.config import FitConfig
 from hashindex.probe.fit import config_from_record, fit_probe, resolve_epochs
 from hashindex.probe.losses import codebook_targets, supervised_targets
 from hashindex.probe.targets import align_codebook, hadamard, make_codebook, min_distance

@@ -1,4 +1,4 @@
-"""The GPU Hamming search (hashindex.torch_search) against the NumPy popcount reference and faiss
+"""The GPU Hamming search (hashindex.search.gpu) against the NumPy popcount reference and faiss
 IndexBinaryFlat: the torch engine runs here on the CPU; the tests marked ``gpu`` repeat the checks
 on CUDA (``pytest -m gpu``; skipped without a CUDA device)."""
 
@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hashindex.codes import hamming
-from hashindex.errors import InputError
-from hashindex.index import HashIndex, IndexConfig
+from hashindex.core.codes import hamming
+from hashindex.core.errors import InputError
+from hashindex.index.load import HashIndex
+from hashindex.core.config import IndexConfig
 from hashindex.probe.artifact import Probe
-from hashindex.retrieval import hamming_search
-from hashindex.snapshot import _id_map
-from hashindex.torch_search import FaissGpuHamming, TorchHamming, device_search, search_device
+from hashindex.search.ranking import hamming_search
+from hashindex.live.snapshot import _id_map
+from hashindex.search.gpu import FaissGpuHamming, TorchHamming, device_search, search_device
 
 BITS = [16, 32, 64, 128, 256]
 
@@ -179,8 +180,8 @@ def test_search_device_names():
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="a machine with an NVIDIA driver")
 def test_without_cuda_auto_searches_on_the_cpu_without_torch_and_cuda_is_refused(rng):
     code = (
-        "import sys, numpy as np\nfrom hashindex.index import HashIndex\nfrom hashindex.probe.artifact import Probe\n"
-        "from hashindex.retrieval import hamming_search\nfrom hashindex.errors import InputError\n"
+        "import sys, numpy as np\nfrom hashindex.index.load import HashIndex\nfrom hashindex.probe.artifact import Probe\n"
+        "from hashindex.search.ranking import hamming_search\nfrom hashindex.core.errors import InputError\n"
         "xb = np.random.default_rng(0).integers(0, 256, (50, 2), dtype=np.uint8)\n"
         "p = Probe('lsh', 16, 4, {}, {}, {'mean': np.zeros(4, np.float32), 'W': np.zeros((4, 16), np.float32)})\n"
         "i = HashIndex.from_codes(xb, p)\nd, ids = hamming_search(i, xb[:2], 1, device='auto')\n"

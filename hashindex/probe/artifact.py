@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..codes import pack
-from ..errors import InputError, IntegrityError
-from ..store.durable import publish_folder
-from ..validate import check_embeddings
-from .baselines import l2_normalize
+from hashindex.core.codes import pack
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.durable import publish_folder
+from hashindex.core.validate import check_embeddings
+from hashindex.probe.baselines import l2_normalize
 
 PROBE_JSON = "probe.json"
 PROBE_WEIGHTS = "weights.safetensors"
@@ -57,7 +57,7 @@ class Probe:
         if self._module is None:
             import torch
 
-            from .hashcoder import HashCoder
+            from hashindex.probe.hashcoder import HashCoder
 
             m = HashCoder(self.input_dim, self.bits, self.config.get("hashcoder", "small"))
             m.load_state_dict({k: torch.from_numpy(np.array(v, order="C")) for k, v in self.tensors.items()})
@@ -65,7 +65,7 @@ class Probe:
         return self._module
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """Validate embeddings fed to the probe (:func:`~hashindex.validate.check_embeddings`);
+        """Validate embeddings fed to the probe (:func:`~hashindex.core.validate.check_embeddings`);
         returns them as float32 C-contiguous."""
         return check_embeddings(x, self.input_dim)
 

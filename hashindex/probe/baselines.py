@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import InputError
+from hashindex.core.errors import InputError
 
 BaselineMethod = Literal["lsh", "pca", "pca-rr", "itq"]
 BASELINES: tuple[str, ...] = ("lsh", "pca", "pca-rr", "itq")

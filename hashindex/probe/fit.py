@@ -10,18 +10,18 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from ..backbone import resolve_device
-from ..codes import bit_balance, pack
-from ..errors import InputError
-from ..config import FitConfig
-from ..store import Embeddings
-from .artifact import Probe, state_to_arrays
-from .baselines import fit_linear
-from .feature_views import FeatureViewConfig, feature_view_fn, repeated_views
-from .hashcoder import HashCoder
-from .losses import crovca_loss
-from .sampling import read_rows, sample_rows
-from .targets import Codebook, align_codebook, make_codebook
+from hashindex.backbone.model import resolve_device
+from hashindex.core.codes import bit_balance, pack
+from hashindex.core.errors import InputError
+from hashindex.core.config import FitConfig
+from hashindex.store.reader import Embeddings
+from hashindex.probe.artifact import Probe, state_to_arrays
+from hashindex.probe.baselines import fit_linear
+from hashindex.probe.feature_views import FeatureViewConfig, feature_view_fn, repeated_views
+from hashindex.probe.hashcoder import HashCoder
+from hashindex.probe.losses import crovca_loss
+from hashindex.probe.sampling import read_rows, sample_rows
+from hashindex.probe.targets import Codebook, align_codebook, make_codebook
 
 logger = logging.getLogger(__name__)
 

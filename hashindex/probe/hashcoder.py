@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import HashcoderSize
+from hashindex.core.config import HashcoderSize
 
 
 class HashCoder(nn.Module):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from ..store import Embeddings
+from hashindex.store.reader import Embeddings
 
 CHUNK = 65536
 

@@ -17,8 +17,8 @@ import logging
 from dataclasses import dataclass
 import numpy as np
 
-from ..config import TARGETS, TargetKind  # noqa: F401 (re-exported: the choices live in config)
-from ..errors import InputError
+from hashindex.core.config import TARGETS, TargetKind  # noqa: F401 (re-exported: the choices live in config)
+from hashindex.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import HashIndexError, InputError, MismatchError
-from ..live import open_live
-from ..store import OutputLockedError
-from ..torch_search import search_device
-from . import ServeConfig
-from .batcher import ImageBatcher
-from .images import decode_upload, item_image
+from hashindex.core.errors import HashIndexError, InputError, MismatchError
+from hashindex.live.live_index import open_live
+from hashindex.core.durable import OutputLockedError
+from hashindex.search.gpu import search_device
+from hashindex.core.config import ServeConfig
+from hashindex.serve.batcher import ImageBatcher
+from hashindex.serve.images import decode_upload, item_image
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -103,8 +103,8 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
     def load_backbone():
         if state["embed"] is not None:
             return
-        from ..backbone import backbone_from_spec
-        from ..embed import embed_images
+        from hashindex.backbone.model import backbone_from_spec
+        from hashindex.embedding.run import embed_images
 
         try:
             bb = backbone_from_spec(live.manifest.backbone, weights=config.weights, device=config.device or "auto")
@@ -325,3 +325,10 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         return page
 
     return app
+
+
+def run(index_dir, config: ServeConfig = ServeConfig()) -> None:
+    """Serve until interrupted (one process: the index and backbone are loaded once)."""
+    import uvicorn
+
+    uvicorn.run(create_app(index_dir, config), host=config.host, port=config.port, workers=1, log_level="info", access_log=False)

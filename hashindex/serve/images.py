@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..sources import DecodeError, decode_image, from_idx
+from hashindex.core.errors import InputError
+from hashindex.embedding.sources import DecodeError, decode_image, from_idx
 
 
 def decode_upload(data: bytes, filename: str) -> np.ndarray:

@@ -14,10 +14,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import InputError, IntegrityError, MismatchError
-from ..spec import BackboneSpec
-from .resume import partial_path
-from .schema import DATASETS, FAIL, SCHEMA_VERSION, as_str, attrs_digest, expected_checksums, hash_failures, hash_rows
+from hashindex.core.errors import InputError, IntegrityError, MismatchError
+from hashindex.core.spec import BackboneSpec
+from hashindex.store.resume import partial_path
+from hashindex.store.schema import DATASETS, FAIL, SCHEMA_VERSION, as_str, attrs_digest, expected_checksums, hash_failures, hash_rows
 
 
 @dataclass

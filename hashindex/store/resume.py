@@ -2,7 +2,7 @@
 
 ``settings.json`` (what is being embedded) is written first; then every commit writes one shard
 ``shard-<start>-<end>.npz`` (plain ``.npy`` arrays, no pickle) holding the rows and failures of
-items ``start..end-1``, durably (:func:`~hashindex.store.durable.write_durably`), so a shard that
+items ``start..end-1``, durably (:func:`~hashindex.core.durable.write_durably`), so a shard that
 has its final name is whole. The shards that form an unbroken chain from item 0 are the
 progress; anything else (temporary files, a half-assembled file) is discarded on resume.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .durable import fsync_dir
+from hashindex.core.durable import fsync_dir
 
 logger = logging.getLogger(__name__)
 

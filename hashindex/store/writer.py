@@ -23,15 +23,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .. import __version__
-from ..errors import InputError, IntegrityError
-from .durable import OutputLock, fsync_dir, publish_file, write_durably
-from .reader import open_embeddings
-from .resume import (
-    ASSEMBLED, ITEMS, RESUME_FORMAT, SETTINGS, Shard, changed_item, check_shard, partial_path, read_settings,
-    remove_resume_folder, scan_shards, shard_meta,
-)  # fmt: skip
-from .schema import DATASETS, FAIL, SCHEMA_VERSION, STR, attrs_digest, hash_failures, hash_rows, jsonable, new_hashes, text_array
+from hashindex.core.version import __version__
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.durable import OutputLock, fsync_dir, publish_file, write_durably
+from hashindex.store.reader import open_embeddings
+from hashindex.store.resume import ASSEMBLED, ITEMS, RESUME_FORMAT, SETTINGS, Shard, changed_item, check_shard, partial_path, read_settings, remove_resume_folder, scan_shards, shard_meta
+from hashindex.store.schema import DATASETS, FAIL, SCHEMA_VERSION, STR, attrs_digest, hash_failures, hash_rows, jsonable, new_hashes, text_array
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ SPEC = {
 
 
 def versions() -> dict:
-    from hashindex.manifest import INDEX_FORMAT
+    from hashindex.index.manifest import INDEX_FORMAT
     from hashindex.probe.artifact import PROBE_FORMAT
-    from hashindex.store import SCHEMA_VERSION
+    from hashindex.store.schema import SCHEMA_VERSION
 
     return {"schema_version": SCHEMA_VERSION, "index_format": INDEX_FORMAT, "probe_format": PROBE_FORMAT}
 
@@ -39,10 +39,13 @@ def set_name(v: dict) -> str:
 
 
 def make(out: Path) -> Path:
-    from hashindex.index import IndexConfig, build_index
-    from hashindex.probe.fit import FitConfig, fit_probe
-    from hashindex.retrieval import search_embeddings
-    from hashindex.store import EmbeddingsWriter, open_embeddings
+    from hashindex.core.config import IndexConfig
+    from hashindex.index.load import build_index
+    from hashindex.core.config import FitConfig
+    from hashindex.probe.fit import fit_probe
+    from hashindex.search.ranking import search_embeddings
+    from hashindex.store.writer import EmbeddingsWriter
+    from hashindex.store.reader import open_embeddings
 
     rng = np.random.default_rng(20240601)
     centers = rng.standard_normal((3, DIM)) * 3
@@ -75,7 +78,7 @@ def make(out: Path) -> Path:
     build_index(emb, probe_dir, out / "index", IndexConfig("flat"))
     shutil.rmtree(probe_dir)  # the index folder holds its own copy of the probe
 
-    from hashindex.index import load_index
+    from hashindex.index.load import load_index
 
     queries = np.concatenate([emb.embeddings()[:4], (centers + 0.1).astype(np.float32)])
     idx = load_index(out / "index")

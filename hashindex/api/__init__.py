@@ -1,0 +1,2 @@
+"""The public Python API (exported from :mod:`hashindex`).
+"""

@@ -1,0 +1,2 @@
+"""Live indexes: the commit log, immutable snapshots, additions and removals, compaction.
+"""

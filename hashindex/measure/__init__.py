@@ -1,0 +1,2 @@
+"""Measurements: retrieval metrics, ``evaluate``, ``bench`` and its report.
+"""

@@ -1,0 +1,378 @@
+"""Benchmark reports: quality, speed and memory of every method and index against float kNN.
+
+``run_bench`` measures, for one pair of embedding files (database, queries):
+
+- quality per method and code length: mAP@k, precision@k, precision within Hamming radius 2 and
+  a precision–recall curve over Hamming radii, for symmetric Hamming ranking (ties by id) and the
+  two re-ranking modes; float cosine as the reference;
+- speed: queries/s and p50/p99 single-query latency of each index type (flat, IVF at several
+  nprobe, the lookup table for 16-bit codes), float ``IndexFlatIP``, and Hamming + float re-rank,
+  at the collection's size and on synthetic codes at larger scales; fit and build times;
+- memory: bytes per item of the float vectors and, by faiss's own accounting, of the serialised
+  flat index and its codes (``code_size × ntotal``), with the RSS growth of the index measured in
+  a fresh process at scales where the index dominates the noise (:mod:`hashindex.measure.bench_memory`);
+- pipeline speed (``pipeline_speed``): hashindex's embed, fit and query paths beside bare
+  reference loops measured in the same run (:mod:`hashindex.measure.speed`).
+
+Speeds are compared side by side in one run on one machine; the report names the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from hashindex.measure.bench_memory import flat_memory
+from hashindex.measure.bench_seeds import LEARNED, asymmetric_row, ivf_rows, seed_rows, worst_seed_map
+from hashindex.core.codes import unpack
+from hashindex.core.config import PROTOCOL_TARGETS, BenchConfig, FitConfig, IndexConfig
+from hashindex.core.errors import InputError
+from hashindex.index.load import HashIndex
+from hashindex.index.lookup import MAX_LOOKUP_BITS, HammingLookup
+from hashindex.measure.synthetic import clustered_codes, ivf_at_recall
+from hashindex.measure.metrics import mean_average_precision, precision_at_k, relevance
+from hashindex.probe.baselines import l2_normalize
+from hashindex.probe.fit import fit_probe
+from hashindex.search.ranking import FloatRows, cosine_knn, hamming_search, rerank_asymmetric, rerank_float
+from hashindex.core.spec import check_same_backbone
+from hashindex.store.reader import Embeddings
+
+logger = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+
+
+def machine_info() -> dict:
+    """CPU, cores, GPU and library versions of this machine."""
+    import faiss
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
+    }  # fmt: skip
+
+
+def _timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
+    """Batched throughput over all of ``xq`` and single-query latencies over the first n."""
+    fn(xq[:1])  # warm-up
+    t0 = time.perf_counter()
+    fn(xq)
+    qps = len(xq) / (time.perf_counter() - t0)
+    lat = []
+    for i in range(min(n_latency, len(xq))):
+        t = time.perf_counter()
+        fn(xq[i : i + 1])
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1e3
+    return {"qps": qps, "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
+
+
+def radius_curves(q_codes, db_codes, q_labels, db_labels, chunk: int = 512) -> dict:
+    """Precision–recall over Hamming radii r = 0..B, and precision within radius 2.
+
+    Precision at r averages, over the queries that retrieve anything within r, the fraction of
+    hits among the items within r; a query that retrieves nothing counts 0 for "precision within
+    radius 2" (the usual convention). Recall at r is the mean fraction of each query's relevant
+    items within r.
+    """
+    import torch
+
+    b = db_codes.shape[1] * 8
+    sb = torch.from_numpy(unpack(db_codes).astype(np.float32) * 2 - 1)
+    yb = torch.from_numpy(db_labels.astype(np.float32))
+    ret = np.zeros((len(q_codes), b + 1))
+    hit = np.zeros((len(q_codes), b + 1))
+    for s in range(0, len(q_codes), chunk):
+        sq = torch.from_numpy(unpack(q_codes[s : s + chunk]).astype(np.float32) * 2 - 1)
+        dist = ((b - sq @ sb.T) / 2).round().long().numpy()
+        rel = (torch.from_numpy(q_labels[s : s + chunk].astype(np.float32)) @ yb.T > 0).numpy()
+        off = (np.arange(len(dist)) * (b + 1))[:, None]
+        n = len(dist) * (b + 1)
+        ret[s : s + chunk] = np.bincount((dist + off).ravel(), minlength=n).reshape(-1, b + 1)
+        hit[s : s + chunk] = np.bincount((dist + off).ravel(), weights=rel.ravel(), minlength=n).reshape(-1, b + 1)
+    ret_c, hit_c = ret.cumsum(1), hit.cumsum(1)
+    total = np.maximum(hit_c[:, -1], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prec = hit_c / ret_c
+    some = ret_c > 0
+    precision = [float(prec[some[:, r], r].mean()) if some[:, r].any() else 0.0 for r in range(b + 1)]
+    recall = (hit_c / total[:, None]).mean(0)
+    p_r2 = float(np.where(some[:, 2], np.nan_to_num(prec[:, 2]), 0.0).mean())
+    return {"precision": precision, "recall": [float(x) for x in recall], "precision_r2": p_r2}
+
+
+def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], dict, HashIndex, float]:
+    """Quality rows of one probe (Hamming, float re-rank, asymmetric), its PR curve, its flat
+    index and the seconds to encode the database and build that index."""
+    t = time.perf_counter()
+    db_codes = probe.encode(xb)
+    index = HashIndex.from_codes(db_codes, probe, IndexConfig("flat"))
+    build_s = time.perf_counter() - t
+    q_logits = probe.logits(xq)
+    q_codes = np.packbits(q_logits > 0, axis=1)
+    k = min(cfg.topk, len(xb))
+    _, ids = hamming_search(index, q_codes, k)
+    rel = relevance(yq, yb, ids)
+    curves = radius_curves(q_codes, db_codes, yq, yb)
+    base = {"method": name, "bits": probe.bits}
+    out = [dict(base, mode="hamming", nq=len(xq), map=mean_average_precision(rel), precision=precision_at_k(rel, cfg.topk), precision_r2=curves["precision_r2"])]
+    # Re-ranking reads R·k float rows per query: measured on the first rerank_queries queries.
+    sub = slice(0, min(cfg.rerank_queries, len(xq)))
+    _, cand = hamming_search(index, q_codes[sub], min(cfg.rerank * k, len(xb)))
+    _, fid = rerank_float(xq[sub], cand, rows, k)
+    frel = relevance(yq[sub], yb, fid)
+    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", nq=len(cand), map=mean_average_precision(frel), precision=precision_at_k(frel, cfg.topk)))
+    _, aid = rerank_asymmetric(q_logits[sub], cand, db_codes, k)
+    arel = relevance(yq[sub], yb, aid)
+    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", nq=len(cand), map=mean_average_precision(arel), precision=precision_at_k(arel, cfg.topk)))
+    out.append(asymmetric_row(name, probe, db_codes, xq, yb, yq, k))
+    bar.update(1)
+    return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s
+
+
+def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
+    """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe)."""
+    k = cfg.speed_k
+    xq = xq[: cfg.speed_queries]
+    q_codes = q_codes[: cfg.speed_queries]
+    bits = index.bits
+    db_codes = index.codes()
+    out = [dict(kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries))]
+    ivf = HashIndex.from_codes(db_codes, index.probe, IndexConfig("ivf"))
+    kq = min(cfg.topk, index.ntotal)
+    flat_d, flat_ids = hamming_search(index, q_codes, kq)
+    for row in ivf_rows(ivf, flat_ids, flat_d, q_codes, yq[: len(q_codes)], yb, kq, cfg.nprobes):
+        r = _timed_search(lambda c: hamming_search(ivf, c, k), q_codes, cfg.latency_queries)  # at row's nprobe
+        out.append(dict(row, bits=bits, **r))
+    if bits <= MAX_LOOKUP_BITS:
+        lk = HammingLookup(db_codes)
+        out.append(dict(kind="lookup", bits=bits, **_timed_search(lambda c: lk.search(c, k), q_codes, cfg.latency_queries)))
+
+    def reranked(x):
+        _, cand = hamming_search(index, index.probe.encode(x), cfg.rerank * k)
+        return rerank_float(x, cand, rows, k)
+
+    out.append(dict(kind=f"flat+rerank-float-{cfg.rerank}", bits=bits, **_timed_search(reranked, xq, cfg.latency_queries)))
+    return out
+
+
+def _float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
+    import faiss
+
+    fi = faiss.IndexFlatIP(xb.shape[1])
+    fi.add(l2_normalize(xb))
+    r = _timed_search(lambda x: fi.search(l2_normalize(x), cfg.speed_k), xq[: cfg.speed_queries], cfg.latency_queries)
+    return dict(kind="float-IndexFlatIP", dim=int(xb.shape[1]), **r)
+
+
+def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar, ivf_out: list) -> list[dict]:
+    """Clustered synthetic codes (:mod:`hashindex.measure.synthetic`; queries drawn the same way) at scale
+    n: flat, lookup and, with ``ivf_nlist``, IVF at the nprobe reaching recall@k 0.95 against flat
+    (its sweep appended to ``ivf_out``); up to ``float_scale``, random float vectors too."""
+    import faiss
+
+    out = []
+    nq = min(cfg.speed_queries, 1000)
+    for bits in cfg.bits:
+        codes = clustered_codes(n + nq, bits, rng)
+        codes, qc = codes[:n], codes[n:]
+        fi = faiss.IndexBinaryFlat(bits)
+        fi.add(codes)
+        mem = flat_memory(fi, n, bits, cfg.seed, cfg.rss_min_items)
+        flat = dict(kind="flat", n=n, bits=bits, **mem, **_timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)))
+        out.append(flat)
+        if bits <= MAX_LOOKUP_BITS:
+            lk = HammingLookup(codes)
+            r = _timed_search(lambda c: lk.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
+            out.append(dict(kind="lookup", n=n, bits=bits, **r))
+            del lk
+        if cfg.ivf_nlist and cfg.ivf_nlist <= n:
+            flat_d, _ = fi.search(qc, cfg.speed_k)
+            del fi  # the flat index's copy of the codes: IVF keeps its own
+            iv = ivf_at_recall(codes, qc, flat_d, cfg.ivf_nlist)
+            ivf, at = iv.pop("index"), iv["at_target"]
+            if at is not None:
+                ivf.nprobe = at["nprobe"]
+                r = _timed_search(lambda c: ivf.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
+                out.append(dict(kind=f"ivf-nprobe{at['nprobe']}", n=n, bits=bits, recall=at["recall"], **r))
+            ivf_out.append(dict(iv, n=n, bits=bits, k=cfg.speed_k, flat_qps=flat["qps"], speedup=None if at is None else at["qps"] / flat["qps"]))
+            del ivf
+        else:
+            del fi
+        del codes
+        bar.update(1)
+    if n <= cfg.float_scale:
+        # Float vectors: IndexFlatIP in RAM, and the same matrix in a contiguous HDF5 file
+        # for Hamming top-(R·k) + float re-rank read through a memory map.
+        import h5py
+
+        xb = rng.standard_normal((n, dim), dtype=np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        xq = rng.standard_normal((nq, dim), dtype=np.float32)
+        fl = _float_speed(xb, xq, cfg)
+        out.append(dict(fl, n=n, float_bytes_per_item=4 * dim))
+        path = workdir / f"synthetic-{n}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("embeddings", data=xb)  # contiguous, uncompressed
+        del xb
+        bits = 64 if 64 in cfg.bits else cfg.bits[-1]
+        codes = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+        qc = rng.integers(0, 256, (nq, bits // 8), dtype=np.uint8)
+        fi = faiss.IndexBinaryFlat(bits)
+        fi.add(codes)
+        rows = FloatRows(path)
+        k, kk = cfg.speed_k, cfg.rerank * cfg.speed_k
+
+        def reranked(i):  # i: query positions (codes and floats travel together)
+            _, cand = fi.search(qc[i], kk)
+            return rerank_float(xq[i], cand.astype(np.int64), rows, k)
+
+        r = _timed_search(reranked, np.arange(nq), min(cfg.latency_queries, 100))
+        out.append(dict(kind=f"flat+rerank-float-{cfg.rerank}", n=n, bits=bits, **r))
+        rows.close()
+        path.unlink()
+    return out
+
+
+def run_bench(
+    db: Embeddings, q: Embeddings, out_dir: str | os.PathLike, config: BenchConfig = BenchConfig(),
+    *, progress: bool = True, command: str | None = None,
+) -> dict:  # fmt: skip
+    """Measure everything and write ``report.json``, ``report.md`` and the plots into ``out_dir``.
+
+    ``command`` (the command line that ran it) is recorded in the report.
+
+    Raises:
+        InputError: bad options, unlabelled files, embeddings of different backbones.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    check_same_backbone(db.backbone, q.backbone, f"the database embeddings {db.path}", f"the queries {q.path}")
+    yb, yq = db.labels(), q.labels()
+    if yb is None or yq is None:
+        raise InputError("bench measures quality on labels: both embedding files need labels")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    xb, xq = db.embeddings(), q.embeddings()
+    rows = FloatRows(db.path)
+    steps = 1 + len(config.methods) * len(config.bits) * 2 + len(config.scales) * len(config.bits)
+    steps += len(set(config.seeds) - {config.seed}) * len(config.bits) * sum(m in LEARNED for m in config.methods)
+    bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
+    report: dict = {
+        "version": REPORT_VERSION, "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "command": command,
+        "config": asdict(config), "database": db.provenance(), "queries": q.provenance(),
+        "quality": [], "pr_curves": {}, "fit": [], "speed": [], "memory": [], "seeds": [], "synthetic_ivf": [],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=out) as tmp:  # first: a bad --images fails before the long part
+        from hashindex.measure.speed import measure_pipeline
+
+        report["pipeline_speed"] = measure_pipeline(db, q, config, tmp)
+    bar.update(1)
+    k = min(config.topk, len(xb))
+    t0 = time.perf_counter()
+    _, fids = cosine_knn(xq, xb, k)
+    float_s = time.perf_counter() - t0
+    frel = relevance(yq, yb, fids)
+    for n in sorted({len(xq), min(config.rerank_queries, len(xq))}, reverse=True):  # all queries, and the re-rank subset
+        report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "nq": n, "map": mean_average_precision(frel[:n]), "precision": precision_at_k(frel[:n], config.topk)})
+    speed_index: dict[int, HashIndex] = {}
+    for bits in config.bits:
+        for name in config.methods:
+            fc = FitConfig(
+                method="crovca" if name.startswith("crovca") else name, bits=bits, supervised=name == "crovca-sup",
+                hashcoder=config.hashcoder, epochs=config.epochs, device=config.device, seed=config.seed, targets=config.targets,
+            )  # fmt: skip
+            t = time.perf_counter()
+            probe = fit_probe(db, fc, progress=False)
+            fit_s = time.perf_counter() - t
+            bar.update(1)
+            rows_q, curve, index, build_s = _quality(name, probe, xb, xq, yb, yq, rows, config, bar)
+            report["fit"].append({"method": name, "bits": bits, "fit_seconds": fit_s, "build_seconds": build_s})
+            report["quality"] += rows_q
+            if name in LEARNED and config.seeds:
+                maps = {r["mode"]: r["map"] for r in rows_q if r["mode"] in ("hamming", "asymmetric")}
+                report["seeds"] += seed_rows(db, fc, name, config.seeds, config.seed, maps, xb, xq, yb, yq, k, bar)
+            report["pr_curves"][f"{name}-{bits}"] = curve
+            if name == "crovca" or (name == config.methods[0] and bits not in speed_index):
+                speed_index[bits] = index
+    report["speed"].append(dict(_float_speed(xb, xq, config), n=len(xb), scope="collection"))
+    for bits, index in speed_index.items():
+        for r in _speed_collection(index, index.probe.encode(xq), xq, yq, yb, rows, config):
+            report["speed"].append(dict(r, n=len(xb), scope="collection"))
+        report["memory"].append({"bits": bits, "code_bytes_per_item": bits / 8, "float_bytes_per_item": 4 * xb.shape[1]})
+    rows.close()
+    rng = np.random.default_rng(config.seed)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        for n in config.scales:
+            for r in _speed_synthetic(n, xb.shape[1], config, rng, Path(tmp), bar, report["synthetic_ivf"]):
+                report["speed"].append(dict(r, scope="synthetic"))
+    bar.close()
+    report["float_cosine_seconds"] = float_s
+    report["targets"] = targets(report)
+    (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    from hashindex.measure.report import render_markdown, write_plots
+
+    plots = write_plots(report, out)
+    (out / "report.md").write_text(render_markdown(report, plots))
+    return report
+
+
+def _find(rows, **kw):
+    return next((r for r in rows if all(r.get(k) == v for k, v in kw.items())), None)
+
+
+def targets(report: dict) -> list[dict]:
+    """The speed/quality targets of the project, each marked met or missed (None: not measured)."""
+    sp, out = report["speed"], []
+    r = report["config"]["rerank"]
+
+    def add(name, value, threshold, unit="x"):
+        out.append({"target": name, "value": value, "threshold": threshold, "unit": unit, "met": None if value is None else value >= threshold})
+
+    fl = _find(sp, kind="float-IndexFlatIP", scope="synthetic", n=1_000_000)
+    b64 = _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=64)
+    add("binary flat 64 bits vs float IndexFlatIP, 1M items (QPS ratio)", b64["qps"] / fl["qps"] if fl and b64 else None, 25)
+    f16, l16 = _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=16), _find(sp, kind="lookup", scope="synthetic", n=1_000_000, bits=16)
+    add("16-bit lookup vs faiss IndexBinaryFlat, 1M items (QPS ratio)", l16["qps"] / f16["qps"] if f16 and l16 else None, 5)
+    rq = _find(report["quality"], method="crovca", bits=64, mode=f"rerank-float-{r}")
+    fq = _find(report["quality"], method="float", nq=rq["nq"]) if rq else None
+    add(f"Hamming top-{r}k + float re-rank mAP vs float mAP on the same queries, 64 bits (%)", 100 * rq["map"] / fq["map"] if rq and fq else None, 99, "%")
+    rr = _find(sp, kind=f"flat+rerank-float-{r}", scope="synthetic", n=1_000_000)
+    add(f"Hamming top-{r}k + float re-rank vs float IndexFlatIP, 1M items (QPS ratio)", rr["qps"] / fl["qps"] if rr and fl else None, 10)
+    for iv in [x for x in report.get("synthetic_ivf", []) if x["bits"] == 64 and x["n"] >= 100_000_000]:
+        add(f"IVF at recall@{iv['k']} >= 0.95 vs flat, {iv['n'] / 1e6:.0f}M clustered 64-bit codes (QPS ratio)", iv["speedup"], 10)
+    q = report["quality"]
+    # The quality thresholds belong to the full Fashion-MNIST protocol (60k database, 10k queries).
+    src = report["database"].get("source") or {}
+    protocol = src.get("kind") == "fashion-mnist" and report["database"]["n"] == 60_000 and report["queries"]["n"] == 10_000
+    seeds = "minimum over seeds " + ",".join(map(str, report["seeds"][0]["seeds"])) if report.get("seeds") else "default seed"
+    for m, per_bits in PROTOCOL_TARGETS.items():
+        for b, lo in per_bits.items():
+            v = worst_seed_map(report, m, b) if protocol else None
+            add(f"{m} mAP@{report['config']['topk']} at {b} bits, {seeds} (%)", None if v is None else 100 * v, lo, "%")
+    for m in ("crovca", "crovca-sup"):
+        for b in report["config"]["bits"]:
+            row, itq = _find(q, method=m, bits=b, mode="hamming"), _find(q, method="itq", bits=b, mode="hamming")
+            if row and itq:
+                add(f"{m} minus ITQ mAP at {b} bits (points)", 100 * (row["map"] - itq["map"]), 0, "pt")
+    for m in (x for x in sp if x["kind"] == "flat" and x.get("scope") == "synthetic"):
+        limit = 1.1 * (m["bits"] / 8 + 8)
+        val = max(v for v in (m["index_bytes_per_item"], m.get("ram_bytes_per_item")) if v is not None)
+        out.append({"target": f"flat index memory, {m['bits']} bits, {m['n']:,} items (bytes/item, at most {limit:.1f})", "value": val, "threshold": limit, "unit": "B", "met": val <= limit})
+    return out
