@@ -35,8 +35,14 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_bytes": resourc
 def run(tree: Path, index: str, queries: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # cwd outside any source tree: the child imports hashindex from `tree` only
-    out = subprocess.run([sys.executable, "-c", CHILD, str(tree), index, queries], cwd=tempfile.gettempdir(), env=env,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tree), index, queries],
+        cwd=tempfile.gettempdir(),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -50,7 +56,9 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), a.old], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), a.old], check=True, capture_output=True
+        )
         try:
             runs = {"old": [], "new": []}
             for _ in range(a.repeats):
@@ -64,11 +72,23 @@ def main() -> None:
 
     ntotal = faiss.read_index_binary(str(Path(a.index) / "index.faiss"), faiss.IO_FLAG_MMAP_IFC).ntotal
     doc = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "ntotal": ntotal,
-        "old": a.old, "new": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "command": "python benchmarks/cold_query.py " + " ".join(sys.argv[1:]), "runs": runs,
-        "best": {k: {"seconds": round(min(r["seconds"] for r in v), 2), "peak_rss_bytes": min(r["peak_rss_bytes"] for r in v)} for k, v in runs.items()},
-    }  # fmt: skip
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "ntotal": ntotal,
+        "old": a.old,
+        "new": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "command": "python benchmarks/cold_query.py " + " ".join(sys.argv[1:]),
+        "runs": runs,
+        "best": {
+            k: {
+                "seconds": round(min(r["seconds"] for r in v), 2),
+                "peak_rss_bytes": min(r["peak_rss_bytes"] for r in v),
+            }
+            for k, v in runs.items()
+        },
+    }
     print(json.dumps(doc["best"]))
     if a.out:
         a.out.write_text(json.dumps(doc, indent=1) + "\n")

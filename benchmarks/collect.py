@@ -46,12 +46,13 @@ def collect(run_dir: Path) -> dict:
             n, views = h["embeddings"].shape[0], (h["views"].shape[1] if "views" in h else 0)
             secs = h.attrs.get("embed_seconds")
             embeddings[name] = {
-                "n": int(n), "views": int(views),
+                "n": int(n),
+                "views": int(views),
                 "image_size": json.loads(h.attrs["backbone"])["image_size"],
                 "embed_seconds": None if secs is None else float(secs),
                 "images_per_second": None if secs is None else n * (1 + views) / float(secs),
                 "device": h.attrs.get("device"),
-            }  # fmt: skip
+            }
     doc = {
         "protocol": "fashion-mnist: 60k train (2 views) as database, 10k test as queries, "
         "tf_efficientnet_lite0 packaged ImageNet weights, 112 px, mAP@1000, symmetric Hamming, ties by id",
@@ -101,18 +102,26 @@ def render_fashion_mnist(doc: dict) -> list[str]:
             r, itq = runs.get(f"{m}-{b}"), runs.get(f"itq-{b}")
             if r and itq:
                 ok = r["map"] >= itq["map"]
-                out.append(f"- {METHOD_NAMES[m]} ≥ ITQ at {b} bits: {100 * r['map']:.1f} vs {100 * itq['map']:.1f} → {'met' if ok else 'MISSED'}")
+                out.append(
+                    f"- {METHOD_NAMES[m]} ≥ ITQ at {b} bits: {100 * r['map']:.1f} vs {100 * itq['map']:.1f} → {'met' if ok else 'MISSED'}"
+                )
     out += ["", "Fit time per probe (s) and search speed of the flat index (10k queries, k = 1000):", ""]
     out += ["| method | bits | fit s | build s | queries/s | bit balance |", "|---|---|---|---|---|---|"]
     for m in METHOD_ORDER:
         for b in bits:
             r = runs.get(f"{m}-{b}")
             if r:
-                out.append(f"| {METHOD_NAMES[m]} | {b} | {r['fit_seconds']:.1f} | {r['build_seconds']:.2f} | {r['search_qps']:,.0f} | {r['bit_balance_mean']:.3f} |")
+                out.append(
+                    f"| {METHOD_NAMES[m]} | {b} | {r['fit_seconds']:.1f} | {r['build_seconds']:.2f} | {r['search_qps']:,.0f} | {r['bit_balance_mean']:.3f} |"
+                )
     emb = doc["embeddings"]
     out += ["", "Embedding:", ""]
     for name, e in emb.items():
-        speed = "not recorded" if e["images_per_second"] is None else f"{e['images_per_second']:,.0f} images/s ({e['embed_seconds']:.0f} s, {e['device']})"
+        speed = (
+            "not recorded"
+            if e["images_per_second"] is None
+            else f"{e['images_per_second']:,.0f} images/s ({e['embed_seconds']:.0f} s, {e['device']})"
+        )
         out.append(f"- {name}: {e['n']:,} images × (1 + {e['views']} views) at {e['image_size']} px: {speed}")
     fr = next((r for r in runs.values() if r.get("float_qps")), None)
     if fr:
@@ -178,12 +187,17 @@ def render_seeds(seeds: dict, main: dict) -> list[str]:
             vals = [maps.get((m, b, s)) for s in all_seeds]
             got = [v for v in vals if v is not None]
             cells = ["–" if v is None else f"{100 * v:.1f}" for v in vals]
-            out.append(f"| {METHOD_NAMES[m]} | {b} | " + " | ".join(cells) + f" | {100 * sum(got) / len(got):.1f} | {100 * min(got):.1f} |")
+            out.append(
+                f"| {METHOD_NAMES[m]} | {b} | "
+                + " | ".join(cells)
+                + f" | {100 * sum(got) / len(got):.1f} | {100 * min(got):.1f} |"
+            )
     return out
 
 
 def render() -> str:
     from hashindex.measure.report import render_markdown
+
     lines = [
         "# Benchmarks",
         "",
@@ -205,9 +219,15 @@ def render() -> str:
     b = RESULTS / "bench_fashion_mnist.json"
     if b.exists():
         report = json.loads(b.read_text())
-        plots = [f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png")) if p.name != "serve.png"]  # serve.png: the README's screenshot
-        lines += ["", f"Command: `{report.get('command', 'hashindex bench')}`; then "
-                  "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR [NOTE]`.", ""]
+        plots = [
+            f"docs/{p.name}" for p in sorted((HERE.parent / "docs").glob("*.png")) if p.name != "serve.png"
+        ]  # serve.png: the README's screenshot
+        lines += [
+            "",
+            f"Command: `{report.get('command', 'hashindex bench')}`; then "
+            "`.venv/bin/python benchmarks/collect.py --bench REPORT_DIR [NOTE]`.",
+            "",
+        ]
         lines += [report["note"], ""] if report.get("note") else []
         lines.append(render_markdown(report, plots, heading="##"))
         sf = RESULTS / "seeds_fashion_mnist.json"
@@ -218,7 +238,13 @@ def render() -> str:
         from fit_grid import render as render_grid
 
         doc = json.loads(fp.read_text())
-        lines += ["", "## CroVCA across seeds on the full protocol (this code: codebook targets, step schedule)", "", doc["note"], ""]
+        lines += [
+            "",
+            "## CroVCA across seeds on the full protocol (this code: codebook targets, step schedule)",
+            "",
+            doc["note"],
+            "",
+        ]
         lines += render_grid(doc["rows"], doc["command"])
     cw = RESULTS / "coding_rate_weight.json"
     if cw.exists():
@@ -231,11 +257,16 @@ def render() -> str:
     if rd.exists():
         from ranking_depth import render as render_depth
 
-        lines += ["", "## Ranking depth on a small collection", "",
-                  "On 2,000 items mAP@1000 ranks half the database (a class holds about 200), so it measures how whole classes",
-                  "stay together more than how well each query's nearest items are ordered. A weaker coding-rate term wins at",
-                  "depth 1,000 and loses at depth 100, where the default, ITQ and float cosine are level. Embeddings: the",
-                  "first 2,000 training images (2 views) and 1,000 test images at 112 px, bilinear, as in the subsets below.", ""]
+        lines += [
+            "",
+            "## Ranking depth on a small collection",
+            "",
+            "On 2,000 items mAP@1000 ranks half the database (a class holds about 200), so it measures how whole classes",
+            "stay together more than how well each query's nearest items are ordered. A weaker coding-rate term wins at",
+            "depth 1,000 and loses at depth 100, where the default, ITQ and float cosine are level. Embeddings: the",
+            "first 2,000 training images (2 views) and 1,000 test images at 112 px, bilinear, as in the subsets below.",
+            "",
+        ]
         lines += render_depth(json.loads(rd.read_text()))
     # benchmarks/ is on sys.path as the script's folder
     from finetune_fmnist import render as render_finetune
@@ -256,7 +287,11 @@ def render() -> str:
         lines += ["", f"Equal training length: {doc['what']}; {doc['date']}, {describe_machine(doc['machine'])}:", ""]
         for run in doc["runs"]:
             ev = run["evaluate"]
-            lines.append(f"- seed {run['seed']}: mAP@1000 {100 * ev['map']:.1f} (asymmetric {100 * ev['asymmetric_map']:.1f}); `" + "`; `".join(run["commands"]) + "`")
+            lines.append(
+                f"- seed {run['seed']}: mAP@1000 {100 * ev['map']:.1f} (asymmetric {100 * ev['asymmetric_map']:.1f}); `"
+                + "`; `".join(run["commands"])
+                + "`"
+            )
     es = RESULTS / "embed_speed.json"
     if es.exists():
         from embed_speed import render as render_embed_speed

@@ -45,7 +45,10 @@ def make_photos(folder: Path, n: int) -> Path:
     if len(list(folder.glob("*.jpg"))) == n:
         return folder
     rng = np.random.default_rng(0)
-    pool = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")]
+    pool = [
+        getattr(data, name)()
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "retina", "hubble_deep_field", "immunohistochemistry")
+    ]
     for i in range(n):
         img = pool[i % len(pool)]
         h, w = img.shape[:2]
@@ -54,14 +57,18 @@ def make_photos(folder: Path, n: int) -> Path:
         crop = img[y : y + ch, x : x + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        Image.fromarray(np.ascontiguousarray(crop)).resize((1600, 1200), Image.BICUBIC).save(folder / f"{i:04d}.jpg", quality=90)
+        Image.fromarray(np.ascontiguousarray(crop)).resize((1600, 1200), Image.BICUBIC).save(
+            folder / f"{i:04d}.jpg", quality=90
+        )
     return folder
 
 
 def old_tree(commit: str, where: Path) -> Path:
     """The commit checked out in a temporary worktree, importable as ``hashindex`` (with its CLI)."""
     if not where.exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), commit], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), commit], check=True, capture_output=True
+        )
     link = where / "hashindex" / "cli"
     if not link.exists():
         link.symlink_to(where / "cli")
@@ -81,13 +88,25 @@ def run_embed(pythonpath: Path | None, args: list[str], out: Path) -> dict:
     t0 = time.perf_counter()
     # cwd: the output's folder, never a source tree (``-c`` puts the cwd first on sys.path, where it
     # would shadow PYTHONPATH's tree)
-    r = subprocess.run([sys.executable, "-c", code, "-q", "embed", *args, str(out)], env=env, cwd=out.parent, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code, "-q", "embed", *args, str(out)],
+        env=env,
+        cwd=out.parent,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if r.returncode:
         raise RuntimeError(f"embed failed ({r.returncode}): {r.stderr[-2000:]}")
     tree = str(Path(r.stderr.splitlines()[0]).parent.parent)  # which hashindex ran: proof of old vs new
     with h5py.File(out, "r") as f:
-        return {"embed_seconds": float(f.attrs["embed_seconds"]), "rows": int(f["embeddings"].shape[0]), "views": int(f.attrs["views"]), "wall_seconds": wall, "tree": tree}
+        return {
+            "embed_seconds": float(f.attrs["embed_seconds"]),
+            "rows": int(f["embeddings"].shape[0]),
+            "views": int(f.attrs["views"]),
+            "wall_seconds": wall,
+            "tree": tree,
+        }
 
 
 BARE = r"""
@@ -116,7 +135,9 @@ print(json.dumps(out))
 
 
 def bare(size: int, batch: int, reps: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", BARE, str(size), str(batch), str(reps)], check=True, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", BARE, str(size), str(batch), str(reps)], check=True, capture_output=True, text=True
+    )
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -136,7 +157,11 @@ def draft_tolerance(photos: Path, work: Path) -> dict:
         e[draft] = open_embeddings(out).embeddings()
     a, b = e[True], e[False]
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "max_rel_diff": float(np.abs(a - b).max() / np.abs(b).max())}
+    return {
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "max_rel_diff": float(np.abs(a - b).max() / np.abs(b).max()),
+    }
 
 
 def main() -> None:
@@ -153,13 +178,28 @@ def main() -> None:
     os.environ.setdefault("HASHINDEX_CACHE", str(work / "cache"))
     old = old_tree(a.old, work / "old")
     photos = make_photos(work / "photos", a.photos)
-    fm = ["fashion-mnist", "--split", "train", "--limit", str(a.fmnist), "--views", "2", "--image-size", "112", "--interpolation", "bilinear"]
+    fm = [
+        "fashion-mnist",
+        "--split",
+        "train",
+        "--limit",
+        str(a.fmnist),
+        "--views",
+        "2",
+        "--image-size",
+        "112",
+        "--interpolation",
+        "bilinear",
+    ]
     ph = [str(photos), "--image-size", "224"]
     cases = {
-        "fmnist_old": (old, fm), "fmnist_new": (None, fm),
-        "photos_old": (old, ph), "photos_new": (None, ph),
-        "photos_new_torch": (None, ph + ["--runtime", "torch"]), "photos_new_no_draft": (None, ph + ["--no-jpeg-draft"]),
-    }  # fmt: skip
+        "fmnist_old": (old, fm),
+        "fmnist_new": (None, fm),
+        "photos_old": (old, ph),
+        "photos_new": (None, ph),
+        "photos_new_torch": (None, ph + ["--runtime", "torch"]),
+        "photos_new_no_draft": (None, ph + ["--no-jpeg-draft"]),
+    }
     runs: dict[str, list] = {k: [] for k in cases}
     for r in range(a.repeats):
         for name, (pp, args) in cases.items():  # alternating: load hits each case alike
@@ -187,7 +227,12 @@ def main() -> None:
         "draft_vs_full_decoding": draft_tolerance(photos, work),
     }
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps({"passes_per_second": best, "bare": loops, "ratios": doc["ratios"], "draft": doc["draft_vs_full_decoding"]}, indent=1))
+    print(
+        json.dumps(
+            {"passes_per_second": best, "bare": loops, "ratios": doc["ratios"], "draft": doc["draft_vs_full_decoding"]},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

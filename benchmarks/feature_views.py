@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.measure.evaluate import evaluate
+from hashindex.core.config import FitConfig
 from hashindex.embedding.importer import ImportConfig, import_embeddings
 from hashindex.index.load import build_index
+from hashindex.measure.evaluate import evaluate
 from hashindex.probe import fit as fit_mod
-from hashindex.probe.feature_views import FeatureViewConfig, feature_view_fn
-from hashindex.core.config import FitConfig
+from hashindex.probe.feature_views import FeatureViewConfig
 from hashindex.probe.fit import fit_probe
 from hashindex.store.reader import open_embeddings
 
@@ -36,7 +36,9 @@ from hashindex.store.reader import open_embeddings
 def imported(src: Path, work: Path) -> Path:
     out = work / f"{src.stem}-imported.h5"
     if not out.exists():
-        cfg = ImportConfig(model_name="tf_efficientnet_lite0 (imported)", names=f"{src}:/names", labels=f"{src}:/labels")
+        cfg = ImportConfig(
+            model_name="tf_efficientnet_lite0 (imported)", names=f"{src}:/names", labels=f"{src}:/labels"
+        )
         import_embeddings([f"{src}:/embeddings"], out, cfg, progress=False)
     return out
 
@@ -50,7 +52,14 @@ def score(db, q, work: Path, name: str, cfg: FitConfig) -> dict:
     fit_s = time.perf_counter() - t0
     probe.save(pdir)
     r = evaluate(build_index(db, pdir, idir), q, 1000, with_float=False)
-    return {"name": name, "method": cfg.method, "bits": cfg.bits, "seed": cfg.seed, "map": r["map"], "fit_seconds": round(fit_s, 2)}
+    return {
+        "name": name,
+        "method": cfg.method,
+        "bits": cfg.bits,
+        "seed": cfg.seed,
+        "map": r["map"],
+        "fit_seconds": round(fit_s, 2),
+    }
 
 
 def main() -> None:
@@ -61,7 +70,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--bits", default="32,64")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--sweep", default="0:0,0.3:0.5", help="dropout:noise pairs tried at 64 bits, seed 0, besides the default")
+    ap.add_argument(
+        "--sweep", default="0:0,0.3:0.5", help="dropout:noise pairs tried at 64 bits, seed 0, besides the default"
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -81,7 +92,9 @@ def main() -> None:
     real = fit_mod.feature_view_fn
     for pair in filter(None, args.sweep.split(",")):
         dropout, noise = (float(v) for v in pair.split(":"))
-        fit_mod.feature_view_fn = functools.partial(lambda x, seed, c: real(x, seed, c), c=FeatureViewConfig(dropout, noise))
+        fit_mod.feature_view_fn = functools.partial(
+            lambda x, seed, c: real(x, seed, c), c=FeatureViewConfig(dropout, noise)
+        )
         try:
             r = score(db, q, work, f"sweep-{dropout}-{noise}", FitConfig(bits=64, seed=0))
         finally:

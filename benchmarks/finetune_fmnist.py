@@ -53,10 +53,19 @@ def main() -> None:
     ap.add_argument("--modes", default="unsupervised,supervised")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=None, help="for fit-probe and finetune alike [default: each one's]")
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="for fit-probe and finetune alike [default: each one's]"
+    )
     ap.add_argument("--adapter-lr", type=float, default=None, help="finetune --adapter-lr [default: finetune's]")
-    ap.add_argument("--lora-layers", default=None, help="finetune --lora-layers [default: finetune's, every eligible layer]")
-    ap.add_argument("--stopped", type=Path, default=None, help="record the state of a stopped finetune run (its checkpoint) beside the results")
+    ap.add_argument(
+        "--lora-layers", default=None, help="finetune --lora-layers [default: finetune's, every eligible layer]"
+    )
+    ap.add_argument(
+        "--stopped",
+        type=Path,
+        default=None,
+        help="record the state of a stopped finetune run (its checkpoint) beside the results",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/finetune_fashion_mnist.json")
     a = ap.parse_args()
     w = a.work
@@ -71,8 +80,14 @@ def main() -> None:
         doc["stopped_run"] = stopped_run(a.stopped)
         a.out.write_text(json.dumps(doc, indent=1) + "\n")
         return
-    t = {"embed_db_frozen": timed(w / "db.h5", "embed", "fashion-mnist", w / "db.h5", "--limit", a.n, "--views", 2, *common, *seed)}
-    t["embed_q_frozen"] = timed(w / "q.h5", "embed", "fashion-mnist", w / "q.h5", "--split", "test", "--limit", a.q, *common)
+    t = {
+        "embed_db_frozen": timed(
+            w / "db.h5", "embed", "fashion-mnist", w / "db.h5", "--limit", a.n, "--views", 2, *common, *seed
+        )
+    }
+    t["embed_q_frozen"] = timed(
+        w / "q.h5", "embed", "fashion-mnist", w / "q.h5", "--split", "test", "--limit", a.q, *common
+    )
     rows = []
     for bits in [int(b) for b in a.bits.split(",")]:
         for mode in a.modes.split(","):
@@ -83,23 +98,51 @@ def main() -> None:
             timed(i, "build", w / "db.h5", p, i)
             frozen = evaluate(i, w / "q.h5")
             ft = w / f"lora-{name}"
-            ft_s = timed(ft / "adapter.json", "finetune", "fashion-mnist", ft, "--limit", a.n, "--bits", bits, *sup,
-                         "--epochs", a.epochs, *layers, *batch, *common, *seed)  # fmt: skip
+            ft_s = timed(
+                ft / "adapter.json",
+                "finetune",
+                "fashion-mnist",
+                ft,
+                "--limit",
+                a.n,
+                "--bits",
+                bits,
+                *sup,
+                "--epochs",
+                a.epochs,
+                *layers,
+                *batch,
+                *common,
+                *seed,
+            )
             doc = json.loads((ft / "adapter.json").read_text())
             db, q, fi = w / f"db-{name}.h5", w / f"q-{name}.h5", w / f"index-lora-{name}"
             emb_db = timed(db, "embed", "fashion-mnist", db, "--limit", a.n, "--adapter", ft, "--device", "cpu")
-            emb_q = timed(q, "embed", "fashion-mnist", q, "--split", "test", "--limit", a.q, "--adapter", ft, "--device", "cpu")
+            emb_q = timed(
+                q, "embed", "fashion-mnist", q, "--split", "test", "--limit", a.q, "--adapter", ft, "--device", "cpu"
+            )
             timed(fi, "build", db, ft / "probe", fi)
             lora = evaluate(fi, q)
-            rows.append({
-                "mode": mode, "bits": bits, "frozen_map": frozen["map"], "lora_map": lora["map"],
-                "gain": round(lora["map"] - frozen["map"], 2), "frozen_fit_seconds": fit_s, "finetune_seconds": doc["seconds"],
-                "finetune_command_seconds": ft_s, "epoch_seconds": [h["seconds"] for h in doc["history"]],
-                "history": doc["history"], "trainable_params": doc["trainable_params"], "backbone_params": doc["backbone_params"],
-                "embed_db_lora_seconds": emb_db, "embed_q_lora_seconds": emb_q,
-                "eval_view": doc["config"].get("eval_view", False),
-                "targets": doc["config"].get("targets") if sup else None,  # None before the option: see _mode
-            })  # fmt: skip
+            rows.append(
+                {
+                    "mode": mode,
+                    "bits": bits,
+                    "frozen_map": frozen["map"],
+                    "lora_map": lora["map"],
+                    "gain": round(lora["map"] - frozen["map"], 2),
+                    "frozen_fit_seconds": fit_s,
+                    "finetune_seconds": doc["seconds"],
+                    "finetune_command_seconds": ft_s,
+                    "epoch_seconds": [h["seconds"] for h in doc["history"]],
+                    "history": doc["history"],
+                    "trainable_params": doc["trainable_params"],
+                    "backbone_params": doc["backbone_params"],
+                    "embed_db_lora_seconds": emb_db,
+                    "embed_q_lora_seconds": emb_q,
+                    "eval_view": doc["config"].get("eval_view", False),
+                    "targets": doc["config"].get("targets") if sup else None,  # None before the option: see _mode
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             _write(a, rows, t)
     if rows:
@@ -114,9 +157,15 @@ def stopped_run(ckpt: Path) -> dict:
     with safe_open(str(ckpt), framework="pt") as fh:
         state = json.loads(fh.metadata()["state"])
     cfg, src = state["settings"]["config"], state["settings"]["source"]
-    return {"folder": str(ckpt.parent), "train_images": src.get("limit") or src.get("n"), "epochs_planned": cfg["epochs"],
-            "epochs_done": state["epoch"], "history": state["history"], "image_size": cfg["image_size"],
-            "lora_layers": cfg["lora"]["layers"]}  # fmt: skip
+    return {
+        "folder": str(ckpt.parent),
+        "train_images": src.get("limit") or src.get("n"),
+        "epochs_planned": cfg["epochs"],
+        "epochs_done": state["epoch"],
+        "history": state["history"],
+        "image_size": cfg["image_size"],
+        "lora_layers": cfg["lora"]["layers"],
+    }
 
 
 def cold_start(w: Path, name: str, reps: int = 3) -> dict:
@@ -140,16 +189,31 @@ def cold_start(w: Path, name: str, reps: int = 3) -> dict:
 
 def _write(a, rows, t) -> None:
     doc = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "python": platform.python_version(),
         "command": f".venv/bin/python benchmarks/finetune_fmnist.py --work {a.work} --n {a.n} --q {a.q} --size {a.size} "
         f"--bits {a.bits} --modes {a.modes} --epochs {a.epochs} --seed {a.seed}"
-        + (f" --lora-layers '{a.lora_layers}'" if a.lora_layers else "") + (f" --batch-size {a.batch_size}" if a.batch_size else "")
+        + (f" --lora-layers '{a.lora_layers}'" if a.lora_layers else "")
+        + (f" --batch-size {a.batch_size}" if a.batch_size else "")
         + (f" --adapter-lr {a.adapter_lr:g}" if a.adapter_lr else ""),
-        "protocol": {"train_images": a.n, "queries": a.q, "image_size": a.size, "interpolation": "bilinear", "views": 2,
-                     "epochs": a.epochs, "seed": a.seed, "lora_layers": a.lora_layers or "all eligible", "adapter_lr": a.adapter_lr, "batch_size": a.batch_size, "metric": "mAP@1000, Hamming ranking, ties by id"},
+        "protocol": {
+            "train_images": a.n,
+            "queries": a.q,
+            "image_size": a.size,
+            "interpolation": "bilinear",
+            "views": 2,
+            "epochs": a.epochs,
+            "seed": a.seed,
+            "lora_layers": a.lora_layers or "all eligible",
+            "adapter_lr": a.adapter_lr,
+            "batch_size": a.batch_size,
+            "metric": "mAP@1000, Hamming ranking, ties by id",
+        },
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "embed_seconds": t, "rows": rows,
-    }  # fmt: skip
+        "embed_seconds": t,
+        "rows": rows,
+    }
     a.out.write_text(json.dumps(doc, indent=1) + "\n")
 
 
@@ -182,10 +246,13 @@ def render(docs: list[dict]) -> list[str]:
     for doc in docs:
         cs = doc.get("embed_seconds", {}).get("cold_start")
         if cs:
-            lines += ["", f"Cold start of `query` with one image, a fresh process each time (median of {len(cs['seconds']['lora'])}, "
-                      f"alternated): frozen index {cs['median_frozen']:.1f} s, LoRA index {cs['median_lora']:.1f} s "
-                      f"(the latter also reads the adapter and wraps its layers); {doc['date']}, {doc['protocol']['train_images']:,}-image run; "
-                      "every run in the JSON."]
+            lines += [
+                "",
+                f"Cold start of `query` with one image, a fresh process each time (median of {len(cs['seconds']['lora'])}, "
+                f"alternated): frozen index {cs['median_frozen']:.1f} s, LoRA index {cs['median_lora']:.1f} s "
+                f"(the latter also reads the adapter and wraps its layers); {doc['date']}, {doc['protocol']['train_images']:,}-image run; "
+                "every run in the JSON.",
+            ]
     lines += ["", "Commands (machine, date):", ""]
     lines += [f"    {d['command']}    # {d['machine']}, {d['date']}" for d in docs]
     for doc in docs:
@@ -193,9 +260,12 @@ def render(docs: list[dict]) -> list[str]:
         if st:
             h = st["history"]
             times = ", ".join(f"{e['seconds']:.0f} s ({e['trained']})" for e in h)
-            lines += ["", f"A run on {st['train_images']} training images was stopped after {st['epochs_done']} of its "
-                      f"{st['epochs_planned']} epochs (same settings as the 1k rows, batch 64): epoch times {times}, too slow to finish on the shared CPU in the time there was; "
-                      f"its checkpoint resumes with the same command."]
+            lines += [
+                "",
+                f"A run on {st['train_images']} training images was stopped after {st['epochs_done']} of its "
+                f"{st['epochs_planned']} epochs (same settings as the 1k rows, batch 64): epoch times {times}, too slow to finish on the shared CPU in the time there was; "
+                f"its checkpoint resumes with the same command.",
+            ]
     lines += ["", *NOTES]
     return lines
 

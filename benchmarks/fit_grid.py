@@ -20,9 +20,9 @@ import numpy as np
 def main(argv: list[str]) -> None:
     if len(argv) != 4:
         sys.exit(__doc__)
-    from hashindex.measure.bench_seeds import ranking_maps
     from hashindex.core.codes import unpack
     from hashindex.core.config import FitConfig
+    from hashindex.measure.bench_seeds import ranking_maps
     from hashindex.probe.fit import fit_probe
     from hashindex.store.reader import open_embeddings
 
@@ -40,11 +40,18 @@ def main(argv: list[str]) -> None:
             c = np.corrcoef(ub.T.astype(np.float64))
             np.fill_diagonal(c, 0)
             row = dict(
-                kw, db=argv[0], n=db.n, nq=len(xq), hamming=maps["hamming"],
-                asymmetric=maps["asymmetric"], balance_min=float(ub.mean(0).min()),
-                bit_corr_mean=float(np.abs(np.nan_to_num(c)).mean()), distinct_codes=int(len(np.unique(cb, axis=0))),
-                schedule=p.meta.get("schedule"), fit_seconds=round(fit_s, 1),
-            )  # fmt: skip
+                kw,
+                db=argv[0],
+                n=db.n,
+                nq=len(xq),
+                hamming=maps["hamming"],
+                asymmetric=maps["asymmetric"],
+                balance_min=float(ub.mean(0).min()),
+                bit_corr_mean=float(np.abs(np.nan_to_num(c)).mean()),
+                distinct_codes=int(len(np.unique(cb, axis=0))),
+                schedule=p.meta.get("schedule"),
+                fit_seconds=round(fit_s, 1),
+            )
             print(json.dumps(row), file=out, flush=True)
             print(json.dumps(row), flush=True)
 
@@ -63,11 +70,18 @@ def render(rows: list[dict], command: str) -> list[str]:
     for r in rows:
         key = (r["n"], json.dumps({k: v for k, v in r.items() if k in options}, sort_keys=True))
         groups.setdefault(key, []).append(r)
-    lines = [f"Command: `{command}`.", "", "| database | options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | mean bit correlation | distinct codes | fit s (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{command}`.",
+        "",
+        "| database | options | seeds | Hamming mAP per seed | mean | min | asymmetric mean / min | mean bit correlation | distinct codes | fit s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for (n, key), rs in groups.items():
         h = [100 * r["hamming"] for r in rs]
         a = [100 * r["asymmetric"] for r in rs]
         per = ", ".join(f"{r.get('seed', 0)}: {x:.1f}" for r, x in zip(rs, h))
-        lines.append(f"| {n:,} | `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | "
-                     f"{np.mean([r['bit_corr_mean'] for r in rs]):.3f} | {np.mean([r['distinct_codes'] for r in rs]):,.0f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |")
+        lines.append(
+            f"| {n:,} | `{key}` | {len(rs)} | {per} | {np.mean(h):.1f} | {min(h):.1f} | {np.mean(a):.1f} / {min(a):.1f} | "
+            f"{np.mean([r['bit_corr_mean'] for r in rs]):.3f} | {np.mean([r['distinct_codes'] for r in rs]):,.0f} | {np.mean([r['fit_seconds'] for r in rs]):.0f} |"
+        )
     return lines

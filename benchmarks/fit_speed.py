@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
 from side_by_side import ENVS, REPO, alternate, commit_of, header, run_in_tree
 
 CHILD = r"""
@@ -52,8 +50,17 @@ if a.get("quality"):
 print(json.dumps(out))
 """
 
-SPEC = {"model": "synthetic", "weights": "random", "weights_sha256": None, "image_size": 32, "crop_pct": 1.0,
-        "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+SPEC = {
+    "model": "synthetic",
+    "weights": "random",
+    "weights_sha256": None,
+    "image_size": 32,
+    "crop_pct": 1.0,
+    "interpolation": "bilinear",
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+}
+
 
 def make_data(work: Path, n: int, nq: int, dim: int, views: int, classes: int) -> tuple[Path, Path]:
     """``db.h5`` (n rows, ``views`` cached views, labels) and ``q.h5`` (nq held-out rows)."""
@@ -71,11 +78,23 @@ def make_data(work: Path, n: int, nq: int, dim: int, views: int, classes: int) -
         y = rng.integers(0, classes, rows)
         x = np.abs(centres[y] + rng.standard_normal((rows, dim), dtype=np.float32) * 1.6)  # pooled features are >= 0
         v = (x[:, None, :] + rng.standard_normal((rows, nv, dim), dtype=np.float32) * 0.6) if nv else None
-        attrs = {"backbone": json.dumps(SPEC | {"num_features": dim}), "augment": "{}", "views": nv, "seed": 0,
-                 "source": json.dumps({"kind": "synthetic"}), "label_names": json.dumps(None)}  # fmt: skip
+        attrs = {
+            "backbone": json.dumps(SPEC | {"num_features": dim}),
+            "augment": "{}",
+            "views": nv,
+            "seed": 0,
+            "source": json.dumps({"kind": "synthetic"}),
+            "label_names": json.dumps(None),
+        }
         w = EmbeddingsWriter(path, n=rows, dim=dim, views=nv, label_dim=classes, attrs=attrs)
-        w.append(items_done=rows, embeddings=x, views=v, labels=np.eye(classes, dtype=np.uint8)[y],
-                 names=[f"{name}-{i}" for i in range(rows)], source_index=np.arange(rows))  # fmt: skip
+        w.append(
+            items_done=rows,
+            embeddings=x,
+            views=v,
+            labels=np.eye(classes, dtype=np.uint8)[y],
+            names=[f"{name}-{i}" for i in range(rows)],
+            source_index=np.arange(rows),
+        )
         w.finish()
     return paths[0], paths[1]
 
@@ -94,7 +113,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="old/new pairs per environment")
     ap.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    ap.add_argument("--quality-epochs", type=int, default=None, help="epochs of the quality fits (default: the library's)")
+    ap.add_argument(
+        "--quality-epochs", type=int, default=None, help="epochs of the quality fits (default: the library's)"
+    )
     ap.add_argument("--k", type=int, default=100)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -117,19 +138,36 @@ def main() -> None:
     quality = []
     for seed in a.seeds:
         cfg = {"seed": seed, **({"epochs": a.quality_epochs} if a.quality_epochs else {})}
-        res = {w: run_in_tree(trees[w], CHILD, dict(base, config=cfg, quality=True), ENVS["both passive"]) for w in ("old", "new")}
-        row = {"seed": seed, "same_codes": res["old"]["codes_sha1"] == res["new"]["codes_sha1"],
-               **{f"{w}_map": {k: round(v, 4) for k, v in res[w]["map"].items()} for w in res},
-               **{f"{w}_seconds": round(res[w]["seconds"], 1) for w in res}}  # fmt: skip
+        res = {
+            w: run_in_tree(trees[w], CHILD, dict(base, config=cfg, quality=True), ENVS["both passive"])
+            for w in ("old", "new")
+        }
+        row = {
+            "seed": seed,
+            "same_codes": res["old"]["codes_sha1"] == res["new"]["codes_sha1"],
+            **{f"{w}_map": {k: round(v, 4) for k, v in res[w]["map"].items()} for w in res},
+            **{f"{w}_seconds": round(res[w]["seconds"], 1) for w in res},
+        }
         quality.append(row)
         print(json.dumps(row), flush=True)
     doc = {
         **header("fit_speed"),
         "commits": commits,
         "data": {"n": a.n, "nq": a.nq, "dim": a.dim, "views": a.views, "classes": a.classes, "synthetic": True},
-        "fit": {"method": "crovca", "bits": 64, "epochs": a.epochs, "device": "cpu", "what": "wall seconds of fit_probe (reading the file, training, recalibration), median of the rounds"},
+        "fit": {
+            "method": "crovca",
+            "bits": 64,
+            "epochs": a.epochs,
+            "device": "cpu",
+            "what": "wall seconds of fit_probe (reading the file, training, recalibration), median of the rounds",
+        },
         "speed": speed,
-        "quality": {"epochs": a.quality_epochs or "library default", "k": a.k, "env_vars": ENVS["both passive"], "rows": quality},
+        "quality": {
+            "epochs": a.quality_epochs or "library default",
+            "k": a.k,
+            "env_vars": ENVS["both passive"],
+            "rows": quality,
+        },
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(doc, indent=1) + "\n")
@@ -156,6 +194,13 @@ def render(doc: dict) -> list[str]:
     for s in doc["speed"]:
         lines.append(f"| {s['env']} | {s['old_median']:.1f} | {s['new_median']:.1f} | {s['ratio']:.2f} |")
     q = doc["quality"]["rows"]
-    lines += ["", "Quality of the same fits (mAP@{k}, Hamming / asymmetric), old vs new: ".format(k=doc["quality"]["k"]) + "; ".join(
-        f"seed {r['seed']}: {100 * r['old_map']['hamming']:.1f} / {100 * r['old_map']['asymmetric']:.1f} vs {100 * r['new_map']['hamming']:.1f} / {100 * r['new_map']['asymmetric']:.1f}" for r in q) + "."]
+    lines += [
+        "",
+        "Quality of the same fits (mAP@{k}, Hamming / asymmetric), old vs new: ".format(k=doc["quality"]["k"])
+        + "; ".join(
+            f"seed {r['seed']}: {100 * r['old_map']['hamming']:.1f} / {100 * r['old_map']['asymmetric']:.1f} vs {100 * r['new_map']['hamming']:.1f} / {100 * r['new_map']['asymmetric']:.1f}"
+            for r in q
+        )
+        + ".",
+    ]
     return lines

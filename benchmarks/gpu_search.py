@@ -49,9 +49,11 @@ def run_case(n: int, bits: int, nq: int, k: int, device: str, rng) -> dict:
         load = time.perf_counter() - t0
         qps, d, i = _timed(engine.search, xq, k)
         out[name] = {
-            "qps": round(qps, 1), "ratio_to_faiss_cpu": round(qps / qps_cpu, 3), "load_seconds": round(load, 3),
+            "qps": round(qps, 1),
+            "ratio_to_faiss_cpu": round(qps / qps_cpu, 3),
+            "load_seconds": round(load, 3),
             "equal_to_faiss_cpu": bool(np.array_equal(d, d_ref) and np.array_equal(i, i_ref)),
-        }  # fmt: skip
+        }
         del engine
     print(json.dumps(out), flush=True)
     return out
@@ -74,15 +76,24 @@ def main(argv: list[str] | None = None) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)
-    cases = [run_case(n, b, args.queries, args.k, device, rng) for b in map(int, args.bits.split(",")) for n in map(int, args.sizes.split(","))]
+    cases = [
+        run_case(n, b, args.queries, args.k, device, rng)
+        for b in map(int, args.bits.split(","))
+        for n in map(int, args.sizes.split(","))
+    ]
     doc = {
         "command": "python benchmarks/gpu_search.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": time.strftime("%Y-%m-%d"), "machine": describe_machine(machine_info()),
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (no CUDA device: torch on the CPU against faiss-cpu)",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": describe_machine(machine_info()),
+        "device": torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else "cpu (no CUDA device: torch on the CPU against faiss-cpu)",
         "threads": {"faiss_omp": faiss.omp_get_max_threads(), "torch": torch.get_num_threads()},
         "faiss_gpu": bool(hasattr(faiss, "GpuIndexBinaryFlat") and faiss.get_num_gpus() > 0),
-        "codes": "uniform random bits", "note": args.note, "cases": cases,
-    }  # fmt: skip
+        "codes": "uniform random bits",
+        "note": args.note,
+        "cases": cases,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
 
@@ -104,5 +115,7 @@ def render(doc: dict) -> list[str]:
     ]
     for c in doc["cases"]:
         t = c["torch"]
-        lines.append(f"| {c['n']:,} | {c['bits']} | {c['queries']} | {c['k']} | {c['faiss_cpu_qps']:,.1f} | {t['qps']:,.1f} | {t['ratio_to_faiss_cpu']:.3f} | {'yes' if t['equal_to_faiss_cpu'] else 'NO'} |")
+        lines.append(
+            f"| {c['n']:,} | {c['bits']} | {c['queries']} | {c['k']} | {c['faiss_cpu_qps']:,.1f} | {t['qps']:,.1f} | {t['ratio_to_faiss_cpu']:.3f} | {'yes' if t['equal_to_faiss_cpu'] else 'NO'} |"
+        )
     return lines

@@ -29,7 +29,14 @@ def keep(name: str, report_dir: Path) -> None:
 
 def _q(doc: dict, method: str, bits: int, mode: str = "hamming") -> dict | None:
     nq = max(r["nq"] for r in doc["quality"])
-    return next((r for r in doc["quality"] if r["method"] == method and r["bits"] == bits and r["mode"] == mode and r["nq"] == nq), None)
+    return next(
+        (
+            r
+            for r in doc["quality"]
+            if r["method"] == method and r["bits"] == bits and r["mode"] == mode and r["nq"] == nq
+        ),
+        None,
+    )
 
 
 def _pct(v) -> str:
@@ -45,12 +52,16 @@ def subset_targets(doc: dict) -> list[str]:
         s = seeds.get(("crovca-sup", b, "hamming"))
         if s and n == 5000:
             ok = s["min"] >= 0.80 and s["max"] - s["min"] <= 0.02
-            out.append(f"supervised {b} bits, seeds {s['seeds']}: min {_pct(s['min'])} (≥ 80), spread {100 * (s['max'] - s['min']):.1f} (≤ 2) → **{'met' if ok else 'MISSED'}**")
+            out.append(
+                f"supervised {b} bits, seeds {s['seeds']}: min {_pct(s['min'])} (≥ 80), spread {100 * (s['max'] - s['min']):.1f} (≤ 2) → **{'met' if ok else 'MISSED'}**"
+            )
     s = seeds.get(("crovca", 64, "hamming"))
     if s and n == 5000:
         first3 = [m for sd, m in zip(s["seeds"], s["maps"]) if sd in (0, 1, 2)]
         mean3 = sum(first3) / len(first3)
-        out.append(f"unsupervised 64 bits, mean of seeds 0–2: {_pct(mean3)} (≥ 62.5) → **{'met' if mean3 >= 0.625 else 'MISSED'}**")
+        out.append(
+            f"unsupervised 64 bits, mean of seeds 0–2: {_pct(mean3)} (≥ 62.5) → **{'met' if mean3 >= 0.625 else 'MISSED'}**"
+        )
     itq = _q(doc, "itq", 64)
     if s and itq and n == 2000:
         worst = s["min"]
@@ -79,7 +90,7 @@ def render() -> list[str]:
         "ranked by the query's sigmoid(logits) against the items' bits (the CroVCA paper's figure). CroVCA with the",
         "defaults unless the command says otherwise (automatic schedule: at least 1,000 optimiser steps; supervised",
         "targets from the class codebook). The full protocol (60,000 / 10,000 images, seeds 0–4) is in the bench",
-        "report's \"Quality across seeds\" above.",
+        'report\'s "Quality across seeds" above.',
         "For comparison, the paper's prototype targets on this subset gave 74.2 / 76.0 / 79.1 / 78.2 / 65.0 (figures from the issue, not re-measured)",
         "at 32 bits, seeds 0–4, with the old 5-epoch schedule, and 71.8 at seed 4 with the new schedule (table below).",
     ]
@@ -87,11 +98,15 @@ def render() -> list[str]:
         doc = json.loads(f.read_text())
         fl = next(r for r in doc["quality"] if r["method"] == "float" and r["nq"] == doc["queries"]["n"])
         L += [
-            "", f"### {doc['database']['n']:,} database images: `{f.name}`", "",
+            "",
+            f"### {doc['database']['n']:,} database images: `{f.name}`",
+            "",
             f"Command: `{doc['command']}`; {doc['date']}, 2-core Intel Xeon, no GPU (shared; the run reports "
-            f"{describe_machine(doc['machine'])}). Float cosine: {_pct(fl['map'])}.", "",
-            "| method | bits | ranking | default seed | mean | min | std | per seed |", "|---|---|---|---|---|---|---|---|",
-        ]  # fmt: skip
+            f"{describe_machine(doc['machine'])}). Float cosine: {_pct(fl['map'])}.",
+            "",
+            "| method | bits | ranking | default seed | mean | min | std | per seed |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in doc.get("seeds") or []:
             L.append(
                 f"| {r['method']} | {r['bits']} | {r['mode']} | {_pct(r['default'])} | {_pct(r['mean'])} | {_pct(r['min'])} | "
@@ -104,8 +119,15 @@ def render() -> list[str]:
         if fits:
             L += ["", f"CroVCA fit time at the default seed: {min(fits):.0f}–{max(fits):.0f} s (shared 2-core CPU)."]
         if doc.get("ivf"):
-            L += ["", f"IVF (default nlist): recall of the flat top-{doc['ivf'][0]['k']} by id / counting equal distances, queries that got all k back, mAP (only where all did):", ""]
-            L += [f"- {s['bits']} bits, {s['kind']}: {_pct(s['recall'])} / {_pct(s['recall_ties'])}, {_pct(s['complete'])}, {_pct(s['map'])}" for s in doc["ivf"]]
+            L += [
+                "",
+                f"IVF (default nlist): recall of the flat top-{doc['ivf'][0]['k']} by id / counting equal distances, queries that got all k back, mAP (only where all did):",
+                "",
+            ]
+            L += [
+                f"- {s['bits']} bits, {s['kind']}: {_pct(s['recall'])} / {_pct(s['recall_ties'])}, {_pct(s['complete'])}, {_pct(s['map'])}"
+                for s in doc["ivf"]
+            ]
         t = subset_targets(doc)
         if t:
             L += ["", "Targets:", ""] + [f"- {x}" for x in t]
@@ -123,8 +145,15 @@ def render_grid() -> list[str]:
         opts = {k: v for k, v in r.items() if k in doc["option_keys"] and k != "seed"}
         key = (r["n"], json.dumps(opts, sort_keys=True))
         groups.setdefault(key, {})[r.get("seed", 0)] = r
-    L = ["", "### What the fixes were chosen on (fit_grid.py)", "", doc["note"], "",
-         "| database | options | steps | Hamming mAP per seed | mean | min | asymmetric mean | mean bit correlation |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    L = [
+        "",
+        "### What the fixes were chosen on (fit_grid.py)",
+        "",
+        doc["note"],
+        "",
+        "| database | options | steps | Hamming mAP per seed | mean | min | asymmetric mean | mean bit correlation |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (n, opts), by_seed in sorted(groups.items()):
         rows = [by_seed[s] for s in sorted(by_seed)]
         h = [r["hamming"] for r in rows]

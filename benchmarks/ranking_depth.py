@@ -27,9 +27,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--depths", default="100,250,1000")
     ap.add_argument("--options", required=True, help="JSON list of FitConfig option sets")
     a = ap.parse_args(argv)
+    from hashindex.core.config import FitConfig
     from hashindex.measure.bench import machine_info
     from hashindex.measure.bench_seeds import ranking_maps
-    from hashindex.core.config import FitConfig
     from hashindex.measure.metrics import mean_average_precision, relevance
     from hashindex.probe.fit import fit_probe
     from hashindex.store.reader import open_embeddings
@@ -41,7 +41,15 @@ def main(argv: list[str]) -> None:
     xbn = xb / np.linalg.norm(xb, axis=1, keepdims=True)
     xqn = xq / np.linalg.norm(xq, axis=1, keepdims=True)
     order = np.argsort(-(xqn @ xbn.T), axis=1, kind="stable")[:, : max(depths)]  # ties by id, as the index
-    rows = [{"options": {"method": "float"}, "seed": None, "k": k, "hamming": mean_average_precision(relevance(yq, yb, order[:, :k]))} for k in depths]
+    rows = [
+        {
+            "options": {"method": "float"},
+            "seed": None,
+            "k": k,
+            "hamming": mean_average_precision(relevance(yq, yb, order[:, :k])),
+        }
+        for k in depths
+    ]
     for opts in json.loads(a.options):
         for s in seeds:
             p = fit_probe(db, FitConfig(**opts, seed=s), progress=False)
@@ -50,9 +58,12 @@ def main(argv: list[str]) -> None:
                 print(json.dumps(rows[-1]), flush=True)
     doc = {
         "command": "python benchmarks/ranking_depth.py " + shlex.join(argv),
-        "date": datetime.date.today().isoformat(), "machine": machine_info(),
-        "database": {"path": a.db, "n": db.n}, "queries": {"path": a.q, "n": len(xq)}, "rows": rows,
-    }  # fmt: skip
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_info(),
+        "database": {"path": a.db, "n": db.n},
+        "queries": {"path": a.q, "n": len(xq)},
+        "rows": rows,
+    }
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
 
@@ -74,7 +85,12 @@ def render(doc: dict) -> list[str]:
         "|---|" + "---|" * len(depths),
     ]
     for opts, by_k in groups.items():
-        cells = [f"{100 * np.mean(by_k[k]):.1f} / {100 * min(by_k[k]):.1f}" if len(by_k[k]) > 1 else f"{100 * by_k[k][0]:.1f}" for k in depths]
+        cells = [
+            f"{100 * np.mean(by_k[k]):.1f} / {100 * min(by_k[k]):.1f}"
+            if len(by_k[k]) > 1
+            else f"{100 * by_k[k][0]:.1f}"
+            for k in depths
+        ]
         out.append(f"| `{opts}` | " + " | ".join(cells) + " |")
     return out
 

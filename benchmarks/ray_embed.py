@@ -24,8 +24,8 @@ import numpy as np
 import ray
 
 from hashindex.core.config import EmbedConfig
-from hashindex.embedding.run import embed
 from hashindex.embedding.ray_runner import ray_runner
+from hashindex.embedding.run import embed
 from hashindex.embedding.sources import open_source
 from hashindex.store.reader import open_embeddings
 
@@ -43,9 +43,15 @@ def main() -> None:
     work.mkdir(parents=True)
     for attempt in range(3):  # Ray gives its raylet a fixed 30 s to register: retry on a loaded machine
         try:
-            ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(
+                num_cpus=args.cpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
             break
-        except Exception:  # noqa: BLE001
+        except Exception:
             ray.shutdown()
             if attempt == 2:
                 raise
@@ -54,19 +60,35 @@ def main() -> None:
     runs = []
     for i, mode in enumerate(("single", "ray", "ray", "single")):
         t0 = time.perf_counter()
-        embed(src, work / f"{mode}-{i}.h5", cfg, progress=False, runner=ray_runner(actors=args.actors) if mode == "ray" else None)
+        embed(
+            src,
+            work / f"{mode}-{i}.h5",
+            cfg,
+            progress=False,
+            runner=ray_runner(actors=args.actors) if mode == "ray" else None,
+        )
         s = time.perf_counter() - t0
         runs.append({"mode": mode, "seconds": round(s, 2), "images_per_second": round(args.images / s, 2)})
         print(json.dumps(runs[-1]), flush=True)
     ips = {m: float(np.mean([r["images_per_second"] for r in runs if r["mode"] == m])) for m in ("single", "ray")}
     a, b = open_embeddings(work / "single-0.h5"), open_embeddings(work / "ray-1.h5")
     doc = {
-        "benchmark": "ray_embed", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
-        "images": args.images, "image_size": 112, "ray_cpus": args.cpus, "ray_actors": args.actors, "runs": runs,
-        "single_images_per_second": round(ips["single"], 2), "ray_images_per_second": round(ips["ray"], 2),
-        "ratio": round(ips["ray"] / ips["single"], 3), "target_ratio": 0.8, "met": ips["ray"] >= 0.8 * ips["single"],
-        "max_abs_difference": float(np.abs(a.embeddings() - b.embeddings()).max()), "ray_version": ray.__version__,
-    }  # fmt: skip
+        "benchmark": "ray_embed",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "images": args.images,
+        "image_size": 112,
+        "ray_cpus": args.cpus,
+        "ray_actors": args.actors,
+        "runs": runs,
+        "single_images_per_second": round(ips["single"], 2),
+        "ray_images_per_second": round(ips["ray"], 2),
+        "ratio": round(ips["ray"] / ips["single"], 3),
+        "target_ratio": 0.8,
+        "met": ips["ray"] >= 0.8 * ips["single"],
+        "max_abs_difference": float(np.abs(a.embeddings() - b.embeddings()).max()),
+        "ray_version": ray.__version__,
+    }
     Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))
 

@@ -40,7 +40,11 @@ HASHINDEX = str(Path(sys.executable).with_name("hashindex"))
 
 def _mem() -> dict:
     with open("/proc/self/status") as fh:
-        return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in fh) if k in ("RssAnon", "RssFile", "VmHWM")}
+        return {
+            k: int(v.split()[0]) * 1024
+            for k, v in (line.split(":", 1) for line in fh)
+            if k in ("RssAnon", "RssFile", "VmHWM")
+        }
 
 
 def run_child(argv: list[str], log) -> dict:
@@ -53,7 +57,12 @@ def run_child(argv: list[str], log) -> dict:
     out = p.stdout.read().decode(errors="replace")
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    rec = {"argv": " ".join(argv).replace(sys.executable, "python"), "seconds": round(time.perf_counter() - t0, 1), "peak_rss_bytes": ru.ru_maxrss * 1024, "exit": p.returncode}
+    rec = {
+        "argv": " ".join(argv).replace(sys.executable, "python"),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_bytes": ru.ru_maxrss * 1024,
+        "exit": p.returncode,
+    }
     log(json.dumps(rec) + "\n" + out[-2000:])
     if p.returncode:
         raise SystemExit(f"failed: {rec}")
@@ -65,6 +74,7 @@ def run_child(argv: list[str], log) -> dict:
 
 
 # -- part A --------------------------------------------------------------------------------------
+
 
 def gen_shards(work: Path, rows: int, dim: int) -> None:
     rng = np.random.default_rng(0)
@@ -86,6 +96,7 @@ def gen_shards(work: Path, rows: int, dim: int) -> None:
 
 
 # -- part B --------------------------------------------------------------------------------------
+
 
 def clustered_codes(n: int, seed: int):
     """Chunks of 64-bit codes around 4,096 centres (always the same ones) with a 1/8 flip
@@ -115,7 +126,11 @@ def _latency(index, xq, k: int) -> dict:
         index.search(q[None], k)
         lat.append(time.perf_counter() - t0)
     lat = np.array(lat) * 1000
-    return {"p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2), "calls": len(lat)}
+    return {
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "calls": len(lat),
+    }
 
 
 def _qps(index, xq, k: int):
@@ -137,10 +152,16 @@ def search_flat(work: Path, n: int, nq: int, nlat: int) -> dict:
     np.save(work / f"gt-{n}.npy", np.stack([d, ids]))
     resident = (after["RssAnon"] - before["RssAnon"]) + (after["RssFile"] - before["RssFile"])
     return {
-        "ntotal": index.ntotal, "load_seconds": round(load_s, 3), "qps": round(qps, 2), "queries": nq,
-        "latency": _latency(index, xq[:nlat], 10), "resident_bytes": resident, "resident_bytes_per_item": round(resident / n, 3),
-        "resident_anon_bytes": after["RssAnon"] - before["RssAnon"], "resident_file_bytes": after["RssFile"] - before["RssFile"],
-    }  # fmt: skip
+        "ntotal": index.ntotal,
+        "load_seconds": round(load_s, 3),
+        "qps": round(qps, 2),
+        "queries": nq,
+        "latency": _latency(index, xq[:nlat], 10),
+        "resident_bytes": resident,
+        "resident_bytes_per_item": round(resident / n, 3),
+        "resident_anon_bytes": after["RssAnon"] - before["RssAnon"],
+        "resident_file_bytes": after["RssFile"] - before["RssFile"],
+    }
 
 
 def search_ivf(work: Path, n: int, nq: int, nlat: int, nlist: int, target: float) -> dict:
@@ -156,14 +177,22 @@ def search_ivf(work: Path, n: int, nq: int, nlat: int, nlist: int, target: float
     gd, _ = np.load(work / f"gt-{n}.npy")
     iv = ivf_at_recall(codes, xq, gd, nlist, target)
     del codes, flat
-    sweep = [{"nprobe": r["nprobe"], "qps": round(r["qps"], 1), "recall_at_10": round(r["recall"], 4)} for r in iv["sweep"]]
+    sweep = [
+        {"nprobe": r["nprobe"], "qps": round(r["qps"], 1), "recall_at_10": round(r["recall"], 4)} for r in iv["sweep"]
+    ]
     at = iv["at_target"]
     best = None
     if at is not None:
         index = iv["index"]
         index.nprobe = at["nprobe"]
         best = dict(sweep[-1], latency=_latency(index, xq[:nlat], 10))
-    return {"nlist": nlist, "build_seconds": round(iv["build_seconds"], 1), "sweep": sweep, "at_target": best, "peak_rss_bytes": _mem()["VmHWM"]}
+    return {
+        "nlist": nlist,
+        "build_seconds": round(iv["build_seconds"], 1),
+        "sweep": sweep,
+        "at_target": best,
+        "peak_rss_bytes": _mem()["VmHWM"],
+    }
 
 
 def main() -> None:
@@ -197,8 +226,24 @@ def main() -> None:
         logf.write(s + "\n")
         logf.flush()
 
-    me = [sys.executable, __file__, "--work", str(work), "--rows", str(args.rows), "--dim", str(args.dim), "--codes", str(args.codes),
-          "--nlist", str(args.nlist), "--queries", str(args.queries), "--latency-queries", str(args.latency_queries)]  # fmt: skip
+    me = [
+        sys.executable,
+        __file__,
+        "--work",
+        str(work),
+        "--rows",
+        str(args.rows),
+        "--dim",
+        str(args.dim),
+        "--codes",
+        str(args.codes),
+        "--nlist",
+        str(args.nlist),
+        "--queries",
+        str(args.queries),
+        "--latency-queries",
+        str(args.latency_queries),
+    ]
     out = Path(args.out) if args.out else work / "scale.json"
     # The results file gathers runs: part A per (rows, dim), part B replaced by the latest run.
     res = json.loads(out.read_text()) if out.exists() else {}
@@ -221,7 +266,9 @@ def main() -> None:
         model = f"synthetic-{args.dim}"
         a["import"] = run_child([HASHINDEX, "-q", "import", *shards, str(emb), "--model-name", model], log)
         save()
-        a["fit_probe"] = run_child([HASHINDEX, "-q", "fit-probe", str(emb), str(probe), "--bits", "64", "--epochs", str(args.epochs)], log)
+        a["fit_probe"] = run_child(
+            [HASHINDEX, "-q", "fit-probe", str(emb), str(probe), "--bits", "64", "--epochs", str(args.epochs)], log
+        )
         save()
         a["build"] = run_child([HASHINDEX, "-q", "build", str(emb), str(probe), str(index)], log)
         # A cold query process on the built index: open (verifying every file), search, name the hits.
@@ -229,12 +276,18 @@ def main() -> None:
         subprocess.run(["rm", "-f", str(q)], check=True)
         np.save(work / "q.npy", np.load(shards[0], mmap_mode="r")[:10])
         run_child([HASHINDEX, "-q", "import", str(work / "q.npy"), str(q), "--model-name", model], log)
-        a["query"] = run_child([HASHINDEX, "-q", "query", str(index), "--embeddings", str(q), "--limit", "1", "-k", "10", "--json"], log)
+        a["query"] = run_child(
+            [HASHINDEX, "-q", "query", str(index), "--embeddings", str(q), "--limit", "1", "-k", "10", "--json"], log
+        )
         a["target_peak_rss_bytes"] = 3 * 2**30
         a["met"] = all(a[k]["peak_rss_bytes"] < 3 * 2**30 for k in ("import", "fit_probe", "build"))
         save()
     if "b" in parts or "ivf" in parts:
-        b = res["search"] = dict(run_info, nlist=args.nlist, collection="64-bit codes around 4,096 random centres, each bit flipped with probability 1/8")
+        b = res["search"] = dict(
+            run_info,
+            nlist=args.nlist,
+            collection="64-bit codes around 4,096 random centres, each bit flipped with probability 1/8",
+        )
         b["generate"] = run_child(me + ["--stage", "gen_codes"], log)
         b["flat"] = run_child(me + ["--stage", "flat"], log)
         flat = b["flat"]["result"]

@@ -32,19 +32,41 @@ HERE = Path(__file__).resolve().parent
 
 
 def _synthetic_embeddings(path: Path, n: int, dim: int, seed: int):
-    from hashindex.store.writer import EmbeddingsWriter
     from hashindex.store.reader import open_embeddings
+    from hashindex.store.writer import EmbeddingsWriter
 
-    spec = {"model": "synthetic", "weights": "random", "weights_sha256": None, "image_size": 32, "crop_pct": 1.0,
-            "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "num_features": dim}  # fmt: skip
-    attrs = {"backbone": json.dumps(spec), "augment": "{}", "views": 0, "seed": seed, "source": json.dumps({"kind": "synthetic"}), "label_names": "null"}
+    spec = {
+        "model": "synthetic",
+        "weights": "random",
+        "weights_sha256": None,
+        "image_size": 32,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "num_features": dim,
+    }
+    attrs = {
+        "backbone": json.dumps(spec),
+        "augment": "{}",
+        "views": 0,
+        "seed": seed,
+        "source": json.dumps({"kind": "synthetic"}),
+        "label_names": "null",
+    }
     w = EmbeddingsWriter(path, n=n, dim=dim, views=0, label_dim=0, attrs=attrs)
     rng = np.random.default_rng(seed)
     step = 200_000
     for s in range(0, n, step):
         m = min(step, n - s)
-        w.append(items_done=s + m, embeddings=rng.standard_normal((m, dim), dtype=np.float32), views=None, labels=None,
-                 names=[f"syn/{i}" for i in range(s, s + m)], source_index=np.arange(s, s + m))  # fmt: skip
+        w.append(
+            items_done=s + m,
+            embeddings=rng.standard_normal((m, dim), dtype=np.float32),
+            views=None,
+            labels=None,
+            names=[f"syn/{i}" for i in range(s, s + m)],
+            source_index=np.arange(s, s + m),
+        )
     w.finish()
     return open_embeddings(path)
 
@@ -60,10 +82,14 @@ class Server:
 
     def __init__(self, index: Path, **config):
         self.port = _free_port()
-        code = ("import sys, json; from hashindex.core.config import ServeConfig; from hashindex.serve.app import run; "
-                "run(sys.argv[1], ServeConfig(**json.loads(sys.argv[2])))")  # fmt: skip
+        code = (
+            "import sys, json; from hashindex.core.config import ServeConfig; from hashindex.serve.app import run; "
+            "run(sys.argv[1], ServeConfig(**json.loads(sys.argv[2])))"
+        )
         cfg = dict(config, host="127.0.0.1", port=self.port, device="cpu")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(index), json.dumps(cfg)], stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(index), json.dumps(cfg)], stderr=subprocess.DEVNULL
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
@@ -98,8 +124,14 @@ class Client:
 
     def post_image(self, path: str, blob: bytes, fields: dict) -> int:
         b = "hashindexbenchboundary"
-        parts = [f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
-        parts.append(f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + blob + f"\r\n--{b}--\r\n".encode())
+        parts = [
+            f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+        ]
+        parts.append(
+            f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            + blob
+            + f"\r\n--{b}--\r\n".encode()
+        )
         return self._send("POST", path, b"".join(parts), f"multipart/form-data; boundary={b}")
 
     def _send(self, method, path, body, ctype) -> int:
@@ -144,8 +176,15 @@ def closed_loop(url: str, make_request, clients: int, max_requests: int, max_sec
         t.join()
     wall = time.perf_counter() - start
     a = np.array(lat) * 1000
-    return {"clients": clients, "requests": len(lat), "errors": len(errors), "seconds": round(wall, 3), "qps": round(len(lat) / wall, 1),
-            "p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}  # fmt: skip
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "errors": len(errors),
+        "seconds": round(wall, 3),
+        "qps": round(len(lat) / wall, 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
 
 
 def in_process(fn, n: int, max_seconds: float) -> dict:
@@ -160,14 +199,18 @@ def in_process(fn, n: int, max_seconds: float) -> dict:
         if s - t0 > max_seconds:
             break
     a = np.array(lat) * 1000
-    return {"requests": len(lat), "qps": round(len(lat) / (time.perf_counter() - t0), 1),
-            "p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3)}  # fmt: skip
+    return {
+        "requests": len(lat),
+        "qps": round(len(lat) / (time.perf_counter() - t0), 1),
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p99_ms": round(float(np.percentile(a, 99)), 3),
+    }
 
 
 def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> dict:
+    from hashindex.core.config import FitConfig
     from hashindex.index.load import build_index
     from hashindex.live.live_index import open_live
-    from hashindex.core.config import FitConfig
     from hashindex.probe.fit import fit_probe
 
     t = time.perf_counter()
@@ -185,7 +228,10 @@ def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> 
     out = {"n": n, "bits": 64, "k": k, "kind": "flat"}
     # The baseline is the faster of faiss's default OpenMP threads and one thread (the server's).
     default_threads = faiss.omp_get_max_threads()
-    for what, fn in (("embedding", lambda i: snap.search(xq[i % 2000 : i % 2000 + 1], k)), ("id", lambda i: snap.search_id(int(qids[i % 2000]), k))):
+    for what, fn in (
+        ("embedding", lambda i: snap.search(xq[i % 2000 : i % 2000 + 1], k)),
+        ("id", lambda i: snap.search_id(int(qids[i % 2000]), k)),
+    ):
         runs = []
         for threads in sorted({1, default_threads}):
             faiss.omp_set_num_threads(threads)
@@ -195,8 +241,16 @@ def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> 
     faiss.omp_set_num_threads(default_threads)
     log(f"in-process: {out['in_process_embedding']['qps']} q/s by embedding, {out['in_process_id']['qps']} by id")
     with Server(work / "big") as srv:
-        out["served_embedding"] = closed_loop(srv.url, lambda c, r: c.post_json("/search", {"embedding": xq[r.integers(2000)].tolist(), "k": k}), clients, 20_000, seconds)
-        out["served_id"] = closed_loop(srv.url, lambda c, r: c.post_json("/search", {"id": int(r.integers(n)), "k": k}), clients, 20_000, seconds)
+        out["served_embedding"] = closed_loop(
+            srv.url,
+            lambda c, r: c.post_json("/search", {"embedding": xq[r.integers(2000)].tolist(), "k": k}),
+            clients,
+            20_000,
+            seconds,
+        )
+        out["served_id"] = closed_loop(
+            srv.url, lambda c, r: c.post_json("/search", {"id": int(r.integers(n)), "k": k}), clients, 20_000, seconds
+        )
     log(f"served: {out['served_embedding']['qps']} q/s by embedding, {out['served_id']['qps']} by id")
     # add 1,000 items to the 1M index: the commit (the embedding is done before it)
     times = []
@@ -210,8 +264,13 @@ def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> 
     remove_s = time.perf_counter() - s
     s = time.perf_counter()
     live.compact()
-    out["add_1000"] = {"seconds": [round(v, 3) for v in times], "median_s": round(float(np.median(times)), 3),
-                       "remove_1000_s": round(remove_s, 3), "compact_s": round(time.perf_counter() - s, 3), "ntotal_after": live.snapshot.ntotal}  # fmt: skip
+    out["add_1000"] = {
+        "seconds": [round(v, 3) for v in times],
+        "median_s": round(float(np.median(times)), 3),
+        "remove_1000_s": round(remove_s, 3),
+        "compact_s": round(time.perf_counter() - s, 3),
+        "ntotal_after": live.snapshot.ntotal,
+    }
     log(f"add of 1,000: {out['add_1000']}")
     return out
 
@@ -219,15 +278,19 @@ def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> 
 def bench_images(work: Path, n_db: int, k: int, clients: list[int], seconds: float, log) -> dict:
     from PIL import Image
 
-    from hashindex.core.config import EmbedConfig
+    from hashindex.core.config import EmbedConfig, FitConfig
     from hashindex.embedding.run import embed
-    from hashindex.index.load import build_index
-    from hashindex.core.config import FitConfig
-    from hashindex.probe.fit import fit_probe
     from hashindex.embedding.sources import open_source
+    from hashindex.index.load import build_index
+    from hashindex.probe.fit import fit_probe
     from hashindex.store.reader import open_embeddings
 
-    embed(open_source("fashion-mnist", split="train", limit=n_db), work / "fm.h5", EmbedConfig(image_size=112, interpolation="bilinear", crop_pct=1.0, device="cpu"), progress=False)
+    embed(
+        open_source("fashion-mnist", split="train", limit=n_db),
+        work / "fm.h5",
+        EmbedConfig(image_size=112, interpolation="bilinear", crop_pct=1.0, device="cpu"),
+        progress=False,
+    )
     fit_probe(open_embeddings(work / "fm.h5"), FitConfig(method="itq", bits=64), progress=False).save(work / "fm-probe")
     build_index(open_embeddings(work / "fm.h5"), work / "fm-probe", work / "fm")
     test = open_source("fashion-mnist", split="test", limit=200)
@@ -243,11 +306,16 @@ def bench_images(work: Path, n_db: int, k: int, clients: list[int], seconds: flo
     out = {"n": n_db, "bits": 64, "k": k, "image_size": 112, "runs": []}
     for nc in clients:
         row = {"clients": nc}
-        for mode, cfg in (("one_at_a_time", {"max_batch": 1}), ("micro_batched", {"max_batch": 32, "batch_wait_ms": 5.0})):
+        for mode, cfg in (
+            ("one_at_a_time", {"max_batch": 1}),
+            ("micro_batched", {"max_batch": 32, "batch_wait_ms": 5.0}),
+        ):
             with Server(work / "fm", **cfg) as srv:
                 row[mode] = closed_loop(srv.url, query, nc, 5000, seconds)
         row["speedup"] = round(row["micro_batched"]["qps"] / row["one_at_a_time"]["qps"], 2)
-        log(f"images, {nc} clients: {row['one_at_a_time']['qps']} q/s one at a time, {row['micro_batched']['qps']} micro-batched ({row['speedup']}x)")
+        log(
+            f"images, {nc} clients: {row['one_at_a_time']['qps']} q/s one at a time, {row['micro_batched']['qps']} micro-batched ({row['speedup']}x)"
+        )
         out["runs"].append(row)
     return out
 
@@ -257,37 +325,73 @@ def targets(doc: dict) -> list[dict]:
     out = []
     for what in ("embedding", "id"):
         ratio = big[f"served_{what}"]["qps"] / big[f"in_process_{what}"]["qps"]
-        out.append({"name": f"served search by {what} >= 0.5x in-process one-at-a-time (1M, 64-bit flat, {big['served_' + what]['clients']} clients)", "value": round(ratio, 2), "threshold": 0.5, "met": ratio >= 0.5})
+        out.append(
+            {
+                "name": f"served search by {what} >= 0.5x in-process one-at-a-time (1M, 64-bit flat, {big['served_' + what]['clients']} clients)",
+                "value": round(ratio, 2),
+                "threshold": 0.5,
+                "met": ratio >= 0.5,
+            }
+        )
     for run in img["runs"]:
-        out.append({"name": f"image search micro-batched >= 2x one-at-a-time ({run['clients']} clients)", "value": run["speedup"], "threshold": 2.0, "met": run["speedup"] >= 2.0})
+        out.append(
+            {
+                "name": f"image search micro-batched >= 2x one-at-a-time ({run['clients']} clients)",
+                "value": run["speedup"],
+                "threshold": 2.0,
+                "met": run["speedup"] >= 2.0,
+            }
+        )
     med = big["add_1000"]["median_s"]
-    out.append({"name": "add of 1,000 items to a 1M index: commit < 1 s", "value": med, "threshold": 1.0, "met": med < 1.0})
+    out.append(
+        {"name": "add of 1,000 items to a 1M index: commit < 1 s", "value": med, "threshold": 1.0, "met": med < 1.0}
+    )
     return out
 
 
 def render_markdown(doc: dict) -> list[str]:
     """The BENCHMARKS.md section (used by benchmarks/collect.py)."""
     big, img = doc["big"], doc["images"]
-    lines = ["## Serving: `hashindex serve` under load", "",
-             f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']}. {doc.get('note', '')} Server and clients share the machine; "
-             "clients are closed-loop (each sends its next request when the previous one is answered) over 127.0.0.1, "
-             "threads of one process with a keep-alive connection each. The server searches with one faiss thread per "
-             "request and up to 2 requests at once; the in-process baseline is the faster of 1 and 2 faiss threads.", "",
-             f"Search on a {big['n']:,}-item {big['bits']}-bit flat index (synthetic 64-d embeddings, LSH probe), k = {big['k']}:", "",
-             "| search by | in-process, one at a time: q/s | p50 ms | p99 ms | served: clients | q/s | p50 ms | p99 ms | served / in-process |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## Serving: `hashindex serve` under load",
+        "",
+        f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']}. {doc.get('note', '')} Server and clients share the machine; "
+        "clients are closed-loop (each sends its next request when the previous one is answered) over 127.0.0.1, "
+        "threads of one process with a keep-alive connection each. The server searches with one faiss thread per "
+        "request and up to 2 requests at once; the in-process baseline is the faster of 1 and 2 faiss threads.",
+        "",
+        f"Search on a {big['n']:,}-item {big['bits']}-bit flat index (synthetic 64-d embeddings, LSH probe), k = {big['k']}:",
+        "",
+        "| search by | in-process, one at a time: q/s | p50 ms | p99 ms | served: clients | q/s | p50 ms | p99 ms | served / in-process |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for what in ("embedding", "id"):
         a, b = big[f"in_process_{what}"], big[f"served_{what}"]
-        lines.append(f"| {what} | {a['qps']:,} | {a['p50_ms']} | {a['p99_ms']} | {b['clients']} | {b['qps']:,} | {b['p50_ms']} | {b['p99_ms']} | {b['qps'] / a['qps']:.2f}x |")
-    lines += ["", f"Search by image (PNG upload, EfficientNet-Lite0 at {img['image_size']} px on the CPU, then the {img['n']:,}-item index), k = {img['k']}:", "",
-              "| clients | one at a time: q/s | p50 ms | p99 ms | micro-batched: q/s | p50 ms | p99 ms | speed-up |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {what} | {a['qps']:,} | {a['p50_ms']} | {a['p99_ms']} | {b['clients']} | {b['qps']:,} | {b['p50_ms']} | {b['p99_ms']} | {b['qps'] / a['qps']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Search by image (PNG upload, EfficientNet-Lite0 at {img['image_size']} px on the CPU, then the {img['n']:,}-item index), k = {img['k']}:",
+        "",
+        "| clients | one at a time: q/s | p50 ms | p99 ms | micro-batched: q/s | p50 ms | p99 ms | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in img["runs"]:
         a, b = r["one_at_a_time"], r["micro_batched"]
-        lines.append(f"| {r['clients']} | {a['qps']} | {a['p50_ms']} | {a['p99_ms']} | {b['qps']} | {b['p50_ms']} | {b['p99_ms']} | {r['speedup']}x |")
+        lines.append(
+            f"| {r['clients']} | {a['qps']} | {a['p50_ms']} | {a['p99_ms']} | {b['qps']} | {b['p50_ms']} | {b['p99_ms']} | {r['speedup']}x |"
+        )
     a = big["add_1000"]
-    lines += ["", f"`add` of 1,000 items to the 1M index (the commit: encode, commit file, fsyncs, manifest, new snapshot): "
-              f"{', '.join(f'{s:.3f}' for s in a['seconds'])} s (median {a['median_s']:.3f} s); removing them {a['remove_1000_s']:.3f} s; "
-              f"`compact` afterwards {a['compact_s']:.1f} s.", "", "| target | measured | met |", "|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        f"`add` of 1,000 items to the 1M index (the commit: encode, commit file, fsyncs, manifest, new snapshot): "
+        f"{', '.join(f'{s:.3f}' for s in a['seconds'])} s (median {a['median_s']:.3f} s); removing them {a['remove_1000_s']:.3f} s; "
+        f"`compact` afterwards {a['compact_s']:.1f} s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
     for t in doc["targets"]:
         lines.append(f"| {t['name']} | {t['value']} | {'met' if t['met'] else 'missed'} |")
     return lines
@@ -309,11 +413,16 @@ def main(argv=None) -> None:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         work = Path(tmp)
-        doc = {"command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "date": time.strftime("%Y-%m-%d"), "machine": "no GPU, shared with other jobs: " + describe_machine(machine_info()),
-               "load_average_start": round(os.getloadavg()[0], 1)}  # fmt: skip
+        doc = {
+            "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": "no GPU, shared with other jobs: " + describe_machine(machine_info()),
+            "load_average_start": round(os.getloadavg()[0], 1),
+        }
         doc["big"] = bench_big(work, args.n, args.k, args.clients, args.seconds, log)
-        doc["images"] = bench_images(work, args.image_db, args.k, [int(c) for c in args.image_clients.split(",")], args.seconds, log)
+        doc["images"] = bench_images(
+            work, args.image_db, args.k, [int(c) for c in args.image_clients.split(",")], args.seconds, log
+        )
     doc["load_average_end"] = round(os.getloadavg()[0], 1)
     doc["targets"] = targets(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ def run_in_tree(tree: Path, code: str, args: dict, env_extra: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED}
     env.update(env_extra, PYTHONPATH=str(tree))
     # cwd: `python -c` puts it first on sys.path, so it must be the tree itself
-    p = subprocess.run([sys.executable, "-c", code, json.dumps(args)], env=env, cwd=tree, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)], env=env, cwd=tree, capture_output=True, text=True
+    )
     if p.returncode:
         raise SystemExit(f"run in {tree} failed:\n{p.stderr[-3000:]}")
     out = json.loads(p.stdout.strip().splitlines()[-1])

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import click
 
+from hashindex.cli import options as opt
 from hashindex.core.config import HASHCODER_SIZES
 
-from hashindex.cli import options as opt
-
 # Options that mean exactly what they mean for `embed`: taken from that command, defined once.
-_FROM_EMBED = ("split", "root", "data_dir", "limit", "model", "weights", "pretrained", "image_size", "crop_pct", "interpolation")
+_FROM_EMBED = (
+    "split",
+    "root",
+    "data_dir",
+    "limit",
+    "model",
+    "weights",
+    "pretrained",
+    "image_size",
+    "crop_pct",
+    "interpolation",
+)
 
 
 def _patterns(ctx, param, value):
@@ -25,29 +35,58 @@ def _patterns(ctx, param, value):
 @click.argument("source")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--bits", type=click.IntRange(min=16), default=None, help="Code length, a multiple of 8 [default: 64].")
-@click.option("--supervised", is_flag=True, default=None, help="Class targets from the source's labels (as fit-probe --supervised; see --targets).")
+@click.option(
+    "--supervised",
+    is_flag=True,
+    default=None,
+    help="Class targets from the source's labels (as fit-probe --supervised; see --targets).",
+)
 @opt.targets
-@click.option("--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help="HashCoder MLP size [default: small].")
+@click.option(
+    "--hashcoder", type=click.Choice(HASHCODER_SIZES), default=None, help="HashCoder MLP size [default: small]."
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: 5].")
-@click.option("--head-epochs", type=click.IntRange(min=0), default=None, help="First epochs that train the HashCoder alone, before the adapters join [default: 1].")
+@click.option(
+    "--head-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="First epochs that train the HashCoder alone, before the adapters join [default: 1].",
+)
 @opt.batch_size
-@click.option("--lr", type=float, default=None, help="HashCoder peak learning rate (AdamW, cosine per step) [default: 1e-3].")
+@click.option(
+    "--lr", type=float, default=None, help="HashCoder peak learning rate (AdamW, cosine per step) [default: 1e-3]."
+)
 @click.option("--adapter-lr", type=float, default=None, help="Adapters' peak learning rate [default: 5e-4].")
 @click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 1e-2].")
 @click.option("--rank", type=click.IntRange(min=1), default=None, help="LoRA rank [default: 16].")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=None, help="LoRA alpha; updates are scaled by alpha/rank [default: 16].")
-@click.option("--lora-dropout", "dropout", type=click.FloatRange(0, 1, max_open=True), default=None, help="Dropout on the adapters' input [default: 0.1].")
 @click.option(
-    "--lora-layers", "layers", callback=_patterns, default=None,
+    "--alpha",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="LoRA alpha; updates are scaled by alpha/rank [default: 16].",
+)
+@click.option(
+    "--lora-dropout",
+    "dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=None,
+    help="Dropout on the adapters' input [default: 0.1].",
+)
+@click.option(
+    "--lora-layers",
+    "layers",
+    callback=_patterns,
+    default=None,
     help="Comma-separated patterns of module names that get adapters, e.g. 'blocks.5.*,blocks.6.*,conv_head' "
     "or '*.qkv,*.proj' [default: every Linear and 1x1 Conv2d except the classifier: a ViT's attention qkv/proj "
     "and MLP fc1/fc2, a convnet's pointwise convolutions].",
-)  # fmt: skip
+)
 @click.option(
-    "--eval-view/--no-eval-view", default=None,
+    "--eval-view/--no-eval-view",
+    default=None,
     help="Draw each image's two views among its eval view (the un-augmented image) and two augmented "
     "views, as fit-probe does [default: on; --no-eval-view trains on two augmented views].",
-)  # fmt: skip
+)
 @opt.device
 @opt.seed
 @click.pass_obj
@@ -60,9 +99,10 @@ def finetune(obj, source, out, split, root, data_dir, limit, rank, alpha, dropou
     `query` with images loads the adapter by itself. An interrupted run (even kill -9) resumes
     from its last finished epoch when re-run with the same arguments.
     """
-    from hashindex.probe.finetune import FinetuneConfig, finetune as run
     from hashindex.backbone.lora import LoRAConfig
     from hashindex.embedding.sources import open_source
+    from hashindex.probe.finetune import FinetuneConfig
+    from hashindex.probe.finetune import finetune as run
 
     if kw.get("bits") is not None:
         from hashindex.core.codes import check_bits

@@ -6,15 +6,16 @@ import json
 
 import click
 
-from hashindex.core.config import DEFAULT_LOCK_WAIT, ServeConfig, default
-
 from hashindex.cli import options as opt
+from hashindex.core.config import DEFAULT_LOCK_WAIT, ServeConfig, default
 
 index_dir = click.argument("index", type=click.Path(file_okay=False, exists=True))
 wait = click.option(
-    "--wait", type=click.FloatRange(min=0), default=None,
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=None,
     help=f"Seconds to wait for another writer (a server with --allow-writes, another command) [default: {DEFAULT_LOCK_WAIT:g}].",
-)  # fmt: skip
+)
 
 
 def _say(obj, text: str) -> None:
@@ -39,7 +40,13 @@ def _flat(groups) -> list:
 @click.command()
 @index_dir
 @click.argument("sources", nargs=-1)
-@click.option("--embeddings", "emb_file", type=click.Path(dir_okay=False, exists=True), default=None, help="Add the items of this embeddings file (same backbone and preprocessing) instead of images.")
+@click.option(
+    "--embeddings",
+    "emb_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Add the items of this embeddings file (same backbone and preprocessing) instead of images.",
+)
 @opt.weights
 @opt.device
 @opt.batch_size
@@ -60,7 +67,9 @@ def add(obj, index, sources, emb_file, weights, device, batch_size, wait):
     if emb_file:
         ids, failed = add_embeddings_file(live, emb_file), 0
     else:
-        ids, failed = add_images(live, list(sources), weights=weights, device=device, batch_size=batch_size or 64, progress=obj["progress"])
+        ids, failed = add_images(
+            live, list(sources), weights=weights, device=device, batch_size=batch_size or 64, progress=obj["progress"]
+        )
     _say(obj, f"added {len(ids)} items (ids {ids[0]}..{ids[-1]}) to {index}, generation {live.state.generation}")
     if failed:  # about the data: shown even with -q
         click.echo(f"warning: {failed} images could not be decoded and were not added", err=True)
@@ -69,7 +78,12 @@ def add(obj, index, sources, emb_file, weights, device, batch_size, wait):
 @click.command()
 @index_dir
 @click.option("--ids", type=opt.CommaList(int), multiple=True, help="Ids to remove, comma-separated (repeatable).")
-@click.option("--names", type=opt.CommaList(str), multiple=True, help="Names (paths) of items to remove, comma-separated (repeatable).")
+@click.option(
+    "--names",
+    type=opt.CommaList(str),
+    multiple=True,
+    help="Names (paths) of items to remove, comma-separated (repeatable).",
+)
 @wait
 @click.pass_obj
 def remove(obj, index, ids, names, wait):
@@ -107,17 +121,45 @@ def info(index, as_json):
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
-    for key in ("path", "kind", "bits", "ntotal", "base_ntotal", "commits", "generation", "next_id", "added_since_fit", "removed_since_build", "built", "compacted", "backbone"):
+    for key in (
+        "path",
+        "kind",
+        "bits",
+        "ntotal",
+        "base_ntotal",
+        "commits",
+        "generation",
+        "next_id",
+        "added_since_fit",
+        "removed_since_build",
+        "built",
+        "compacted",
+        "backbone",
+    ):
         click.echo(f"{key:<22}{r[key]}")
-    click.echo(f"{'probe':<22}{r['probe']['method']}, fitted on {r['probe']['fitted_on']} items, in use for {r['probe']['age_days']} days")
+    click.echo(
+        f"{'probe':<22}{r['probe']['method']}, fitted on {r['probe']['fitted_on']} items, in use for {r['probe']['age_days']} days"
+    )
 
 
 @click.command()
 @index_dir
-@click.option("--host", default=default(ServeConfig, "host"), show_default=True, help="Address to bind (the default answers this machine only).")
-@click.option("--port", type=click.IntRange(0, 65535), default=default(ServeConfig, "port"), show_default=True, help="TCP port.")
+@click.option(
+    "--host",
+    default=default(ServeConfig, "host"),
+    show_default=True,
+    help="Address to bind (the default answers this machine only).",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=default(ServeConfig, "port"), show_default=True, help="TCP port."
+)
 @click.option("--allow-writes", is_flag=True, help="Enable POST /items and DELETE /items/{id} (they need --token).")
-@click.option("--token", envvar="HASHINDEX_TOKEN", default=None, help="Bearer token the write endpoints require [env: HASHINDEX_TOKEN].")
+@click.option(
+    "--token",
+    envvar="HASHINDEX_TOKEN",
+    default=None,
+    help="Bearer token the write endpoints require [env: HASHINDEX_TOKEN].",
+)
 @opt.weights
 @opt.device
 def serve(index, host, port, allow_writes, token, weights, device):
@@ -129,7 +171,9 @@ def serve(index, host, port, allow_writes, token, weights, device):
 
     if allow_writes and not token:
         raise click.UsageError("--allow-writes needs --token T (or HASHINDEX_TOKEN)")
-    run(index, ServeConfig(host=host, port=port, allow_writes=allow_writes, token=token, weights=weights, device=device))
+    run(
+        index, ServeConfig(host=host, port=port, allow_writes=allow_writes, token=token, weights=weights, device=device)
+    )
 
 
 COMMANDS = (add, remove, compact, info, serve)

@@ -44,39 +44,71 @@ def kwargs(**options) -> dict:
 
 
 device = click.option(
-    "--device", type=click.Choice(DEVICES), default=None,
+    "--device",
+    type=click.Choice(DEVICES),
+    default=None,
     help=f"Compute device: auto = cuda when available, else cpu [default: {default(FitConfig, 'device')}].",
-)  # fmt: skip
+)
 runtime = click.option(
-    "--runtime", type=click.Choice(RUNTIMES), default=None,
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default=None,
     help="What runs the backbone on the CPU: onnx = its ONNX export under ONNX Runtime (about 2x torch's speed; "
     "exported once into ~/.cache/hashindex or $HASHINDEX_CACHE, checked against torch), torch = torch itself; "
     f"auto = onnx on the CPU when ONNX Runtime is installed, torch on a GPU [default: {default(EmbedConfig, 'runtime')}].",
-)  # fmt: skip
-seed = click.option("--seed", type=int, default=None, help=f"Random seed; the same seed gives the same result on CPU [default: {default(FitConfig, 'seed')}].")
-batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=None, help=f"Batch size [default: {default(EmbedConfig, 'batch_size')} for embed, {default(FitConfig, 'batch_size')} for fit-probe].")
+)
+seed = click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help=f"Random seed; the same seed gives the same result on CPU [default: {default(FitConfig, 'seed')}].",
+)
+batch_size = click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Batch size [default: {default(EmbedConfig, 'batch_size')} for embed, {default(FitConfig, 'batch_size')} for fit-probe].",
+)
 as_json = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
-k = click.option("-k", "k", type=int, default=10, show_default=True, help="Results per query (more than the index holds gives all of them).")
+k = click.option(
+    "-k",
+    "k",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Results per query (more than the index holds gives all of them).",
+)
 weights = click.option(
-    "--weights", type=click.Path(dir_okay=False), default=None,
+    "--weights",
+    type=click.Path(dir_okay=False),
+    default=None,
     help="Local backbone state dict (.safetensors, or a torch file loadable with weights_only=True).",
-)  # fmt: skip
+)
 adapter = click.option(
-    "--adapter", type=click.Path(file_okay=False), default=None,
+    "--adapter",
+    type=click.Path(file_okay=False),
+    default=None,
     help="LoRA adapter folder made by `hashindex finetune`, put on the backbone.",
-)  # fmt: skip
-nprobe = click.option("--nprobe", type=int, default=None, help="IVF lists visited per query, 1..nlist [default: nlist/16].")
+)
+nprobe = click.option(
+    "--nprobe", type=int, default=None, help="IVF lists visited per query, 1..nlist [default: nlist/16]."
+)
 rerank = click.option(
-    "--rerank", type=int, default=None,
+    "--rerank",
+    type=int,
+    default=None,
     help="Re-rank the Hamming top R*k by float cosine against the database embeddings file (R = this value).",
-)  # fmt: skip
+)
 asymmetric = click.option(
-    "--asymmetric", is_flag=True,
+    "--asymmetric",
+    is_flag=True,
     help=f"Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default {DEFAULT_RERANK}).",
-)  # fmt: skip
+)
 targets = click.option(
-    "--targets", type=click.Choice(TARGETS), default=None,
+    "--targets",
+    type=click.Choice(TARGETS),
+    default=None,
     help="Supervised CroVCA targets. codebook: each class a fixed code, the codes at least bits/2 apart where "
     "possible, so two classes never share a code; prototype: the paper's sign of the class prototypes "
     f"(two classes can merge) [default: {default(FitConfig, 'targets')}].",
-)  # fmt: skip
+)

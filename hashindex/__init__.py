@@ -13,7 +13,7 @@ import os as _os
 # while on idle cores sleeping costs a wake-up per region (benchmarks/fit_speed.py).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError  # noqa: E402
-from hashindex.core.version import __version__  # noqa: E402
+from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
+from hashindex.core.version import __version__
 
 __all__ = ["HashIndexError", "InputError", "IntegrityError", "MismatchError", "__version__"]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import write_embeddings
 
 from hashindex.core.config import EmbedConfig
 from hashindex.embedding.run import embed
 from hashindex.embedding.sources import open_source
 from hashindex.store.reader import open_embeddings
-
-from helpers import write_embeddings
 
 N_DB, N_Q, SIZE = 1200, 400, 112
 
@@ -29,7 +28,12 @@ def fmnist(tmp_path_factory):
     """(db.h5, q.h5): 1,200 train images with 2 views and 400 test images, 112 px."""
     d = tmp_path_factory.mktemp("fmnist")
     db, q = d / "db.h5", d / "q.h5"
-    embed(open_source("fashion-mnist", split="train", limit=N_DB), db, EmbedConfig(image_size=SIZE, views=2), progress=False)
+    embed(
+        open_source("fashion-mnist", split="train", limit=N_DB),
+        db,
+        EmbedConfig(image_size=SIZE, views=2),
+        progress=False,
+    )
     embed(open_source("fashion-mnist", split="test", limit=N_Q), q, EmbedConfig(image_size=SIZE), progress=False)
     return open_embeddings(db), open_embeddings(q)
 

@@ -4,11 +4,17 @@ import numpy as np
 
 from hashindex.store.reader import open_embeddings
 
-
 FAKE_SPEC = {
-    "model": "fake", "weights": "random", "weights_sha256": None, "image_size": 32, "crop_pct": 1.0,
-    "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "num_features": 0,
-}  # fmt: skip
+    "model": "fake",
+    "weights": "random",
+    "weights_sha256": None,
+    "image_size": 32,
+    "crop_pct": 1.0,
+    "interpolation": "bilinear",
+    "mean": [0.5] * 3,
+    "std": [0.5] * 3,
+    "num_features": 0,
+}
 
 
 def write_embeddings(path, x, views=None, labels=None, names=None, spec=None, label_names=None):
@@ -19,11 +25,25 @@ def write_embeddings(path, x, views=None, labels=None, names=None, spec=None, la
 
     n, d = x.shape
     spec = dict(spec or FAKE_SPEC, num_features=d)
-    attrs = {"backbone": json.dumps(spec), "augment": "{}", "views": 0 if views is None else views.shape[1],
-             "seed": 0, "source": json.dumps({"kind": "synthetic"}), "label_names": json.dumps(label_names)}  # fmt: skip
-    w = EmbeddingsWriter(path, n=n, dim=d, views=attrs["views"], label_dim=0 if labels is None else labels.shape[1], attrs=attrs)
-    w.append(items_done=n, embeddings=x, views=views, labels=labels,
-             names=names or [f"item{i}" for i in range(n)], source_index=np.arange(n))  # fmt: skip
+    attrs = {
+        "backbone": json.dumps(spec),
+        "augment": "{}",
+        "views": 0 if views is None else views.shape[1],
+        "seed": 0,
+        "source": json.dumps({"kind": "synthetic"}),
+        "label_names": json.dumps(label_names),
+    }
+    w = EmbeddingsWriter(
+        path, n=n, dim=d, views=attrs["views"], label_dim=0 if labels is None else labels.shape[1], attrs=attrs
+    )
+    w.append(
+        items_done=n,
+        embeddings=x,
+        views=views,
+        labels=labels,
+        names=names or [f"item{i}" for i in range(n)],
+        source_index=np.arange(n),
+    )
     w.finish()
     return open_embeddings(path)
 

@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from helpers import write_embeddings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hashindex.core.codes import hamming
+from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import InputError
+from hashindex.core.validate import check_k
 from hashindex.index.load import HashIndex, build_index
-from hashindex.core.config import IndexConfig
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import cosine_knn, hamming_search, search_embeddings
-from hashindex.core.validate import check_k
-
-from helpers import write_embeddings
 
 N, DIM, BITS = 120, 16, 16
 # Huge but finite values overflow inside the baselines' L2 normalisation (a warning, not an error).
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,13 @@ def test_hamming_search_validates_or_answers_exactly(indexes, codes, k, kind):
             np.testing.assert_array_equal(d, np.take_along_axis(hamming(codes, db_codes), i, 1))
     else:
         _check_result(d, i, codes, db_codes, k)
-        ref_order = np.lexsort((np.broadcast_to(np.arange(N), (len(codes), N)), hamming(codes, db_codes)), axis=1)[:, : min(int(k), N)] if len(codes) else i
+        ref_order = (
+            np.lexsort((np.broadcast_to(np.arange(N), (len(codes), N)), hamming(codes, db_codes)), axis=1)[
+                :, : min(int(k), N)
+            ]
+            if len(codes)
+            else i
+        )
         np.testing.assert_array_equal(i, ref_order)
 
 
@@ -141,7 +148,13 @@ def embedding_arrays(draw):
 @given(x=embedding_arrays(), k=K, kind=st.sampled_from(["flat", "ivf", "lookup"]))
 def test_search_embeddings_validates_or_matches_a_clean_copy(indexes, x, k, kind):
     idx = indexes[0][kind]
-    ok = x.dtype.kind == "f" and x.ndim == 2 and x.shape[1] == DIM and np.isfinite(x.astype(np.float64)).all() and np.isfinite(x.astype(np.float32)).all()
+    ok = (
+        x.dtype.kind == "f"
+        and x.ndim == 2
+        and x.shape[1] == DIM
+        and np.isfinite(x.astype(np.float64)).all()
+        and np.isfinite(x.astype(np.float32)).all()
+    )
     try:
         d, i = search_embeddings(idx, x, k)
     except ValueError as e:
@@ -157,7 +170,11 @@ def test_search_embeddings_validates_or_matches_a_clean_copy(indexes, x, k, kind
 
 @SETTINGS
 @given(
-    xq=hnp.arrays(np.float32, st.tuples(st.integers(0, 4), st.sampled_from([8, 8, 7])), elements=st.one_of(st.floats(-10, 10, width=32), FLOATS)),
+    xq=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(0, 4), st.sampled_from([8, 8, 7])),
+        elements=st.one_of(st.floats(-10, 10, width=32), FLOATS),
+    ),
     nb=st.integers(0, 30),
     k=K,
 )

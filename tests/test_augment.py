@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from hashindex.core.config import AugmentConfig
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
 from hashindex.backbone.preprocess import base_size, to_base
+from hashindex.core.config import AugmentConfig
 from hashindex.core.spec import BackboneSpec
 
 SPEC = BackboneSpec("m", "w", None, 112, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3, 8)
@@ -18,7 +18,9 @@ def test_eval_view_matches_timm_eval_transform(rng, interpolation):
     from timm.data import create_transform
 
     img = (rng.random((40, 40, 3)) * 255).astype(np.uint8)
-    tf = create_transform(input_size=(3, 112, 112), interpolation=interpolation, mean=SPEC.mean, std=SPEC.std, crop_pct=0.875)
+    tf = create_transform(
+        input_size=(3, 112, 112), interpolation=interpolation, mean=SPEC.mean, std=SPEC.std, crop_pct=0.875
+    )
     want = tf(Image.fromarray(img))
     base = torch.from_numpy(to_base(img, base_size(SPEC), interpolation)).permute(2, 0, 1)[None]
     got = eval_view(base, SPEC)[0]

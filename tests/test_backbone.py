@@ -2,13 +2,12 @@
 
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
 from hashindex.backbone.augment import eval_view
-from hashindex.backbone.preprocess import to_base, base_size
 from hashindex.backbone.model import backbone_from_spec, load_backbone, read_state_dict
+from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.core.errors import InputError, MismatchError
 
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from hashindex.backbone.model import load_backbone
 from hashindex.core.config import EmbedConfig
-from hashindex.embedding.run import TooManyFailuresError, embed, embed_images
 from hashindex.core.errors import InputError
+from hashindex.embedding.run import TooManyFailuresError, embed, embed_images
 from hashindex.embedding.sources import MAX_IMAGE_PIXELS, DecodeError, decode_image, open_source
 from hashindex.store.reader import open_embeddings
 
@@ -31,7 +31,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def _png_claiming(w: int, h: int) -> bytes:
     """A PNG whose header claims w x h RGB pixels (a decompression-bomb header)."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _noise(rng, h=48, w=64) -> np.ndarray:
@@ -190,7 +195,9 @@ def test_embed_records_every_failure_and_embeds_every_good_image(corpus, backbon
         assert src.names[f["source_index"]] == name and f["error"] and f["message"]
         if bad[name]:
             assert f["error"] == bad[name], f
-    np.testing.assert_array_equal(np.sort(np.concatenate([emb.source_index(), [f["source_index"] for f in fails.values()]])), np.arange(len(src)))
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([emb.source_index(), [f["source_index"] for f in fails.values()]])), np.arange(len(src))
+    )
     x = emb.embeddings()
     want = embed_images(backbone, [good[n] for n in emb.names()])
     np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-4)
@@ -232,5 +239,10 @@ def test_a_source_of_only_bad_files_still_completes(tmp_path):
     assert (e.value.summary.rows, e.value.summary.failures) == (0, 2)
     emb = open_embeddings(tmp_path / "o.h5", verify=True)
     assert emb.n == 0 and emb.embeddings().shape == (0, 1280) and len(emb.failures()) == 2
-    s = embed(open_source(str(d)), tmp_path / "o.h5", EmbedConfig(image_size=SIZE, device="cpu", max_failures=2), progress=False)
+    s = embed(
+        open_source(str(d)),
+        tmp_path / "o.h5",
+        EmbedConfig(image_size=SIZE, device="cpu", max_failures=2),
+        progress=False,
+    )
     assert s.failures == 2  # already complete: the re-run only re-checks the failure budget

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from hashindex.measure.bench import BenchConfig, radius_curves, run_bench
 from hashindex.core.codes import pack
+from hashindex.measure.bench import BenchConfig, radius_curves, run_bench
 
 
 def test_radius_curves_by_hand():
@@ -26,16 +26,40 @@ def test_radius_curves_by_hand():
 
 def test_run_bench_writes_report(tmp_path, clusters):
     cfg = BenchConfig(
-        methods=("lsh", "crovca"), bits=(16, 32), topk=50, rerank=2, epochs=1, nprobes=(1, 2),
-        speed_queries=40, latency_queries=5, scales=(3000,), float_scale=3000, ivf_nlist=8,
-    )  # fmt: skip
+        methods=("lsh", "crovca"),
+        bits=(16, 32),
+        topk=50,
+        rerank=2,
+        epochs=1,
+        nprobes=(1, 2),
+        speed_queries=40,
+        latency_queries=5,
+        scales=(3000,),
+        float_scale=3000,
+        ivf_nlist=8,
+    )
     r = run_bench(clusters, clusters, tmp_path / "rep", cfg, progress=False)
     for f in ("report.json", "report.md", "map_vs_bits.png", "qps_vs_map.png", "pr_curves.png"):
         assert (tmp_path / "rep" / f).stat().st_size > 0
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert set(doc) >= {"version", "date", "machine", "config", "quality", "pr_curves", "fit", "speed", "memory", "targets"}
+    assert set(doc) >= {
+        "version",
+        "date",
+        "machine",
+        "config",
+        "quality",
+        "pr_curves",
+        "fit",
+        "speed",
+        "memory",
+        "targets",
+    }
     modes = {(x["method"], x["bits"], x["mode"]) for x in doc["quality"]}
-    assert ("crovca", 16, "hamming") in modes and ("lsh", 32, "rerank-float-2") in modes and ("lsh", 16, "asymmetric-2") in modes
+    assert (
+        ("crovca", 16, "hamming") in modes
+        and ("lsh", 32, "rerank-float-2") in modes
+        and ("lsh", 16, "asymmetric-2") in modes
+    )
     assert all(0 <= x["map"] <= 1 for x in doc["quality"])
     kinds = {(s["scope"], s["kind"], s.get("bits")) for s in doc["speed"]}
     assert ("collection", "lookup", 16) in kinds and ("synthetic", "flat", 32) in kinds
@@ -44,13 +68,20 @@ def test_run_bench_writes_report(tmp_path, clusters):
     flat = [s for s in doc["speed"] if s["kind"] == "flat" and s["scope"] == "synthetic"]
     assert [s["index_bytes_per_item"] for s in flat] == pytest.approx([2.0, 4.0], abs=0.1)
     assert [s["code_bytes_per_item"] * s["n"] for s in flat] == [2 * 3000, 4 * 3000]  # faiss code_size × n
-    assert all(s["ram_bytes_per_item"] is None and s["ram_note"].startswith("not measured") for s in flat)  # 3k < rss_min_items
+    assert all(
+        s["ram_bytes_per_item"] is None and s["ram_note"].startswith("not measured") for s in flat
+    )  # 3k < rss_min_items
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "CroVCA unsupervised" in md and "![map_vs_bits.png]" in md
     ps = doc["pipeline_speed"]  # without images: fit and the embeddings query only
     assert ps["embed"] is None and ps["query"]["image"] is None and ps["query"]["embeddings"]["seconds"] > 0
-    assert ps["fit"]["bits"] == 32 and ps["fit"]["ratio"] == pytest.approx(ps["fit"]["reference"]["seconds"] / ps["fit"]["hashindex"]["seconds"])
-    assert "| embed | – | not measured (no `--images`) |" in md and "| 3,000 | 16 | 2.01 | 2.00 | not measured (below 1,000,000 items) |" in md
+    assert ps["fit"]["bits"] == 32 and ps["fit"]["ratio"] == pytest.approx(
+        ps["fit"]["reference"]["seconds"] / ps["fit"]["hashindex"]["seconds"]
+    )
+    assert (
+        "| embed | – | not measured (no `--images`) |" in md
+        and "| 3,000 | 16 | 2.01 | 2.00 | not measured (below 1,000,000 items) |" in md
+    )
     assert r["targets"] == doc["targets"]
     ivf = doc["synthetic_ivf"]  # IVF on the clustered synthetic codes, 8 lists
     assert [(x["n"], x["bits"], x["nlist"]) for x in ivf] == [(3000, 16, 8), (3000, 32, 8)]

@@ -1,18 +1,17 @@
 """Seeds in the bench, the asymmetric ranking of the whole database, IVF recall of the flat top-k."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from hashindex.search.exact import asymmetric_knn
-from types import SimpleNamespace
-
-from hashindex.measure.bench import run_bench
-from hashindex.measure.bench_seeds import ivf_rows, summarize
 from hashindex.core.codes import unpack
 from hashindex.core.config import BenchConfig, IndexConfig
 from hashindex.index.load import HashIndex
+from hashindex.measure.bench import run_bench
+from hashindex.measure.bench_seeds import ivf_rows, summarize
+from hashindex.search.exact import asymmetric_knn
 from hashindex.search.ranking import hamming_search
 
 
@@ -54,14 +53,25 @@ def test_ivf_recall_against_flat(rng):
     one = rows[1]  # ~47 codes per list: fewer than k come back, so no mAP
     assert one["complete"] < 1.0 and one["map"] is None and one["recall"] < 0.6
     ivf.faiss_index.nprobe = 1  # recall by hand
-    assert one["recall"] == pytest.approx(np.mean([np.isin(fi[r], ivf.faiss_index.search(q[r : r + 1], k)[1][0]).sum() for r in range(40)]) / k)
+    assert one["recall"] == pytest.approx(
+        np.mean([np.isin(fi[r], ivf.faiss_index.search(q[r : r + 1], k)[1][0]).sum() for r in range(40)]) / k
+    )
 
 
 def test_bench_with_seeds(tmp_path, clusters):
     cfg = BenchConfig(
-        methods=("itq", "crovca"), bits=(16,), topk=50, rerank=2, epochs=1, seeds=(0, 1, 2), nprobes=(1,),
-        speed_queries=40, latency_queries=5, scales=(3000,), float_scale=3000,
-    )  # fmt: skip
+        methods=("itq", "crovca"),
+        bits=(16,),
+        topk=50,
+        rerank=2,
+        epochs=1,
+        seeds=(0, 1, 2),
+        nprobes=(1,),
+        speed_queries=40,
+        latency_queries=5,
+        scales=(3000,),
+        float_scale=3000,
+    )
     run_bench(clusters, clusters, tmp_path / "rep", cfg, progress=False)
     doc = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = {(r["method"], r["mode"]): r for r in doc["seeds"]}
@@ -79,14 +89,16 @@ def test_bench_with_seeds(tmp_path, clusters):
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_evaluate_reports_asymmetric_ranking_and_ivf_recall(tmp_path, clusters, kind):
-    from hashindex.measure.evaluate import evaluate
-    from hashindex.index.load import build_index
-    from hashindex.measure.metrics import mean_average_precision, relevance
     from hashindex.core.config import FitConfig
+    from hashindex.index.load import build_index
+    from hashindex.measure.evaluate import evaluate
+    from hashindex.measure.metrics import mean_average_precision, relevance
     from hashindex.probe.fit import fit_probe
 
     fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")
-    idx = build_index(clusters, tmp_path / "p", tmp_path / "idx", IndexConfig(kind, nlist=32) if kind == "ivf" else IndexConfig())
+    idx = build_index(
+        clusters, tmp_path / "p", tmp_path / "idx", IndexConfig(kind, nlist=32) if kind == "ivf" else IndexConfig()
+    )
     idx.set_nprobe(1)
     r = evaluate(idx, clusters, topk=50, with_float=False)
     x, y = clusters.embeddings(), clusters.labels()

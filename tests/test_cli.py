@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import run_cli as run
 from PIL import Image
 
 from hashindex.core.codes import hamming
 from hashindex.index.load import load_index
 from hashindex.store.reader import open_embeddings
-
-from helpers import run_cli as run
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +153,11 @@ def test_probe_for_other_dimension_and_index_with_other_bits(tmp_path, built, fm
     from helpers import write_embeddings
 
     db, _ = fmnist
-    small = write_embeddings(tmp_path / "s.h5", rng.standard_normal((64, 16)).astype(np.float32), views=rng.standard_normal((64, 2, 16)).astype(np.float32))
+    small = write_embeddings(
+        tmp_path / "s.h5",
+        rng.standard_normal((64, 16)).astype(np.float32),
+        views=rng.standard_normal((64, 2, 16)).astype(np.float32),
+    )
     run("fit-probe", small.path, tmp_path / "p16", "--bits", 16, "--epochs", 1)
     _err(run("build", db.path, tmp_path / "p16", tmp_path / "i", ok=False), 2, "16-d", "1280-d")
     # an index whose manifest claims another bit length than its probe and faiss file
@@ -169,11 +172,15 @@ def test_probe_for_other_dimension_and_index_with_other_bits(tmp_path, built, fm
 
 def test_query_and_evaluate_with_reranking(built, fmnist):
     _, q = fmnist
-    res = json.loads(run("query", built / "index", "--embeddings", q.path, "--limit", 3, "-k", 5, "--rerank", 4, "--json").output)
+    res = json.loads(
+        run("query", built / "index", "--embeddings", q.path, "--limit", 3, "-k", 5, "--rerank", 4, "--json").output
+    )
     for r in res:
         scores = [h["score"] for h in r["results"]]
         assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
-    res = json.loads(run("query", built / "index", "--embeddings", q.path, "--limit", 3, "-k", 5, "--asymmetric", "--json").output)
+    res = json.loads(
+        run("query", built / "index", "--embeddings", q.path, "--limit", 3, "-k", 5, "--asymmetric", "--json").output
+    )
     assert all([h["score"] for h in r["results"]] == sorted(h["score"] for h in r["results"]) for r in res)
     ham = json.loads(run("evaluate", built / "index", q.path, "--topk", 100, "--json", "--no-float").output)
     rr = json.loads(run("evaluate", built / "index", q.path, "--topk", 100, "--json", "--rerank", 4).output)
@@ -184,8 +191,29 @@ def test_query_and_evaluate_with_reranking(built, fmnist):
 
 def test_bench_command(tmp_path, built, fmnist):
     db, q = fmnist
-    r = run("bench", db.path, q.path, "-o", tmp_path / "rep", "--methods", "lsh", "--bits", "16", "--topk", 50,
-            "--scales", 2000, "--float-scale", 2000, "--speed-queries", 20, "--nprobes", "1", "--epochs", 1)  # fmt: skip
+    r = run(
+        "bench",
+        db.path,
+        q.path,
+        "-o",
+        tmp_path / "rep",
+        "--methods",
+        "lsh",
+        "--bits",
+        "16",
+        "--topk",
+        50,
+        "--scales",
+        2000,
+        "--float-scale",
+        2000,
+        "--speed-queries",
+        20,
+        "--nprobes",
+        "1",
+        "--epochs",
+        1,
+    )
     assert "targets met" in r.output
     assert (tmp_path / "rep" / "report.md").exists()
     _err(run("bench", db.path, q.path, "-o", tmp_path / "r2", "--bits", "12", ok=False), 2, "multiple of 8")

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
-from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.backbone.model import load_backbone
+from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.core.config import EmbedConfig
 from hashindex.embedding.run import embed
 from hashindex.embedding.sources import open_source
-from hashindex.store.writer import EmbeddingsWriter
 from hashindex.store.background import WriterThread
 from hashindex.store.reader import open_embeddings
+from hashindex.store.writer import EmbeddingsWriter
 
 # Max abs difference between the features of one forward of (1+V)·m images and of 1+V forwards of
 # m images, on CPU: exactly 0 measured here (EfficientNet-Lite0 at 64, 112 and 224 px, m = 8..32,
@@ -35,9 +35,19 @@ def test_one_forward_of_all_views_equals_the_forwards_view_by_view(tmp_path):
     want, want_views = [], []
     for s in range(0, len(src), cfg.batch_size):  # the former path: one forward per view and batch
         idx = np.arange(s, min(s + cfg.batch_size, len(src)))
-        x = torch.from_numpy(np.stack([to_base(src.load(int(i)), s0, bb.spec.interpolation) for i in idx])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.stack([to_base(src.load(int(i)), s0, bb.spec.interpolation) for i in idx])).permute(
+            0, 3, 1, 2
+        )
         want.append(bb.features(eval_view(x, bb.spec)).numpy())
-        want_views.append(np.stack([bb.features(augmented_view(x, bb.spec, sample_params(idx, v, cfg.seed, s0, cfg.augment))).numpy() for v in range(2)], axis=1))
+        want_views.append(
+            np.stack(
+                [
+                    bb.features(augmented_view(x, bb.spec, sample_params(idx, v, cfg.seed, s0, cfg.augment))).numpy()
+                    for v in range(2)
+                ],
+                axis=1,
+            )
+        )
     want, want_views = np.concatenate(want), np.concatenate(want_views)
     assert 0.05 < np.abs(want).mean() < 20  # the scale TOL is meant for
     assert not np.allclose(want_views[:, 0], want_views[:, 1], atol=TOL)  # the views do differ

@@ -10,21 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from PIL import Image
 
 from hashindex.backbone import onnx_runtime as onnx_backbone
 from hashindex.backbone.augment import eval_view
 from hashindex.backbone.model import load_backbone
-from hashindex.core.config import EmbedConfig, FitConfig
-from hashindex.embedding.run import embed
-from hashindex.core.errors import InputError, IntegrityError
 from hashindex.backbone.preprocess import base_size, eval_view_np, to_base
+from hashindex.core.config import EmbedConfig, FitConfig
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.embedding.run import embed
+from hashindex.embedding.sources import decode_image, open_source
 from hashindex.probe.artifact import Probe
 from hashindex.probe.hashcoder import HashCoder
-from hashindex.embedding.sources import decode_image, open_source
 from hashindex.store.reader import open_embeddings
-
-from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -73,12 +72,20 @@ def test_eval_view_without_torch_equals_the_torch_one(rng, lite0):
 def test_onnx_export_gives_torch_features_and_is_cached(lite0, rng):
     spec = lite0.spec
     ob = onnx_backbone.load_onnx(spec) or onnx_backbone.export_onnx(lite0)
-    x = eval_view(torch.from_numpy(np.stack([to_base(photo(rng, 60, 60), base_size(spec), "bilinear") for _ in range(5)])).permute(0, 3, 1, 2), spec)
+    x = eval_view(
+        torch.from_numpy(
+            np.stack([to_base(photo(rng, 60, 60), base_size(spec), "bilinear") for _ in range(5)])
+        ).permute(0, 3, 1, 2),
+        spec,
+    )
     ref = lite0.features(x).numpy()
     got = ob.features(x).numpy()
     assert np.abs(got - ref).max() <= onnx_backbone.TOLERANCE * np.abs(ref).max()
     record = json.loads(ob.path.with_suffix(".json").read_text())
-    assert record["max_rel_diff"] <= onnx_backbone.TOLERANCE and record["identity"]["weights_sha256"] == spec.weights_sha256
+    assert (
+        record["max_rel_diff"] <= onnx_backbone.TOLERANCE
+        and record["identity"]["weights_sha256"] == spec.weights_sha256
+    )
     again = onnx_backbone.load_onnx(spec)  # from the cache
     assert again is not None and again.path == ob.path
     assert onnx_backbone.with_runtime(lite0, "torch") is lite0
@@ -160,7 +167,13 @@ def test_query_by_image_without_torch_equals_the_torch_answer(tmp_path):
         "try:\n    cli(['-q', 'query', *sys.argv[1:], '-k', '5', '--json'])\nexcept SystemExit as e:\n    assert e.code in (0, None), e\n"
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'\n"
     )
-    r = subprocess.run([sys.executable, "-c", code, str(index), *map(str, images)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(index), *map(str, images)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert [[h["id"] for h in q["results"]] for q in got] == [[h["id"] for h in q["results"]] for q in ref]

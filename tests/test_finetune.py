@@ -13,24 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tinyvit
 import torch
+from helpers import run_cli as run
 from safetensors.torch import load_file
 
 import hashindex.probe.finetune as ft
-from hashindex.core.errors import InputError
-from hashindex.probe.finetune import FinetuneConfig, finetune
 from hashindex.backbone.lora import LoRAConfig, load_adapter
-from hashindex.probe.artifact import load_probe
-from hashindex.probe.hashcoder import HashCoder
+from hashindex.core.errors import InputError
 from hashindex.embedding.sources import open_source
-
-import tinyvit
-from helpers import run_cli as run
+from hashindex.probe.artifact import load_probe
+from hashindex.probe.finetune import FinetuneConfig, finetune
+from hashindex.probe.hashcoder import HashCoder
 
 REPO = Path(__file__).resolve().parents[1]
 N = 24
-
-
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +50,17 @@ def tuned(tmp_path_factory):
     ft.load_backbone = capture
     try:
         cfg = FinetuneConfig(
-            model=tinyvit.NAME, weights=weights, image_size=32, bits=16, epochs=3, batch_size=8,
-            lora=LoRAConfig(rank=4, alpha=4.0), adapter_lr=1e-2, device="cpu", seed=0,
-        )  # fmt: skip
+            model=tinyvit.NAME,
+            weights=weights,
+            image_size=32,
+            bits=16,
+            epochs=3,
+            batch_size=8,
+            lora=LoRAConfig(rank=4, alpha=4.0),
+            adapter_lr=1e-2,
+            device="cpu",
+            seed=0,
+        )
         summary = finetune(open_source("fashion-mnist", limit=N), d / "out", cfg, progress=False)
     finally:
         ft.load_backbone = ft_load
@@ -79,7 +84,9 @@ def test_only_adapters_and_hashcoder_change(tuned):
     assert not np.array_equal(np.asarray(probe.tensors["net.0.weight"]), init["net.0.weight"].numpy())
     hist = summary.history
     assert [h["trained"] for h in hist] == ["hashcoder", "hashcoder+adapters", "hashcoder+adapters"]
-    assert summary.trainable == sum(v.numel() for v in ad.tensors.values()) and summary.trainable < summary.backbone_params
+    assert (
+        summary.trainable == sum(v.numel() for v in ad.tensors.values()) and summary.trainable < summary.backbone_params
+    )
 
 
 def test_probe_provenance_names_the_adapter_and_a_second_run_does_nothing(tuned):
@@ -90,14 +97,31 @@ def test_probe_provenance_names_the_adapter_and_a_second_run_does_nothing(tuned)
     assert probe.backbone["adapter_sha256"] == doc["adapter_sha256"] == load_adapter(out).sha256
     assert probe.backbone["adapter"] == str(out.resolve()) and probe.config["finetune"] is True
     assert not (out / ft.CHECKPOINT).exists()
-    cfg = FinetuneConfig(model=tinyvit.NAME, weights=weights, image_size=32, bits=16, epochs=3, batch_size=8,
-                         lora=LoRAConfig(rank=4, alpha=4.0), adapter_lr=1e-2, device="cpu", seed=0)  # fmt: skip
+    cfg = FinetuneConfig(
+        model=tinyvit.NAME,
+        weights=weights,
+        image_size=32,
+        bits=16,
+        epochs=3,
+        batch_size=8,
+        lora=LoRAConfig(rank=4, alpha=4.0),
+        adapter_lr=1e-2,
+        device="cpu",
+        seed=0,
+    )
     again = finetune(open_source("fashion-mnist", limit=N), out, cfg, progress=False)
     assert again.adapter_sha256 == summary.adapter_sha256
     with pytest.raises(InputError, match="other settings"):
-        finetune(open_source("fashion-mnist", limit=N), out, FinetuneConfig(**{**cfg.__dict__, "bits": 32}), progress=False)
+        finetune(
+            open_source("fashion-mnist", limit=N), out, FinetuneConfig(**{**cfg.__dict__, "bits": 32}), progress=False
+        )
     with pytest.raises(InputError, match="labels"):
-        finetune(open_source(str(tinyvit_images(d)), limit=4), d / "nolab", FinetuneConfig(**{**cfg.__dict__, "supervised": True}), progress=False)
+        finetune(
+            open_source(str(tinyvit_images(d)), limit=4),
+            d / "nolab",
+            FinetuneConfig(**{**cfg.__dict__, "supervised": True}),
+            progress=False,
+        )
 
 
 def tinyvit_images(d: Path) -> Path:
@@ -138,7 +162,9 @@ def test_tuned_embeddings_build_query_and_never_mix_with_untuned(tuned):
 
     Image.fromarray(src("fashion-mnist", split="test", limit=1).load(0)).save(img)
     by_image = json.loads(run("query", d / "index", img, "-k", 5, "--json").output)[0]["results"]
-    by_emb = json.loads(run("query", d / "index", "--embeddings", d / "q.h5", "--limit", 1, "-k", 5, "--json").output)[0]["results"]
+    by_emb = json.loads(run("query", d / "index", "--embeddings", d / "q.h5", "--limit", 1, "-k", 5, "--json").output)[
+        0
+    ]["results"]
     assert [h["id"] for h in by_image] == [h["id"] for h in by_emb]
     assert run("finetune", "--help").output.count("--lora-layers") == 1
 
@@ -147,28 +173,66 @@ def _cmd(out: Path, weights: str) -> list[str]:
     # The CLI in a child process that has the tiny ViT registered.
     main = "import sys, tinyvit; from hashindex.cli.main import cli; cli(sys.argv[1:], prog_name='hashindex')"
     return [
-        sys.executable, "-c", main, "-q", "finetune", "fashion-mnist", str(out), "--limit", "32", "--model", tinyvit.NAME,
-        "--weights", weights, "--image-size", "32", "--epochs", "4", "--batch-size", "8", "--bits", "16", "--rank", "4",
-        "--adapter-lr", "1e-2", "--device", "cpu",
-    ]  # fmt: skip
+        sys.executable,
+        "-c",
+        main,
+        "-q",
+        "finetune",
+        "fashion-mnist",
+        str(out),
+        "--limit",
+        "32",
+        "--model",
+        tinyvit.NAME,
+        "--weights",
+        weights,
+        "--image-size",
+        "32",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--bits",
+        "16",
+        "--rank",
+        "4",
+        "--adapter-lr",
+        "1e-2",
+        "--device",
+        "cpu",
+    ]
 
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+ENV = dict(
+    os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")])
+)
 
 
 def _files(out: Path) -> dict:
     return {
         "adapter": (out / "adapter.safetensors").read_bytes(),
         "probe": {k: v.numpy() for k, v in load_file(str(out / "probe" / "weights.safetensors")).items()},
-        "history": [{k: v for k, v in h.items() if k != "seconds"} for h in json.loads((out / "adapter.json").read_text())["history"]],
+        "history": [
+            {k: v for k, v in h.items() if k != "seconds"}
+            for h in json.loads((out / "adapter.json").read_text())["history"]
+        ],
     }
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     weights = tinyvit.write_weights(tmp_path / "vit.safetensors")
     ref = tmp_path / "ref"  # the uninterrupted run, in this process with the child's thread count
-    cfg = FinetuneConfig(model=tinyvit.NAME, weights=weights, image_size=32, epochs=4, batch_size=8, bits=16,
-                         lora=LoRAConfig(rank=4), adapter_lr=1e-2, device="cpu")  # fmt: skip
+    cfg = FinetuneConfig(
+        model=tinyvit.NAME,
+        weights=weights,
+        image_size=32,
+        epochs=4,
+        batch_size=8,
+        bits=16,
+        lora=LoRAConfig(rank=4),
+        adapter_lr=1e-2,
+        device="cpu",
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -182,11 +246,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (out / ft.CHECKPOINT).exists() and not (out / "adapter.json").exists(), "the run ended before it could be killed"
+    assert (out / ft.CHECKPOINT).exists() and not (out / "adapter.json").exists(), (
+        "the run ended before it could be killed"
+    )
     subprocess.run(_cmd(out, weights), env=ENV, check=True, capture_output=True, timeout=600)
     a, b = _files(ref), _files(out)
     assert a["adapter"] == b["adapter"] and a["history"] == b["history"]
-    assert a["probe"].keys() == b["probe"].keys() and all(np.array_equal(a["probe"][k], b["probe"][k]) for k in a["probe"])
+    assert a["probe"].keys() == b["probe"].keys() and all(
+        np.array_equal(a["probe"][k], b["probe"][k]) for k in a["probe"]
+    )
     assert not (out / ft.CHECKPOINT).exists()
 
 
@@ -194,8 +262,8 @@ def test_supervised_trains_to_fit_probes_class_codebook(tmp_path, monkeypatch):
     """--supervised uses fit-probe's default targets: the class codebook, aligned to the untrained
     HashCoder's class prototypes on the untuned features, given to every step's loss and
     recorded in the probe; --targets prototype trains without it."""
-    from hashindex.backbone.preprocess import base_size
     from hashindex.backbone.model import load_backbone
+    from hashindex.backbone.preprocess import base_size
     from hashindex.probe.fit import class_codebook
 
     seen = []
@@ -208,8 +276,18 @@ def test_supervised_trains_to_fit_probes_class_codebook(tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "crovca_loss", loss)
     weights = tinyvit.write_weights(tmp_path / "vit.safetensors")
     src = open_source("fashion-mnist", limit=N)
-    cfg = FinetuneConfig(model=tinyvit.NAME, weights=weights, image_size=32, bits=16, epochs=2, batch_size=8,
-                         supervised=True, lora=LoRAConfig(rank=4), device="cpu", seed=0)  # fmt: skip
+    cfg = FinetuneConfig(
+        model=tinyvit.NAME,
+        weights=weights,
+        image_size=32,
+        bits=16,
+        epochs=2,
+        batch_size=8,
+        supervised=True,
+        lora=LoRAConfig(rank=4),
+        device="cpu",
+        seed=0,
+    )
     finetune(src, tmp_path / "cb", cfg, progress=False)
     probe = load_probe(tmp_path / "cb" / "probe")
     assert probe.config["targets"] == "codebook" and probe.config["supervised"] is True
@@ -222,5 +300,7 @@ def test_supervised_trains_to_fit_probes_class_codebook(tmp_path, monkeypatch):
     assert probe.meta["codebook"] == ref.to_meta() and ref.min_distance == 8
     assert len(seen) == 2 * 3 and all(np.array_equal(c.numpy(), ref.codes) for c in seen)
     seen.clear()
-    proto = finetune(src, tmp_path / "pt", FinetuneConfig(**{**cfg.__dict__, "targets": "prototype", "epochs": 1}), progress=False)
+    proto = finetune(
+        src, tmp_path / "pt", FinetuneConfig(**{**cfg.__dict__, "targets": "prototype", "epochs": 1}), progress=False
+    )
     assert "codebook" not in load_probe(proto.out / "probe").meta and seen == [None] * 3

@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import mutate as _mutate
+from helpers import write_embeddings
 
+from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import HashIndexError, IntegrityError, MismatchError
-from hashindex.core.config import IndexConfig
 from hashindex.index.load import build_index, load_index
 from hashindex.index.manifest import sealed_bytes
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
-
-from helpers import mutate as _mutate, write_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,13 @@ def index_dir(request, tmp_path_factory):
 def test_1000_random_mutations_are_all_refused_cleanly(index_dir):
     load_index(index_dir)  # the intact folder loads
     files = sorted(p for p in index_dir.rglob("*") if p.is_file())
-    assert {p.relative_to(index_dir).as_posix() for p in files} >= {"manifest.json", "index.faiss", "items.h5", "probe/probe.json", "probe/weights.safetensors"}
+    assert {p.relative_to(index_dir).as_posix() for p in files} >= {
+        "manifest.json",
+        "index.faiss",
+        "items.h5",
+        "probe/probe.json",
+        "probe/weights.safetensors",
+    }
     original = {p: p.read_bytes() for p in files}
     assert sum(map(len, original.values())) < 64_000
     rng = np.random.default_rng(2024)
@@ -57,7 +62,7 @@ def test_1000_random_mutations_are_all_refused_cleanly(index_dir):
         except HashIndexError as e:
             refused[type(e).__name__] = refused.get(type(e).__name__, 0) + 1
             assert str(e) and "\n" not in str(e).strip()
-        except Exception as e:  # noqa: BLE001 - exactly what must not happen
+        except Exception as e:
             crashes.append(f"{p.name}: {what}: {type(e).__name__}: {e}")
         finally:
             p.write_bytes(original[p])
@@ -102,7 +107,7 @@ def _resealed_fuzz(index_dir, tmp_path, count: int, seed: int) -> None:
             load_index(d)
         except HashIndexError:
             pass
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             crashes.append(f"{rel}: {what}: {type(e).__name__}: {e}")
         finally:
             p.write_bytes(original[p])
@@ -120,7 +125,9 @@ def _copy(index_dir, tmp_path):
 def _edit_manifest(d: Path, edit, reseal: bool) -> None:
     m = json.loads((d / "manifest.json").read_text())
     edit(m)
-    (d / "manifest.json").write_bytes(sealed_bytes(m) if reseal else (json.dumps(m, indent=2, sort_keys=True) + "\n").encode())
+    (d / "manifest.json").write_bytes(
+        sealed_bytes(m) if reseal else (json.dumps(m, indent=2, sort_keys=True) + "\n").encode()
+    )
 
 
 def test_edited_manifests_are_refused_naming_both_sides(index_dir, tmp_path):
@@ -204,16 +211,29 @@ def test_no_pickle_anywhere_in_the_code():
                 problems += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in _PICKLE_MODULES]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _PICKLE_MODULES:
                 problems.append(f"{where}: from {node.module} import")
-            elif isinstance(node, ast.Attribute) and node.attr in ("read_pickle", "to_pickle", "loads") and isinstance(node.value, ast.Name) and node.value.id in _PICKLE_MODULES:
+            elif (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("read_pickle", "to_pickle", "loads")
+                and isinstance(node.value, ast.Name)
+                and node.value.id in _PICKLE_MODULES
+            ):
                 problems.append(f"{where}: {node.value.id}.{node.attr}")
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
                 owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
                 kw = {k.arg: k.value for k in node.keywords}
-                if owner == "torch" and not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                if owner == "torch" and not (
+                    isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True
+                ):
                     problems.append(f"{where}: torch.load without weights_only=True")
-                if owner in ("np", "numpy") and not (isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False):
+                if owner in ("np", "numpy") and not (
+                    isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False
+                ):
                     problems.append(f"{where}: np.load without allow_pickle=False")
-            elif isinstance(node, ast.keyword) and node.arg == "allow_pickle" and not (isinstance(node.value, ast.Constant) and node.value.value is False):
+            elif (
+                isinstance(node, ast.keyword)
+                and node.arg == "allow_pickle"
+                and not (isinstance(node.value, ast.Constant) and node.value.value is False)
+            ):
                 problems.append(f"{where}: allow_pickle not False")
     assert not problems, problems
     assert len(_library_sources()) > 10  # the scan did look at the code
@@ -240,9 +260,28 @@ def test_cli_refuses_a_pickle_bearing_checkpoint_and_runs_no_code(tmp_path):
     ckpt = tmp_path / "evil.pth"
     with open(ckpt, "wb") as fh:
         pickle.dump({"conv_stem.weight": _Evil(str(marker))}, fh)
-    r = CliRunner().invoke(cli, ["-q", "embed", str(tmp_path / "imgs"), str(tmp_path / "e.h5"), "--weights", str(ckpt), "--image-size", "32", "--device", "cpu"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "-q",
+            "embed",
+            str(tmp_path / "imgs"),
+            str(tmp_path / "e.h5"),
+            "--weights",
+            str(ckpt),
+            "--image-size",
+            "32",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 2, r.output
     line = r.output.strip()
-    assert line.startswith("error: refusing to load") and "weights_only" in line and "\n" not in line and "Traceback" not in r.output
+    assert (
+        line.startswith("error: refusing to load")
+        and "weights_only" in line
+        and "\n" not in line
+        and "Traceback" not in r.output
+    )
     assert not marker.exists()
     assert not (tmp_path / "e.h5").exists()

@@ -13,8 +13,8 @@ from hashindex.index.load import load_index
 from hashindex.index.manifest import INDEX_FORMAT
 from hashindex.probe.artifact import PROBE_FORMAT, load_probe
 from hashindex.search.ranking import hamming_search, search_embeddings
-from hashindex.store.schema import SCHEMA_VERSION
 from hashindex.store.reader import open_embeddings
+from hashindex.store.schema import SCHEMA_VERSION
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 SETS = sorted(p for p in GOLDEN.iterdir() if (p / "expected.json").is_file())
@@ -27,7 +27,9 @@ def _hex(codes) -> list[str]:
 def test_there_is_a_golden_set_of_the_current_formats():
     current = {"schema_version": SCHEMA_VERSION, "index_format": INDEX_FORMAT, "probe_format": PROBE_FORMAT}
     have = [json.loads((p / "expected.json").read_text())["versions"] for p in SETS]
-    assert current in have, f"no golden set for {current}: run `python tests/golden/make_golden.py` and commit it (keep the old sets)"
+    assert current in have, (
+        f"no golden set for {current}: run `python tests/golden/make_golden.py` and commit it (keep the old sets)"
+    )
     assert sum(f.stat().st_size for p in SETS for f in p.rglob("*") if f.is_file()) < 100_000 * len(SETS)
 
 

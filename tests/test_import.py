@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from hashindex.cli.main import cli
+from hashindex.core.config import FitConfig
 from hashindex.core.errors import InputError
 from hashindex.embedding.importer import ImportConfig, import_embeddings
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
 from hashindex.probe.sampling import read_rows, sample_rows
 from hashindex.store.reader import open_embeddings
@@ -45,7 +45,12 @@ def test_npy_shards_in_order_with_text_names(tmp_path, x):
         np.save(shards[-1], x[a:b])
     names = [f"img/{i}.jpg" for i in range(N)]
     (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
-    s = import_embeddings(shards, tmp_path / "o.h5", ImportConfig(model_name="clip", names=str(tmp_path / "names.txt"), chunk=64), progress=False)
+    s = import_embeddings(
+        shards,
+        tmp_path / "o.h5",
+        ImportConfig(model_name="clip", names=str(tmp_path / "names.txt"), chunk=64),
+        progress=False,
+    )
     assert (s.rows, s.dim, s.shards) == (N, D, 4)
     e = _check(tmp_path / "o.h5", x, names)
     assert e.backbone.model == "clip" and e.labels() is None
@@ -55,7 +60,12 @@ def test_npy_shards_in_order_with_text_names(tmp_path, x):
 def test_npz_streamed_with_members_as_sidecars(tmp_path, x):
     y = np.arange(N) % 5
     np.savez_compressed(tmp_path / "e.npz", embeddings=x, names=np.array([f"n{i}" for i in range(N)]), y=y)
-    import_embeddings([str(tmp_path / "e.npz")], tmp_path / "o.h5", ImportConfig(names=f"{tmp_path}/e.npz:names", labels=f"{tmp_path}/e.npz:y", chunk=50), progress=False)
+    import_embeddings(
+        [str(tmp_path / "e.npz")],
+        tmp_path / "o.h5",
+        ImportConfig(names=f"{tmp_path}/e.npz:names", labels=f"{tmp_path}/e.npz:y", chunk=50),
+        progress=False,
+    )
     e = _check(tmp_path / "o.h5", x, [f"n{i}" for i in range(N)])
     np.testing.assert_array_equal(e.labels().argmax(1), y)
     assert e.label_names == [str(c) for c in range(5)]
@@ -68,7 +78,9 @@ def test_parquet_fixed_size_lists_with_name_and_label_columns(tmp_path, x):
         t = pa.table({"embedding": emb, "image_path": [f"p{j}" for j in range(a, b)], "cls": classes[a:b].tolist()})
         pq.write_table(t, tmp_path / f"part-{i}.parquet", row_group_size=128)
     srcs = [str(tmp_path / f"part-{i}.parquet") for i in range(2)]
-    import_embeddings(srcs, tmp_path / "o.h5", ImportConfig(name_column="image_path", label_column="cls", chunk=100), progress=False)
+    import_embeddings(
+        srcs, tmp_path / "o.h5", ImportConfig(name_column="image_path", label_column="cls", chunk=100), progress=False
+    )
     e = _check(tmp_path / "o.h5", x, [f"p{j}" for j in range(N)])
     assert e.label_names == ["cat", "dog", "eel"]
     np.testing.assert_array_equal(np.array(e.label_names)[e.labels().argmax(1)], classes)
@@ -102,20 +114,26 @@ def _truncated(tmp_path, x):
     (tmp_path / "b.npy").write_bytes(raw[: len(raw) - 1000])
 
 
-@pytest.mark.parametrize(("make", "words"), [(_bad_width, "width 23"), (_nan_row, "row 123"), (_truncated, "truncated")])
+@pytest.mark.parametrize(
+    ("make", "words"), [(_bad_width, "width 23"), (_nan_row, "row 123"), (_truncated, "truncated")]
+)
 def test_a_bad_shard_is_named_and_nothing_is_written(tmp_path, x, make, words):
     np.save(tmp_path / "a.npy", x)
     make(tmp_path, x)
     out = tmp_path / "o.h5"
     with pytest.raises(InputError) as e:
-        import_embeddings([str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], out, ImportConfig(chunk=100), progress=False)
+        import_embeddings(
+            [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")], out, ImportConfig(chunk=100), progress=False
+        )
     assert "b.npy" in str(e.value) and words in str(e.value)
     assert not out.exists() and not partial_path(out).exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npy"]
 
 
 def test_truncated_parquet_and_npz_are_named(tmp_path, x):
-    pq.write_table(pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), D)}), tmp_path / "t.parquet")
+    pq.write_table(
+        pa.table({"embedding": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), D)}), tmp_path / "t.parquet"
+    )
     np.savez(tmp_path / "t.npz", embeddings=x)
     for name in ("t.parquet", "t.npz"):
         raw = (tmp_path / name).read_bytes()
@@ -129,7 +147,12 @@ def test_mismatched_sidecar_is_refused(tmp_path, x):
     np.save(tmp_path / "a.npy", x)
     (tmp_path / "names.txt").write_text("a\nb\n")
     with pytest.raises(InputError, match="2 rows"):
-        import_embeddings([str(tmp_path / "a.npy")], tmp_path / "o.h5", ImportConfig(names=str(tmp_path / "names.txt")), progress=False)
+        import_embeddings(
+            [str(tmp_path / "a.npy")],
+            tmp_path / "o.h5",
+            ImportConfig(names=str(tmp_path / "names.txt")),
+            progress=False,
+        )
 
 
 def test_sampled_rows_are_read_streamed(tmp_path, x):
@@ -145,18 +168,42 @@ def test_sampled_rows_are_read_streamed(tmp_path, x):
 def test_imported_index_refuses_image_queries_and_answers_embedding_queries(tmp_path, x):
     np.save(tmp_path / "a.npy", x)
     run = CliRunner().invoke
-    r = run(cli, ["-q", "import", str(tmp_path / "a.npy"), str(tmp_path / "db.h5"), "--model-name", "open_clip/ViT-B-32"])
+    r = run(
+        cli, ["-q", "import", str(tmp_path / "a.npy"), str(tmp_path / "db.h5"), "--model-name", "open_clip/ViT-B-32"]
+    )
     assert r.exit_code == 0, r.output
     # CroVCA without cached views (feature-space views), on a sample of the rows.
-    r = run(cli, ["-q", "fit-probe", str(tmp_path / "db.h5"), str(tmp_path / "p"), "--bits", "16", "--epochs", "1", "--sample", "500"])
+    r = run(
+        cli,
+        [
+            "-q",
+            "fit-probe",
+            str(tmp_path / "db.h5"),
+            str(tmp_path / "p"),
+            "--bits",
+            "16",
+            "--epochs",
+            "1",
+            "--sample",
+            "500",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert run(cli, ["-q", "build", str(tmp_path / "db.h5"), str(tmp_path / "p"), str(tmp_path / "ix")]).exit_code == 0
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "q.png")
     r = run(cli, ["query", str(tmp_path / "ix"), str(tmp_path / "q.png")])
-    assert r.exit_code == 2 and "imported embeddings" in r.output and "--embeddings" in r.output and "Traceback" not in r.output
-    r = run(cli, ["query", str(tmp_path / "ix"), "--embeddings", str(tmp_path / "db.h5"), "--limit", "3", "-k", "1", "--json"])
+    assert (
+        r.exit_code == 2
+        and "imported embeddings" in r.output
+        and "--embeddings" in r.output
+        and "Traceback" not in r.output
+    )
+    r = run(
+        cli,
+        ["query", str(tmp_path / "ix"), "--embeddings", str(tmp_path / "db.h5"), "--limit", "3", "-k", "1", "--json"],
+    )
     assert r.exit_code == 0, r.output
     import json
 
@@ -195,7 +242,10 @@ def test_memory_mapped_index_answers_like_the_loaded_one(tmp_path, rng, kind):
 def test_cli_reports_a_bad_shard_on_one_line(tmp_path, x):
     np.save(tmp_path / "a.npy", x)
     np.save(tmp_path / "b.npy", x[:, :5])
-    r = CliRunner().invoke(cli, ["-q", "import", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), str(tmp_path / "o.h5"), "--model-name", "m"])
+    r = CliRunner().invoke(
+        cli,
+        ["-q", "import", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), str(tmp_path / "o.h5"), "--model-name", "m"],
+    )
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.output.startswith("error: ") and "b.npy" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(cli, ["-q", "embed", "fashion-mnist", str(tmp_path / "e.h5"), "--ray-actors", "2"])

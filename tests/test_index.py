@@ -5,16 +5,14 @@ import json
 import h5py
 import numpy as np
 import pytest
+from helpers import FAKE_SPEC, write_embeddings
 
+from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
-from hashindex.core.config import IndexConfig
 from hashindex.index.load import build_index, load_index
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import hamming_search, search_embeddings
 from hashindex.store.reader import open_embeddings
-
-from helpers import FAKE_SPEC, write_embeddings
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from hashindex.measure.evaluate import evaluate
-from hashindex.index.load import build_index
 from hashindex.core.config import FitConfig
+from hashindex.index.load import build_index
+from hashindex.measure.evaluate import evaluate
 from hashindex.probe.fit import fit_probe
 
 

@@ -17,20 +17,19 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import FAKE_SPEC, mutate, write_embeddings
 from PIL import Image
 
 from hashindex.cli.main import cli
-from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
-from hashindex.measure.evaluate import evaluate
-from hashindex.index.load import build_index, load_index
 from hashindex.core.config import FitConfig
+from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
+from hashindex.index.load import build_index, load_index
+from hashindex.measure.evaluate import evaluate
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import ranked
-from hashindex.store.writer import EmbeddingsWriter
 from hashindex.store.reader import open_embeddings
 from hashindex.store.resume import partial_path
-
-from helpers import FAKE_SPEC, mutate, write_embeddings
+from hashindex.store.writer import EmbeddingsWriter
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HASHINDEX_COMMIT_SECONDS="0", PYTHONPATH=str(REPO))
@@ -60,8 +59,24 @@ def _image_folder(root: Path, n_per_class: int = 60) -> Path:
 
 
 def _embed_cmd(src: Path, out: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "hashindex", "-q", "embed", str(src), str(out), "--image-size", "32",
-            "--batch-size", "2", "--device", "cpu", "--workers", "0", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "hashindex",
+        "-q",
+        "embed",
+        str(src),
+        str(out),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        *extra,
+    ]
 
 
 def _kill_after_shards(proc, out: Path, shards: int) -> None:
@@ -159,7 +174,9 @@ def test_same_shape_other_database_is_refused(tmp_path, clusters, small_index, r
 def test_reordered_label_names_are_refused(tmp_path, rng):
     x = rng.standard_normal((30, 8)).astype(np.float32)
     y = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 30)]
-    db = write_embeddings(tmp_path / "db.h5", x, (x[:, None] + 0.1).repeat(2, 1), y, label_names=["bag", "boot", "coat"])
+    db = write_embeddings(
+        tmp_path / "db.h5", x, (x[:, None] + 0.1).repeat(2, 1), y, label_names=["bag", "boot", "coat"]
+    )
     fit_probe(db, FitConfig(method="lsh", bits=16), progress=False).save(tmp_path / "p")
     index = build_index(db, tmp_path / "p", tmp_path / "idx")
     q = write_embeddings(tmp_path / "q.h5", x[:5], labels=y[:5, ::-1], label_names=["coat", "boot", "bag"])
@@ -199,11 +216,24 @@ def test_probe_folder_is_all_or_nothing(tmp_path, clusters, monkeypatch):
 
 
 def test_zero_row_files_are_refused_with_one_line(tmp_path, clusters, small_index):
-    attrs = {"backbone": json.dumps(dict(FAKE_SPEC, num_features=clusters.dim)), "augment": "{}", "views": 2, "seed": 0,
-             "source": json.dumps({"kind": "synthetic"}), "label_names": json.dumps(None)}  # fmt: skip
+    attrs = {
+        "backbone": json.dumps(dict(FAKE_SPEC, num_features=clusters.dim)),
+        "augment": "{}",
+        "views": 2,
+        "seed": 0,
+        "source": json.dumps({"kind": "synthetic"}),
+        "label_names": json.dumps(None),
+    }
     w = EmbeddingsWriter(tmp_path / "empty.h5", n=3, dim=clusters.dim, views=2, label_dim=0, attrs=attrs)
-    w.append(items_done=3, embeddings=None, views=None, labels=None, names=[], source_index=[],
-             failures=[(i, f"img{i}", "UnidentifiedImageError", "not an image") for i in range(3)])  # fmt: skip
+    w.append(
+        items_done=3,
+        embeddings=None,
+        views=None,
+        labels=None,
+        names=[],
+        source_index=[],
+        failures=[(i, f"img{i}", "UnidentifiedImageError", "not an image") for i in range(3)],
+    )
     w.finish()
     empty = tmp_path / "empty.h5"
     one_clean_line(run("fit-probe", empty, tmp_path / "p0"), 2)
@@ -255,7 +285,11 @@ def test_a_killed_decoding_worker_is_one_resumable_line(tmp_path):
     while worker is None and time.monotonic() < deadline and proc.poll() is None:
         try:  # the data-loader worker is a child of the embed process, once it has started
             kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-            if kids and partial_path(out).is_dir() and any(n.startswith("shard-") for n in os.listdir(partial_path(out))):
+            if (
+                kids
+                and partial_path(out).is_dir()
+                and any(n.startswith("shard-") for n in os.listdir(partial_path(out)))
+            ):
                 worker = int(kids[0])
         except (FileNotFoundError, ProcessLookupError):
             pass
@@ -281,14 +315,18 @@ def _contents(path: Path):
             data = {k: f[k][()].tolist() for k in f}  # lists: strings by value, not by pointer
             attrs = {k: str(f.attrs[k]) for k in f.attrs}
         return data, attrs
-    except Exception:  # noqa: BLE001 - any failure counts as changed
+    except Exception:
         return None
 
 
 def test_1000_mutations_of_an_embeddings_file_are_refused_or_harmless(tmp_path, rng):
     x = rng.standard_normal((40, 12)).astype(np.float32)
-    e = write_embeddings(tmp_path / "e.h5", x, (x[:, None] + rng.standard_normal((40, 2, 12))).astype(np.float32),
-                         np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 40)])  # fmt: skip
+    e = write_embeddings(
+        tmp_path / "e.h5",
+        x,
+        (x[:, None] + rng.standard_normal((40, 2, 12))).astype(np.float32),
+        np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 40)],
+    )
     path, raw = e.path, e.path.read_bytes()
     intact = _contents(path)
     crashes, silent, refused, harmless = [], [], 0, 0
@@ -305,7 +343,7 @@ def test_1000_mutations_of_an_embeddings_file_are_refused_or_harmless(tmp_path, 
         except HashIndexError as err:
             refused += 1
             assert "\n" not in str(err).strip()
-        except Exception as err:  # noqa: BLE001 - exactly what must not happen
+        except Exception as err:
             crashes.append(f"{what}: {type(err).__name__}: {err}")
     path.write_bytes(raw)
     assert not crashes, crashes[:5]
@@ -321,7 +359,10 @@ def test_a_damaged_embeddings_file_is_one_line_for_the_cli(tmp_path, rng):
         _, damaged = mutate(raw, rng)
         e.path.write_bytes(damaged)
         r = run("-q", "fit-probe", e.path, tmp_path / f"p{_}", "--bits", 16, "--epochs", 1)
-        assert r.exit_code in (0, 2, 3) and isinstance(r.exception, SystemExit) or r.exit_code == 0, (r.output, r.exception)
+        assert r.exit_code in (0, 2, 3) and isinstance(r.exception, SystemExit) or r.exit_code == 0, (
+            r.output,
+            r.exception,
+        )
         assert "Traceback" not in r.output
 
 
@@ -353,7 +394,9 @@ def test_index_and_probe_folders_follow_the_umask(tmp_path, clusters):
 
 def test_quiet_hides_chatter_not_warnings_about_data(tmp_path, clusters):
     def hashindex(*args):
-        return subprocess.run([sys.executable, "-m", "hashindex", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "hashindex", *map(str, args)], env=ENV, capture_output=True, text=True, timeout=300
+        )
 
     r = hashindex("-q", "fit-probe", clusters.path, tmp_path / "p", "--method", "lsh", "--bits", 16)
     assert r.returncode == 0 and "wrote" not in r.stdout + r.stderr
@@ -361,7 +404,9 @@ def test_quiet_hides_chatter_not_warnings_about_data(tmp_path, clusters):
     d.mkdir()
     Image.new("RGB", (40, 30), (200, 50, 10)).save(d / "a.png")
     (d / "b.png").write_bytes(b"not an image")
-    r = hashindex("-q", "embed", d, tmp_path / "f.h5", "--image-size", 32, "--device", "cpu", "--max-failures", 1, "--workers", 0)
+    r = hashindex(
+        "-q", "embed", d, tmp_path / "f.h5", "--image-size", 32, "--device", "cpu", "--max-failures", 1, "--workers", 0
+    )
     assert r.returncode == 0, r.stderr
     assert "cannot decode b.png" in r.stderr  # a warning about the data, and the summary of failures
     assert "1 of 2 images could not be decoded" in r.stdout

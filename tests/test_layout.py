@@ -10,11 +10,22 @@ import numpy as np
 import pytest
 
 from hashindex.cli.main import cli
-from hashindex.core.config import BENCH_METHODS, DEVICES, HASHCODER_SIZES, INDEX_KINDS, METHODS, TARGETS, EmbedConfig, FitConfig, IndexConfig, default
+from hashindex.core.config import (
+    BENCH_METHODS,
+    DEVICES,
+    HASHCODER_SIZES,
+    INDEX_KINDS,
+    METHODS,
+    TARGETS,
+    EmbedConfig,
+    FitConfig,
+    IndexConfig,
+    default,
+)
+from hashindex.core.spec import INTERPOLATIONS
 from hashindex.index.load import build_index
 from hashindex.probe.artifact import hashcoder_shapes
 from hashindex.probe.fit import fit_probe
-from hashindex.core.spec import INTERPOLATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +34,9 @@ def _no_torch(code: str, *args) -> str:
     """Run ``code`` in a fresh interpreter and return its output; it fails if torch (or timm)
     got imported."""
     check = "\nimport sys\nbad = [m for m in ('torch', 'timm') if m in sys.modules]\nassert not bad, bad\nprint('ok')"
-    r = subprocess.run([sys.executable, "-c", code + check, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", code + check, *map(str, args)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -46,7 +59,8 @@ def test_loading_an_index_and_searching_by_codes_does_not_import_torch(tmp_path,
         "import sys, numpy as np\nfrom hashindex.index.load import load_index\nfrom hashindex.search.ranking import hamming_search\n"
         "i = load_index(sys.argv[1])\nd, ids = hamming_search(i, np.load(sys.argv[2]), 1)\n"
         "print(ids.ravel().tolist(), d.ravel().tolist(), len(i.items()['names']))",
-        tmp_path / "i", tmp_path / "q.npy",
+        tmp_path / "i",
+        tmp_path / "q.npy",
     )
     want = [int(np.flatnonzero((idx.codes() == c).all(1))[0]) for c in codes]  # first id with that code
     assert out.startswith(f"{want} [0, 0, 0] {clusters.n}")
@@ -62,10 +76,17 @@ def _option(command: str, name: str) -> click.Option:
 
 @pytest.mark.parametrize(
     "command, name, choices",
-    [("embed", "interpolation", INTERPOLATIONS), ("embed", "device", DEVICES), ("fit-probe", "method", METHODS),
-     ("fit-probe", "hashcoder", HASHCODER_SIZES), ("build", "kind", INDEX_KINDS), ("bench", "hashcoder", HASHCODER_SIZES),
-     ("fit-probe", "targets", TARGETS), ("bench", "targets", TARGETS)],
-)  # fmt: skip
+    [
+        ("embed", "interpolation", INTERPOLATIONS),
+        ("embed", "device", DEVICES),
+        ("fit-probe", "method", METHODS),
+        ("fit-probe", "hashcoder", HASHCODER_SIZES),
+        ("build", "kind", INDEX_KINDS),
+        ("bench", "hashcoder", HASHCODER_SIZES),
+        ("fit-probe", "targets", TARGETS),
+        ("bench", "targets", TARGETS),
+    ],
+)
 def test_cli_choices_are_the_librarys(command, name, choices):
     assert tuple(_option(command, name).type.choices) == tuple(choices)
 

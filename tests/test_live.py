@@ -17,18 +17,16 @@ import faiss
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import FAKE_SPEC, write_embeddings
 
 from hashindex.cli.main import cli
 from hashindex.core.codes import hamming
+from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import InputError, IntegrityError
-from hashindex.core.config import IndexConfig
 from hashindex.index.load import build_index
 from hashindex.live.live_index import open_live
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import hamming_search, sort_results
-
-from helpers import FAKE_SPEC, write_embeddings
 
 D = 24
 
@@ -48,7 +46,12 @@ def base(tmp_path_factory):
 def _build(base, tmp_path, kind):
     d, emb, _ = base
     bits = 16 if kind == "lookup" else 32
-    build_index(emb, d / f"p{bits}", tmp_path / kind, IndexConfig(kind, nlist=8 if kind == "ivf" else None, nprobe=2 if kind == "ivf" else None))
+    build_index(
+        emb,
+        d / f"p{bits}",
+        tmp_path / kind,
+        IndexConfig(kind, nlist=8 if kind == "ivf" else None, nprobe=2 if kind == "ivf" else None),
+    )
     return tmp_path / kind
 
 
@@ -227,9 +230,15 @@ def test_unnamed_commit_ignored_and_tampering_detected(base, tmp_path):
 def test_lock_refuses_a_second_writer(base, tmp_path):
     path = _build(base, tmp_path, "flat")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from hashindex.core.durable import OutputLock; l = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from hashindex.core.durable import OutputLock; l = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         live = open_live(path)
@@ -262,7 +271,13 @@ def test_cli_add_remove_compact_info(base, tmp_path):
     info = json.loads(res.output)
     assert info["added_since_fit"] == 6 and info["commits"] == 2 and info["ntotal"] == 501
     assert r.invoke(cli, ["compact", str(path)]).exit_code == 0
-    assert sorted(p.name for p in path.iterdir()) == ["extra_embeddings.npy", "index.faiss", "items.h5", "manifest.json", "probe"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "extra_embeddings.npy",
+        "index.faiss",
+        "items.h5",
+        "manifest.json",
+        "probe",
+    ]
     res = r.invoke(cli, ["query", str(path), "--embeddings", str(new.path), "-k", "1", "--rerank", "4", "--json"])
     assert res.exit_code == 0, res.output
     top = {q["query"]: q["results"][0]["id"] for q in json.loads(res.output)}

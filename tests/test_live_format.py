@@ -12,17 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import write_embeddings
 
 from hashindex.cli.main import cli
-from hashindex.core.config import DEFAULT_LOCK_WAIT, ServeConfig, default
+from hashindex.core.config import DEFAULT_LOCK_WAIT, FitConfig, ServeConfig, default
 from hashindex.core.errors import IntegrityError
 from hashindex.index.load import build_index, load_index
-from hashindex.live.live_index import open_live
 from hashindex.index.manifest import INDEX_FORMAT, LIVE_FORMAT, MANIFEST, Manifest, sealed_bytes
-from hashindex.core.config import FitConfig
+from hashindex.live.live_index import open_live
 from hashindex.probe.fit import fit_probe
-
-from helpers import write_embeddings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +97,13 @@ def test_opening_a_live_index_and_searching_by_codes_imports_no_torch(folder):
         "s = open_live(sys.argv[1]).snapshot\nd, ids = hamming_search(s.index, np.load(sys.argv[2]), 1)\n"
         "print(s.ntotal, d.ravel().tolist(), s.item(int(ids[0, 0]))['name'])"
     )
-    r = subprocess.run([sys.executable, "-c", code + check, str(path), str(path.parent / "q.npy")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-c", code + check, str(path), str(path.parent / "q.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("63 [0, 0] ") and r.stdout.rstrip().endswith("ok")
 
@@ -117,4 +121,6 @@ def test_live_commands_follow_the_cli_conventions(folder):
     opts = {p.name: p for p in cli.commands["remove"].params}
     assert f"[default: {DEFAULT_LOCK_WAIT:g}]" in opts["wait"].help
     serve = {p.name: p for p in cli.commands["serve"].params}
-    assert serve["port"].default == default(ServeConfig, "port") and serve["host"].default == default(ServeConfig, "host")
+    assert serve["port"].default == default(ServeConfig, "port") and serve["host"].default == default(
+        ServeConfig, "host"
+    )

@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
+import tinyvit
 import torch
 from torch import nn
 
-from hashindex.core.spec import BackboneSpec, check_same_backbone
+from hashindex.backbone.lora import (
+    LoRAConfig,
+    LoRALayer,
+    attach_adapter,
+    inject,
+    load_adapter,
+    lora_layers,
+    save_adapter,
+    target_layers,
+)
 from hashindex.backbone.model import backbone_from_spec, load_backbone
 from hashindex.core.errors import InputError, MismatchError
-from hashindex.backbone.lora import LoRAConfig, LoRALayer, attach_adapter, inject, load_adapter, lora_layers, save_adapter, target_layers
-
-import tinyvit
+from hashindex.core.spec import BackboneSpec, check_same_backbone
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +69,11 @@ def test_default_layers_vit_and_convnet(vit_weights):
     mods = dict(lite.named_modules())
     assert len(names) == 32 and all(mods[n].kernel_size == (1, 1) and mods[n].groups == 1 for n in names)
     assert "conv_head" in names and "classifier" not in names
-    assert target_layers(lite, ("blocks.6.*", "conv_head")) == ["blocks.6.0.conv_pw", "blocks.6.0.conv_pwl", "conv_head"]
+    assert target_layers(lite, ("blocks.6.*", "conv_head")) == [
+        "blocks.6.0.conv_pw",
+        "blocks.6.0.conv_pwl",
+        "conv_head",
+    ]
     with pytest.raises(InputError, match="matches no"):
         target_layers(lite, ("blocks.*.conv_dw",))  # depthwise 3x3: not eligible
 

@@ -27,7 +27,9 @@ def test_cross_view_targets_are_stop_gradient():
     cross_view_loss(z1, z2).backward()
     # d/dz1 of ½·BCE(z1, t) is ½(σ(z1) − t)/numel: only z1's own term contributes.
     t = (z2 > 0).float()
-    np.testing.assert_allclose(z1.grad.numpy(), (0.5 * (torch.sigmoid(z1) - t) / z1.numel()).detach().numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        z1.grad.numpy(), (0.5 * (torch.sigmoid(z1) - t) / z1.numel()).detach().numpy(), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_supervised_targets_by_hand():

@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import write_embeddings
 
+from hashindex.core.config import FitConfig
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
 from hashindex.probe.artifact import load_probe, probe_hash
 from hashindex.probe.baselines import fit_linear, l2_normalize
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
-
-from helpers import write_embeddings
 
 
 @pytest.mark.parametrize("method", ["crovca", "lsh", "pca", "pca-rr", "itq"])
@@ -86,7 +85,11 @@ def test_fit_errors(tmp_path, rng, clusters):
         fit_probe(clusters, FitConfig(bits=8), progress=False)
     with pytest.raises(InputError, match="crovca only"):
         fit_probe(clusters, FitConfig(method="itq", supervised=True), progress=False)
-    unlabelled = write_embeddings(tmp_path / "u.h5", rng.standard_normal((50, 8)).astype(np.float32), views=rng.standard_normal((50, 2, 8)).astype(np.float32))
+    unlabelled = write_embeddings(
+        tmp_path / "u.h5",
+        rng.standard_normal((50, 8)).astype(np.float32),
+        views=rng.standard_normal((50, 2, 8)).astype(np.float32),
+    )
     with pytest.raises(InputError, match="labels"):
         fit_probe(unlabelled, FitConfig(bits=16, supervised=True), progress=False)
     with pytest.raises(InputError, match="bits <= min"):
@@ -205,7 +208,11 @@ def test_recalibration_logits_are_the_recalibrated_models(clusters):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("views", [True, False])  # cached views; feature-space views drawn on the device
 def test_crovca_on_cuda_separates_classes_as_on_cpu(tmp_path, clusters, views):
-    emb = clusters if views else write_embeddings(tmp_path / "noviews.h5", clusters.embeddings(), labels=clusters.labels())
+    emb = (
+        clusters
+        if views
+        else write_embeddings(tmp_path / "noviews.h5", clusters.embeddings(), labels=clusters.labels())
+    )
     probe = fit_probe(emb, FitConfig(bits=16, epochs=3, supervised=True, device="cuda"), progress=False)
     assert all(np.isfinite(h["loss"]) for h in probe.meta["loss_history"])
     bits = np.unpackbits(probe.encode(clusters.embeddings()), axis=1)  # encoded on CPU

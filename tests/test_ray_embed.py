@@ -17,8 +17,8 @@ from PIL import Image
 
 from hashindex.cli.main import cli
 from hashindex.core.config import EmbedConfig
-from hashindex.embedding.run import embed
 from hashindex.embedding.ray_runner import pending_blocks, ray_runner
+from hashindex.embedding.run import embed
 from hashindex.embedding.sources import open_source
 from hashindex.store.reader import open_embeddings
 from hashindex.store.resume import partial_path
@@ -37,9 +37,15 @@ def start_local_cluster(cpus: int = 2) -> str:
     register, which a heavily loaded machine can miss."""
     for attempt in range(3):
         try:
-            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
             return ray.get_runtime_context().gcs_address
-        except Exception:  # noqa: BLE001 - "the current node timed out during startup"
+        except Exception:
             ray.shutdown()
             if attempt == 2:
                 raise
@@ -125,15 +131,33 @@ def test_killed_worker_and_driver_resume_to_the_same_file(tmp_path, cluster, cap
     cfg = EmbedConfig(image_size=SIZE, batch_size=16)
     embed(src, tmp_path / "one.h5", cfg, progress=False)
     out = tmp_path / "ray.h5"
-    args = ["embed", "fashion-mnist", str(out), "--limit", str(N), "--image-size", str(SIZE), "--batch-size", "16", "--ray", cluster, "--ray-actors", "1"]
-    driver = subprocess.Popen([sys.executable, "-m", "hashindex.cli.main", "-q", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [
+        "embed",
+        "fashion-mnist",
+        str(out),
+        "--limit",
+        str(N),
+        "--image-size",
+        str(SIZE),
+        "--batch-size",
+        "16",
+        "--ray",
+        cluster,
+        "--ray-actors",
+        "1",
+    ]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "hashindex.cli.main", "-q", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 120
         blocks = []
         while time.monotonic() < deadline and len(blocks) < 3 and driver.poll() is None:
             blocks = sorted(partial_path(out).glob("ray-*.npz")) if partial_path(out).is_dir() else []
             time.sleep(0.05)
-        assert len(blocks) >= 3, f"no progress: {driver.poll()} {driver.stderr.read().decode()[-2000:] if driver.poll() is not None else ''}"
+        assert len(blocks) >= 3, (
+            f"no progress: {driver.poll()} {driver.stderr.read().decode()[-2000:] if driver.poll() is not None else ''}"
+        )
         actors = _descendants_named("_EmbedActor")
         assert actors, "no Ray actor process found"
         for pid in actors:

@@ -4,9 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from hashindex.core.config import IndexConfig
+from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.index.load import build_index, load_index
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import FloatRows, cosine_knn, ranked, rerank_asymmetric
 

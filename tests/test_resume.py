@@ -16,14 +16,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import FAKE_SPEC
 
-from hashindex.core.errors import InputError, IntegrityError
-from hashindex.store.writer import EmbeddingsWriter, clean_published
 from hashindex.core.durable import OutputLock, OutputLockedError, lock_path
+from hashindex.core.errors import InputError, IntegrityError
 from hashindex.store.reader import open_embeddings
 from hashindex.store.resume import partial_path
-
-from helpers import FAKE_SPEC
+from hashindex.store.writer import EmbeddingsWriter, clean_published
 
 N_IMAGES, BATCH = 200, 16
 N_BATCHES = -(-N_IMAGES // BATCH)
@@ -53,9 +52,26 @@ def idx_source(tmp_path_factory):
 
 def _cmd(src: Path, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "hashindex", "-q", "embed", str(src), str(out), "--image-size", "32", "--views", "1",
-        "--limit", str(N_IMAGES), "--batch-size", str(BATCH), "--device", "cpu", "--seed", "3",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "hashindex",
+        "-q",
+        "embed",
+        str(src),
+        str(out),
+        "--image-size",
+        "32",
+        "--views",
+        "1",
+        "--limit",
+        str(N_IMAGES),
+        "--batch-size",
+        str(BATCH),
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
 
 
 def _launch(src, out):
@@ -77,7 +93,13 @@ def reference(idx_source, tmp_path_factory):
 
 def _arrays(path: Path) -> dict:
     e = open_embeddings(path, verify=True)
-    return {"embeddings": e.embeddings(), "views": e.views(), "labels": e.labels(), "names": e.names(), "source_index": e.source_index()}
+    return {
+        "embeddings": e.embeddings(),
+        "views": e.views(),
+        "labels": e.labels(),
+        "names": e.names(),
+        "source_index": e.source_index(),
+    }
 
 
 def _shards(out: Path) -> int:
@@ -201,8 +223,14 @@ def test_second_writer_fails_fast_and_a_killed_writer_leaves_no_stale_lock(tmp_p
 
 
 def _attrs(**over):
-    a = {"backbone": json.dumps(dict(FAKE_SPEC, num_features=4)), "augment": "{}", "views": 1, "seed": 0,
-         "source": json.dumps({"kind": "synthetic", "n": 10}), "label_names": json.dumps(None)}  # fmt: skip
+    a = {
+        "backbone": json.dumps(dict(FAKE_SPEC, num_features=4)),
+        "augment": "{}",
+        "views": 1,
+        "seed": 0,
+        "source": json.dumps({"kind": "synthetic", "n": 10}),
+        "label_names": json.dumps(None),
+    }
     a.update(over)
     return a
 
@@ -214,9 +242,15 @@ def _data(rng, n=10):
 def _append(w, x, v, lo, hi, failed=()):
     keep = [i for i in range(lo, hi) if i not in failed]
     w.append(
-        items_done=hi, embeddings=x[keep], views=v[keep], labels=None, names=[f"i{i}" for i in keep],
-        source_index=keep, failures=[(i, f"i{i}", "OSError", "broken") for i in failed if lo <= i < hi], embed_seconds=float(hi),
-    )  # fmt: skip
+        items_done=hi,
+        embeddings=x[keep],
+        views=v[keep],
+        labels=None,
+        names=[f"i{i}" for i in keep],
+        source_index=keep,
+        failures=[(i, f"i{i}", "OSError", "broken") for i in failed if lo <= i < hi],
+        embed_seconds=float(hi),
+    )
 
 
 def test_writer_resumes_from_durable_shards_and_discards_torn_ones(tmp_path, rng):

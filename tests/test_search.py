@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+
 from hashindex.core.codes import hamming
+from hashindex.core.config import IndexConfig
 from hashindex.core.errors import InputError
 from hashindex.index.load import HashIndex
-from hashindex.core.config import IndexConfig
 from hashindex.probe.artifact import Probe
 from hashindex.search.ranking import cosine_knn, hamming_search
 

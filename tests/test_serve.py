@@ -11,16 +11,14 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import write_embeddings
 from PIL import Image
 
+from hashindex.core.config import FitConfig, ServeConfig
 from hashindex.index.load import build_index
 from hashindex.live.live_index import open_live
-from hashindex.core.config import FitConfig
 from hashindex.probe.fit import fit_probe
-from hashindex.core.config import ServeConfig
 from hashindex.serve.app import create_app
-
-from helpers import write_embeddings
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -96,7 +94,9 @@ def test_writes_need_the_token_and_are_durable(client, index_dir):
     new_id = r.json()["ids"][0]
     assert new_id == 400
     # searchable at once, through the API, and durable: a fresh open of the folder has it
-    hits = client.post("/search", files={"image": ("q.png", png((10, 250, 10)), "image/png")}, data={"k": "1", "rerank": "50"}).json()["results"]
+    hits = client.post(
+        "/search", files={"image": ("q.png", png((10, 250, 10)), "image/png")}, data={"k": "1", "rerank": "50"}
+    ).json()["results"]
     assert hits[0]["id"] == new_id and hits[0]["name"] == "new photo.png"
     reopened = open_live(index_dir[0])
     assert new_id in reopened.snapshot.ids and reopened.snapshot.item(new_id)["name"] == "new photo.png"
@@ -151,9 +151,40 @@ def test_bad_requests_get_4xx_json(client):
 
 def _random_request(rng):
     """One malformed (or odd) request: random method, path, headers and body."""
-    paths = ["/search", "/items", "/items/1", "/items/abc/image", "/items/99999999999999999999", "/items/-1", "/items/3/image?size=5",
-             "/stats", "/health", "/", "/items/1/image?size=x", "/nope", "/search?k=3"]  # fmt: skip
-    values = [None, True, -1, 0, 1, 2**63, 1e308, -0.0, "5", "", "x" * 50, [], {}, [1, 2], [0.1] * 3, [[0.1, 0.2, 0.3]], ["a", "b", "c"]]
+    paths = [
+        "/search",
+        "/items",
+        "/items/1",
+        "/items/abc/image",
+        "/items/99999999999999999999",
+        "/items/-1",
+        "/items/3/image?size=5",
+        "/stats",
+        "/health",
+        "/",
+        "/items/1/image?size=x",
+        "/nope",
+        "/search?k=3",
+    ]
+    values = [
+        None,
+        True,
+        -1,
+        0,
+        1,
+        2**63,
+        1e308,
+        -0.0,
+        "5",
+        "",
+        "x" * 50,
+        [],
+        {},
+        [1, 2],
+        [0.1] * 3,
+        [[0.1, 0.2, 0.3]],
+        ["a", "b", "c"],
+    ]
     method = rng.choice(["GET", "POST", "DELETE", "PUT", "PATCH"])
     path = paths[rng.integers(len(paths))]
     kind = rng.integers(6)
@@ -161,15 +192,54 @@ def _random_request(rng):
     if rng.random() < 0.3:
         headers["Authorization"] = rng.choice(["Bearer " + TOKEN, "Bearer nope", "Basic x", TOKEN])
     if kind == 0:
-        doc = {str(rng.choice(["embedding", "id", "k", "rerank", "asymmetric", "zzz"])): values[rng.integers(len(values))] for _ in range(rng.integers(0, 4))}
-        return method, path, dict(content=json.dumps(doc).encode(), headers={**headers, "content-type": "application/json"})
+        doc = {
+            str(rng.choice(["embedding", "id", "k", "rerank", "asymmetric", "zzz"])): values[rng.integers(len(values))]
+            for _ in range(rng.integers(0, 4))
+        }
+        return (
+            method,
+            path,
+            dict(content=json.dumps(doc).encode(), headers={**headers, "content-type": "application/json"}),
+        )
     if kind == 1:
-        return method, path, dict(content=bytes(rng.integers(0, 256, rng.integers(0, 300), dtype=np.uint8)), headers={**headers, "content-type": str(rng.choice(["application/json", "multipart/form-data", "multipart/form-data; boundary=zz", "text/plain", "image/png"]))})
+        return (
+            method,
+            path,
+            dict(
+                content=bytes(rng.integers(0, 256, rng.integers(0, 300), dtype=np.uint8)),
+                headers={
+                    **headers,
+                    "content-type": str(
+                        rng.choice(
+                            [
+                                "application/json",
+                                "multipart/form-data",
+                                "multipart/form-data; boundary=zz",
+                                "text/plain",
+                                "image/png",
+                            ]
+                        )
+                    ),
+                },
+            ),
+        )
     if kind == 2:
-        blob = png(int(rng.integers(256))) if rng.random() < 0.3 else bytes(rng.integers(0, 256, rng.integers(0, 200), dtype=np.uint8))
+        blob = (
+            png(int(rng.integers(256)))
+            if rng.random() < 0.3
+            else bytes(rng.integers(0, 256, rng.integers(0, 200), dtype=np.uint8))
+        )
         field = str(rng.choice(["image", "file", "k"]))
         data = {str(rng.choice(["k", "rerank", "asymmetric"])): str(values[rng.integers(len(values))])}
-        return method, path, dict(files={field: (str(rng.choice(["a.png", "x", "../../etc/passwd", "ü.jpg"])), blob, "image/png")}, data=data, headers=headers)
+        return (
+            method,
+            path,
+            dict(
+                files={field: (str(rng.choice(["a.png", "x", "../../etc/passwd", "ü.jpg"])), blob, "image/png")},
+                data=data,
+                headers=headers,
+            ),
+        )
     if kind == 3:
         truncated = png(7)[: int(rng.integers(1, 60))]
         return method, path, dict(files={"image": ("t.png", truncated, "image/png")}, headers=headers)
@@ -187,7 +257,12 @@ def test_fuzz_1000_malformed_requests_never_5xx(client):
         method, path, kw = _random_request(rng)
         r = client.request(method, path, **kw)
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-        assert r.status_code < 500, (method, path, {k: (v if k != "content" else v[:80]) for k, v in kw.items()}, r.text[:300])
+        assert r.status_code < 500, (
+            method,
+            path,
+            {k: (v if k != "content" else v[:80]) for k, v in kw.items()},
+            r.text[:300],
+        )
         if r.status_code >= 400:
             assert "error" in r.json()
         if time.monotonic() > deadline:

@@ -14,16 +14,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hashindex.index.load import build_index
-from hashindex.core.config import FitConfig
-from hashindex.probe.fit import fit_probe
-from hashindex.core.config import ServeConfig
-from hashindex.serve.app import create_app
+from hashindex.core.config import FitConfig, ServeConfig
 from hashindex.embedding.sources import open_source
+from hashindex.index.load import build_index
+from hashindex.probe.fit import fit_probe
+from hashindex.serve.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,11 @@ def server(fm_index):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(fm_index, ServeConfig(device="cpu")), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            create_app(fm_index, ServeConfig(device="cpu")), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 60
@@ -72,7 +82,10 @@ def test_image_search_finds_the_item_itself(server, tmp_path):
             assert top["id"] == i and top["name"] == f"train/{i}"
         img = c.get("/items/5/image")  # rendered from the IDX source
         assert img.status_code == 200 and img.headers["content-type"] == "image/png"
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(img.content)).convert("RGB")), open_source("fashion-mnist", limit=6).load(5))
+        assert np.array_equal(
+            np.asarray(Image.open(io.BytesIO(img.content)).convert("RGB")),
+            open_source("fashion-mnist", limit=6).load(5),
+        )
 
 
 def test_page_in_headless_chromium(server, tmp_path):
@@ -93,19 +106,29 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.wait_for_function("document.getElementById('stats').textContent.includes('items')")
             page.set_input_files("#file", str(query))
             page.wait_for_selector("#grid .hit", timeout=60_000)
-            page.wait_for_function("document.querySelectorAll('#grid .hit img').length > 0 && [...document.querySelectorAll('#grid .hit img')].every(i => i.complete)")
+            page.wait_for_function(
+                "document.querySelectorAll('#grid .hit img').length > 0 && [...document.querySelectorAll('#grid .hit img')].every(i => i.complete)"
+            )
             hits = page.query_selector_all("#grid .hit")
             assert len(hits) == 20
             first = hits[0]
             assert first.get_attribute("data-id") == "0"
-            assert "#1" in first.inner_text() and "train/0" in first.inner_text() and "Ankle boot" in first.inner_text()  # train/0 is an ankle boot
+            assert (
+                "#1" in first.inner_text() and "train/0" in first.inner_text() and "Ankle boot" in first.inner_text()
+            )  # train/0 is an ankle boot
             assert "ms" in page.inner_text("#status")
             page.screenshot(path=str(shot), full_page=False)
             second_id = hits[1].get_attribute("data-id")
             hits[1].click()  # a click searches with that result
-            page.wait_for_function(f"document.getElementById('status').textContent.includes('results for item {second_id} ')")  # not the "searching item …" that comes first
+            page.wait_for_function(
+                f"document.getElementById('status').textContent.includes('results for item {second_id} ')"
+            )  # not the "searching item …" that comes first
             # the clicked item comes back at distance 0, first unless an item with a smaller id has its very code
-            exact = [h.get_attribute("data-id") for h in page.query_selector_all("#grid .hit") if h.query_selector(".dist").inner_text() == "0"]
+            exact = [
+                h.get_attribute("data-id")
+                for h in page.query_selector_all("#grid .hit")
+                if h.query_selector(".dist").inner_text() == "0"
+            ]
             assert second_id in exact and exact[0] == page.query_selector("#grid .hit").get_attribute("data-id")
         finally:
             browser.close()
@@ -126,7 +149,12 @@ def test_cli_add_images_with_the_index_backbone(tmp_path):
     from hashindex.live.live_index import open_live
     from hashindex.store.reader import open_embeddings
 
-    embed(open_source("fashion-mnist", split="train", limit=60), tmp_path / "db.h5", EmbedConfig(image_size=64, device="cpu"), progress=False)
+    embed(
+        open_source("fashion-mnist", split="train", limit=60),
+        tmp_path / "db.h5",
+        EmbedConfig(image_size=64, device="cpu"),
+        progress=False,
+    )
     db = open_embeddings(tmp_path / "db.h5")
     fit_probe(db, FitConfig(method="itq", bits=32), progress=False).save(tmp_path / "probe")
     idx = tmp_path / "idx"
@@ -143,6 +171,9 @@ def test_cli_add_images_with_the_index_backbone(tmp_path):
     snap = open_live(idx).snapshot
     assert snap.ids[-3:].tolist() == [60, 61, 62]
     assert snap.item(61)["name"] == str((tmp_path / "new" / "t1.png").resolve())
-    r = CliRunner().invoke(cli, ["query", str(idx), str(tmp_path / "new" / "t1.png"), "-k", "3", "--rerank", "4", "--device", "cpu", "--json"])
+    r = CliRunner().invoke(
+        cli,
+        ["query", str(idx), str(tmp_path / "new" / "t1.png"), "-k", "3", "--rerank", "4", "--device", "cpu", "--json"],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)[0]["results"][0]["id"] == 61

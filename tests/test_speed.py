@@ -8,18 +8,28 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, write_embeddings
 
 from hashindex.backbone.model import load_backbone
-from hashindex.measure.bench import BenchConfig, run_bench
-from hashindex.measure.bench_memory import RSS_RESOLUTION, faiss_sizes, flat_memory
 from hashindex.cli.main import cli
 from hashindex.core.config import FitConfig, default
 from hashindex.core.errors import InputError
+from hashindex.measure.bench import BenchConfig, run_bench
+from hashindex.measure.bench_memory import RSS_RESOLUTION, faiss_sizes, flat_memory
 from hashindex.measure.speed import reference_fit, reference_forward
 
-from helpers import run_cli, write_embeddings
-
-TINY = dict(methods=("lsh",), bits=(16,), topk=20, epochs=1, nprobes=(1,), speed_queries=20, latency_queries=5, scales=(2000,), float_scale=0, device="cpu")
+TINY = dict(
+    methods=("lsh",),
+    bits=(16,),
+    topk=20,
+    epochs=1,
+    nprobes=(1,),
+    speed_queries=20,
+    latency_queries=5,
+    scales=(2000,),
+    float_scale=0,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +55,23 @@ def test_pipeline_speed_with_images(tmp_path, real_spec, rng):
     assert h["passes_per_s"] == pytest.approx(h["passes"] / h["seconds"])
     assert e["ratio"] == pytest.approx(h["passes_per_s"] / ref["passes_per_s"])
     f = ps["fit"]
-    assert f["bits"] == 16 and f["rows"] == n and f["views"] == 2 and f["epochs"] == 1 and f["steps"] == math.ceil(n / FitConfig().batch_size)
-    assert f["hashindex"]["seconds"] > 0 and f["ratio"] == pytest.approx(f["reference"]["seconds"] / f["hashindex"]["seconds"])
+    assert (
+        f["bits"] == 16
+        and f["rows"] == n
+        and f["views"] == 2
+        and f["epochs"] == 1
+        and f["steps"] == math.ceil(n / FitConfig().batch_size)
+    )
+    assert f["hashindex"]["seconds"] > 0 and f["ratio"] == pytest.approx(
+        f["reference"]["seconds"] / f["hashindex"]["seconds"]
+    )
     for kind in ("embeddings", "image"):
         q = ps["query"][kind]
-        assert q["seconds"] > 0 and q["reference_seconds"] > 0 and q["ratio"] == pytest.approx(q["reference_seconds"] / q["seconds"])
+        assert (
+            q["seconds"] > 0
+            and q["reference_seconds"] > 0
+            and q["ratio"] == pytest.approx(q["reference_seconds"] / q["seconds"])
+        )
     md = (tmp_path / "rep" / "report.md").read_text()
     sec = md[md.index("Pipeline speed") : md.index("# Memory")]
     assert "not measured" not in sec and len([ln for ln in sec.splitlines() if ln.endswith("x |")]) == 4
@@ -103,11 +125,27 @@ def test_reference_loops_on_cuda(clusters):
 
 def test_bad_images_fail_before_the_long_part(tmp_path, clusters):
     with pytest.raises(InputError, match="does not exist"):
-        run_bench(clusters, clusters, tmp_path / "a", BenchConfig(**TINY, images=str(tmp_path / "nope")), progress=False)
+        run_bench(
+            clusters, clusters, tmp_path / "a", BenchConfig(**TINY, images=str(tmp_path / "nope")), progress=False
+        )
     with pytest.raises(InputError, match="randomly initialised"):  # no backbone to embed them with
         run_bench(clusters, clusters, tmp_path / "b", BenchConfig(**TINY, images="fashion-mnist"), progress=False)
     with pytest.raises(InputError, match="images-limit"):
         BenchConfig(images_limit=0).validate()
-    r = run_cli("bench", clusters.path, clusters.path, "-o", tmp_path / "c", "--images", tmp_path / "nope", "--images-limit", 4, ok=False)
+    r = run_cli(
+        "bench",
+        clusters.path,
+        clusters.path,
+        "-o",
+        tmp_path / "c",
+        "--images",
+        tmp_path / "nope",
+        "--images-limit",
+        4,
+        ok=False,
+    )
     assert r.exit_code == 2 and "does not exist" in r.output
-    assert f"[default: {default(BenchConfig, 'images_limit')}]" in next(p for p in cli.commands["bench"].params if p.name == "images_limit").help
+    assert (
+        f"[default: {default(BenchConfig, 'images_limit')}]"
+        in next(p for p in cli.commands["bench"].params if p.name == "images_limit").help
+    )

@@ -4,13 +4,12 @@ stay at least that far apart (two classes never merge)."""
 import numpy as np
 import pytest
 import torch
+from helpers import write_embeddings
 
 from hashindex.core.config import FitConfig
 from hashindex.probe.fit import config_from_record, fit_probe, resolve_epochs
 from hashindex.probe.losses import codebook_targets, supervised_targets
-from hashindex.probe.targets import align_codebook, hadamard, make_codebook, min_distance
-
-from helpers import write_embeddings
+from hashindex.probe.targets import align_codebook, hadamard, make_codebook
 
 
 def _pairwise(codes):
@@ -18,7 +17,9 @@ def _pairwise(codes):
     return (c[:, None] != c[None]).sum(2)
 
 
-@pytest.mark.parametrize("classes,bits,want", [(10, 16, 8), (10, 64, 32), (20, 16, 8), (30, 16, 8), (10, 24, 1), (100, 32, 1)])
+@pytest.mark.parametrize(
+    "classes,bits,want", [(10, 16, 8), (10, 64, 32), (20, 16, 8), (30, 16, 8), (10, 24, 1), (100, 32, 1)]
+)
 def test_codebook_minimum_distance(classes, bits, want):
     book = make_codebook(classes, bits, seed=1)
     d = _pairwise(book.codes)
@@ -50,7 +51,9 @@ def test_alignment_keeps_distances_and_matches_prototypes(rng):
 def test_codebook_targets_formula():
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
-    codes = torch.tensor([[1, 1, 0, 0, 1, 0, 1, 0], [1, 0, 1, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1, 0]], dtype=torch.uint8)
+    codes = torch.tensor(
+        [[1, 1, 0, 0, 1, 0, 1, 0], [1, 0, 1, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1, 1, 0]], dtype=torch.uint8
+    )
     labels = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0], [1, 1, 1]])
     t = codebook_targets(z1, z2, labels, codes)
     proto = supervised_targets(z1, z2, labels)

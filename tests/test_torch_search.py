@@ -13,16 +13,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hashindex.core.codes import hamming
+from hashindex.core.config import IndexConfig
 from hashindex.core.errors import InputError
 from hashindex.index.load import HashIndex
-from hashindex.core.config import IndexConfig
-from hashindex.probe.artifact import Probe
-from hashindex.search.ranking import hamming_search
 from hashindex.live.snapshot import _id_map
+from hashindex.probe.artifact import Probe
 from hashindex.search.gpu import FaissGpuHamming, TorchHamming, device_search, search_device
+from hashindex.search.ranking import hamming_search
 
 BITS = [16, 32, 64, 128, 256]
 
@@ -105,7 +106,9 @@ def test_every_block_stays_within_the_memory_budget(rng, monkeypatch, budget, ch
     xq = rng.integers(0, 256, (8, 16), dtype=np.uint8)
     s = TorchHamming(xb, memory_bytes=budget, chunk=chunk)
     blocks, inner = [], TorchHamming._distances
-    monkeypatch.setattr(TorchHamming, "_distances", lambda self, q, db: blocks.append((len(q), len(db))) or inner(self, q, db))
+    monkeypatch.setattr(
+        TorchHamming, "_distances", lambda self, q, db: blocks.append((len(q), len(db))) or inner(self, q, db)
+    )
     _check(s.search(xq, 10), reference_topk(xq, xb, 10))
     pairs = max(1, budget // s.pair_bytes)  # a block of one pair even when the budget is smaller
     assert blocks and all(q * r <= pairs and r <= (chunk or r) for q, r in blocks)
@@ -188,7 +191,9 @@ def test_without_cuda_auto_searches_on_the_cpu_without_torch_and_cuda_is_refused
         "try:\n    hamming_search(i, xb[:2], 1, device='cuda')\nexcept InputError as e:\n    print(e)\n"
         "print(ids.ravel().tolist(), 'torch' in sys.modules)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1]
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["--device cuda was given but no CUDA device is available", "[0, 1] False"]
 

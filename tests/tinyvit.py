@@ -13,7 +13,9 @@ if not timm.is_model(NAME):
 
     @register_model
     def hashindex_test_vit(pretrained=False, **kwargs):
-        return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10)
+        return VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=10
+        )
 
 
 def write_weights(path) -> str:

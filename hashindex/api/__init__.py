@@ -1,2 +1,1 @@
-"""The public Python API (exported from :mod:`hashindex`).
-"""
+"""The public Python API (exported from :mod:`hashindex`)."""

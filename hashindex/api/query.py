@@ -7,25 +7,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashindex.core.errors import InputError
 from hashindex.backbone.preprocess import base_size, eval_view_np, to_base
-from hashindex.embedding.sources import DecodeError, decode_image
+from hashindex.core.errors import InputError
 from hashindex.core.spec import BackboneSpec
-from hashindex.store.reader import open_embeddings
 from hashindex.core.validate import check_k
+from hashindex.embedding.sources import DecodeError, decode_image
+from hashindex.store.reader import open_embeddings
 
 
-def format_live(snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, scores: np.ndarray | None = None) -> list[dict]:
+def format_live(
+    snap, query_names: list[str], d: np.ndarray, ids: np.ndarray, scores: np.ndarray | None = None
+) -> list[dict]:
     """Attach rank, name and label to search results: one dict per query with its ranked hits
     (rank, id, name, label, Hamming distance and, after re-ranking, the score: cosine similarity,
     or asymmetric distance)."""
-    return [{"query": name, "results": [dict(rank=r + 1, **hit) for r, hit in enumerate(hits)]} for name, hits in zip(query_names, snap.results(d, ids, scores))]
+    return [
+        {"query": name, "results": [dict(rank=r + 1, **hit) for r, hit in enumerate(hits)]}
+        for name, hits in zip(query_names, snap.results(d, ids, scores))
+    ]
 
 
 def query_images(
-    index_dir, images: list[str], k: int, *, nprobe=None, weights=None, device=None, rerank=None, asymmetric=False, adapter=None,
-    runtime: str = "auto", verify: bool = True,
-) -> list[dict]:  # fmt: skip
+    index_dir,
+    images: list[str],
+    k: int,
+    *,
+    nprobe=None,
+    weights=None,
+    device=None,
+    rerank=None,
+    asymmetric=False,
+    adapter=None,
+    runtime: str = "auto",
+    verify: bool = True,
+) -> list[dict]:
     """Embed image files with the index's backbone (with its LoRA adapter, if any) and search;
     ``device`` (default ``auto``) runs both the backbone and a flat index's Hamming scan.
 
@@ -58,7 +73,16 @@ def query_images(
     return format_live(snap, list(images), d, ids, s)
 
 
-def image_features(spec: BackboneSpec, images: list[np.ndarray], *, weights=None, device=None, adapter=None, runtime="auto", batch_size: int = 64) -> np.ndarray:
+def image_features(
+    spec: BackboneSpec,
+    images: list[np.ndarray],
+    *,
+    weights=None,
+    device=None,
+    adapter=None,
+    runtime="auto",
+    batch_size: int = 64,
+) -> np.ndarray:
     """Eval-view features of decoded RGB images by the backbone of ``spec``: from its cached ONNX
     export when ``runtime`` allows and the device is the CPU (no torch), else from torch (and then
     the export is made for the next call)."""
@@ -69,7 +93,11 @@ def image_features(spec: BackboneSpec, images: list[np.ndarray], *, weights=None
         if ob is not None:
             s0 = base_size(spec)
             out = [
-                ob.features_np(eval_view_np(np.stack([to_base(im, s0, spec.interpolation) for im in images[s : s + batch_size]]), spec))
+                ob.features_np(
+                    eval_view_np(
+                        np.stack([to_base(im, s0, spec.interpolation) for im in images[s : s + batch_size]]), spec
+                    )
+                )
                 for s in range(0, len(images), batch_size)
             ]
             return np.concatenate(out)
@@ -81,8 +109,17 @@ def image_features(spec: BackboneSpec, images: list[np.ndarray], *, weights=None
 
 
 def query_embeddings_file(
-    index_dir, emb_file, k: int, *, limit=None, nprobe=None, rerank=None, asymmetric=False, device=None, verify: bool = True,
-) -> list[dict]:  # fmt: skip
+    index_dir,
+    emb_file,
+    k: int,
+    *,
+    limit=None,
+    nprobe=None,
+    rerank=None,
+    asymmetric=False,
+    device=None,
+    verify: bool = True,
+) -> list[dict]:
     """Search with the eval embeddings of an HDF5 file (queries named by their item names); a flat
     index's Hamming scan on ``device`` (default ``auto``: the GPU when CUDA is there)."""
     from hashindex.live.live_index import open_live

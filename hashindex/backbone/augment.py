@@ -22,10 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hashindex.core.config import AugmentConfig
 from hashindex.backbone.preprocess import base_size, to_base  # noqa: F401 (the base image is made without torch)
+from hashindex.core.config import AugmentConfig
 from hashindex.core.spec import BackboneSpec
-
 
 _GRAY = (0.299, 0.587, 0.114)
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hashindex.backbone.model import Backbone
-from hashindex.core.spec import BackboneSpec, sha256_file
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
+from hashindex.core.spec import BackboneSpec, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class LoRAConfig:
 class LoRALayer(nn.Module):
     """A frozen ``Linear`` or 1x1 ``Conv2d`` plus a trainable low-rank update."""
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, generator: torch.Generator | None = None):
+    def __init__(
+        self, base: nn.Module, rank: int, alpha: float, dropout: float, generator: torch.Generator | None = None
+    ):
         super().__init__()
         self.base = base
         self.conv = isinstance(base, nn.Conv2d)
@@ -103,7 +105,12 @@ def _eligible(module: nn.Module) -> bool:
         return True
     if isinstance(module, nn.Conv2d) and not isinstance(module, LoRALayer):
         # 1x1, ungrouped, undilated, unpadded: then A and B are 1x1 convolutions too.
-        return module.kernel_size == (1, 1) and module.groups == 1 and module.dilation == (1, 1) and module.padding in ((0, 0), "valid")
+        return (
+            module.kernel_size == (1, 1)
+            and module.groups == 1
+            and module.dilation == (1, 1)
+            and module.padding in ((0, 0), "valid")
+        )
     return False
 
 
@@ -232,7 +239,9 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     return Adapter(f.parent.resolve(), sha256_file(f), cfg, base, tensors)
 
 
-def attach_adapter(backbone: Backbone, adapter: Adapter | str | os.PathLike, expect_sha256: str | None = None) -> Backbone:
+def attach_adapter(
+    backbone: Backbone, adapter: Adapter | str | os.PathLike, expect_sha256: str | None = None
+) -> Backbone:
     """Put a saved adapter on a backbone (in place) and name it in the backbone's spec.
 
     Raises:
@@ -241,7 +250,9 @@ def attach_adapter(backbone: Backbone, adapter: Adapter | str | os.PathLike, exp
     """
     ad = adapter if isinstance(adapter, Adapter) else load_adapter(adapter)
     if expect_sha256 is not None and ad.sha256 != expect_sha256:
-        raise MismatchError(f"adapter {ad.path} has sha256 {ad.sha256[:12]}…, but the artifact was made with {expect_sha256[:12]}…")
+        raise MismatchError(
+            f"adapter {ad.path} has sha256 {ad.sha256[:12]}…, but the artifact was made with {expect_sha256[:12]}…"
+        )
     spec = backbone.spec.to_dict()
     diff = [k for k in _BASE_IDENTITY if json.dumps(ad.base.get(k)) != json.dumps(spec.get(k))]
     if diff:
@@ -253,11 +264,15 @@ def attach_adapter(backbone: Backbone, adapter: Adapter | str | os.PathLike, exp
         raise InputError("the backbone already carries an adapter")
     try:
         inject(backbone.model, ad.layers, ad.config)
-        stray = backbone.model.load_state_dict({k: v.to(backbone.device) for k, v in ad.tensors.items()}, strict=False).unexpected_keys
+        stray = backbone.model.load_state_dict(
+            {k: v.to(backbone.device) for k, v in ad.tensors.items()}, strict=False
+        ).unexpected_keys
     except (InputError, AttributeError, RuntimeError) as e:
         raise MismatchError(f"adapter {ad.path} does not fit {spec['model']}: {e}") from None
     if stray:
         raise MismatchError(f"adapter {ad.path} does not fit {spec['model']}: no layers for {', '.join(stray[:3])}")
     backbone.model.eval().requires_grad_(False)
     logger.info("adapter %s: %d layers, rank %d", ad.path, len(ad.layers), ad.config.rank)
-    return Backbone(backbone.model, replace(backbone.spec, adapter=str(ad.path), adapter_sha256=ad.sha256), backbone.device)
+    return Backbone(
+        backbone.model, replace(backbone.spec, adapter=str(ad.path), adapter_sha256=ad.sha256), backbone.device
+    )

@@ -16,7 +16,13 @@ from typing import Literal
 import torch
 
 from hashindex.core.errors import InputError, MismatchError
-from hashindex.core.spec import DEFAULT_MODEL, INTERPOLATIONS, BackboneSpec, Interpolation, check_same_backbone, sha256_file  # noqa: F401 (re-exported)
+from hashindex.core.spec import (
+    DEFAULT_MODEL,
+    INTERPOLATIONS,
+    BackboneSpec,
+    Interpolation,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +227,11 @@ def load_backbone(
                 f"backbone weights {location} have sha256 {sha[:12]}…, but the artifact was made with {expect_sha256[:12]}…"
             )
         load_state_dict_into(net, read_state_dict(location), location)
-    weights_desc = {"hub": "hub", "packaged": f"packaged:{os.path.basename(location)}", "file": os.path.abspath(location)}[load_from]
+    weights_desc = {
+        "hub": "hub",
+        "packaged": f"packaged:{os.path.basename(location)}",
+        "file": os.path.abspath(location),
+    }[load_from]
     # channels-last is ~1.8x faster for these depthwise-conv models on CPU as on GPU.
     net = net.eval().requires_grad_(False).to(dev, memory_format=torch.channels_last)
     cfg = timm.data.resolve_model_data_config(net)
@@ -275,16 +285,24 @@ def spec_load_options(spec: BackboneSpec | dict, *, weights: str | None = None, 
             if packaged_weights_path(spec.model) is None:
                 raise InputError(f"the packaged weights of {spec.model} are not installed: pass --weights FILE")
         elif spec.weights == "random":
-            raise InputError(f"the artifact was made with randomly initialised {spec.model} weights: pass --weights FILE")
+            raise InputError(
+                f"the artifact was made with randomly initialised {spec.model} weights: pass --weights FILE"
+            )
         else:
             weights = spec.weights
             if not os.path.isfile(weights):
-                raise InputError(f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE")
+                raise InputError(
+                    f"the backbone weights {weights} recorded in the artifact are gone: pass --weights FILE"
+                )
     return {
-        "model": spec.model, "weights": weights, "pretrained": pretrained, "image_size": spec.image_size,
-        "crop_pct": spec.crop_pct, "interpolation": spec.interpolation,
+        "model": spec.model,
+        "weights": weights,
+        "pretrained": pretrained,
+        "image_size": spec.image_size,
+        "crop_pct": spec.crop_pct,
+        "interpolation": spec.interpolation,
         "adapter": adapter if spec.adapter_sha256 is not None else None,
-    }  # fmt: skip
+    }
 
 
 def backbone_from_spec(
@@ -305,5 +323,7 @@ def backbone_from_spec(
     if isinstance(spec, dict):
         spec = BackboneSpec.from_dict(spec)
     opts = spec_load_options(spec, weights=weights, adapter=adapter)
-    bb = load_backbone(**opts, device=device, expect_sha256=spec.weights_sha256, expect_adapter_sha256=spec.adapter_sha256)
+    bb = load_backbone(
+        **opts, device=device, expect_sha256=spec.weights_sha256, expect_adapter_sha256=spec.adapter_sha256
+    )
     return Backbone(bb.model, spec, bb.device)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hashindex.core.durable import publish_file, write_durably
 from hashindex.core.errors import InputError, IntegrityError
 from hashindex.core.spec import BackboneSpec, sha256_file
-from hashindex.core.durable import publish_file, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ def load_onnx(spec: BackboneSpec) -> OnnxBackbone | None:
     try:
         record = json.loads(record_path.read_text())
     except (OSError, ValueError) as e:
-        raise IntegrityError(f"the record {record_path} of the cached ONNX backbone is unreadable ({e}): remove {path}") from None
+        raise IntegrityError(
+            f"the record {record_path} of the cached ONNX backbone is unreadable ({e}): remove {path}"
+        ) from None
     if record.get("identity") != json.loads(json.dumps(_identity(spec))):
         raise IntegrityError(f"the cached ONNX backbone {path} was exported from another backbone: remove it")
     if sha256_file(path) != record.get("onnx_sha256"):
@@ -141,7 +143,9 @@ def export_onnx(backbone, check_batch: int = 4) -> OnnxBackbone:
     if not available():
         raise InputError("ONNX Runtime is not installed: pip install onnxruntime, or use --runtime torch")
     if path is None:
-        raise InputError(f"the weights of {spec.model} have no recorded sha256 (hub or random weights): use --runtime torch")
+        raise InputError(
+            f"the weights of {spec.model} have no recorded sha256 (hub or random weights): use --runtime torch"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     net = _Features(backbone.model).to("cpu").eval()
     x = torch.randn(check_batch, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
@@ -153,23 +157,40 @@ def export_onnx(backbone, check_batch: int = 4) -> OnnxBackbone:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
             torch.onnx.export(
-                net, (x,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["images"], output_names=["features"],
+                net,
+                (x,),
+                str(tmp),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["images"],
+                output_names=["features"],
                 dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
-            )  # fmt: skip
+            )
         with torch.inference_mode():
             ref = net(x).float().numpy()
         got = OnnxBackbone(_session(tmp), spec, tmp).features_np(x.numpy())
         diff = float(np.abs(got - ref).max() / max(float(np.abs(ref).max()), 1e-12))
         if not diff <= TOLERANCE:
-            raise InputError(f"the ONNX export of {spec.model} differs from torch by {diff:.2e} (relative), more than {TOLERANCE:g}: use --runtime torch")
-        record = {"identity": _identity(spec), "onnx_sha256": sha256_file(tmp), "max_rel_diff": diff, "torch": torch.__version__, "opset": OPSET}
+            raise InputError(
+                f"the ONNX export of {spec.model} differs from torch by {diff:.2e} (relative), more than {TOLERANCE:g}: use --runtime torch"
+            )
+        record = {
+            "identity": _identity(spec),
+            "onnx_sha256": sha256_file(tmp),
+            "max_rel_diff": diff,
+            "torch": torch.__version__,
+            "opset": OPSET,
+        }
         # The record first, then the model: a crash in between leaves a record without a model
         # (nothing is loaded), never a model without its record.
-        write_durably(path.with_suffix(".json"), lambda fh: fh.write((json.dumps(record, indent=1, sort_keys=True) + "\n").encode()))
+        write_durably(
+            path.with_suffix(".json"),
+            lambda fh: fh.write((json.dumps(record, indent=1, sort_keys=True) + "\n").encode()),
+        )
         publish_file(lambda _: None, path, tmp)
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - an export that fails leaves the torch path
+    except Exception as e:
         raise InputError(f"cannot export {spec.model} to ONNX ({type(e).__name__}: {e}): use --runtime torch") from None
     finally:
         tmp.unlink(missing_ok=True)

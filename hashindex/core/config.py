@@ -33,9 +33,13 @@ BenchMethod = Literal["crovca", "crovca-sup", "lsh", "pca", "pca-rr", "itq"]
 BENCH_METHODS: tuple[str, ...] = get_args(BenchMethod)
 # Display names, in the order reports list methods (baselines first).
 METHOD_NAMES = {
-    "lsh": "LSH", "pca": "PCA-sign", "pca-rr": "PCA + random rotation", "itq": "ITQ",
-    "crovca": "CroVCA unsupervised", "crovca-sup": "CroVCA supervised",
-}  # fmt: skip
+    "lsh": "LSH",
+    "pca": "PCA-sign",
+    "pca-rr": "PCA + random rotation",
+    "itq": "ITQ",
+    "crovca": "CroVCA unsupervised",
+    "crovca-sup": "CroVCA supervised",
+}
 # Quality targets of the Fashion-MNIST protocol (60k database, 10k queries): mAP@1000 (%) minima.
 # With several seeds (bench --seeds) they apply to the minimum over seeds.
 PROTOCOL_TARGETS = {"crovca": {16: 72.5, 64: 76.0}, "crovca-sup": {16: 80.0, 32: 86.0, 64: 86.0, 128: 86.0}}
@@ -195,7 +199,7 @@ class IndexConfig:
     nlist: int | None = None
     nprobe: int | None = None
 
-    def resolved(self, n: int) -> "IndexConfig":
+    def resolved(self, n: int) -> IndexConfig:
         if self.kind not in INDEX_KINDS:
             raise InputError(f"unknown index type {self.kind!r}: use {', '.join(INDEX_KINDS)}")
         if self.kind in ("flat", "lookup"):

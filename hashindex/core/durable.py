@@ -154,7 +154,7 @@ class OutputLock:
             "wait for it to finish or stop it, then re-run to resume"
         )
 
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         """Take the lock.
 
         Raises:
@@ -202,10 +202,8 @@ class OutputLock:
         self.fd = None
         _HELD.discard(self._key)
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-

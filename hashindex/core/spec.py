@@ -54,7 +54,7 @@ class BackboneSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BackboneSpec":
+    def from_dict(cls, d: dict) -> BackboneSpec:
         d = dict(d)
         d["mean"] = tuple(d["mean"])
         d["std"] = tuple(d["std"])
@@ -71,7 +71,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # Fields that must agree between artifacts (the weights' path may differ between machines).
-_IDENTITY = ("model", "weights_sha256", "image_size", "crop_pct", "interpolation", "mean", "std", "num_features", "adapter_sha256")
+_IDENTITY = (
+    "model",
+    "weights_sha256",
+    "image_size",
+    "crop_pct",
+    "interpolation",
+    "mean",
+    "std",
+    "num_features",
+    "adapter_sha256",
+)
 
 
 def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: str, b_name: str) -> None:
@@ -80,8 +90,11 @@ def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: 
     db = b.to_dict() if isinstance(b, BackboneSpec) else dict(b)
     diff = [k for k in _IDENTITY if json.dumps(da.get(k)) != json.dumps(db.get(k))]
     if diff:
+
         def desc(d):
             tuned = f", LoRA adapter {d['adapter_sha256'][:12]}" if d.get("adapter_sha256") else ", no adapter"
             return f"{d.get('model')} at {d.get('image_size')} px, weights {str(d.get('weights_sha256'))[:12]}{tuned}"
 
-        raise MismatchError(f"{a_name} come from {desc(da)}, but {b_name} from {desc(db)} (differs in {', '.join(diff)})")
+        raise MismatchError(
+            f"{a_name} come from {desc(da)}, but {b_name} from {desc(db)} (differs in {', '.join(diff)})"
+        )

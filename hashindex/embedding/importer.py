@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.core.spec import BackboneSpec
-from hashindex.core.errors import InputError
-from hashindex.embedding.readers import ArrayReader, RowStream, open_array, split_spec
-from hashindex.store.writer import EmbeddingsWriter
 from hashindex.core.durable import OutputLock
+from hashindex.core.errors import InputError
+from hashindex.core.spec import BackboneSpec
+from hashindex.embedding.readers import ArrayReader, RowStream, open_array, split_spec
 from hashindex.store.resume import partial_path, remove_resume_folder
+from hashindex.store.writer import EmbeddingsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class ImportSummary:
 
 def external_spec(model_name: str, dim: int) -> BackboneSpec:
     """The backbone record of imported embeddings: a name, no weights hashindex can load."""
-    return BackboneSpec(model_name, EXTERNAL_WEIGHTS, None, 0, 1.0, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), int(dim))
+    return BackboneSpec(
+        model_name, EXTERNAL_WEIGHTS, None, 0, 1.0, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), int(dim)
+    )
 
 
 def check_image_queries(backbone: BackboneSpec | dict, where: str) -> None:
@@ -147,7 +149,9 @@ def _read_labels(readers: list[ArrayReader], chunk: int) -> tuple[np.ndarray, li
         classes = sorted(set(names.tolist()))
         ids = np.searchsorted(np.array(classes, dtype=object), names)
     if len(classes) > 4096:
-        raise InputError(f"{readers[0].spec}: {len(classes)} classes; labels must be class ids, names or multi-hot rows")
+        raise InputError(
+            f"{readers[0].spec}: {len(classes)} classes; labels must be class ids, names or multi-hot rows"
+        )
     lab = np.zeros((len(ids), len(classes)), np.uint8)
     lab[np.arange(len(ids)), ids] = 1
     return lab, classes
@@ -172,7 +176,9 @@ def _open_sources(sources, config: ImportConfig) -> tuple[list[ArrayReader], int
         if dim is None:
             dim = int(r.shape[1])
         elif r.shape[1] != dim:
-            raise r.fail(f"has width {r.shape[1]}, but {readers[0].spec} has {dim}: all shards must have the same width")
+            raise r.fail(
+                f"has width {r.shape[1]}, but {readers[0].spec} has {dim}: all shards must have the same width"
+            )
     if dim == 0:
         raise readers[0].fail("has zero-width rows")
     return readers, dim
@@ -187,7 +193,9 @@ def _finite(x: np.ndarray, origin, what: str) -> np.ndarray:
         j = int(np.flatnonzero(bad)[0])
         for reader, off, length in origin:
             if j < length:
-                raise reader.fail(f"row {off + j} of the {what} holds NaN or inf values ({int(bad.sum())} bad rows in this chunk)")
+                raise reader.fail(
+                    f"row {off + j} of the {what} holds NaN or inf values ({int(bad.sum())} bad rows in this chunk)"
+                )
             j -= length
     return x
 
@@ -198,7 +206,9 @@ def _discard(writer: EmbeddingsWriter | None, out: Path) -> None:
         remove_resume_folder(partial_path(out))
 
 
-def import_embeddings(sources: list[str], out: str | os.PathLike, config: ImportConfig = ImportConfig(), *, progress: bool = True) -> ImportSummary:
+def import_embeddings(
+    sources: list[str], out: str | os.PathLike, config: ImportConfig = ImportConfig(), *, progress: bool = True
+) -> ImportSummary:
     """Import embeddings made elsewhere into a hashindex embeddings file.
 
     Args:
@@ -241,7 +251,9 @@ def import_embeddings(sources: list[str], out: str | os.PathLike, config: Import
     if config.labels and config.label_column:
         raise InputError("give labels as a sidecar file or a parquet column, not both")
     if config.labels or config.label_column:
-        lab_readers = [_sidecar(config.labels)] if config.labels else [open_array(s, config.label_column) for s in sources]
+        lab_readers = (
+            [_sidecar(config.labels)] if config.labels else [open_array(s, config.label_column) for s in sources]
+        )
         _check_rows("the labels", lab_readers, n)
         labels, label_names = _read_labels(lab_readers, config.chunk)
     view_readers = [open_array(v, config.embedding_column) for v in config.views_from]
@@ -262,7 +274,15 @@ def import_embeddings(sources: list[str], out: str | os.PathLike, config: Import
     writer: EmbeddingsWriter | None = None
     ok = False
     try:
-        writer = EmbeddingsWriter(out, n=n, dim=dim, views=len(view_readers), label_dim=0 if labels is None else labels.shape[1], attrs=attrs, lock=lock)
+        writer = EmbeddingsWriter(
+            out,
+            n=n,
+            dim=dim,
+            views=len(view_readers),
+            label_dim=0 if labels is None else labels.shape[1],
+            attrs=attrs,
+            lock=lock,
+        )
         main = RowStream(readers, config.chunk)
         names = RowStream(name_readers, config.chunk) if name_readers else None
         views = [RowStream([v], config.chunk) for v in view_readers]
@@ -283,9 +303,13 @@ def import_embeddings(sources: list[str], out: str | os.PathLike, config: Import
                 v = np.stack([_finite(a, o, "view") for a, o in vs], axis=1)
             row_names = _text(nm) if nm is not None else [f"{i}" for i in range(pos, pos + m)]
             writer.append(
-                items_done=pos + m, embeddings=x, views=v, labels=None if labels is None else labels[pos : pos + m],
-                names=row_names, source_index=np.arange(pos, pos + m),
-            )  # fmt: skip
+                items_done=pos + m,
+                embeddings=x,
+                views=v,
+                labels=None if labels is None else labels[pos : pos + m],
+                names=row_names,
+                source_index=np.arange(pos, pos + m),
+            )
             pos += m
             bar.update(m)
         bar.close()

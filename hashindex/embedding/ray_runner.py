@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict
@@ -27,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.core.config import EmbedConfig
-from hashindex.embedding.run import _BaseImages, append_batch, embed_batch
 from hashindex.backbone.onnx_runtime import with_runtime
+from hashindex.core.config import EmbedConfig
+from hashindex.core.durable import write_durably
 from hashindex.core.errors import InputError
+from hashindex.embedding.run import _BaseImages, append_batch, embed_batch
 from hashindex.embedding.sources import ImageSource
 from hashindex.store.writer import EmbeddingsWriter
-from hashindex.core.durable import write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def finished_blocks(work: Path, start: int, n: int) -> list[tuple[int, int, Path
             try:
                 with np.load(p, allow_pickle=False) as z:
                     ok = [int(v) for v in z["range"]] == [s, e]
-            except Exception:  # noqa: BLE001 - a damaged file is embedded again
+            except Exception:
                 ok = False
         if ok:
             keep.append((s, e, p))
@@ -99,7 +98,12 @@ def _decode(batch: dict, source_ref, size: int, interpolation: str, draft: bool)
         if b is not None:
             pixels[k] = b
     errors = {str(i): list(err) for i, _, err in items if err is not None}
-    return {"start": np.array([s]), "end": np.array([e]), "pixels": pixels[None], "errors": np.array([json.dumps(errors)])}
+    return {
+        "start": np.array([s]),
+        "end": np.array([e]),
+        "pixels": pixels[None],
+        "errors": np.array([json.dumps(errors)]),
+    }
 
 
 class _EmbedActor:
@@ -108,8 +112,8 @@ class _EmbedActor:
     def __init__(self, config: dict, spec: dict, work: str, s0: int, threads: int | None):
         import torch
 
-        from hashindex.core.config import AugmentConfig
         from hashindex.backbone.model import load_backbone
+        from hashindex.core.config import AugmentConfig
 
         if threads:
             torch.set_num_threads(threads)
@@ -117,11 +121,18 @@ class _EmbedActor:
         self.config = EmbedConfig(**config, augment=aug)
         c = self.config
         self.backbone = load_backbone(
-            c.model, weights=c.weights, pretrained=c.pretrained, image_size=c.image_size, crop_pct=c.crop_pct,
-            interpolation=c.interpolation, device=c.device,
-        )  # fmt: skip
+            c.model,
+            weights=c.weights,
+            pretrained=c.pretrained,
+            image_size=c.image_size,
+            crop_pct=c.crop_pct,
+            interpolation=c.interpolation,
+            device=c.device,
+        )
         if self.backbone.spec.to_dict() != spec:  # another node, other weights: refuse to mix them
-            raise InputError(f"the backbone on this Ray worker differs from the driver's: {self.backbone.spec.to_dict()} vs {spec}")
+            raise InputError(
+                f"the backbone on this Ray worker differs from the driver's: {self.backbone.spec.to_dict()} vs {spec}"
+            )
         self.backbone = with_runtime(self.backbone, c.runtime, threads)
         self.work, self.s0 = Path(work), s0
 
@@ -170,7 +181,9 @@ def ray_runner(address: str | None = None, actors: int | None = None):
         actors: backbone actors [default: one per GPU of the cluster, else one CPU actor].
     """
 
-    def run(source: ImageSource, backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm) -> Path:
+    def run(
+        source: ImageSource, backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm
+    ) -> Path:
         spec = backbone.spec
         n, start = len(source), writer.items_done
         t0 = time.perf_counter()
@@ -186,26 +199,50 @@ def ray_runner(address: str | None = None, actors: int | None = None):
             if pool < 1:
                 raise InputError(f"--ray-actors must be >= 1, got {pool}")
             label = "cuda" if gpus else "cpu"
-            logger.info("embedding %d blocks on Ray (%d actors, %s; %d blocks already done)", len(todo), pool, label, len(done))
+            logger.info(
+                "embedding %d blocks on Ray (%d actors, %s; %d blocks already done)", len(todo), pool, label, len(done)
+            )
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             cfg = asdict(config)
             ds = ray.data.from_items([{"start": s, "end": e} for s, e in todo], override_num_blocks=len(todo))
             ds = ds.map_batches(
-                _decode, batch_size=1, num_cpus=1,
-                fn_kwargs={"source_ref": ray.put(source), "size": s0, "interpolation": spec.interpolation, "draft": config.jpeg_draft},
-            )  # fmt: skip
+                _decode,
+                batch_size=1,
+                num_cpus=1,
+                fn_kwargs={
+                    "source_ref": ray.put(source),
+                    "size": s0,
+                    "interpolation": spec.interpolation,
+                    "draft": config.jpeg_draft,
+                },
+            )
             # CPU actors share the cores: each gets its slice as torch or ONNX Runtime threads
             # (Ray's CPU count is a scheduling hint, not a limit).
             threads = None if gpus else max(1, cpus // pool)
             ds = ds.map_batches(
-                _EmbedActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
+                _EmbedActor,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=pool),
                 # Fractional CPUs: the pool never starves the decode tasks (and differing
                 # resources keep Ray from fusing decoding into the actors).
-                num_gpus=1 if gpus else 0, num_cpus=0.5,
-                fn_constructor_kwargs={"config": cfg, "spec": spec.to_dict(), "work": str(writer.work), "s0": s0, "threads": threads},
-            )  # fmt: skip
-            bar = tqdm(total=n, initial=n - sum(e - s for s, e in todo), unit="img", desc=f"embed {writer.path.name} (ray)", disable=not progress)
+                num_gpus=1 if gpus else 0,
+                num_cpus=0.5,
+                fn_constructor_kwargs={
+                    "config": cfg,
+                    "spec": spec.to_dict(),
+                    "work": str(writer.work),
+                    "s0": s0,
+                    "threads": threads,
+                },
+            )
+            bar = tqdm(
+                total=n,
+                initial=n - sum(e - s for s, e in todo),
+                unit="img",
+                desc=f"embed {writer.path.name} (ray)",
+                disable=not progress,
+            )
             for row in ds.iter_rows():
                 bar.update(int(row["end"]) - int(row["start"]))
             bar.close()
@@ -220,7 +257,9 @@ def _hand_to_writer(writer: EmbeddingsWriter, source: ImageSource, done, start: 
     pos = start
     for s, e, p in done:
         if s != pos:
-            raise InputError(f"the Ray pass left items {pos}..{s - 1} unembedded: re-run the same command to finish them")
+            raise InputError(
+                f"the Ray pass left items {pos}..{s - 1} unembedded: re-run the same command to finish them"
+            )
         with np.load(p, allow_pickle=False) as z:
             b = {k: z[k] for k in z.files}
         errors = list(zip(b["fail_index"].tolist(), b["fail_error"].tolist(), b["fail_message"].tolist()))

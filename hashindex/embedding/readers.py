@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 import mmap
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -110,7 +110,9 @@ class _NpzMember(ArrayReader):
             two_d = [n for n, (shape, _, _) in self.headers.items() if len(shape) == 2]
             member = "embeddings" if "embeddings" in self.headers else (two_d[0] if len(two_d) == 1 else None)
             if member is None:
-                raise InputError(f"{spec}: name the embeddings member as {path}:MEMBER (members: {', '.join(self.headers)})")
+                raise InputError(
+                    f"{spec}: name the embeddings member as {path}:MEMBER (members: {', '.join(self.headers)})"
+                )
         if member not in self.headers:
             raise InputError(f"{spec}: no member {member!r} (members: {', '.join(self.headers)})")
         self.member = member
@@ -136,7 +138,9 @@ class _NpzMember(ArrayReader):
                 m = min(chunk, shape[0] - s)
                 buf = fh.read(m * row_bytes)
                 if len(buf) != m * row_bytes:
-                    raise self.fail(f"member {member} is truncated at row {s + len(buf) // max(1, row_bytes)} of {shape[0]}")
+                    raise self.fail(
+                        f"member {member} is truncated at row {s + len(buf) // max(1, row_bytes)} of {shape[0]}"
+                    )
                 yield np.frombuffer(buf, dtype=dtype).reshape((m,) + tuple(shape[1:]))
 
     def chunks(self, chunk: int):
@@ -159,7 +163,7 @@ class _Hdf5(ArrayReader):
                 self.shape, self.dtype = d.shape, d.dtype
         except InputError:
             raise
-        except Exception as e:  # noqa: BLE001 - h5py raises OSError and others on damaged files
+        except Exception as e:
             raise InputError(f"{spec}: cannot read as HDF5 (truncated or damaged?): {e}") from None
         self.rows = self.shape[0] if self.shape else 0
 
@@ -171,7 +175,7 @@ class _Hdf5(ArrayReader):
                 d = f[self.inner]
                 for s in range(0, self.rows, chunk):
                     yield d[s : s + chunk]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self.fail(f"cannot read rows: {type(e).__name__}: {e}") from None
 
 
@@ -185,12 +189,14 @@ class _ParquetColumn(ArrayReader):
         self.spec, self.path = spec, path
         try:
             self.pf = pq.ParquetFile(path)
-        except Exception as e:  # noqa: BLE001 - ArrowInvalid on a truncated footer, OSError
+        except Exception as e:
             raise InputError(f"{spec}: cannot read as parquet (truncated or damaged?): {e}") from None
         cols = self.pf.schema_arrow.names
         self.column = column or ("embedding" if "embedding" in cols else (cols[0] if len(cols) == 1 else None))
         if self.column not in cols:
-            raise InputError(f"{spec}: no column {self.column!r} (columns: {', '.join(cols)}); name it with --embedding-column")
+            raise InputError(
+                f"{spec}: no column {self.column!r} (columns: {', '.join(cols)}); name it with --embedding-column"
+            )
         self.rows = self.pf.metadata.num_rows
         t = self.pf.schema_arrow.field(self.column).type
         self.list_size = getattr(t, "list_size", None)

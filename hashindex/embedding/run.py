@@ -15,17 +15,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
-from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.backbone.model import Backbone, load_backbone
-from hashindex.core.config import EmbedConfig
-from hashindex.core.errors import HashIndexError, InputError
 from hashindex.backbone.onnx_runtime import runtime_name, with_runtime
-from hashindex.embedding.sources import DecodeError, ImageSource
-from hashindex.store.writer import EmbeddingsWriter, clean_published
+from hashindex.backbone.preprocess import base_size, to_base
+from hashindex.core.config import EmbedConfig
 from hashindex.core.durable import OutputLock
+from hashindex.core.errors import HashIndexError, InputError
+from hashindex.embedding.sources import DecodeError, ImageSource
 from hashindex.store.background import WriterThread
 from hashindex.store.reader import open_embeddings
 from hashindex.store.resume import partial_path, remove_resume_folder
+from hashindex.store.writer import EmbeddingsWriter, clean_published
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class EmbedSummary:
         """One line: what was written and what failed."""
         text = f"wrote {self.path}: {self.rows} embeddings"
         if self.failures:
-            kinds = ", ".join(f"{n} {cls}" for cls, n in sorted(self.failure_counts.items(), key=lambda t: (-t[1], t[0])))
+            kinds = ", ".join(
+                f"{n} {cls}" for cls, n in sorted(self.failure_counts.items(), key=lambda t: (-t[1], t[0]))
+            )
             text += f"; {self.failures} of {self.items} images could not be decoded ({kinds}; listed in {self.path.name}:/failures)"
         return text
 
@@ -111,7 +113,7 @@ class _BaseImages(Dataset):
             return i, None, (e.error_class, e.message)
         try:
             return i, to_base(img, self.size, self.interp), None
-        except Exception as e:  # noqa: BLE001 - a resize that fails is a failure of this image only
+        except Exception as e:
             return i, None, (type(e).__name__, str(e) or type(e).__name__)
 
 
@@ -143,9 +145,14 @@ def _source_attrs(source: ImageSource, config: EmbedConfig, keys: list[str]) -> 
 
 
 def embed(
-    source: ImageSource, out: str | os.PathLike, config: EmbedConfig = EmbedConfig(), *, progress: bool = True,
-    restart: bool = False, runner=None,
-) -> EmbedSummary:  # fmt: skip
+    source: ImageSource,
+    out: str | os.PathLike,
+    config: EmbedConfig = EmbedConfig(),
+    *,
+    progress: bool = True,
+    restart: bool = False,
+    runner=None,
+) -> EmbedSummary:
     """Embed every image of ``source`` into the HDF5 file ``out``.
 
     Crash-safe and resumable (see :mod:`hashindex.store`): progress is kept in ``out.partial/``
@@ -199,10 +206,15 @@ def embed(
         if out.exists() and not clean_published(out, _source_attrs(source, config, keys), clean=False):
             raise InputError(exists)  # refused before loading the backbone
         backbone = load_backbone(
-            config.model, weights=config.weights, pretrained=config.pretrained,
-            image_size=config.image_size, crop_pct=config.crop_pct,
-            interpolation=config.interpolation, device=config.device, adapter=config.adapter,
-        )  # fmt: skip
+            config.model,
+            weights=config.weights,
+            pretrained=config.pretrained,
+            image_size=config.image_size,
+            crop_pct=config.crop_pct,
+            interpolation=config.interpolation,
+            device=config.device,
+            adapter=config.adapter,
+        )
         backbone = with_runtime(backbone, config.runtime)
         spec = backbone.spec
         s0 = base_size(spec)
@@ -215,9 +227,16 @@ def embed(
             path = out
         else:
             writer = EmbeddingsWriter(
-                out, n=len(source), dim=spec.num_features, views=config.views, label_dim=label_dim,
-                attrs=attrs, lock=lock, commit_seconds=config.commit_seconds, item_keys=keys,
-            )  # fmt: skip
+                out,
+                n=len(source),
+                dim=spec.num_features,
+                views=config.views,
+                label_dim=label_dim,
+                attrs=attrs,
+                lock=lock,
+                commit_seconds=config.commit_seconds,
+                item_keys=keys,
+            )
             path = (runner or _run)(source, backbone, config, writer, s0, progress, tqdm)
     finally:
         if writer is not None:
@@ -268,7 +287,9 @@ def embed_batch(backbone: Backbone, config: EmbedConfig, s0: int, batch: list) -
     x = _to_device([b for _, b in ok], backbone.device)
     idx = np.array([i for i, _ in ok], dtype=np.int64)
     inputs = [eval_view(x, spec)]
-    inputs += [augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment)) for v in range(config.views)]
+    inputs += [
+        augmented_view(x, spec, sample_params(idx, v, config.seed, s0, config.augment)) for v in range(config.views)
+    ]
     f = backbone.features(torch.cat(inputs) if config.views else inputs[0]).cpu().numpy()
     m = len(idx)
     emb = f[:m]
@@ -285,19 +306,35 @@ def embed_batch(backbone: Backbone, config: EmbedConfig, s0: int, batch: list) -
     return idx, emb, views, failed
 
 
-def append_batch(writer: EmbeddingsWriter, source: ImageSource, items_done: int, idx, emb, views, errors, **attrs) -> None:
+def append_batch(
+    writer: EmbeddingsWriter, source: ImageSource, items_done: int, idx, emb, views, errors, **attrs
+) -> None:
     """Hand the result of :func:`embed_batch` to the writer, with names, labels and failures."""
     failed = [(i, source.names[i], cls, msg) for i, cls, msg in errors]
     for _, name, cls, msg in failed:
         logger.warning("cannot decode %s: %s: %s", name, cls, msg)
     labels = source.labels[idx] if source.labels is not None and len(idx) else None
     writer.append(
-        items_done=items_done, embeddings=emb if len(idx) else None, views=views if len(idx) else None,
-        labels=labels, names=[source.names[i] for i in idx], source_index=idx, failures=failed, **attrs,
-    )  # fmt: skip
+        items_done=items_done,
+        embeddings=emb if len(idx) else None,
+        views=views if len(idx) else None,
+        labels=labels,
+        names=[source.names[i] for i in idx],
+        source_index=idx,
+        failures=failed,
+        **attrs,
+    )
 
 
-def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm) -> Path:
+def _run(
+    source: ImageSource,
+    backbone: Backbone,
+    config: EmbedConfig,
+    writer: EmbeddingsWriter,
+    s0: int,
+    progress: bool,
+    tqdm,
+) -> Path:
     spec = backbone.spec
     start = writer.items_done
     t0 = time.perf_counter()
@@ -306,9 +343,11 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
     if workers is None:
         workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
     loader = DataLoader(
-        _BaseImages(source, s0, spec.interpolation, start, config.jpeg_draft), batch_size=config.batch_size,
-        num_workers=workers, collate_fn=_collate,
-    )  # fmt: skip
+        _BaseImages(source, s0, spec.interpolation, start, config.jpeg_draft),
+        batch_size=config.batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
     bar = tqdm(total=len(source), initial=start, unit="img", desc=f"embed {writer.path.name}", disable=not progress)
     try:
         _embed_batches(loader, source, backbone, config, writer, s0, bar, seconds, t0)
@@ -323,11 +362,31 @@ def _run(source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: E
     return writer.finish(device=str(backbone.device), runtime=runtime_name(backbone))
 
 
-def _embed_batches(loader, source: ImageSource, backbone: Backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, bar, seconds: float, t0: float) -> None:
+def _embed_batches(
+    loader,
+    source: ImageSource,
+    backbone: Backbone,
+    config: EmbedConfig,
+    writer: EmbeddingsWriter,
+    s0: int,
+    bar,
+    seconds: float,
+    t0: float,
+) -> None:
     # Appends (and their fsyncs) run on their own thread while the next batch is embedded; at most
     # two finished batches wait for it.
     with WriterThread(depth=2) as writes:
         for batch in loader:
             idx, emb, views, errors = embed_batch(backbone, config, s0, batch)
-            writes.submit(append_batch, writer, source, batch[-1][0] + 1, idx, emb, views, errors, embed_seconds=seconds + time.perf_counter() - t0)
+            writes.submit(
+                append_batch,
+                writer,
+                source,
+                batch[-1][0] + 1,
+                idx,
+                emb,
+                views,
+                errors,
+                embed_seconds=seconds + time.perf_counter() - t0,
+            )
             bar.update(len(batch))

@@ -28,9 +28,17 @@ IMAGE_EXTENSIONS = frozenset(
 )
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Refuse images whose header claims more pixels than this (decompression bombs).
 MAX_IMAGE_PIXELS = 178_956_970
 
@@ -38,7 +46,14 @@ MAX_IMAGE_PIXELS = 178_956_970
 class DecodeError(InputError):
     """One image could not be decoded; carries the error class name and message."""
 
-    def __init__(self, path: str, error: BaseException | None = None, *, error_class: str | None = None, message: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        error: BaseException | None = None,
+        *,
+        error_class: str | None = None,
+        message: str | None = None,
+    ):
         self.path = path
         self.error_class = error_class or type(error).__name__
         self.message = message or str(error or "") or self.error_class
@@ -116,7 +131,7 @@ class ImageSource:
             return np.repeat(self._pixels[i][:, :, None], 3, axis=2)
         return decode_image(os.path.join(self.location, self.names[i]), draft)
 
-    def subset(self, limit: int | None) -> "ImageSource":
+    def subset(self, limit: int | None) -> ImageSource:
         """The first ``limit`` images (all when None)."""
         if limit is None or limit >= len(self):
             return self
@@ -177,7 +192,7 @@ def decode_image(path: str, draft: int | None = None) -> np.ndarray:
                     im.draft(None, (draft, draft))
                 im.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(im))
-    except Exception as e:  # noqa: BLE001 - any failure of one image is recorded, never fatal
+    except Exception as e:
         raise DecodeError(path, e) from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0 or rgb.shape[2] != 3:
         raise DecodeError(path, ValueError(f"unusable image shape {rgb.shape}"))
@@ -272,7 +287,9 @@ def from_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None 
     try:
         lines = list(enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1))
     except UnicodeDecodeError:
-        raise InputError(f"{list_file} is not a list file (not UTF-8 text); give a folder, an image, a list file or 'fashion-mnist'") from None
+        raise InputError(
+            f"{list_file} is not a list file (not UTF-8 text); give a folder, an image, a list file or 'fashion-mnist'"
+        ) from None
     for lineno, line in lines:
         parts = line.split()
         if not parts:
@@ -284,9 +301,7 @@ def from_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None 
         if any(v not in (0, 1) for v in vals):
             raise InputError(f"{list_file}:{lineno}: labels must be a 0/1 multi-hot vector")
         if rows and len(vals) != len(rows[0]):
-            raise InputError(
-                f"{list_file}:{lineno}: {len(vals)} label columns, but line 1 has {len(rows[0])}"
-            )
+            raise InputError(f"{list_file}:{lineno}: {len(vals)} label columns, but line 1 has {len(rows[0])}")
         names.append(parts[0])
         rows.append(vals)
     if not names:
@@ -307,7 +322,9 @@ def _read_idx(path: Path) -> np.ndarray:
         raise InputError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
-        raise InputError(f"{path} is truncated: its header announces {ndim} dimensions but ends after {len(data)} bytes")
+        raise InputError(
+            f"{path} is truncated: its header announces {ndim} dimensions but ends after {len(data)} bytes"
+        )
     shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):

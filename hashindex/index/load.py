@@ -25,17 +25,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hashindex.core.version import __version__
 from hashindex.core.codes import MIN_PROBE_BITS, check_bits
 from hashindex.core.config import IndexConfig, IndexKind, check_nprobe  # noqa: F401 (IndexConfig, IndexKind re-exported)
+from hashindex.core.durable import check_new_folder, publish_folder
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
+from hashindex.core.spec import check_same_backbone, sha256_file
+from hashindex.core.version import __version__
 from hashindex.index.lookup import MAX_LOOKUP_BITS, HammingLookup
 from hashindex.index.manifest import INDEX_FILE, ITEMS_FILE, MANIFEST, Manifest
 from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS, Probe, load_probe, probe_hash
-from hashindex.core.spec import check_same_backbone, sha256_file
 from hashindex.store.reader import Embeddings, check_same_embeddings, open_embeddings
-from hashindex.core.durable import publish_folder
-from hashindex.core.durable import check_new_folder
 from hashindex.store.schema import as_str
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,9 @@ def make_faiss_index(codes: np.ndarray, config: IndexConfig):
 
     bits = codes.shape[1] * 8
     if config.kind == "lookup" and bits > MAX_LOOKUP_BITS:
-        raise InputError(f"the lookup index serves codes of at most {MAX_LOOKUP_BITS} bits, not {bits}: use flat or ivf")
+        raise InputError(
+            f"the lookup index serves codes of at most {MAX_LOOKUP_BITS} bits, not {bits}: use flat or ivf"
+        )
     if config.kind in ("flat", "lookup"):
         index = faiss.IndexBinaryFlat(bits)
     else:
@@ -114,7 +115,9 @@ class HashIndex:
     _device_searcher: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_codes(cls, codes: np.ndarray, probe: Probe, config: IndexConfig = IndexConfig(), items: dict | None = None) -> "HashIndex":
+    def from_codes(
+        cls, codes: np.ndarray, probe: Probe, config: IndexConfig = IndexConfig(), items: dict | None = None
+    ) -> HashIndex:
         """An index held in memory only (for benchmarks and tests): the same search paths as a
         loaded folder, no files. ``items`` defaults to names ``item<i>`` without labels."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
@@ -123,7 +126,12 @@ class HashIndex:
         probe_info = {"method": probe.method, "sha256": "", "supervised": bool(probe.config.get("supervised", False))}
         manifest = Manifest(codes.shape[1] * 8, len(codes), cfg, probe_info, probe.backbone or {})
         lookup = HammingLookup(codes) if cfg.kind == "lookup" else None
-        items = items or {"names": [f"item{i}" for i in range(len(codes))], "source_index": np.arange(len(codes)), "labels": None, "label_names": None}
+        items = items or {
+            "names": [f"item{i}" for i in range(len(codes))],
+            "source_index": np.arange(len(codes)),
+            "labels": None,
+            "label_names": None,
+        }
         return cls(None, manifest, fi, probe, lookup, items)
 
     @property
@@ -167,7 +175,9 @@ class HashIndex:
 
     def check_queries(self, queries: Embeddings) -> None:
         """Raises MismatchError unless query embeddings come from the index's backbone."""
-        check_same_backbone(self.manifest.backbone, queries.backbone, f"the codes of index {self.path}", f"the queries {queries.path}")
+        check_same_backbone(
+            self.manifest.backbone, queries.backbone, f"the codes of index {self.path}", f"the queries {queries.path}"
+        )
 
     def check_database(self, emb: Embeddings) -> None:
         """Raises MismatchError unless ``emb`` is the embeddings file the index was built from
@@ -189,7 +199,9 @@ class HashIndex:
         return emb
 
 
-def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig()) -> HashIndex:
+def build_index(
+    emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os.PathLike, config: IndexConfig = IndexConfig()
+) -> HashIndex:
     """Encode every embedding with the probe and write an index folder (published atomically).
 
     Args:
@@ -212,9 +224,16 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
         raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to index")
     probe = load_probe(probe_dir)
     if probe.input_dim != emb.dim:
-        raise MismatchError(f"the probe expects {probe.input_dim}-d embeddings, but {emb.path} holds {emb.dim}-d embeddings")
+        raise MismatchError(
+            f"the probe expects {probe.input_dim}-d embeddings, but {emb.path} holds {emb.dim}-d embeddings"
+        )
     if probe.backbone is not None:
-        check_same_backbone(probe.backbone, emb.backbone, f"the embeddings the probe {probe_dir} was fitted on", f"the embeddings {emb.path}")
+        check_same_backbone(
+            probe.backbone,
+            emb.backbone,
+            f"the embeddings the probe {probe_dir} was fitted on",
+            f"the embeddings {emb.path}",
+        )
     check_bits(probe.bits, MIN_PROBE_BITS)
     cfg = config.resolved(emb.n)
     t0 = time.perf_counter()
@@ -240,12 +259,22 @@ def build_index(emb: Embeddings, probe_dir: str | os.PathLike, out_dir: str | os
             for rel in (INDEX_FILE, ITEMS_FILE, f"probe/{PROBE_JSON}", f"probe/{PROBE_WEIGHTS}")
         }
         Manifest(
-            bits=probe.bits, ntotal=int(index.ntotal), index=cfg,
-            probe={"method": probe.method, "sha256": probe_hash(tmp / "probe"), "supervised": probe.config.get("supervised", False)},
-            backbone=emb.backbone.to_dict(), embeddings=emb.provenance(), files=files, hashindex_version=__version__,
-            faiss_version=faiss.__version__, build_seconds=round(build_seconds, 3),
+            bits=probe.bits,
+            ntotal=int(index.ntotal),
+            index=cfg,
+            probe={
+                "method": probe.method,
+                "sha256": probe_hash(tmp / "probe"),
+                "supervised": probe.config.get("supervised", False),
+            },
+            backbone=emb.backbone.to_dict(),
+            embeddings=emb.provenance(),
+            files=files,
+            hashindex_version=__version__,
+            faiss_version=faiss.__version__,
+            build_seconds=round(build_seconds, 3),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        ).write(tmp)  # fmt: skip
+        ).write(tmp)
 
     publish_folder(fill, out)
     logger.info("built %s index of %d codes (%d bits) in %.2fs", cfg.kind, index.ntotal, probe.bits, build_seconds)
@@ -259,7 +288,9 @@ def _verify_files(d: Path, files: dict, verify: bool) -> None:
             raise IntegrityError(f"{d}: {rel} is missing")
         size = f.stat().st_size
         if size != want["size"]:
-            raise IntegrityError(f"{d}: {rel} has {size} bytes, the manifest says {want['size']} (truncated or modified)")
+            raise IntegrityError(
+                f"{d}: {rel} has {size} bytes, the manifest says {want['size']} (truncated or modified)"
+            )
         if verify and sha256_file(f) != want["sha256"]:
             raise IntegrityError(f"{d}: {rel} does not match its sha256 in the manifest (modified or corrupt)")
 
@@ -268,21 +299,30 @@ def _check_consistency(d: Path, manifest: Manifest, probe: Probe, index, verify:
     """The manifest, probe, faiss index and items must describe the same collection."""
     bits, ntotal, kind = manifest.bits, manifest.ntotal, manifest.index.kind
     if index.d != bits or index.ntotal != ntotal:
-        raise IntegrityError(f"{d}: {INDEX_FILE} holds {index.ntotal} codes of {index.d} bits, the manifest says {ntotal} of {bits}")
+        raise IntegrityError(
+            f"{d}: {INDEX_FILE} holds {index.ntotal} codes of {index.d} bits, the manifest says {ntotal} of {bits}"
+        )
     if is_ivf(index) != (kind == "ivf"):
         raise IntegrityError(f"{d}: {INDEX_FILE} is a {type(index).__name__}, the manifest says a {kind} index")
     if verify and probe_hash(d / "probe") != manifest.probe["sha256"]:
         raise IntegrityError(f"{d}: the probe's files hash to another value than the probe sha256 in the manifest")
     dim = manifest.backbone.get("num_features")
     if dim is not None and probe.input_dim != dim:
-        raise MismatchError(f"{d}: the probe expects {probe.input_dim}-d embeddings, but the manifest's backbone makes {dim}-d ones")
+        raise MismatchError(
+            f"{d}: the probe expects {probe.input_dim}-d embeddings, but the manifest's backbone makes {dim}-d ones"
+        )
     if isinstance(probe.backbone, dict):
-        check_same_backbone(probe.backbone, manifest.backbone, f"the embeddings the probe of {d} was fitted on", f"the indexed embeddings (manifest of {d})")
+        check_same_backbone(
+            probe.backbone,
+            manifest.backbone,
+            f"the embeddings the probe of {d} was fitted on",
+            f"the indexed embeddings (manifest of {d})",
+        )
     try:
         with h5py.File(d / ITEMS_FILE, "r") as f:
             n_items = f["names"].shape[0]
             labelled = f["labels"].shape[0] if "labels" in f else n_items
-    except Exception as e:  # noqa: BLE001 - h5py raises many kinds on damaged files
+    except Exception as e:
         raise IntegrityError(f"{d}: cannot read {ITEMS_FILE}: {type(e).__name__}: {e}") from None
     if n_items != ntotal or labelled != ntotal:
         raise IntegrityError(f"{d}: {ITEMS_FILE} describes {n_items} items, the index holds {ntotal} codes")
@@ -331,7 +371,9 @@ def load_index(path: str | os.PathLike, *, verify: bool = True, mmap: bool = Fal
         if problem:
             raise IntegrityError(f"{d / MANIFEST} {problem}")
     else:
-        logger.warning("%s has index format 1, whose manifest carries no checksum of its own: rebuild it to have it verified", d)
+        logger.warning(
+            "%s has index format 1, whose manifest carries no checksum of its own: rebuild it to have it verified", d
+        )
     if manifest.faiss_version and manifest.faiss_version.split(".")[:2] != faiss.__version__.split(".")[:2]:
         logger.info("%s was written by faiss %s, read by faiss %s", d, manifest.faiss_version, faiss.__version__)
     lookup = None

@@ -35,7 +35,10 @@ class HammingLookup:
         self.ids = np.argsort(keys, kind="stable").astype(np.int64)
         self.starts = np.searchsorted(keys[self.ids], np.arange(2**self.bits + 1)).astype(np.int64)
         # XOR masks of every radius, each radius's masks contiguous.
-        self.masks = [np.array([sum(1 << b for b in c) for c in combinations(range(self.bits), r)], dtype=np.int64) for r in range(self.bits + 1)]
+        self.masks = [
+            np.array([sum(1 << b for b in c) for c in combinations(range(self.bits), r)], dtype=np.int64)
+            for r in range(self.bits + 1)
+        ]
 
     def _keys(self, codes: np.ndarray) -> np.ndarray:
         keys = np.zeros(len(codes), dtype=np.int64)

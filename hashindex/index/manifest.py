@@ -16,9 +16,9 @@ from pathlib import Path
 
 from hashindex.core.codes import MAX_BITS, MIN_BITS
 from hashindex.core.config import INDEX_KINDS, IndexConfig
+from hashindex.core.durable import write_durably
 from hashindex.core.errors import InputError, IntegrityError
 from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS
-from hashindex.core.durable import write_durably
 
 # Format 2 added the manifest's own checksum (``manifest_sha256``); format 1 folders still load.
 # Format 3 is format 2 plus ``live`` (a live index's commit log, :mod:`hashindex.live.commits`): builds
@@ -33,9 +33,19 @@ _CHECKSUM_KEY = "manifest_sha256"
 _CHECKSUM_RE = re.compile(rb'"manifest_sha256": "([0-9a-f]{64})"')
 _ZERO = "0" * 64
 _KEYS = {
-    "format", "hashindex_version", "faiss_version", "bits", "ntotal", "index", "probe", "backbone", "embeddings",
-    "build_seconds", "created", "files",
-}  # fmt: skip
+    "format",
+    "hashindex_version",
+    "faiss_version",
+    "bits",
+    "ntotal",
+    "index",
+    "probe",
+    "backbone",
+    "embeddings",
+    "build_seconds",
+    "created",
+    "files",
+}
 
 
 def _is_int(v) -> bool:
@@ -98,7 +108,7 @@ class Manifest:
         write_durably(Path(folder) / MANIFEST, lambda fh: fh.write(raw))
 
     @classmethod
-    def from_dict(cls, m: dict) -> "Manifest":
+    def from_dict(cls, m: dict) -> Manifest:
         """Check the fields loading relies on and build the manifest.
 
         Raises:
@@ -120,7 +130,9 @@ class Manifest:
         idx = m["index"]
         if not isinstance(idx, dict) or idx.get("kind") not in INDEX_KINDS:
             raise ValueError(f"unknown index kind {idx.get('kind') if isinstance(idx, dict) else idx!r}")
-        if idx["kind"] == "ivf" and not (_is_int(idx.get("nlist")) and _is_int(idx.get("nprobe")) and 1 <= idx["nprobe"] <= idx["nlist"]):
+        if idx["kind"] == "ivf" and not (
+            _is_int(idx.get("nlist")) and _is_int(idx.get("nprobe")) and 1 <= idx["nprobe"] <= idx["nlist"]
+        ):
             raise ValueError(f"bad IVF parameters {idx!r}")
         if not isinstance(m["probe"], dict) or not isinstance(m["probe"].get("sha256"), str):
             raise ValueError("no probe sha256")
@@ -143,10 +155,12 @@ class Manifest:
             _check_live(live, files)
         config = IndexConfig(idx["kind"], idx.get("nlist"), idx.get("nprobe"))
         known = {k: m[k] for k in ("hashindex_version", "faiss_version", "build_seconds", "created")}
-        return cls(m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m["embeddings"], files, fmt, **known, live=live)
+        return cls(
+            m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m["embeddings"], files, fmt, **known, live=live
+        )
 
     @classmethod
-    def read(cls, folder: str | os.PathLike) -> tuple["Manifest", bytes]:
+    def read(cls, folder: str | os.PathLike) -> tuple[Manifest, bytes]:
         """Read and structurally validate ``folder/manifest.json`` (its checksum is checked by
         :meth:`checksum_problem`, once the files it describes have been checked).
 
@@ -190,7 +204,9 @@ def _check_live(live, files: dict) -> None:
     for key in ("generation", "next_id"):
         if not _is_int(live.get(key)) or live[key] < 0:
             raise ValueError(f"bad live {key} {live.get(key)!r}")
-    named = list(live.get("commits", [])) + list(live.get("uploads", [])) + ([live["extra"]] if live.get("extra") else [])
+    named = (
+        list(live.get("commits", [])) + list(live.get("uploads", [])) + ([live["extra"]] if live.get("extra") else [])
+    )
     for rel in named:
         if not isinstance(rel, str) or rel not in files:
             raise ValueError(f"the live entry names {rel!r}, which is not among the manifest's files")

@@ -1,2 +1,1 @@
-"""Live indexes: the commit log, immutable snapshots, additions and removals, compaction.
-"""
+"""Live indexes: the commit log, immutable snapshots, additions and removals, compaction."""

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hashindex.core.durable import fsync_dir, write_durably
 from hashindex.core.errors import IntegrityError
 from hashindex.index.manifest import LIVE_FORMAT, Manifest
-from hashindex.core.durable import fsync_dir, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,9 @@ def discard_unnamed(folder: Path, manifest: Manifest) -> None:
             fsync_dir(d)
 
 
-def next_state(state: LiveState, rel: str, *, added: int = 0, removed: int = 0, next_id: int | None = None, uploads=()) -> LiveState:
+def next_state(
+    state: LiveState, rel: str, *, added: int = 0, removed: int = 0, next_id: int | None = None, uploads=()
+) -> LiveState:
     """The state after one more commit."""
     return replace(
         state,

@@ -20,11 +20,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hashindex.live.commits import EXTRA_EMBEDDINGS, UPLOADS_DIR, publish
-from hashindex.index.manifest import INDEX_FILE, ITEMS_FILE
-from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS
-from hashindex.core.spec import sha256_file
 from hashindex.core.durable import fsync_dir
+from hashindex.core.spec import sha256_file
+from hashindex.index.manifest import INDEX_FILE, ITEMS_FILE
+from hashindex.live.commits import EXTRA_EMBEDDINGS, UPLOADS_DIR, publish
+from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ def compact_folder(live) -> None:
     extra = np.ascontiguousarray(snap.extra[-1 - float_row[added]], np.float32)
     float_row[added] = -1 - np.arange(int(added.sum()), dtype=np.int64)
     with h5py.File(new / ITEMS_FILE, "w") as f:
-        f.create_dataset("names", data=np.array([str(s) for s in snap.names], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset(
+            "names", data=np.array([str(s) for s in snap.names], dtype=object), dtype=h5py.string_dtype("utf-8")
+        )
         f.create_dataset("source_index", data=snap.source_index)
         if snap.labels is not None:
             f.create_dataset("labels", data=snap.labels)
@@ -110,9 +112,14 @@ def compact_folder(live) -> None:
         if d.exists():
             fsync_dir(d)
     new_state = replace(
-        state, generation=state.generation + 1, commits=(), uploads=uploads, built=state.built or m.created,
-        extra=EXTRA_EMBEDDINGS if len(extra) else None, compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )  # fmt: skip
+        state,
+        generation=state.generation + 1,
+        commits=(),
+        uploads=uploads,
+        built=state.built or m.created,
+        extra=EXTRA_EMBEDDINGS if len(extra) else None,
+        compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     publish(new, replace(m, ntotal=snap.ntotal, files={}, live=None), new_state, files)
     fsync_dir(path.parent)
     os.replace(path, old)
@@ -121,4 +128,10 @@ def compact_folder(live) -> None:
     fsync_dir(path.parent)
     shutil.rmtree(old)
     live.manifest, live.snapshot = _load(path, live.verify)
-    logger.info("%s: compacted %d commits into a base of %d items in %.2fs", path, len(state.commits), snap.ntotal, time.perf_counter() - t0)
+    logger.info(
+        "%s: compacted %d commits into a base of %d items in %.2fs",
+        path,
+        len(state.commits),
+        snap.ntotal,
+        time.perf_counter() - t0,
+    )

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.core.errors import InputError
-from hashindex.live.live_index import LiveIndex
-from hashindex.embedding.sources import IMAGE_EXTENSIONS, DecodeError, ImageSource, decode_image, open_source
 from hashindex.core.spec import check_same_backbone
+from hashindex.embedding.sources import IMAGE_EXTENSIONS, DecodeError, ImageSource, decode_image, open_source
+from hashindex.live.live_index import LiveIndex
 from hashindex.store.reader import open_embeddings
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,9 @@ def _label_rows(live: LiveIndex, labels: np.ndarray | None, label_names) -> np.n
     if labels is None or snap.labels is None:
         return None
     if labels.shape[1] != snap.labels.shape[1] or (ours and label_names and list(ours) != list(label_names)):
-        logger.warning("the new items' labels are other classes than the index's (or in another order): added without labels")
+        logger.warning(
+            "the new items' labels are other classes than the index's (or in another order): added without labels"
+        )
         return None
     return labels
 
@@ -51,7 +53,9 @@ def collect_images(specs: list[str]) -> list[tuple[str, int, ImageSource | None,
     return out
 
 
-def add_images(live: LiveIndex, specs: list[str], *, weights=None, device=None, batch_size: int = 64, progress: bool = True) -> tuple[np.ndarray, int]:
+def add_images(
+    live: LiveIndex, specs: list[str], *, weights=None, device=None, batch_size: int = 64, progress: bool = True
+) -> tuple[np.ndarray, int]:
     """Embed the images of SOURCE arguments with the index's backbone and add them as one commit.
 
     Returns:

@@ -18,17 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.live.commits import UPLOADS_DIR, LiveState, add_commit, commit_bytes, commit_name, discard_unnamed, live_state, next_state, publish, read_commit, remove_commit, write_file
 from hashindex.core.config import DEFAULT_LOCK_WAIT
+from hashindex.core.durable import OutputLock, OutputLockedError
 from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.validate import check_embeddings
 from hashindex.index.load import load_index
 from hashindex.index.manifest import Manifest
-from hashindex.core.validate import check_embeddings
+from hashindex.live.commits import (
+    UPLOADS_DIR,
+    LiveState,
+    add_commit,
+    commit_bytes,
+    commit_name,
+    discard_unnamed,
+    live_state,
+    next_state,
+    publish,
+    read_commit,
+    remove_commit,
+    write_file,
+)
 from hashindex.live.snapshot import Snapshot, base_snapshot, with_commit
-from hashindex.core.durable import OutputLock, OutputLockedError
 
 logger = logging.getLogger(__name__)
-
 
 
 def compact_paths(path: Path) -> tuple[Path, Path]:
@@ -170,7 +182,9 @@ class LiveIndex:
             rel = commit_name(state.generation + 1, "add")
             new_state = next_state(state, rel, added=n, next_id=int(ids[-1]) + 1, uploads=blobs)
             self._commit(rel, new_state, add_commit(ids, codes, names, lab, x, src), blobs)
-        logger.info("%s: added %d items (ids %d..%d), generation %d", self.path, n, ids[0], ids[-1], new_state.generation)
+        logger.info(
+            "%s: added %d items (ids %d..%d), generation %d", self.path, n, ids[0], ids[-1], new_state.generation
+        )
         return ids
 
     def remove(self, ids) -> np.ndarray:
@@ -198,7 +212,10 @@ class LiveIndex:
         found = {str(n) for n in snap.names[hit]}
         missing = sorted(wanted - found)
         if missing:
-            raise InputError(f"no item named {missing[0]!r} in the index" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            raise InputError(
+                f"no item named {missing[0]!r} in the index"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            )
         return snap.ids[hit]
 
     def compact(self) -> Snapshot:
@@ -216,16 +233,27 @@ class LiveIndex:
         age = None
         if built:
             try:
-                age = round((time.time() - time.mktime(time.strptime(built, "%Y-%m-%dT%H:%M:%SZ")) + time.timezone) / 86400, 3)
+                age = round(
+                    (time.time() - time.mktime(time.strptime(built, "%Y-%m-%dT%H:%M:%SZ")) + time.timezone) / 86400, 3
+                )
             except ValueError:
                 age = None
         return {
-            "path": str(self.path), "kind": snap.index.kind, "bits": snap.bits, "ntotal": snap.ntotal,
-            "base_ntotal": m.ntotal, "generation": s.generation, "commits": len(s.commits),
-            "next_id": s.next_id, "added_since_fit": s.added_total, "removed_since_build": s.removed_total,
+            "path": str(self.path),
+            "kind": snap.index.kind,
+            "bits": snap.bits,
+            "ntotal": snap.ntotal,
+            "base_ntotal": m.ntotal,
+            "generation": s.generation,
+            "commits": len(s.commits),
+            "next_id": s.next_id,
+            "added_since_fit": s.added_total,
+            "removed_since_build": s.removed_total,
             "probe": {"method": m.probe.get("method"), "fitted_on": m.embeddings.get("n"), "age_days": age},
-            "built": built, "compacted": s.compacted, "backbone": m.backbone.get("model"),
-        }  # fmt: skip
+            "built": built,
+            "compacted": s.compacted,
+            "backbone": m.backbone.get("model"),
+        }
 
 
 def open_live(path: str | os.PathLike, *, verify: bool = True) -> LiveIndex:

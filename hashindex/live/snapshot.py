@@ -21,12 +21,12 @@ import h5py
 import numpy as np
 
 from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.validate import check_k
 from hashindex.index.load import HashIndex, stored_codes
 from hashindex.index.lookup import HammingLookup
 from hashindex.index.manifest import ITEMS_FILE
 from hashindex.search.ranking import FloatRows, Ranked, hamming_search, ranked, rerank_asymmetric
 from hashindex.store.schema import as_str
-from hashindex.core.validate import check_k
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,9 @@ def _ivf_rewrite(fi, edit) -> None:
             removed += n - len(new_ids)
             il.resize(lst, len(new_ids))
         if len(new_ids):
-            il.update_entries(lst, 0, len(new_ids), faiss.swig_ptr(np.ascontiguousarray(new_ids, np.int64)), faiss.swig_ptr(codes))
+            il.update_entries(
+                lst, 0, len(new_ids), faiss.swig_ptr(np.ascontiguousarray(new_ids, np.int64)), faiss.swig_ptr(codes)
+            )
     fi.ntotal -= removed
 
 
@@ -162,7 +164,7 @@ class Snapshot:
     index: HashIndex  # its faiss index (and lookup) answer with stable ids
     ids: np.ndarray  # int64, ascending
     codes: np.ndarray  # (n, bits // 8) uint8, rows in id order
-    names: "ItemNames | np.ndarray"  # str per row: read on demand from the items file, or in memory
+    names: ItemNames | np.ndarray  # str per row: read on demand from the items file, or in memory
     labels: np.ndarray | None  # (n, C) uint8 multi-hot
     source_index: np.ndarray  # int64, the item's index in its source; -1 for added items
     float_row: np.ndarray  # int64: >= 0 row of the build's embeddings file, < 0: row -1-r of `extra`
@@ -190,7 +192,11 @@ class Snapshot:
         """
         ids = np.asarray(ids, np.int64).ravel()
         pos = np.searchsorted(self.ids, ids)
-        bad = (pos >= len(self.ids)) | (self.ids[np.minimum(pos, len(self.ids) - 1)] != ids) if len(self.ids) else np.ones(len(ids), bool)
+        bad = (
+            (pos >= len(self.ids)) | (self.ids[np.minimum(pos, len(self.ids) - 1)] != ids)
+            if len(self.ids)
+            else np.ones(len(ids), bool)
+        )
         if bad.any():
             raise InputError(f"unknown id {int(ids[bad][0])}: not in the index (never added, or removed)")
         return pos
@@ -198,7 +204,12 @@ class Snapshot:
     def item(self, item_id: int) -> dict:
         """``{"id", "name", "label", "source_index"}`` of one item (InputError when unknown)."""
         p = int(self.positions([item_id])[0])
-        return {"id": int(item_id), "name": self.name_list([p])[0], "label": self._label(p), "source_index": int(self.source_index[p])}
+        return {
+            "id": int(item_id),
+            "name": self.name_list([p])[0],
+            "label": self._label(p),
+            "source_index": int(self.source_index[p]),
+        }
 
     def name_list(self, pos) -> list[str]:
         """The names of the rows at ``pos``."""
@@ -213,10 +224,12 @@ class Snapshot:
         on = np.flatnonzero(self.labels[p])
         return ",".join(self.label_names[j] if self.label_names else str(j) for j in on) or None
 
-    def float_rows(self) -> "LiveRows":
+    def float_rows(self) -> LiveRows:
         return LiveRows(self)
 
-    def search(self, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False, device: str | None = "cpu") -> Ranked:
+    def search(
+        self, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False, device: str | None = "cpu"
+    ) -> Ranked:
         """:func:`~hashindex.search.ranking.ranked` over this snapshot: ids, not positions, and float
         rows of added items from the commits; the Hamming search on ``device``.
 
@@ -225,12 +238,16 @@ class Snapshot:
         """
         rows = self.float_rows() if rerank is not None and not asymmetric else None
         try:
-            return ranked(self.index, x, k, rerank, asymmetric, rows=rows, db_codes=self.codes, ids=self.ids, device=device)
+            return ranked(
+                self.index, x, k, rerank, asymmetric, rows=rows, db_codes=self.codes, ids=self.ids, device=device
+            )
         finally:
             if rows is not None:
                 rows.close()
 
-    def search_id(self, item_id: int, k: int, rerank: int | None = None, asymmetric: bool = False, device: str | None = "cpu"):
+    def search_id(
+        self, item_id: int, k: int, rerank: int | None = None, asymmetric: bool = False, device: str | None = "cpu"
+    ):
         """Search with an indexed item: its stored code (or, to re-rank, its float embedding).
         The item itself comes first, at distance 0, even when more than k items share its code.
 
@@ -242,14 +259,20 @@ class Snapshot:
         if rerank is not None or asymmetric:
             x = self.embedding_of(item_id)
             if x is None:
-                raise InputError(f"float embedding of item {item_id} unavailable (the embeddings file is gone): search without re-ranking")
+                raise InputError(
+                    f"float embedding of item {item_id} unavailable (the embeddings file is gone): search without re-ranking"
+                )
             d, ids, s = self.search(x, k, rerank, asymmetric, device)
         else:
             (d, ids), s = hamming_search(self.index, self.codes[p], k, device), None
         row = list(ids[0])
         j = row.index(item_id) if item_id in row else None
         if j is None:  # pushed out by ties of lower id: it takes the first place, the last one goes
-            own = 1.0 if not asymmetric else float(rerank_asymmetric(self.index.probe.logits(x), p[None], self.codes, 1)[0][0, 0])
+            own = (
+                1.0
+                if not asymmetric
+                else float(rerank_asymmetric(self.index.probe.logits(x), p[None], self.codes, 1)[0][0, 0])
+            )
             ids = np.array([[item_id] + row[:-1]], np.int64)
             d = np.concatenate([[[0]], d[:, :-1]], axis=1).astype(np.int32)
             s = None if s is None else np.concatenate([[[own]], s[:, :-1]], axis=1)
@@ -274,11 +297,18 @@ class Snapshot:
         out = []
         for q in range(len(ids)):
             pos = self.positions(ids[q])
-            out.append([
-                {"id": int(i), "name": name, "label": self._label(int(p)), "distance": int(dist),
-                 **({} if scores is None else {"score": round(float(scores[q, r]), 6)})}
-                for r, (dist, i, p, name) in enumerate(zip(d[q], ids[q], pos, self.name_list(pos)))
-            ])  # fmt: skip
+            out.append(
+                [
+                    {
+                        "id": int(i),
+                        "name": name,
+                        "label": self._label(int(p)),
+                        "distance": int(dist),
+                        **({} if scores is None else {"score": round(float(scores[q, r]), 6)}),
+                    }
+                    for r, (dist, i, p, name) in enumerate(zip(d[q], ids[q], pos, self.name_list(pos)))
+                ]
+            )
         return out
 
 
@@ -338,8 +368,19 @@ def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None, embe
     dim = hi.probe.input_dim
     ex = np.zeros((0, dim), np.float32) if extra is None else extra
     index = dataclasses.replace(hi, faiss_index=fi, lookup=IdLookup(codes, ids) if hi.kind == "lookup" else None)
-    return Snapshot(generation, index, ids, codes, ItemNames(hi.path / ITEMS_FILE, n), items["labels"], items["source_index"].astype(np.int64),
-                    float_row, ex, items["label_names"], embeddings_path)  # fmt: skip
+    return Snapshot(
+        generation,
+        index,
+        ids,
+        codes,
+        ItemNames(hi.path / ITEMS_FILE, n),
+        items["labels"],
+        items["source_index"].astype(np.int64),
+        float_row,
+        ex,
+        items["label_names"],
+        embeddings_path,
+    )
 
 
 def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
@@ -360,7 +401,11 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
         names = np.concatenate([snap.names, np.array([str(s) for s in commit["names"]], dtype=object)])
         labels = snap.labels
         if labels is not None:
-            new = commit["labels"] if commit["labels"].shape[1] == labels.shape[1] else np.zeros((len(new_ids), labels.shape[1]), np.uint8)
+            new = (
+                commit["labels"]
+                if commit["labels"].shape[1] == labels.shape[1]
+                else np.zeros((len(new_ids), labels.shape[1]), np.uint8)
+            )
             labels = np.concatenate([labels, new])
         extra = np.concatenate([snap.extra, commit["embeddings"]])
         float_row = np.concatenate([snap.float_row, -1 - np.arange(len(snap.extra), len(extra), dtype=np.int64)])
@@ -382,6 +427,7 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
         if keep is None:
             fi.add_with_ids(np.ascontiguousarray(commit["codes"]), np.ascontiguousarray(commit["ids"]))
         else:
+
             def drop(lid):
                 keep = ~np.isin(lid, removed)
                 return (lid, keep) if not keep.all() else (None, None)
@@ -391,4 +437,16 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
         fi = _id_map(codes, ids, hi.bits)
     lookup = IdLookup(codes, ids) if hi.kind == "lookup" and len(ids) else None
     index = dataclasses.replace(hi, faiss_index=fi, lookup=lookup)
-    return Snapshot(generation, index, ids, codes, names, labels, source_index, float_row, extra, snap.label_names, snap.embeddings_path)
+    return Snapshot(
+        generation,
+        index,
+        ids,
+        codes,
+        names,
+        labels,
+        source_index,
+        float_row,
+        extra,
+        snap.label_names,
+        snap.embeddings_path,
+    )

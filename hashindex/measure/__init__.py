@@ -1,2 +1,1 @@
-"""Measurements: retrieval metrics, ``evaluate``, ``bench`` and its report.
-"""
+"""Measurements: retrieval metrics, ``evaluate``, ``bench`` and its report."""

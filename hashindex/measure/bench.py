@@ -30,19 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.measure.bench_memory import flat_memory
-from hashindex.measure.bench_seeds import LEARNED, asymmetric_row, ivf_rows, seed_rows, worst_seed_map
 from hashindex.core.codes import unpack
 from hashindex.core.config import PROTOCOL_TARGETS, BenchConfig, FitConfig, IndexConfig
 from hashindex.core.errors import InputError
+from hashindex.core.spec import check_same_backbone
 from hashindex.index.load import HashIndex
 from hashindex.index.lookup import MAX_LOOKUP_BITS, HammingLookup
-from hashindex.measure.synthetic import clustered_codes, ivf_at_recall
+from hashindex.measure.bench_memory import flat_memory
+from hashindex.measure.bench_seeds import LEARNED, asymmetric_row, ivf_rows, seed_rows, worst_seed_map
 from hashindex.measure.metrics import mean_average_precision, precision_at_k, relevance
+from hashindex.measure.synthetic import clustered_codes, ivf_at_recall
 from hashindex.probe.baselines import l2_normalize
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import FloatRows, cosine_knn, hamming_search, rerank_asymmetric, rerank_float
-from hashindex.core.spec import check_same_backbone
 from hashindex.store.reader import Embeddings
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,13 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
-    }  # fmt: skip
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+    }
 
 
 def _timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
@@ -130,16 +134,41 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
     rel = relevance(yq, yb, ids)
     curves = radius_curves(q_codes, db_codes, yq, yb)
     base = {"method": name, "bits": probe.bits}
-    out = [dict(base, mode="hamming", nq=len(xq), map=mean_average_precision(rel), precision=precision_at_k(rel, cfg.topk), precision_r2=curves["precision_r2"])]
+    out = [
+        dict(
+            base,
+            mode="hamming",
+            nq=len(xq),
+            map=mean_average_precision(rel),
+            precision=precision_at_k(rel, cfg.topk),
+            precision_r2=curves["precision_r2"],
+        )
+    ]
     # Re-ranking reads R·k float rows per query: measured on the first rerank_queries queries.
     sub = slice(0, min(cfg.rerank_queries, len(xq)))
     _, cand = hamming_search(index, q_codes[sub], min(cfg.rerank * k, len(xb)))
     _, fid = rerank_float(xq[sub], cand, rows, k)
     frel = relevance(yq[sub], yb, fid)
-    out.append(dict(base, mode=f"rerank-float-{cfg.rerank}", nq=len(cand), map=mean_average_precision(frel), precision=precision_at_k(frel, cfg.topk)))
+    out.append(
+        dict(
+            base,
+            mode=f"rerank-float-{cfg.rerank}",
+            nq=len(cand),
+            map=mean_average_precision(frel),
+            precision=precision_at_k(frel, cfg.topk),
+        )
+    )
     _, aid = rerank_asymmetric(q_logits[sub], cand, db_codes, k)
     arel = relevance(yq[sub], yb, aid)
-    out.append(dict(base, mode=f"asymmetric-{cfg.rerank}", nq=len(cand), map=mean_average_precision(arel), precision=precision_at_k(arel, cfg.topk)))
+    out.append(
+        dict(
+            base,
+            mode=f"asymmetric-{cfg.rerank}",
+            nq=len(cand),
+            map=mean_average_precision(arel),
+            precision=precision_at_k(arel, cfg.topk),
+        )
+    )
     out.append(asymmetric_row(name, probe, db_codes, xq, yb, yq, k))
     bar.update(1)
     return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s
@@ -152,7 +181,11 @@ def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[
     q_codes = q_codes[: cfg.speed_queries]
     bits = index.bits
     db_codes = index.codes()
-    out = [dict(kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries))]
+    out = [
+        dict(
+            kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries)
+        )
+    ]
     ivf = HashIndex.from_codes(db_codes, index.probe, IndexConfig("ivf"))
     kq = min(cfg.topk, index.ntotal)
     flat_d, flat_ids = hamming_search(index, q_codes, kq)
@@ -161,13 +194,17 @@ def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[
         out.append(dict(row, bits=bits, **r))
     if bits <= MAX_LOOKUP_BITS:
         lk = HammingLookup(db_codes)
-        out.append(dict(kind="lookup", bits=bits, **_timed_search(lambda c: lk.search(c, k), q_codes, cfg.latency_queries)))
+        out.append(
+            dict(kind="lookup", bits=bits, **_timed_search(lambda c: lk.search(c, k), q_codes, cfg.latency_queries))
+        )
 
     def reranked(x):
         _, cand = hamming_search(index, index.probe.encode(x), cfg.rerank * k)
         return rerank_float(x, cand, rows, k)
 
-    out.append(dict(kind=f"flat+rerank-float-{cfg.rerank}", bits=bits, **_timed_search(reranked, xq, cfg.latency_queries)))
+    out.append(
+        dict(kind=f"flat+rerank-float-{cfg.rerank}", bits=bits, **_timed_search(reranked, xq, cfg.latency_queries))
+    )
     return out
 
 
@@ -194,7 +231,13 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
         fi = faiss.IndexBinaryFlat(bits)
         fi.add(codes)
         mem = flat_memory(fi, n, bits, cfg.seed, cfg.rss_min_items)
-        flat = dict(kind="flat", n=n, bits=bits, **mem, **_timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)))
+        flat = dict(
+            kind="flat",
+            n=n,
+            bits=bits,
+            **mem,
+            **_timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)),
+        )
         out.append(flat)
         if bits <= MAX_LOOKUP_BITS:
             lk = HammingLookup(codes)
@@ -210,7 +253,16 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
                 ivf.nprobe = at["nprobe"]
                 r = _timed_search(lambda c: ivf.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
                 out.append(dict(kind=f"ivf-nprobe{at['nprobe']}", n=n, bits=bits, recall=at["recall"], **r))
-            ivf_out.append(dict(iv, n=n, bits=bits, k=cfg.speed_k, flat_qps=flat["qps"], speedup=None if at is None else at["qps"] / flat["qps"]))
+            ivf_out.append(
+                dict(
+                    iv,
+                    n=n,
+                    bits=bits,
+                    k=cfg.speed_k,
+                    flat_qps=flat["qps"],
+                    speedup=None if at is None else at["qps"] / flat["qps"],
+                )
+            )
             del ivf
         else:
             del fi
@@ -250,9 +302,14 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
 
 
 def run_bench(
-    db: Embeddings, q: Embeddings, out_dir: str | os.PathLike, config: BenchConfig = BenchConfig(),
-    *, progress: bool = True, command: str | None = None,
-) -> dict:  # fmt: skip
+    db: Embeddings,
+    q: Embeddings,
+    out_dir: str | os.PathLike,
+    config: BenchConfig = BenchConfig(),
+    *,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict:
     """Measure everything and write ``report.json``, ``report.md`` and the plots into ``out_dir``.
 
     ``command`` (the command line that ran it) is recorded in the report.
@@ -275,10 +332,21 @@ def run_bench(
     steps += len(set(config.seeds) - {config.seed}) * len(config.bits) * sum(m in LEARNED for m in config.methods)
     bar = tqdm(total=steps, desc="bench", unit="step", disable=not progress)
     report: dict = {
-        "version": REPORT_VERSION, "date": time.strftime("%Y-%m-%d"), "machine": machine_info(), "command": command,
-        "config": asdict(config), "database": db.provenance(), "queries": q.provenance(),
-        "quality": [], "pr_curves": {}, "fit": [], "speed": [], "memory": [], "seeds": [], "synthetic_ivf": [],
-    }  # fmt: skip
+        "version": REPORT_VERSION,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
+        "command": command,
+        "config": asdict(config),
+        "database": db.provenance(),
+        "queries": q.provenance(),
+        "quality": [],
+        "pr_curves": {},
+        "fit": [],
+        "speed": [],
+        "memory": [],
+        "seeds": [],
+        "synthetic_ivf": [],
+    }
     with tempfile.TemporaryDirectory(dir=out) as tmp:  # first: a bad --images fails before the long part
         from hashindex.measure.speed import measure_pipeline
 
@@ -289,15 +357,32 @@ def run_bench(
     _, fids = cosine_knn(xq, xb, k)
     float_s = time.perf_counter() - t0
     frel = relevance(yq, yb, fids)
-    for n in sorted({len(xq), min(config.rerank_queries, len(xq))}, reverse=True):  # all queries, and the re-rank subset
-        report["quality"].append({"method": "float", "bits": 32 * xb.shape[1], "mode": "cosine", "nq": n, "map": mean_average_precision(frel[:n]), "precision": precision_at_k(frel[:n], config.topk)})
+    for n in sorted(
+        {len(xq), min(config.rerank_queries, len(xq))}, reverse=True
+    ):  # all queries, and the re-rank subset
+        report["quality"].append(
+            {
+                "method": "float",
+                "bits": 32 * xb.shape[1],
+                "mode": "cosine",
+                "nq": n,
+                "map": mean_average_precision(frel[:n]),
+                "precision": precision_at_k(frel[:n], config.topk),
+            }
+        )
     speed_index: dict[int, HashIndex] = {}
     for bits in config.bits:
         for name in config.methods:
             fc = FitConfig(
-                method="crovca" if name.startswith("crovca") else name, bits=bits, supervised=name == "crovca-sup",
-                hashcoder=config.hashcoder, epochs=config.epochs, device=config.device, seed=config.seed, targets=config.targets,
-            )  # fmt: skip
+                method="crovca" if name.startswith("crovca") else name,
+                bits=bits,
+                supervised=name == "crovca-sup",
+                hashcoder=config.hashcoder,
+                epochs=config.epochs,
+                device=config.device,
+                seed=config.seed,
+                targets=config.targets,
+            )
             t = time.perf_counter()
             probe = fit_probe(db, fc, progress=False)
             fit_s = time.perf_counter() - t
@@ -315,7 +400,9 @@ def run_bench(
     for bits, index in speed_index.items():
         for r in _speed_collection(index, index.probe.encode(xq), xq, yq, yb, rows, config):
             report["speed"].append(dict(r, n=len(xb), scope="collection"))
-        report["memory"].append({"bits": bits, "code_bytes_per_item": bits / 8, "float_bytes_per_item": 4 * xb.shape[1]})
+        report["memory"].append(
+            {"bits": bits, "code_bytes_per_item": bits / 8, "float_bytes_per_item": 4 * xb.shape[1]}
+        )
     rows.close()
     rng = np.random.default_rng(config.seed)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -343,25 +430,63 @@ def targets(report: dict) -> list[dict]:
     r = report["config"]["rerank"]
 
     def add(name, value, threshold, unit="x"):
-        out.append({"target": name, "value": value, "threshold": threshold, "unit": unit, "met": None if value is None else value >= threshold})
+        out.append(
+            {
+                "target": name,
+                "value": value,
+                "threshold": threshold,
+                "unit": unit,
+                "met": None if value is None else value >= threshold,
+            }
+        )
 
     fl = _find(sp, kind="float-IndexFlatIP", scope="synthetic", n=1_000_000)
     b64 = _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=64)
-    add("binary flat 64 bits vs float IndexFlatIP, 1M items (QPS ratio)", b64["qps"] / fl["qps"] if fl and b64 else None, 25)
-    f16, l16 = _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=16), _find(sp, kind="lookup", scope="synthetic", n=1_000_000, bits=16)
-    add("16-bit lookup vs faiss IndexBinaryFlat, 1M items (QPS ratio)", l16["qps"] / f16["qps"] if f16 and l16 else None, 5)
+    add(
+        "binary flat 64 bits vs float IndexFlatIP, 1M items (QPS ratio)",
+        b64["qps"] / fl["qps"] if fl and b64 else None,
+        25,
+    )
+    f16, l16 = (
+        _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=16),
+        _find(sp, kind="lookup", scope="synthetic", n=1_000_000, bits=16),
+    )
+    add(
+        "16-bit lookup vs faiss IndexBinaryFlat, 1M items (QPS ratio)",
+        l16["qps"] / f16["qps"] if f16 and l16 else None,
+        5,
+    )
     rq = _find(report["quality"], method="crovca", bits=64, mode=f"rerank-float-{r}")
     fq = _find(report["quality"], method="float", nq=rq["nq"]) if rq else None
-    add(f"Hamming top-{r}k + float re-rank mAP vs float mAP on the same queries, 64 bits (%)", 100 * rq["map"] / fq["map"] if rq and fq else None, 99, "%")
+    add(
+        f"Hamming top-{r}k + float re-rank mAP vs float mAP on the same queries, 64 bits (%)",
+        100 * rq["map"] / fq["map"] if rq and fq else None,
+        99,
+        "%",
+    )
     rr = _find(sp, kind=f"flat+rerank-float-{r}", scope="synthetic", n=1_000_000)
-    add(f"Hamming top-{r}k + float re-rank vs float IndexFlatIP, 1M items (QPS ratio)", rr["qps"] / fl["qps"] if rr and fl else None, 10)
+    add(
+        f"Hamming top-{r}k + float re-rank vs float IndexFlatIP, 1M items (QPS ratio)",
+        rr["qps"] / fl["qps"] if rr and fl else None,
+        10,
+    )
     for iv in [x for x in report.get("synthetic_ivf", []) if x["bits"] == 64 and x["n"] >= 100_000_000]:
-        add(f"IVF at recall@{iv['k']} >= 0.95 vs flat, {iv['n'] / 1e6:.0f}M clustered 64-bit codes (QPS ratio)", iv["speedup"], 10)
+        add(
+            f"IVF at recall@{iv['k']} >= 0.95 vs flat, {iv['n'] / 1e6:.0f}M clustered 64-bit codes (QPS ratio)",
+            iv["speedup"],
+            10,
+        )
     q = report["quality"]
     # The quality thresholds belong to the full Fashion-MNIST protocol (60k database, 10k queries).
     src = report["database"].get("source") or {}
-    protocol = src.get("kind") == "fashion-mnist" and report["database"]["n"] == 60_000 and report["queries"]["n"] == 10_000
-    seeds = "minimum over seeds " + ",".join(map(str, report["seeds"][0]["seeds"])) if report.get("seeds") else "default seed"
+    protocol = (
+        src.get("kind") == "fashion-mnist" and report["database"]["n"] == 60_000 and report["queries"]["n"] == 10_000
+    )
+    seeds = (
+        "minimum over seeds " + ",".join(map(str, report["seeds"][0]["seeds"]))
+        if report.get("seeds")
+        else "default seed"
+    )
     for m, per_bits in PROTOCOL_TARGETS.items():
         for b, lo in per_bits.items():
             v = worst_seed_map(report, m, b) if protocol else None
@@ -374,5 +499,13 @@ def targets(report: dict) -> list[dict]:
     for m in (x for x in sp if x["kind"] == "flat" and x.get("scope") == "synthetic"):
         limit = 1.1 * (m["bits"] / 8 + 8)
         val = max(v for v in (m["index_bytes_per_item"], m.get("ram_bytes_per_item")) if v is not None)
-        out.append({"target": f"flat index memory, {m['bits']} bits, {m['n']:,} items (bytes/item, at most {limit:.1f})", "value": val, "threshold": limit, "unit": "B", "met": val <= limit})
+        out.append(
+            {
+                "target": f"flat index memory, {m['bits']} bits, {m['n']:,} items (bytes/item, at most {limit:.1f})",
+                "value": val,
+                "threshold": limit,
+                "unit": "B",
+                "met": val <= limit,
+            }
+        )
     return out

@@ -42,8 +42,10 @@ def rss_growth(n: int, bits: int, seed: int = 0) -> int:
     ``IndexBinaryFlat`` (the codes array is allocated and touched before the first reading)."""
     out = subprocess.run(
         [sys.executable, "-m", "hashindex.measure.bench_memory", str(n), str(bits), str(seed)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(json.loads(out.stdout.strip().splitlines()[-1])["rss_growth"])
 
 

@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from hashindex.search.exact import asymmetric_knn
 from hashindex.measure.metrics import mean_average_precision, precision_at_k, relevance
+from hashindex.search.exact import asymmetric_knn
 
 logger = logging.getLogger(__name__)
 
@@ -32,29 +32,61 @@ def ranking_maps(probe, xb, xq, yb, yq, k: int) -> dict:
 
     db_codes = probe.encode(xb)
     q_logits = probe.logits(xq)
-    _, ids = hamming_search(HashIndex.from_codes(db_codes, probe, IndexConfig("flat")), np.packbits(q_logits > 0, axis=1), k)
+    _, ids = hamming_search(
+        HashIndex.from_codes(db_codes, probe, IndexConfig("flat")), np.packbits(q_logits > 0, axis=1), k
+    )
     _, aids = asymmetric_knn(q_logits, db_codes, k)
-    return {"hamming": mean_average_precision(relevance(yq, yb, ids)), "asymmetric": mean_average_precision(relevance(yq, yb, aids))}
+    return {
+        "hamming": mean_average_precision(relevance(yq, yb, ids)),
+        "asymmetric": mean_average_precision(relevance(yq, yb, aids)),
+    }
 
 
 def asymmetric_row(name: str, probe, db_codes: np.ndarray, xq, yb, yq, k: int) -> dict:
     """The bench quality row of the asymmetric ranking of the whole database (the paper's mAP)."""
     _, ids = asymmetric_knn(probe.logits(xq), db_codes, k)
     rel = relevance(yq, yb, ids)
-    return {"method": name, "bits": probe.bits, "mode": "asymmetric", "nq": len(xq), "map": mean_average_precision(rel), "precision": precision_at_k(rel, k)}
+    return {
+        "method": name,
+        "bits": probe.bits,
+        "mode": "asymmetric",
+        "nq": len(xq),
+        "map": mean_average_precision(rel),
+        "precision": precision_at_k(rel, k),
+    }
 
 
 def summarize(method: str, bits: int, mode: str, seeds: list[int], maps: list[float], default_seed: int) -> dict:
     """Mean, min, std (population) and the default seed's figure of per-seed mAPs."""
     a = np.asarray(maps, np.float64)
     return {
-        "method": method, "bits": bits, "mode": mode, "seeds": list(seeds), "maps": [float(x) for x in a],
-        "mean": float(a.mean()), "min": float(a.min()), "max": float(a.max()), "std": float(a.std()),
+        "method": method,
+        "bits": bits,
+        "mode": mode,
+        "seeds": list(seeds),
+        "maps": [float(x) for x in a],
+        "mean": float(a.mean()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "std": float(a.std()),
         "default": float(a[list(seeds).index(default_seed)]) if default_seed in seeds else None,
-    }  # fmt: skip
+    }
 
 
-def seed_rows(db, fit_config, name: str, seeds: tuple[int, ...], default_seed: int, default_maps: dict, xb, xq, yb, yq, k: int, bar=None) -> list[dict]:
+def seed_rows(
+    db,
+    fit_config,
+    name: str,
+    seeds: tuple[int, ...],
+    default_seed: int,
+    default_maps: dict,
+    xb,
+    xq,
+    yb,
+    yq,
+    k: int,
+    bar=None,
+) -> list[dict]:
     """Fit ``name`` at every seed (the default seed's figures are reused) and summarise each mode."""
     from hashindex.probe.fit import fit_probe
 
@@ -64,23 +96,39 @@ def seed_rows(db, fit_config, name: str, seeds: tuple[int, ...], default_seed: i
             continue
         probe = fit_probe(db, replace(fit_config, seed=s), progress=False)
         per_seed[s] = ranking_maps(probe, xb, xq, yb, yq, k)
-        logger.info("%s %d bits seed %d: mAP %.4f (asymmetric %.4f)", name, fit_config.bits, s, per_seed[s]["hamming"], per_seed[s]["asymmetric"])
+        logger.info(
+            "%s %d bits seed %d: mAP %.4f (asymmetric %.4f)",
+            name,
+            fit_config.bits,
+            s,
+            per_seed[s]["hamming"],
+            per_seed[s]["asymmetric"],
+        )
         if bar is not None:
             bar.update(1)
     order = sorted(set(seeds) | {default_seed})
-    return [summarize(name, fit_config.bits, m, order, [per_seed[s][m] for s in order], default_seed) for m in SEED_MODES]
+    return [
+        summarize(name, fit_config.bits, m, order, [per_seed[s][m] for s in order], default_seed) for m in SEED_MODES
+    ]
 
 
 def worst_seed_map(report: dict, method: str, bits: int) -> float | None:
     """The minimum Hamming mAP over seeds when measured, else the default seed's figure."""
-    row = next((r for r in report.get("seeds", []) if r["method"] == method and r["bits"] == bits and r["mode"] == "hamming"), None)
+    row = next(
+        (r for r in report.get("seeds", []) if r["method"] == method and r["bits"] == bits and r["mode"] == "hamming"),
+        None,
+    )
     if row is not None:
         return row["min"]
-    q = next((r for r in report["quality"] if r["method"] == method and r["bits"] == bits and r["mode"] == "hamming"), None)
+    q = next(
+        (r for r in report["quality"] if r["method"] == method and r["bits"] == bits and r["mode"] == "hamming"), None
+    )
     return None if q is None else q["map"]
 
 
-def ivf_rows(ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray, yq, yb, k: int, nprobes) -> Iterator[dict]:
+def ivf_rows(
+    ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray, yq, yb, k: int, nprobes
+) -> Iterator[dict]:
     """Quality of an IVF index at each nprobe, against the flat index's top-k of the same codes.
 
     ``recall``: the fraction of the flat top-k ids the IVF search returned; ``recall_ties``: the
@@ -89,8 +137,8 @@ def ivf_rows(ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray,
     fewer, the mAP definition averages over the hits found and flatters a search that found less.
     Yields one row per nprobe, with the index still set to it (so the caller can time it).
     """
-    from hashindex.search.ranking import sort_results
     from hashindex.measure.synthetic import recall_within
+    from hashindex.search.ranking import sort_results
 
     fi = ivf.faiss_index
     for nprobe in nprobes:
@@ -101,7 +149,15 @@ def ivf_rows(ivf, flat_ids: np.ndarray, flat_d: np.ndarray, q_codes: np.ndarray,
         found = i >= 0
         complete = float(found.all(axis=1).mean())
         hit = np.array([np.isin(flat_ids[r], i[r][found[r]]).sum() for r in range(len(i))])
-        row = {"kind": f"ivf-nprobe{nprobe}", "nprobe": nprobe, "k": k, "recall": float(hit.mean() / k), "recall_ties": recall_within(d, i, flat_d), "complete": complete, "map": None}
+        row = {
+            "kind": f"ivf-nprobe{nprobe}",
+            "nprobe": nprobe,
+            "k": k,
+            "recall": float(hit.mean() / k),
+            "recall_ties": recall_within(d, i, flat_d),
+            "complete": complete,
+            "map": None,
+        }
         if complete == 1.0:
             _, ids = sort_results(d.astype(np.int32), i.astype(np.int64))
             row["map"] = mean_average_precision(relevance(yq, yb, ids))
@@ -116,18 +172,30 @@ def render_tables(report: dict, heading: str = "#") -> list[str]:
     bits = sorted({r["bits"] for r in q if r["mode"] == "asymmetric"})
     L: list[str] = []
     if bits:
-        L += ["", f"Asymmetric ranking of the whole database (the CroVCA paper's mAP@{k}: query sigmoid(logits) vs database bits, L1), beside symmetric Hamming (%):", ""]
+        L += [
+            "",
+            f"Asymmetric ranking of the whole database (the CroVCA paper's mAP@{k}: query sigmoid(logits) vs database bits, L1), beside symmetric Hamming (%):",
+            "",
+        ]
         L += ["| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
         for m in [m for m in NAMES if any(r["method"] == m and r["mode"] == "asymmetric" for r in q)]:
             cells = []
             for b in bits:
                 h = next((r for r in q if r["method"] == m and r["bits"] == b and r["mode"] == "hamming"), None)
                 a = next((r for r in q if r["method"] == m and r["bits"] == b and r["mode"] == "asymmetric"), None)
-                cells.append(f"{_fmt(None if h is None else 100 * h['map'])} / {_fmt(None if a is None else 100 * a['map'])}")
+                cells.append(
+                    f"{_fmt(None if h is None else 100 * h['map'])} / {_fmt(None if a is None else 100 * a['map'])}"
+                )
             L.append(f"| {NAMES[m]} (Hamming / asymmetric) | " + " | ".join(cells) + " |")
     seeds = report.get("seeds") or []
     if seeds:
-        L += ["", f"{heading}# Quality across seeds: mAP@{k} (%)", "", "| method | bits | ranking | seeds | default seed | mean | min | std | per seed |", "|---|---|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            f"{heading}# Quality across seeds: mAP@{k} (%)",
+            "",
+            "| method | bits | ranking | seeds | default seed | mean | min | std | per seed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in seeds:
             per = ", ".join(f"{100 * x:.1f}" for x in r["maps"])
             L.append(
@@ -136,9 +204,15 @@ def render_tables(report: dict, heading: str = "#") -> list[str]:
             )
     ivf = [s for s in report["speed"] if s.get("recall") is not None and s.get("scope") == "collection"]
     if ivf:
-        L += ["", f"IVF against the flat index of the same codes: recall of the flat top-{ivf[0]['k']} (ids / counting equal distances), "
-              "queries that got all k back, and mAP only where every query did:", ""]  # fmt: skip
+        L += [
+            "",
+            f"IVF against the flat index of the same codes: recall of the flat top-{ivf[0]['k']} (ids / counting equal distances), "
+            "queries that got all k back, and mAP only where every query did:",
+            "",
+        ]
         L += ["| bits | index | recall | recall (ties) | complete | mAP |", "|---|---|---|---|---|---|"]
         for s in ivf:
-            L.append(f"| {s['bits']} | {s['kind']} | {100 * s['recall']:.1f} | {100 * s['recall_ties']:.1f} | {100 * s['complete']:.1f} | {_fmt(None if s['map'] is None else 100 * s['map'])} |")
+            L.append(
+                f"| {s['bits']} | {s['kind']} | {100 * s['recall']:.1f} | {100 * s['recall_ties']:.1f} | {100 * s['complete']:.1f} | {_fmt(None if s['map'] is None else 100 * s['map'])} |"
+            )
     return L

@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 
+from hashindex.core.config import DEFAULT_RERANK
 from hashindex.core.errors import InputError, MismatchError
+from hashindex.core.validate import check_k
 from hashindex.index.load import HashIndex
 from hashindex.measure.metrics import mean_average_precision, precision_at_k, relevance
-from hashindex.core.config import DEFAULT_RERANK
 from hashindex.search.ranking import cosine_knn, ranked
 from hashindex.store.reader import Embeddings
-from hashindex.core.validate import check_k
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,9 @@ def check_label_space(a_names, a_cols: int, b_names, b_cols: int, a: str, b: str
     (compared by name; unnamed columns by count): positions mean nothing across other orders."""
     if a_names is None or b_names is None:
         if a_cols != b_cols or a_names != b_names:
-            raise MismatchError(f"the labels of {a} ({a_cols} columns) and {b} ({b_cols} columns) are not the same classes")
+            raise MismatchError(
+                f"the labels of {a} ({a_cols} columns) and {b} ({b_cols} columns) are not the same classes"
+            )
         return
     if list(a_names) != list(b_names):
         raise MismatchError(
@@ -33,9 +35,15 @@ def check_label_space(a_names, a_cols: int, b_names, b_cols: int, a: str, b: str
 
 
 def evaluate(
-    index: HashIndex, queries: Embeddings, topk: int = 1000, *, db: Embeddings | None = None, with_float: bool = True,
-    rerank: int | None = None, asymmetric: bool = False,
-) -> dict:  # fmt: skip
+    index: HashIndex,
+    queries: Embeddings,
+    topk: int = 1000,
+    *,
+    db: Embeddings | None = None,
+    with_float: bool = True,
+    rerank: int | None = None,
+    asymmetric: bool = False,
+) -> dict:
     """mAP@topk and precision@topk of Hamming ranking (ties by id), and of float cosine.
 
     Args:
@@ -75,7 +83,14 @@ def evaluate(
         raise InputError("evaluate needs labels on both the queries and the indexed items")
     if queries.n == 0 or ntotal == 0:
         raise InputError(f"nothing to evaluate: {queries.path} holds {queries.n} queries, the index {ntotal} items")
-    check_label_space(queries.label_names, q_labels.shape[1], db_label_names, db_labels.shape[1], str(queries.path), f"index {index.path}")
+    check_label_space(
+        queries.label_names,
+        q_labels.shape[1],
+        db_label_names,
+        db_labels.shape[1],
+        str(queries.path),
+        f"index {index.path}",
+    )
     xq = queries.embeddings()
     t0 = time.perf_counter()
     if snap:  # rows of db_labels are positions, results are ids
@@ -91,7 +106,9 @@ def evaluate(
         "supervised": bool(index.probe.config.get("supervised", False)),
         "bits": index.bits,
         "index_type": index.kind,
-        "ranking": "hamming" if rerank is None and not asymmetric else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
+        "ranking": "hamming"
+        if rerank is None and not asymmetric
+        else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}",
         "topk": topk,
         "nq": len(xq),
         "ntotal": ntotal,
@@ -147,16 +164,20 @@ def evaluate(
 
 def _paper_and_ivf(index: HashIndex, db_codes, xq, q_labels, db_labels, topk: int, ivf: bool = True) -> dict:
     """Asymmetric ranking of the whole database; for IVF, recall of the exact top-k."""
-    from hashindex.search.exact import asymmetric_knn
-    from hashindex.measure.bench_seeds import ivf_rows
     from hashindex.core.config import IndexConfig
+    from hashindex.measure.bench_seeds import ivf_rows
+    from hashindex.search.exact import asymmetric_knn
     from hashindex.search.ranking import hamming_search
 
     logits = index.probe.logits(xq)
     k = min(topk, len(db_codes))
     _, aids = asymmetric_knn(logits, db_codes, k)
     arel = relevance(q_labels, db_labels, aids)
-    out = {"asymmetric_map": mean_average_precision(arel), "asymmetric_precision": precision_at_k(arel, topk), "ivf": None}
+    out = {
+        "asymmetric_map": mean_average_precision(arel),
+        "asymmetric_precision": precision_at_k(arel, topk),
+        "ivf": None,
+    }
     if ivf and index.kind == "ivf":
         q_codes = np.packbits(logits > 0, axis=1)
         fd, fids = hamming_search(HashIndex.from_codes(db_codes, index.probe, IndexConfig("flat")), q_codes, k)

@@ -18,7 +18,11 @@ def relevance(q_labels: np.ndarray, db_labels: np.ndarray, ids: np.ndarray) -> n
     if q_labels.shape[1] != db_labels.shape[1]:
         raise InputError(f"queries have {q_labels.shape[1]} label columns, the database {db_labels.shape[1]}")
     q = q_labels.astype(bool)
-    return np.stack([(db_labels[ids[r]].astype(bool) & q[r]).any(axis=1) for r in range(len(ids))]) if len(ids) else np.zeros((0, ids.shape[1]), bool)
+    return (
+        np.stack([(db_labels[ids[r]].astype(bool) & q[r]).any(axis=1) for r in range(len(ids))])
+        if len(ids)
+        else np.zeros((0, ids.shape[1]), bool)
+    )
 
 
 def average_precision(rel: np.ndarray) -> np.ndarray:

@@ -45,12 +45,19 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
     if fl:
         L.append(f"| float cosine ({fl['bits'] // 32}-d) | " + " | ".join(_fmt(100 * fl["map"]) for _ in bits) + " |")
     if sub is not None and sub is not fl:
-        L.append(f"| float cosine, first {sub['nq']:,} queries (the re-ranked figures use these) | " + " | ".join(_fmt(100 * sub["map"]) for _ in bits) + " |")
+        L.append(
+            f"| float cosine, first {sub['nq']:,} queries (the re-ranked figures use these) | "
+            + " | ".join(_fmt(100 * sub["map"]) for _ in bits)
+            + " |"
+        )
     methods = [m for m in NAMES if m != "float" and any(x["method"] == m for x in q)]
     for m in methods:
         cells = []
         for b in bits:
-            vals = [next((x for x in q if x["method"] == m and x["bits"] == b and x["mode"] == mode), None) for mode in ("hamming", f"rerank-float-{r}", f"asymmetric-{r}")]
+            vals = [
+                next((x for x in q if x["method"] == m and x["bits"] == b and x["mode"] == mode), None)
+                for mode in ("hamming", f"rerank-float-{r}", f"asymmetric-{r}")
+            ]
             cells.append(" / ".join(_fmt(None if v is None else 100 * v["map"]) for v in vals))
         L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
     L += ["", f"Precision@{k} and precision within Hamming radius 2 (%), Hamming ranking:", ""]
@@ -64,14 +71,26 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
     from hashindex.measure.bench_seeds import render_tables
 
     L += render_tables(report, heading)
-    L += ["", f"{heading}# Fit and build time (s)", "", "| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+    L += [
+        "",
+        f"{heading}# Fit and build time (s)",
+        "",
+        "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+        "|---|" + "---|" * len(bits),
+    ]
     for m in methods:
         cells = []
         for b in bits:
             v = next((x for x in report["fit"] if x["method"] == m and x["bits"] == b), None)
             cells.append("–" if v is None else f"{v['fit_seconds']:.1f} / {v['build_seconds']:.2f}")
         L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
-    L += ["", f"{heading}# Speed", "", f"k = {cfg['speed_k']}; queries/s from one batched call, latency from single-query calls.", ""]
+    L += [
+        "",
+        f"{heading}# Speed",
+        "",
+        f"k = {cfg['speed_k']}; queries/s from one batched call, latency from single-query calls.",
+        "",
+    ]
     L += ["| scope | items | index | bits | queries/s | p50 ms | p99 ms | mAP |", "|---|---|---|---|---|---|---|---|"]
     for s in report["speed"]:
         L.append(
@@ -84,7 +103,9 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
     L += ["", f"{heading}# Targets", ""]
     for t in report.get("targets", []):
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
-        L.append(f"- {t['target']}: {_fmt(t['value'], '.2f')} (needs {'≤' if t['unit'] == 'B' else '≥'} {t['threshold']:.1f}) → **{verdict}**")
+        L.append(
+            f"- {t['target']}: {_fmt(t['value'], '.2f')} (needs {'≤' if t['unit'] == 'B' else '≥'} {t['threshold']:.1f}) → **{verdict}**"
+        )
     for p in plots or []:
         L += ["", f"![{p}]({p})"]
     return "\n".join(L) + "\n"
@@ -95,15 +116,21 @@ def render_synthetic_ivf(rows: list[dict] | None) -> list[str]:
     0.95 against flat, its speed-up, and the sweep."""
     if not rows:
         return []
-    L = ["", "Synthetic collections: codes drawn around 4,096 random centres, each bit flipped with probability 1/8 "
-         "(queries drawn the same way). IVF against the flat index of the same codes; recall@k counts a place "
-         "filled by an item at most as far as the flat k-th distance.", "",
-         "| items | bits | nlist | build s | nprobe at recall ≥ 0.95 | recall | IVF q/s | flat q/s | IVF / flat |",
-         "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    L = [
+        "",
+        "Synthetic collections: codes drawn around 4,096 random centres, each bit flipped with probability 1/8 "
+        "(queries drawn the same way). IVF against the flat index of the same codes; recall@k counts a place "
+        "filled by an item at most as far as the flat k-th distance.",
+        "",
+        "| items | bits | nlist | build s | nprobe at recall ≥ 0.95 | recall | IVF q/s | flat q/s | IVF / flat |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         at = r["at_target"] or {}
-        L.append(f"| {r['n']:,} | {r['bits']} | {r['nlist']} | {r['build_seconds']:.1f} | {at.get('nprobe', 'not reached')} | "
-                 f"{_fmt(at.get('recall'), '.3f')} | {_fmt(at.get('qps'), ',.0f')} | {r['flat_qps']:,.1f} | {_fmt(r['speedup'], '.1f')} |")  # fmt: skip
+        L.append(
+            f"| {r['n']:,} | {r['bits']} | {r['nlist']} | {r['build_seconds']:.1f} | {at.get('nprobe', 'not reached')} | "
+            f"{_fmt(at.get('recall'), '.3f')} | {_fmt(at.get('qps'), ',.0f')} | {r['flat_qps']:,.1f} | {_fmt(r['speedup'], '.1f')} |"
+        )
     for r in rows:
         sweep = ", ".join(f"{x['nprobe']}: {x['recall']:.3f} at {x['qps']:,.0f} q/s" for x in r["sweep"])
         L.append(f"\nSweep at {r['n']:,} items, {r['bits']} bits (nprobe: recall, q/s): {sweep}.")
@@ -122,17 +149,23 @@ def render_memory(report: dict, heading: str = "#") -> list[str]:
     fsz = next((s["float_bytes_per_item"] for s in report["speed"] if "float_bytes_per_item" in s), None)
     rss_from = report["config"].get("rss_min_items")
     L = [
-        "", f"{heading}# Memory (bytes per item)", "",
+        "",
+        f"{heading}# Memory (bytes per item)",
+        "",
         "Serialised index and codes: faiss's own sizes (`serialize_index_binary`, `code_size × ntotal`), exact. "
         "RSS growth: measured in a fresh process around `add` of the codes"
         + (f", only at {rss_from:,} items or more" if rss_from else "")
         + "; an index too small for the reading to resolve it says so instead of a number.",
-        "", "| items | bits | serialised flat index | codes in faiss | RSS growth of the flat index | float32 vectors |", "|---|---|---|---|---|---|",
-    ]  # fmt: skip
+        "",
+        "| items | bits | serialised flat index | codes in faiss | RSS growth of the flat index | float32 vectors |",
+        "|---|---|---|---|---|---|",
+    ]
     for s in report["speed"]:
         if s["kind"] == "flat" and s["scope"] == "synthetic":
             code = s.get("code_bytes_per_item", s["bits"] / 8)
-            L.append(f"| {s['n']:,} | {s['bits']} | {s['index_bytes_per_item']:.2f} | {code:.2f} | {_ram_cell(s)} | {_fmt(fsz, ',')} |")
+            L.append(
+                f"| {s['n']:,} | {s['bits']} | {s['index_bytes_per_item']:.2f} | {code:.2f} | {_ram_cell(s)} | {_fmt(fsz, ',')} |"
+            )
     return L
 
 
@@ -144,8 +177,10 @@ def render_pipeline(ps: dict | None, heading: str = "#") -> list[str]:
     L += [
         f"Device: {ps['device_name']}. Each reference ran in the same run on the same work; ratio = the reference's "
         "time / hashindex's time (1.00x: hashindex at the bare loop's pace).",
-        "", "| stage | work | hashindex | reference | ratio |", "|---|---|---|---|---|",
-    ]  # fmt: skip
+        "",
+        "| stage | work | hashindex | reference | ratio |",
+        "|---|---|---|---|---|",
+    ]
     e = ps.get("embed")
     if e is None:
         L.append("| embed | – | not measured (no `--images`) | – | – |")
@@ -170,7 +205,10 @@ def render_pipeline(ps: dict | None, heading: str = "#") -> list[str]:
         if row is None:
             L.append(head + "not measured (no `--images`: no image to query) | – | – |")
         else:
-            L.append(head + f"{row['seconds']:.2f} s wall | {row['reference_seconds']:.2f} s (`{row['reference']}`) | {row['ratio']:.2f}x |")
+            L.append(
+                head
+                + f"{row['seconds']:.2f} s wall | {row['reference_seconds']:.2f} s (`{row['reference']}`) | {row['ratio']:.2f}x |"
+            )
     return L
 
 
@@ -223,7 +261,12 @@ def write_plots(report: dict, out_dir: str | Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, c in report["pr_curves"].items():
-        if key.startswith("crovca-") and not key.startswith("crovca-sup") or key.startswith("itq") or key.startswith("lsh"):
+        if (
+            key.startswith("crovca-")
+            and not key.startswith("crovca-sup")
+            or key.startswith("itq")
+            or key.startswith("lsh")
+        ):
             ax.plot(c["recall"], c["precision"], label=key, lw=1)
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall over Hamming radius")
     ax.legend(fontsize=6)

@@ -32,8 +32,8 @@ import torch
 from hashindex.backbone.model import Backbone, load_backbone, resolve_device, spec_load_options
 from hashindex.core.config import BenchConfig, EmbedConfig, FitConfig
 from hashindex.core.errors import HashIndexError
-from hashindex.probe.artifact import Probe
 from hashindex.core.spec import check_same_backbone
+from hashindex.probe.artifact import Probe
 from hashindex.store.reader import Embeddings, open_embeddings
 
 logger = logging.getLogger(__name__)
@@ -133,17 +133,23 @@ def measure_embed(db: Embeddings, config: BenchConfig, workdir: Path) -> tuple[d
     embed(source, path, cfg, progress=False)
     wall = time.perf_counter() - t
     emb = open_embeddings(path)
-    check_same_backbone(db.backbone, emb.backbone, f"the database embeddings {db.path}", f"the bench images {config.images}")
+    check_same_backbone(
+        db.backbone, emb.backbone, f"the database embeddings {db.path}", f"the bench images {config.images}"
+    )
     passes = emb.n * (1 + cfg.views)
     seconds = float(emb.attrs["embed_seconds"])
     image = workdir / "query.png"
     Image.fromarray(source.load(int(emb.source_index()[0]))).save(image)
     figures = {
-        "source": config.images, "images": emb.n, "views": cfg.views, "image_size": emb.backbone.image_size,
-        "batch_size": cfg.batch_size, "model": emb.backbone.model,
+        "source": config.images,
+        "images": emb.n,
+        "views": cfg.views,
+        "image_size": emb.backbone.image_size,
+        "batch_size": cfg.batch_size,
+        "model": emb.backbone.model,
         "hashindex": {"passes": passes, "seconds": seconds, "wall_seconds": wall, "passes_per_s": passes / seconds},
         "reference": {"passes": ref_passes, "seconds": ref_s, "passes_per_s": ref_passes / ref_s},
-    }  # fmt: skip
+    }
     figures["ratio"] = figures["hashindex"]["passes_per_s"] / figures["reference"]["passes_per_s"]
     return figures, image
 
@@ -156,7 +162,14 @@ def measure_fit(db: Embeddings, config: BenchConfig) -> tuple[dict, Probe]:
     from hashindex.probe.sampling import read_rows, sample_rows
 
     bits = 64 if 64 in config.bits else max(config.bits)
-    cfg = FitConfig(method="crovca", bits=bits, hashcoder=config.hashcoder, epochs=config.epochs, device=config.device, seed=config.seed)
+    cfg = FitConfig(
+        method="crovca",
+        bits=bits,
+        hashcoder=config.hashcoder,
+        epochs=config.epochs,
+        device=config.device,
+        seed=config.seed,
+    )
     logger.info("pipeline speed: hashindex fit-probe, CroVCA %d bits", bits)
     t = time.perf_counter()
     probe = fit_probe(db, cfg, progress=False)
@@ -166,14 +179,23 @@ def measure_fit(db: Embeddings, config: BenchConfig) -> tuple[dict, Probe]:
     x = read_rows(db, rows)
     # The eval embedding is one of the views (FitConfig.eval_view); without cached views it is
     # paired with itself (fit_probe then adds feature-space noise, which the bare loop leaves out).
-    views = np.stack([x] + [read_rows(db, rows, view=v) for v in range(db.num_views)] if db.num_views else [x, x], axis=1)
+    views = np.stack(
+        [x] + [read_rows(db, rows, view=v) for v in range(db.num_views)] if db.num_views else [x, x], axis=1
+    )
     logger.info("pipeline speed: bare training loop of %d steps", steps)
     ref_s = reference_fit(views, cfg, epochs)
     figures = {
-        "method": "crovca", "bits": bits, "rows": len(x), "views": views.shape[1], "epochs": epochs, "steps": steps,
+        "method": "crovca",
+        "bits": bits,
+        "rows": len(x),
+        "views": views.shape[1],
+        "epochs": epochs,
+        "steps": steps,
         "batch_size": cfg.batch_size,
-        "hashindex": {"seconds": seconds}, "reference": {"seconds": ref_s}, "ratio": ref_s / seconds,
-    }  # fmt: skip
+        "hashindex": {"seconds": seconds},
+        "reference": {"seconds": ref_s},
+        "ratio": ref_s / seconds,
+    }
     return figures, probe
 
 
@@ -201,7 +223,10 @@ def measure_query(probe: Probe, db: Embeddings, q: Embeddings, image: Path | Non
     probe.save(workdir / "probe")
     build_index(db, workdir / "probe", workdir / "index")
     cmd = [sys.executable, "-m", "hashindex", "-q", "query", str(workdir / "index")]
-    runs = {"embeddings": cmd + ["--embeddings", str(q.path), "--limit", "1"], "image": None if image is None else cmd + [str(image)]}
+    runs = {
+        "embeddings": cmd + ["--embeddings", str(q.path), "--limit", "1"],
+        "image": None if image is None else cmd + [str(image)],
+    }
     out: dict = {"index_items": db.n, "bits": probe.bits}
     for kind, args in runs.items():
         if args is None:
@@ -210,7 +235,12 @@ def measure_query(probe: Probe, db: Embeddings, q: Embeddings, image: Path | Non
         logger.info("pipeline speed: one %s query process", kind)
         seconds = wall_seconds(args)
         ref_s = wall_seconds([sys.executable, "-c", QUERY_FLOORS[kind]])
-        out[kind] = {"seconds": seconds, "reference": f"python -c '{QUERY_FLOORS[kind]}'", "reference_seconds": ref_s, "ratio": ref_s / seconds}
+        out[kind] = {
+            "seconds": seconds,
+            "reference": f"python -c '{QUERY_FLOORS[kind]}'",
+            "reference_seconds": ref_s,
+            "ratio": ref_s / seconds,
+        }
     return out
 
 

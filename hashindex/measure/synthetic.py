@@ -65,7 +65,11 @@ def ivf_at_recall(codes: np.ndarray, queries: np.ndarray, flat_d: np.ndarray, nl
         fi.nprobe = nprobe
         t0 = time.perf_counter()
         d, ids = fi.search(queries, flat_d.shape[1])
-        row = {"nprobe": nprobe, "qps": len(queries) / (time.perf_counter() - t0), "recall": recall_within(d, ids, flat_d)}
+        row = {
+            "nprobe": nprobe,
+            "qps": len(queries) / (time.perf_counter() - t0),
+            "recall": recall_within(d, ids, flat_d),
+        }
         sweep.append(row)
         at = row if row["recall"] >= target else None
         nprobe *= 2

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.core.codes import pack
-from hashindex.core.errors import InputError, IntegrityError
 from hashindex.core.durable import publish_folder
+from hashindex.core.errors import InputError, IntegrityError
 from hashindex.core.validate import check_embeddings
 from hashindex.probe.baselines import l2_normalize
 
@@ -78,7 +78,10 @@ class Probe:
         x = self.check_input(x)
         if self.method != "crovca":
             return ((l2_normalize(x) - self.tensors["mean"]) @ self.tensors["W"]).astype(np.float32)
-        out = [hashcoder_logits(self.tensors, self.config.get("hashcoder", "small"), x[s : s + batch_size]) for s in range(0, len(x), batch_size)]
+        out = [
+            hashcoder_logits(self.tensors, self.config.get("hashcoder", "small"), x[s : s + batch_size])
+            for s in range(0, len(x), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.bits), np.float32)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
@@ -158,7 +161,9 @@ def load_probe(probe_dir: str | os.PathLike) -> Probe:
     try:
         doc = json.loads((d / PROBE_JSON).read_text())
         tensors = load_file(str(d / PROBE_WEIGHTS))
-        probe = Probe(doc["method"], int(doc["bits"]), int(doc["input_dim"]), doc["config"], doc.get("meta", {}), tensors)
+        probe = Probe(
+            doc["method"], int(doc["bits"]), int(doc["input_dim"]), doc["config"], doc.get("meta", {}), tensors
+        )
     except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError) as e:
         raise IntegrityError(f"probe {d} is unreadable or corrupt: {type(e).__name__}: {e}") from None
     except Exception as e:  # safetensors' own errors
@@ -166,8 +171,11 @@ def load_probe(probe_dir: str | os.PathLike) -> Probe:
     if doc.get("format", 0) > PROBE_FORMAT:
         raise InputError(f"probe {d} has format {doc['format']}; this hashindex reads up to {PROBE_FORMAT}")
     try:
-        want = hashcoder_shapes(probe.input_dim, probe.bits, probe.config.get("hashcoder", "small")) if probe.method == "crovca" else {
-            "mean": (probe.input_dim,), "W": (probe.input_dim, probe.bits)}  # fmt: skip
+        want = (
+            hashcoder_shapes(probe.input_dim, probe.bits, probe.config.get("hashcoder", "small"))
+            if probe.method == "crovca"
+            else {"mean": (probe.input_dim,), "W": (probe.input_dim, probe.bits)}
+        )
         got = {k: tuple(v.shape) for k, v in tensors.items()}
         if got != want:
             bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))

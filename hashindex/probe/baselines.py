@@ -34,7 +34,9 @@ def _pca(xc: np.ndarray, bits: int) -> np.ndarray:
     return v[:, np.argsort(w)[::-1][:bits]]
 
 
-def fit_linear(x: np.ndarray, bits: int, method: BaselineMethod, seed: int = 0, itq_iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def fit_linear(
+    x: np.ndarray, bits: int, method: BaselineMethod, seed: int = 0, itq_iters: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
     """Fit a baseline on training embeddings.
 
     Args:

@@ -11,8 +11,8 @@ with image views on Fashion-MNIST is in BENCHMARKS.md ("Feature-space views").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ def repeated_views(x: np.ndarray, v: int = 2) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(x, shape=(n, v, d), strides=(x.strides[0], 0, x.strides[1]))
 
 
-def feature_view_fn(x: np.ndarray, seed: int, config: FeatureViewConfig = FeatureViewConfig()) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_view_fn(
+    x: np.ndarray, seed: int, config: FeatureViewConfig = FeatureViewConfig()
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function that turns a batch of embeddings into a random feature-space view of it.
 
     Args:
@@ -48,7 +50,10 @@ def feature_view_fn(x: np.ndarray, seed: int, config: FeatureViewConfig = Featur
     def view(batch: torch.Tensor) -> torch.Tensor:
         dev = batch.device
         if dev not in state:  # drawn where the batch is (a CPU fit reproduces the former stream)
-            state[dev] = (torch.Generator(dev).manual_seed(int(seed) + 7919), scale.to(dev))  # apart from the batch sampler's
+            state[dev] = (
+                torch.Generator(dev).manual_seed(int(seed) + 7919),
+                scale.to(dev),
+            )  # apart from the batch sampler's
         gen, s = state[dev]
         b = batch.float()
         mask = (torch.rand(b.shape, generator=gen, device=dev) < keep).to(b.dtype) / keep

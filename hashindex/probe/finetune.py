@@ -28,20 +28,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hashindex.core.config import AugmentConfig
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
-from hashindex.backbone.preprocess import base_size
+from hashindex.backbone.lora import (
+    ADAPTER_JSON,
+    LoRAConfig,
+    adapter_tensors,
+    inject,
+    lora_layers,
+    save_adapter,
+    set_adapter_training,
+    target_layers,
+)
 from hashindex.backbone.model import Backbone, load_backbone
-from hashindex.embedding.run import _BaseImages
+from hashindex.backbone.preprocess import base_size
+from hashindex.core.config import AugmentConfig, BackboneOptions, FitConfig, TargetKind
+from hashindex.core.durable import OutputLock, write_durably
 from hashindex.core.errors import InputError
-from hashindex.backbone.lora import ADAPTER_JSON, LoRAConfig, adapter_tensors, inject, lora_layers, save_adapter, set_adapter_training, target_layers
-from hashindex.core.config import BackboneOptions, FitConfig, TargetKind
+from hashindex.embedding.run import _BaseImages
+from hashindex.embedding.sources import ImageSource
 from hashindex.probe.artifact import Probe, state_to_arrays
 from hashindex.probe.fit import _cosine_lr, class_codebook, optimizer_step, recalibrate_bits, view_pairs
 from hashindex.probe.hashcoder import HashCoder
 from hashindex.probe.losses import crovca_loss
-from hashindex.embedding.sources import ImageSource
-from hashindex.core.durable import OutputLock, write_durably
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +92,22 @@ class FinetuneConfig(BackboneOptions):
     def fit_config(self) -> FitConfig:
         """The HashCoder's share of the options, as fit-probe records them."""
         return FitConfig(
-            method="crovca", bits=self.bits, supervised=self.supervised, targets=self.targets, hashcoder=self.hashcoder, epochs=self.epochs,
-            batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay, eps=self.eps,
-            reg=self.reg, eval_view=self.eval_view, device=self.device, seed=self.seed,
-        )  # fmt: skip
+            method="crovca",
+            bits=self.bits,
+            supervised=self.supervised,
+            targets=self.targets,
+            hashcoder=self.hashcoder,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            min_lr=self.min_lr,
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            reg=self.reg,
+            eval_view=self.eval_view,
+            device=self.device,
+            seed=self.seed,
+        )
 
     def validate(self) -> None:
         self.fit_config().validate()
@@ -157,7 +177,9 @@ def _checkpoint_tensors(head: HashCoder, model: torch.nn.Module, opt: torch.opti
     return t
 
 
-def _restore(t: dict[str, torch.Tensor], head: HashCoder, model: torch.nn.Module, opt: torch.optim.Optimizer, dev) -> None:
+def _restore(
+    t: dict[str, torch.Tensor], head: HashCoder, model: torch.nn.Module, opt: torch.optim.Optimizer, dev
+) -> None:
     head.load_state_dict({k[2:]: v for k, v in t.items() if k.startswith("h.")})
     layers = lora_layers(model)
     for k, v in t.items():
@@ -179,8 +201,8 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _load_checkpoint(path: Path, settings: dict) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    from safetensors.torch import load_file
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     if not path.is_file():
         return None
@@ -191,11 +213,15 @@ def _load_checkpoint(path: Path, settings: dict) -> tuple[dict, dict[str, torch.
     except Exception as e:  # a checkpoint is only ever replaced atomically: this is not ours
         raise InputError(f"{path} is unreadable ({type(e).__name__}): remove it to start afresh") from None
     if state["settings"] != settings:
-        raise InputError(f"{path.parent} holds an unfinished finetune run with other settings: remove it or choose another OUT")
+        raise InputError(
+            f"{path.parent} holds an unfinished finetune run with other settings: remove it or choose another OUT"
+        )
     return state, tensors
 
 
-def finetune(source: ImageSource, out: str | os.PathLike, config: FinetuneConfig = FinetuneConfig(), *, progress: bool = True) -> FinetuneSummary:
+def finetune(
+    source: ImageSource, out: str | os.PathLike, config: FinetuneConfig = FinetuneConfig(), *, progress: bool = True
+) -> FinetuneSummary:
     """Train LoRA adapters and a HashCoder on the images of ``source``; write them into ``out``.
 
     Args:
@@ -221,7 +247,9 @@ def finetune(source: ImageSource, out: str | os.PathLike, config: FinetuneConfig
         if done.is_file():
             doc = json.loads(done.read_text())
             if doc.get("settings") != settings:
-                raise InputError(f"{out} already holds a finetune run with other settings: remove it or choose another OUT")
+                raise InputError(
+                    f"{out} already holds a finetune run with other settings: remove it or choose another OUT"
+                )
             (out / CHECKPOINT).unlink(missing_ok=True)  # a run killed while cleaning up
             logger.info("%s is already complete", out)
             return _summary(out, doc)
@@ -231,18 +259,29 @@ def finetune(source: ImageSource, out: str | os.PathLike, config: FinetuneConfig
 
 def _summary(out: Path, doc: dict) -> FinetuneSummary:
     return FinetuneSummary(
-        out, doc["images"], doc["config"]["epochs"], doc["seconds"], doc["adapter_sha256"], doc["trainable_params"],
-        doc["backbone_params"], doc["history"],
-    )  # fmt: skip
+        out,
+        doc["images"],
+        doc["config"]["epochs"],
+        doc["seconds"],
+        doc["adapter_sha256"],
+        doc["trainable_params"],
+        doc["backbone_params"],
+        doc["history"],
+    )
 
 
 def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict, progress: bool) -> FinetuneSummary:
     from tqdm.auto import tqdm
 
     bb = load_backbone(
-        config.model, weights=config.weights, pretrained=config.pretrained, image_size=config.image_size,
-        crop_pct=config.crop_pct, interpolation=config.interpolation, device=config.device,
-    )  # fmt: skip
+        config.model,
+        weights=config.weights,
+        pretrained=config.pretrained,
+        image_size=config.image_size,
+        crop_pct=config.crop_pct,
+        interpolation=config.interpolation,
+        device=config.device,
+    )
     spec, dev, model = bb.spec, bb.device, bb.model
     backbone_params = sum(p.numel() for p in model.parameters())
     if config.supervised and source.labels is None:
@@ -265,7 +304,7 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
     opt = torch.optim.AdamW(
         [{"params": list(head.parameters()), "lr": config.lr}, {"params": adapters, "lr": config.adapter_lr}],
         weight_decay=config.weight_decay,
-    )  # fmt: skip
+    )
     steps = sum(1 for s in range(0, n, config.batch_size) if n - s >= 2)
     total, warm = steps * config.epochs, steps * config.head_epochs
     history: list[dict] = []
@@ -276,8 +315,16 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
         _restore(tensors, head, model, opt, dev)
         start, seconds, history = state["epoch"], state["seconds"], state["history"]
         logger.info("resuming %s after epoch %d", out, start)
-    logger.info("LoRA rank %d on %d layers: %d trainable weights, %d in the backbone", config.lora.rank, len(layers), trainable, backbone_params)
-    bar = tqdm(total=total, initial=start * steps, unit="step", desc=f"finetune {config.bits} bits", disable=not progress)
+    logger.info(
+        "LoRA rank %d on %d layers: %d trainable weights, %d in the backbone",
+        config.lora.rank,
+        len(layers),
+        trainable,
+        backbone_params,
+    )
+    bar = tqdm(
+        total=total, initial=start * steps, unit="step", desc=f"finetune {config.bits} bits", disable=not progress
+    )
     data = torch.from_numpy(bases)
     rate_weight = config.fit_config().rate_weight
     for epoch in range(start, config.epochs):
@@ -293,16 +340,23 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             if len(b) < 2:
                 continue
             x = data[torch.from_numpy(b)].to(dev)
-            views = [augmented_view(x, spec, sample_params(idx[b], 2 * epoch + j, config.seed, s0, config.augment)) for j in (0, 1)]
+            views = [
+                augmented_view(x, spec, sample_params(idx[b], 2 * epoch + j, config.seed, s0, config.augment))
+                for j in (0, 1)
+            ]
             if config.eval_view:
-                views = pick_views(torch.stack([eval_view(x, spec), *views]), np.random.default_rng([config.seed, epoch, s]))
+                views = pick_views(
+                    torch.stack([eval_view(x, spec), *views]), np.random.default_rng([config.seed, epoch, s])
+                )
             with torch.set_grad_enabled(joint):
                 f = _forward(model, torch.cat(views), dev)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = head(f)
             z1, z2 = z.float().chunk(2)
             opt.param_groups[0]["lr"] = _cosine_lr(step, total, config.lr, config.min_lr)
-            opt.param_groups[1]["lr"] = _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
+            opt.param_groups[1]["lr"] = (
+                _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
+            )
             y = None if labels is None else labels[torch.from_numpy(b).to(dev)]
             now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, rate_weight, codes))
             sums += now
@@ -311,10 +365,16 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             bar.set_postfix(loss=f"{now[0]:.4f}", epoch=epoch + 1)
         m = sums / max(1, steps)
         seconds += time.perf_counter() - t0
-        history.append({
-            "epoch": epoch + 1, "trained": "hashcoder+adapters" if joint else "hashcoder", "loss": float(m[0]),
-            "align": float(m[1]), "coding_rate": float(m[2]), "seconds": round(time.perf_counter() - t0, 3),
-        })  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "trained": "hashcoder+adapters" if joint else "hashcoder",
+                "loss": float(m[0]),
+                "align": float(m[1]),
+                "coding_rate": float(m[2]),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
         logger.info("epoch %d (%s): loss %.4f (align %.4f, rate %.4f)", epoch + 1, history[-1]["trained"], *m)
         from safetensors.torch import save
 
@@ -322,7 +382,9 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
         _write_bytes(out / CHECKPOINT, save(_checkpoint_tensors(head, model, opt), metadata=meta))
     bar.close()
     set_adapter_training(model, False)
-    return _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book)
+    return _publish(
+        out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book
+    )
 
 
 def _codebook(bb: Backbone, head: HashCoder, bases: np.ndarray, labels: np.ndarray | None, config: FinetuneConfig):
@@ -345,13 +407,17 @@ def pick_views(stack: torch.Tensor, gen: np.random.Generator) -> list[torch.Tens
 def eval_features(backbone: Backbone, bases: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Eval-view features of uint8 base images ``(n, 3, S0, S0)``."""
     out = [
-        backbone.features(eval_view(torch.from_numpy(bases[s : s + batch_size]).to(backbone.device), backbone.spec)).cpu().numpy()
+        backbone.features(eval_view(torch.from_numpy(bases[s : s + batch_size]).to(backbone.device), backbone.spec))
+        .cpu()
+        .numpy()
         for s in range(0, len(bases), batch_size)
-    ]  # fmt: skip
+    ]
     return np.concatenate(out).astype(np.float32)
 
 
-def _publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book) -> FinetuneSummary:
+def _publish(
+    out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book
+) -> FinetuneSummary:
     """Write the adapter, then the probe, then ``adapter.json`` (the mark of a finished run)."""
     from hashindex.core.codes import bit_balance, pack
 
@@ -361,23 +427,51 @@ def _publish(out, source, config, settings, bb, head, bases, idx, trainable, bac
     head = head.cpu()
     recalibrate_bits(head, x)  # centre the bits on the clean features that get indexed
     provenance = {
-        "backbone": tuned.to_dict(), "augment": asdict(config.augment), "views": "2 per step, made on the fly",
-        "seed": config.seed, "source": source.describe(), "n": len(idx), "dim": tuned.num_features,
-    }  # fmt: skip
+        "backbone": tuned.to_dict(),
+        "augment": asdict(config.augment),
+        "views": "2 per step, made on the fly",
+        "seed": config.seed,
+        "source": source.describe(),
+        "n": len(idx),
+        "dim": tuned.num_features,
+    }
     fit = asdict(config.fit_config())
-    meta = {"embeddings": provenance, "adapter": {"path": tuned.adapter, "sha256": sha}, "loss_history": history, "fit_seconds": round(seconds, 3)}
+    meta = {
+        "embeddings": provenance,
+        "adapter": {"path": tuned.adapter, "sha256": sha},
+        "loss_history": history,
+        "fit_seconds": round(seconds, 3),
+    }
     if book is not None:
         meta["codebook"] = book.to_meta()
-    probe = Probe("crovca", config.bits, tuned.num_features, {**fit, "finetune": True}, meta, state_to_arrays(head), head.eval())
+    probe = Probe(
+        "crovca", config.bits, tuned.num_features, {**fit, "finetune": True}, meta, state_to_arrays(head), head.eval()
+    )
     bal = bit_balance(pack(probe.logits(x)))
-    meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}
+    meta["bit_balance"] = {
+        "mean": float(bal.mean()),
+        "min": float(bal.min()),
+        "max": float(bal.max()),
+        "per_bit": [round(float(b), 4) for b in bal],
+    }
     probe.save(out / PROBE_DIR)
     doc = {
-        "format": 1, "lora": asdict(config.lora), "layers": sorted(lora_layers(bb.model)), "adapter_sha256": sha,
-        "trainable_params": trainable, "backbone_params": backbone_params, "base": bb.spec.to_dict(), "backbone": tuned.to_dict(),
-        "config": asdict(config), "source": source.describe(), "images": len(idx), "history": history,
-        "seconds": round(seconds, 3), "probe": PROBE_DIR, "settings": settings,
-    }  # fmt: skip
+        "format": 1,
+        "lora": asdict(config.lora),
+        "layers": sorted(lora_layers(bb.model)),
+        "adapter_sha256": sha,
+        "trainable_params": trainable,
+        "backbone_params": backbone_params,
+        "base": bb.spec.to_dict(),
+        "backbone": tuned.to_dict(),
+        "config": asdict(config),
+        "source": source.describe(),
+        "images": len(idx),
+        "history": history,
+        "seconds": round(seconds, 3),
+        "probe": PROBE_DIR,
+        "settings": settings,
+    }
     _write_bytes(out / ADAPTER_JSON, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     (out / CHECKPOINT).unlink(missing_ok=True)
     return _summary(out, doc)

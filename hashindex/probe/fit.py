@@ -12,9 +12,8 @@ import torch
 
 from hashindex.backbone.model import resolve_device
 from hashindex.core.codes import bit_balance, pack
-from hashindex.core.errors import InputError
 from hashindex.core.config import FitConfig
-from hashindex.store.reader import Embeddings
+from hashindex.core.errors import InputError
 from hashindex.probe.artifact import Probe, state_to_arrays
 from hashindex.probe.baselines import fit_linear
 from hashindex.probe.feature_views import FeatureViewConfig, feature_view_fn, repeated_views
@@ -22,6 +21,7 @@ from hashindex.probe.hashcoder import HashCoder
 from hashindex.probe.losses import crovca_loss
 from hashindex.probe.sampling import read_rows, sample_rows
 from hashindex.probe.targets import Codebook, align_codebook, make_codebook
+from hashindex.store.reader import Embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,12 @@ def class_codebook(model: HashCoder, features, labels: np.ndarray, seed: int, li
     sel = np.random.default_rng(seed).permutation(len(labels))[:limit]
     dev = next(model.parameters()).device
     model.eval()
-    z = torch.cat([model(torch.from_numpy(np.ascontiguousarray(features(sel[s : s + 4096]))).to(dev)).float().cpu() for s in range(0, len(sel), 4096)]).numpy()
+    z = torch.cat(
+        [
+            model(torch.from_numpy(np.ascontiguousarray(features(sel[s : s + 4096]))).to(dev)).float().cpu()
+            for s in range(0, len(sel), 4096)
+        ]
+    ).numpy()
     model.train()
     y = labels[sel].astype(np.float64)
     protos = (y.T @ (z - z.mean(0))) / np.maximum(y.sum(0), 1)[:, None]
@@ -67,7 +72,9 @@ def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, align: torch.Tensor, rate: torch.Tensor) -> np.ndarray:
+def optimizer_step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, align: torch.Tensor, rate: torch.Tensor
+) -> np.ndarray:
     """One optimiser step on ``loss``; returns (loss, alignment, rate) as floats for the epoch's means."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -121,12 +128,21 @@ def _view_table(views: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, int
 def _batch_rows(perm: np.ndarray, a: np.ndarray, b: np.ndarray, per: int, batch_size: int) -> np.ndarray:
     """Table rows of an epoch, batch by batch: each batch's first views, then its second views."""
     first, second = (perm * per + a, perm * per + b) if per else (perm, perm)
-    return np.concatenate([np.concatenate([first[s : s + batch_size], second[s : s + batch_size]]) for s in range(0, len(perm), batch_size)])
+    return np.concatenate(
+        [
+            np.concatenate([first[s : s + batch_size], second[s : s + batch_size]])
+            for s in range(0, len(perm), batch_size)
+        ]
+    )
 
 
 def _train_crovca(
-    views: np.ndarray, labels: np.ndarray | None, cfg: FitConfig, progress: bool, view_fn=None,
-) -> tuple[HashCoder, list[dict], Codebook | None]:  # fmt: skip
+    views: np.ndarray,
+    labels: np.ndarray | None,
+    cfg: FitConfig,
+    progress: bool,
+    view_fn=None,
+) -> tuple[HashCoder, list[dict], Codebook | None]:
     """Train a HashCoder on ``(n, V, D)`` cached views; two distinct views per sample per step
     (each passed through ``view_fn`` when given: feature-space views).
 
@@ -146,7 +162,11 @@ def _train_crovca(
     steps_per_epoch = math.ceil(n / bs)
     epochs = resolve_epochs(n, cfg)
     total = steps_per_epoch * epochs
-    book = class_codebook(model, lambda r: views[r, 0], labels, cfg.seed) if labels is not None and cfg.targets == "codebook" else None
+    book = (
+        class_codebook(model, lambda r: views[r, 0], labels, cfg.seed)
+        if labels is not None and cfg.targets == "codebook"
+        else None
+    )
     codes = None if book is None else torch.from_numpy(book.codes).to(dev)
     table, per = _view_table(views, dev)
     lab = None if labels is None else torch.from_numpy(labels.astype(np.float32)).to(dev)
@@ -187,7 +207,9 @@ def _train_crovca(
 
 
 @torch.no_grad()
-def recalibrate_bits(model: HashCoder, x: np.ndarray, batch_size: int = 4096, *, logits: bool = False) -> np.ndarray | None:
+def recalibrate_bits(
+    model: HashCoder, x: np.ndarray, batch_size: int = 4096, *, logits: bool = False
+) -> np.ndarray | None:
     """Re-estimate the final BatchNorm's statistics on the embeddings that will be indexed.
 
     Training sees augmented views, whose logit statistics differ from those of the clean
@@ -218,14 +240,21 @@ def recalibrate_bits(model: HashCoder, x: np.ndarray, batch_size: int = 4096, *,
         return None
     if not keep:
         return _logits(model, x)
-    return np.concatenate([bn(h).float().cpu().numpy() for h in kept]) if kept else np.zeros((0, model.bits), np.float32)
+    return (
+        np.concatenate([bn(h).float().cpu().numpy() for h in kept]) if kept else np.zeros((0, model.bits), np.float32)
+    )
 
 
 @torch.no_grad()
 def _logits(model: HashCoder, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
     """Eval logits of ``x`` on the model's device (what :meth:`Probe.logits` computes on CPU)."""
     dev = next(model.parameters()).device
-    return np.concatenate([model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(dev)).float().cpu().numpy() for s in range(0, len(x), batch_size)])
+    return np.concatenate(
+        [
+            model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size])).to(dev)).float().cpu().numpy()
+            for s in range(0, len(x), batch_size)
+        ]
+    )
 
 
 def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: bool = True) -> Probe:
@@ -272,12 +301,18 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
             for v in range(emb.num_views):  # one view at a time: no second copy of all views
                 views[:, v + 1] = read_rows(emb, rows, view=v)
         else:
-            views = emb.views() if rows is None else np.stack([read_rows(emb, rows, view=v) for v in range(emb.num_views)], axis=1)
+            views = (
+                emb.views()
+                if rows is None
+                else np.stack([read_rows(emb, rows, view=v) for v in range(emb.num_views)], axis=1)
+            )
         labels = None
         if config.supervised:
             labels = emb.labels()
             if labels is None:
-                raise InputError(f"--supervised needs labels, but {emb.path} has none (use class folders or a list file)")
+                raise InputError(
+                    f"--supervised needs labels, but {emb.path} has none (use class folders or a list file)"
+                )
             labels = labels if rows is None else labels[rows]
         model, history, book = _train_crovca(views, labels, config, progress, view_fn)
         del views
@@ -294,5 +329,10 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
     if config.method != "crovca":
         logits = probe.logits(x)
     bal = bit_balance(pack(logits))
-    meta["bit_balance"] = {"mean": float(bal.mean()), "min": float(bal.min()), "max": float(bal.max()), "per_bit": [round(float(b), 4) for b in bal]}
+    meta["bit_balance"] = {
+        "mean": float(bal.mean()),
+        "min": float(bal.min()),
+        "max": float(bal.max()),
+        "per_bit": [round(float(b), 4) for b in bal],
+    }
     return probe

@@ -57,7 +57,9 @@ def codebook_targets(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, c
     return torch.where(vote == 0, supervised_targets(z1, z2, labels), (vote > 0).float())
 
 
-def supervised_loss(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+def supervised_loss(
+    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, codes: torch.Tensor | None = None
+) -> torch.Tensor:
     """Supervised alignment; samples without any label fall back to the cross-view target.
 
     ``codes``: class codes (codebook targets); None gives the paper's prototype targets.
@@ -85,8 +87,13 @@ def coding_rate(z: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
 
 
 def crovca_loss(
-    z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor | None, eps: float, reg: float, codes: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    labels: torch.Tensor | None,
+    eps: float,
+    reg: float,
+    codes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The CroVCA objective of a batch's two views: ``(alignment + reg · rate, alignment, rate)``.
 
     Supervised when ``labels`` are given (codebook targets with ``codes``, else the paper's

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+
 import numpy as np
 
 from hashindex.core.config import TARGETS, TargetKind  # noqa: F401 (re-exported: the choices live in config)
 from hashindex.core.errors import InputError
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Codebook:
@@ -77,7 +79,7 @@ def make_codebook(num_classes: int, bits: int, seed: int = 0) -> Codebook:
     """
     if num_classes < 1:
         raise InputError("supervised targets need at least one class")
-    if num_classes > 2**min(bits, 62):
+    if num_classes > 2 ** min(bits, 62):
         raise InputError(f"{num_classes} classes cannot have distinct {bits}-bit codes: use more bits")
     rng = np.random.default_rng(seed)
     if bits & (bits - 1) == 0 and num_classes <= 2 * (bits - 1):
@@ -92,7 +94,9 @@ def make_codebook(num_classes: int, bits: int, seed: int = 0) -> Codebook:
     return Codebook(codes, min_distance(codes))
 
 
-def align_codebook(codes: np.ndarray, protos: np.ndarray, restarts: int = 32, iters: int = 20, seed: int = 0) -> np.ndarray:
+def align_codebook(
+    codes: np.ndarray, protos: np.ndarray, restarts: int = 32, iters: int = 20, seed: int = 0
+) -> np.ndarray:
     """Re-arrange a codebook to agree with class prototypes without changing any distance.
 
     Alternates two assignments (Hungarian, scipy): codebook columns to logit bits, each with the

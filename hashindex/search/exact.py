@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from hashindex.core.codes import unpack
-from hashindex.search.ranking import sort_results
 from hashindex.core.validate import check_k
+from hashindex.search.ranking import sort_results
 
 
-def asymmetric_knn(q_logits: np.ndarray, db_codes: np.ndarray, k: int, chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+def asymmetric_knn(
+    q_logits: np.ndarray, db_codes: np.ndarray, k: int, chunk_bytes: int = 256 << 20
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the whole database by ``Σ_j |σ(z_qj) − b_j|``; equal distances ordered by id.
 
     Args:

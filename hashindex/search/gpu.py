@@ -98,8 +98,15 @@ class TorchHamming:
             ``2 x bytes per code + 16`` bytes each.
     """
 
-    def __init__(self, codes: np.ndarray, device: str = "cpu", ids: np.ndarray | None = None, *,
-                 chunk: int | None = None, memory_bytes: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        codes: np.ndarray,
+        device: str = "cpu",
+        ids: np.ndarray | None = None,
+        *,
+        chunk: int | None = None,
+        memory_bytes: int | None = None,
+    ):
         import torch
 
         codes = np.asarray(codes, np.uint8)

@@ -21,9 +21,9 @@ import numpy as np
 from hashindex.core.codes import unpack
 from hashindex.core.config import DEFAULT_RERANK, Device
 from hashindex.core.errors import InputError, MismatchError
+from hashindex.core.validate import check_codes, check_embeddings, check_k
 from hashindex.index.load import HashIndex
 from hashindex.probe.baselines import l2_normalize
-from hashindex.core.validate import check_codes, check_embeddings, check_k
 
 
 class Ranked(NamedTuple):
@@ -31,7 +31,7 @@ class Ranked(NamedTuple):
     similarity or asymmetric distance; None without re-ranking), each ``(nq, k)``."""
 
     D: np.ndarray
-    I: np.ndarray  # noqa: E741 - faiss's name
+    I: np.ndarray
     S: np.ndarray | None
 
 
@@ -42,7 +42,9 @@ def sort_results(d: np.ndarray, i: np.ndarray, descending: bool = False) -> tupl
     return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
-def hamming_search(index: HashIndex, codes: np.ndarray, k: int, device: Device | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def hamming_search(
+    index: HashIndex, codes: np.ndarray, k: int, device: Device | None = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by Hamming distance.
 
     Args:
@@ -85,7 +87,9 @@ def hamming_search(index: HashIndex, codes: np.ndarray, k: int, device: Device |
     return sort_results(d.astype(np.int32), i.astype(np.int64))
 
 
-def search_embeddings(index: HashIndex, x: np.ndarray, k: int, device: Device | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def search_embeddings(
+    index: HashIndex, x: np.ndarray, k: int, device: Device | None = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """Encode float embeddings with the index's probe, then :func:`hamming_search` (on ``device``).
 
     Raises:
@@ -151,7 +155,9 @@ def asymmetric_distances(q_logits: np.ndarray, db_bits: np.ndarray) -> np.ndarra
     return p.sum(1, keepdims=True) + np.einsum("qcb,qb->qc", db_bits, 1 - 2 * p)
 
 
-def rerank_asymmetric(q_logits: np.ndarray, cand: np.ndarray, db_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank_asymmetric(
+    q_logits: np.ndarray, cand: np.ndarray, db_codes: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Re-order candidates by their asymmetric distance to the query (ascending, ties by id)."""
     step = max(1, (256 << 20) // max(1, cand.shape[1] * q_logits.shape[1]))  # unpacked bits per chunk
     d_out, i_out = [], []
@@ -176,10 +182,17 @@ def _pick(values: np.ndarray, cand: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def ranked(
-    index: HashIndex, x: np.ndarray, k: int, rerank: int | None = None, asymmetric: bool = False,
-    *, rows: FloatRows | None = None, db_codes: np.ndarray | None = None, ids: np.ndarray | None = None,
+    index: HashIndex,
+    x: np.ndarray,
+    k: int,
+    rerank: int | None = None,
+    asymmetric: bool = False,
+    *,
+    rows: FloatRows | None = None,
+    db_codes: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
     device: Device | None = "cpu",
-) -> Ranked:  # fmt: skip
+) -> Ranked:
     """Hamming top-k of float query embeddings, optionally re-ranked.
 
     Args:

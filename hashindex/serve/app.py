@@ -27,11 +27,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hashindex.core.config import ServeConfig
+from hashindex.core.durable import OutputLockedError
 from hashindex.core.errors import HashIndexError, InputError, MismatchError
 from hashindex.live.live_index import open_live
-from hashindex.core.durable import OutputLockedError
 from hashindex.search.gpu import search_device
-from hashindex.core.config import ServeConfig
 from hashindex.serve.batcher import ImageBatcher
 from hashindex.serve.images import decode_upload, item_image
 
@@ -67,7 +67,9 @@ def _int(value, what: str, lo: int, hi: int | None = None, default=None) -> int 
     except (ValueError, TypeError, OverflowError):
         raise ApiError(400, f"{what} must be an integer, got {value!r}"[:300]) from None
     if v < lo or (hi is not None and v > hi):
-        raise ApiError(400, f"{what} must be between {lo} and {hi}, got {v}" if hi else f"{what} must be >= {lo}, got {v}")
+        raise ApiError(
+            400, f"{what} must be between {lo} and {hi}, got {v}" if hi else f"{what} must be >= {lo}, got {v}"
+        )
     return v
 
 
@@ -95,7 +97,9 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
     # machine, on a descheduled sibling: measured 100+ ms stalls); concurrent requests use the
     # other cores. The setting is per thread, so it is made in each search thread itself.
     workers = 1 if live.snapshot.index.kind == "ivf" else max(1, config.search_workers)
-    search_pool = ThreadPoolExecutor(workers, thread_name_prefix="search", initializer=faiss.omp_set_num_threads, initargs=(config.search_threads,))
+    search_pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="search", initializer=faiss.omp_set_num_threads, initargs=(config.search_threads,)
+    )
     write_pool = ThreadPoolExecutor(1, thread_name_prefix="write")
     write_lock = threading.Lock()
     state = {"embed": embed_fn, "backbone_error": None, "started": time.time()}
@@ -108,7 +112,7 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
 
         try:
             bb = backbone_from_spec(live.manifest.backbone, weights=config.weights, device=config.device or "auto")
-        except Exception as e:  # noqa: BLE001 - the service still answers searches by embedding and id
+        except Exception as e:
             state["backbone_error"] = f"the index's backbone cannot be loaded, so image search is off: {e}"
             logger.warning(state["backbone_error"])
             return
@@ -180,7 +184,7 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         await body_of(request)
         try:
             return await request.form(max_files=64, max_fields=16)
-        except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
+        except Exception as e:
             raise ApiError(400, f"malformed multipart body: {e}"[:300]) from None
 
     async def images_of(files) -> list[np.ndarray]:
@@ -197,7 +201,9 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
 
     def searched(snap, t0, d, ids, s):
         # A response object: FastAPI would otherwise walk the dict through its encoder again.
-        return JSONResponse({"results": snap.results(d, ids, s)[0], "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
+        return JSONResponse(
+            {"results": snap.results(d, ids, s)[0], "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+        )
 
     @app.post("/search")
     async def search(request: Request):
@@ -212,7 +218,9 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
             try:
                 params = json.loads(await body_of(request))
             except (ValueError, RecursionError):
-                raise ApiError(400, "the body must be JSON ({\"embedding\": [...]} or {\"id\": 5}) or a multipart image upload") from None
+                raise ApiError(
+                    400, 'the body must be JSON ({"embedding": [...]} or {"id": 5}) or a multipart image upload'
+                ) from None
             if not isinstance(params, dict) or ("embedding" in params) == ("id" in params):
                 raise ApiError(400, 'give exactly one of "embedding" (a list of numbers) or "id" (an item id)')
             x = None
@@ -231,10 +239,16 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
             return searched(snap, t0, *(await asyncio.get_running_loop().run_in_executor(search_pool, run)))
         elif x is None:
             emb = params["embedding"]
-            if not isinstance(emb, list) or not emb or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb):
+            if (
+                not isinstance(emb, list)
+                or not emb
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb)
+            ):
                 raise ApiError(400, '"embedding" must be a non-empty list of numbers')
             x = np.asarray(emb, np.float64)[None]
-        d, ids, s = await asyncio.get_running_loop().run_in_executor(search_pool, snap.search, x, k, rerank, asym, device)
+        d, ids, s = await asyncio.get_running_loop().run_in_executor(
+            search_pool, snap.search, x, k, rerank, asym, device
+        )
         return searched(snap, t0, d, ids, s)
 
     def parse_id(item_id: str) -> int:
@@ -275,9 +289,12 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
     async def stats():
         info = live.info()
         info.update(
-            image_search=state["embed"] is not None, writes=config.allow_writes,
-            batches=batcher.batches, batched_images=batcher.images, uptime_s=round(time.time() - state["started"], 1),
-        )  # fmt: skip
+            image_search=state["embed"] is not None,
+            writes=config.allow_writes,
+            batches=batcher.batches,
+            batched_images=batcher.images,
+            uptime_s=round(time.time() - state["started"], 1),
+        )
         return info
 
     def authorize(request: Request) -> None:
@@ -302,9 +319,13 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         for f in files:
             await f.seek(0)
             suffix = Path(f.filename or "").suffix.lower()
-            blobs.append((await f.read(), suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img"))
+            blobs.append(
+                (await f.read(), suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img")
+            )
             names.append(f.filename or "upload")
-        ids = await asyncio.get_running_loop().run_in_executor(write_pool, lambda: write(live.add, x, names, uploads=blobs))
+        ids = await asyncio.get_running_loop().run_in_executor(
+            write_pool, lambda: write(live.add, x, names, uploads=blobs)
+        )
         return {"ids": [int(i) for i in ids], "generation": live.snapshot.generation}
 
     @app.delete("/items/{item_id}")
@@ -331,4 +352,6 @@ def run(index_dir, config: ServeConfig = ServeConfig()) -> None:
     """Serve until interrupted (one process: the index and backbone are loaded once)."""
     import uvicorn
 
-    uvicorn.run(create_app(index_dir, config), host=config.host, port=config.port, workers=1, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(index_dir, config), host=config.host, port=config.port, workers=1, log_level="info", access_log=False
+    )

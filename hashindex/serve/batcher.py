@@ -75,14 +75,14 @@ class ImageBatcher:
                 continue
             try:
                 x = await loop.run_in_executor(self._pool, self.embed_fn, [im for im, _ in batch])
-            except Exception:  # noqa: BLE001 - one image at a time, so only a culprit fails
+            except Exception:
                 logger.exception("backbone failed on a batch of %d images", len(batch))
                 x = None
             if x is None:
                 for im, fut in batch:
                     try:
                         one = await loop.run_in_executor(self._pool, self.embed_fn, [im])
-                    except Exception as e:  # noqa: BLE001 - handed to the request that sent it
+                    except Exception as e:
                         if not fut.done():
                             fut.set_exception(e)
                     else:

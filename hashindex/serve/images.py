@@ -29,7 +29,9 @@ def decode_upload(data: bytes, filename: str) -> np.ndarray:
         try:
             return decode_image(fh.name)
         except DecodeError as e:
-            raise InputError(f"the upload {filename!r} is not a readable image: {e.error_class}: {e.message}"[:400]) from None
+            raise InputError(
+                f"the upload {filename!r} is not a readable image: {e.error_class}: {e.message}"[:400]
+            ) from None
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class WriterThread:
                 fn, args, kwargs = item
                 try:
                     fn(*args, **kwargs)
-                except BaseException as e:  # noqa: BLE001 - handed to the submitting thread
+                except BaseException as e:
                     self._error = e
 
     def _raise(self) -> None:
@@ -79,5 +79,5 @@ class WriterThread:
             return
         try:
             self.close()
-        except BaseException as e:  # noqa: BLE001 - the exception already leaving the block wins
+        except BaseException as e:
             logger.error("a write failed as well: %s: %s", type(e).__name__, e)

@@ -17,7 +17,16 @@ import numpy as np
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
 from hashindex.core.spec import BackboneSpec
 from hashindex.store.resume import partial_path
-from hashindex.store.schema import DATASETS, FAIL, SCHEMA_VERSION, as_str, attrs_digest, expected_checksums, hash_failures, hash_rows
+from hashindex.store.schema import (
+    DATASETS,
+    FAIL,
+    SCHEMA_VERSION,
+    as_str,
+    attrs_digest,
+    expected_checksums,
+    hash_failures,
+    hash_rows,
+)
 
 
 @dataclass
@@ -52,8 +61,10 @@ class Embeddings:
                     return None
                 d = f[name]
                 return d[()] if rows is None else d[rows]
-        except Exception as e:  # noqa: BLE001 - h5py raises many kinds on damaged files
-            raise IntegrityError(f"cannot read /{name} of {self.path} (damaged file?): {type(e).__name__}: {e}") from None
+        except Exception as e:
+            raise IntegrityError(
+                f"cannot read /{name} of {self.path} (damaged file?): {type(e).__name__}: {e}"
+            ) from None
 
     def embeddings(self, rows=None) -> np.ndarray:
         """Float32 ``(n, D)`` eval embeddings (or the given rows)."""
@@ -94,9 +105,20 @@ class Embeddings:
     def provenance(self) -> dict:
         """The attributes that identify how these embeddings were made."""
         keys = (
-            "schema_version", "hashindex_version", "backbone", "augment", "views", "seed", "source", "source_digest",
-            "created", "embed_seconds", "device", "runtime", "checksums",
-        )  # fmt: skip
+            "schema_version",
+            "hashindex_version",
+            "backbone",
+            "augment",
+            "views",
+            "seed",
+            "source",
+            "source_digest",
+            "created",
+            "embed_seconds",
+            "device",
+            "runtime",
+            "checksums",
+        )
         out = {k: self.attrs.get(k) for k in keys}
         out["n"], out["dim"], out["path"] = self.n, self.dim, str(self.path.resolve())
         return out
@@ -115,13 +137,23 @@ class Embeddings:
         try:
             with h5py.File(p, "r") as f:
                 if "checksums" not in f.attrs:
-                    raise IntegrityError(f"{p} records no checksums (damaged, or not written by hashindex): it cannot be verified")
+                    raise IntegrityError(
+                        f"{p} records no checksums (damaged, or not written by hashindex): it cannot be verified"
+                    )
                 checksums = json.loads(f.attrs["checksums"])
                 full, old = expected_checksums(f)
-                if not isinstance(checksums, dict) or set(checksums) not in (full, old) or set(f) - set(DATASETS) != {"failures"}:
-                    raise IntegrityError(f"{p}: its datasets ({', '.join(sorted(f))}) are not those its checksums name ({', '.join(sorted(checksums))})")
+                if (
+                    not isinstance(checksums, dict)
+                    or set(checksums) not in (full, old)
+                    or set(f) - set(DATASETS) != {"failures"}
+                ):
+                    raise IntegrityError(
+                        f"{p}: its datasets ({', '.join(sorted(f))}) are not those its checksums name ({', '.join(sorted(checksums))})"
+                    )
                 if "attrs" in checksums and attrs_digest(f.attrs) != checksums["attrs"]:
-                    raise IntegrityError(f"{p}: its attributes do not match their recorded sha256 (modified or corrupt)")
+                    raise IntegrityError(
+                        f"{p}: its attributes do not match their recorded sha256 (modified or corrupt)"
+                    )
                 for k in DATASETS:
                     if k in f and f[k].shape[0] != self.n:
                         raise IntegrityError(f"{p}: /{k} has {f[k].shape[0]} rows, /embeddings has {self.n}")
@@ -135,7 +167,9 @@ class Embeddings:
                         raise IntegrityError(f"{p}: /failures does not match its recorded sha256 (modified or corrupt)")
                 idx = f["source_index"][()]
                 if len(idx) and ((np.diff(idx) <= 0).any() or idx.min() < 0):
-                    raise IntegrityError(f"{p}: /source_index is not strictly increasing (an item appears twice or out of order)")
+                    raise IntegrityError(
+                        f"{p}: /source_index is not strictly increasing (an item appears twice or out of order)"
+                    )
                 if np.intersect1d(idx, fails["source_index"] if len(fails) else np.zeros(0, np.int64)).size:
                     raise IntegrityError(f"{p}: items recorded as failures also have rows")
                 for k in DATASETS:
@@ -150,7 +184,7 @@ class Embeddings:
                         raise IntegrityError(f"{p}: /{k} does not match its recorded sha256 (modified or corrupt)")
         except IntegrityError:
             raise
-        except Exception as e:  # noqa: BLE001 - h5py raises many kinds on damaged files
+        except Exception as e:
             raise IntegrityError(f"cannot read {p}: {type(e).__name__}: {e}") from None
 
 
@@ -168,7 +202,9 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = False) -> Embeddi
     """
     path = Path(path)
     if not path.exists():
-        hint = " (an unfinished run left a .partial file: re-run embed to resume)" if partial_path(path).exists() else ""
+        hint = (
+            " (an unfinished run left a .partial file: re-run embed to resume)" if partial_path(path).exists() else ""
+        )
         raise InputError(f"embeddings file {path} does not exist{hint}")
     try:
         with h5py.File(path, "r") as f:
@@ -179,7 +215,7 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = False) -> Embeddi
             views = f["views"].shape[1] if "views" in f else 0
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - OSError mostly, but h5py raises others on damaged files
+    except Exception as e:
         raise IntegrityError(f"cannot read {path} as HDF5: {e}") from None
     try:
         if len(shape) != 2:
@@ -192,7 +228,7 @@ def open_embeddings(path: str | os.PathLike, *, verify: bool = False) -> Embeddi
                 attrs[k] = json.loads(attrs[k])
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
         backbone = BackboneSpec.from_dict(attrs["backbone"]) if version <= SCHEMA_VERSION else None
-    except Exception as e:  # noqa: BLE001 - ValueError, KeyError, TypeError... from damaged attributes
+    except Exception as e:
         raise IntegrityError(f"{path} has damaged attributes: {type(e).__name__}: {e}") from None
     if version > SCHEMA_VERSION:
         raise InputError(f"{path} has schema version {version}; this hashindex reads up to {SCHEMA_VERSION}")
@@ -221,4 +257,3 @@ def check_same_embeddings(recorded: dict, emb: Embeddings, recorded_name: str) -
             f"({recorded.get('path')}, {recorded.get('n')} rows made {recorded.get('created')}; this one: {emb.n} rows "
             f"made {mine.get('created')}; differs in {', '.join(diff)})"
         )
-

@@ -56,7 +56,7 @@ def as_str(s) -> str:
     return s.decode("utf-8") if isinstance(s, bytes) else str(s)
 
 
-def hash_rows(h: "hashlib._Hash", name: str, rows) -> None:
+def hash_rows(h: hashlib._Hash, name: str, rows) -> None:
     """Feed rows of dataset ``name`` into its checksum: names as UTF-8 lines, arrays as raw bytes
     (the writer hashes shard by shard, the verifier the whole dataset: both give the same digest)."""
     if name == "names":
@@ -66,7 +66,7 @@ def hash_rows(h: "hashlib._Hash", name: str, rows) -> None:
         h.update(np.ascontiguousarray(rows).tobytes())
 
 
-def hash_failures(h: "hashlib._Hash", rows) -> None:
+def hash_failures(h: hashlib._Hash, rows) -> None:
     """Feed ``/failures`` rows (source_index, name, error, message) into their checksum."""
     for idx, *text in rows:
         h.update("\t".join([str(int(idx)), *(as_str(t) for t in text)]).encode("utf-8") + b"\n")

@@ -23,12 +23,36 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hashindex.core.version import __version__
-from hashindex.core.errors import InputError, IntegrityError
 from hashindex.core.durable import OutputLock, fsync_dir, publish_file, write_durably
+from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.version import __version__
 from hashindex.store.reader import open_embeddings
-from hashindex.store.resume import ASSEMBLED, ITEMS, RESUME_FORMAT, SETTINGS, Shard, changed_item, check_shard, partial_path, read_settings, remove_resume_folder, scan_shards, shard_meta
-from hashindex.store.schema import DATASETS, FAIL, SCHEMA_VERSION, STR, attrs_digest, hash_failures, hash_rows, jsonable, new_hashes, text_array
+from hashindex.store.resume import (
+    ASSEMBLED,
+    ITEMS,
+    RESUME_FORMAT,
+    SETTINGS,
+    Shard,
+    changed_item,
+    check_shard,
+    partial_path,
+    read_settings,
+    remove_resume_folder,
+    scan_shards,
+    shard_meta,
+)
+from hashindex.store.schema import (
+    DATASETS,
+    FAIL,
+    SCHEMA_VERSION,
+    STR,
+    attrs_digest,
+    hash_failures,
+    hash_rows,
+    jsonable,
+    new_hashes,
+    text_array,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +84,18 @@ class EmbeddingsWriter:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, n: int, dim: int, views: int, label_dim: int, attrs: dict,
-        lock: OutputLock | None = None, commit_seconds: float = 0.0, item_keys: list[str] | None = None,
-    ):  # fmt: skip
+        self,
+        path: str | os.PathLike,
+        *,
+        n: int,
+        dim: int,
+        views: int,
+        label_dim: int,
+        attrs: dict,
+        lock: OutputLock | None = None,
+        commit_seconds: float = 0.0,
+        item_keys: list[str] | None = None,
+    ):
         self.path = Path(path)
         self.work = partial_path(path)
         self.n, self.dim, self.views, self.label_dim = int(n), int(dim), int(views), int(label_dim)
@@ -86,14 +119,20 @@ class EmbeddingsWriter:
     # -- resume folder -------------------------------------------------------------------------
 
     def _settings(self) -> dict:
-        return {"format": RESUME_FORMAT, "n": self.n, "dim": self.dim, "views": self.views, "label_dim": self.label_dim, "attrs": self.attrs}
+        return {
+            "format": RESUME_FORMAT,
+            "n": self.n,
+            "dim": self.dim,
+            "views": self.views,
+            "label_dim": self.label_dim,
+            "attrs": self.attrs,
+        }
 
     def _open_work(self) -> None:
         w = self.work
         if w.exists() and not w.is_dir():
             raise InputError(
-                f"{w} is not a resume folder (left by an older hashindex, or another program): "
-                "delete it to start over"
+                f"{w} is not a resume folder (left by an older hashindex, or another program): delete it to start over"
             )
         settings = None
         if w.is_dir():
@@ -101,14 +140,18 @@ class EmbeddingsWriter:
             if settings is None:
                 stray = [p.name for p in w.iterdir() if not p.name.startswith(".tmp-") and p.name != ITEMS]
                 if stray:
-                    raise InputError(f"{w} holds files hashindex did not write ({', '.join(stray[:3])}): delete it to start over")
+                    raise InputError(
+                        f"{w} holds files hashindex did not write ({', '.join(stray[:3])}): delete it to start over"
+                    )
         if settings is not None:
             mine = json.loads(json.dumps(self._settings()))
             diff = [k for k in ("format", "n", "dim", "views", "label_dim") if settings.get(k) != mine[k]]
             theirs_attrs = settings.get("attrs") or {}
             diff += [k for k in mine["attrs"] if theirs_attrs.get(k) != mine["attrs"][k]]
             if "source_digest" in diff:
-                raise InputError(f"{w} is left from a run over another version of the source: {changed_item(w, self.item_keys)}")
+                raise InputError(
+                    f"{w} is left from a run over another version of the source: {changed_item(w, self.item_keys)}"
+                )
             if diff:
                 raise InputError(
                     f"{w} is left from a run with other settings (differs in: {', '.join(diff)}); delete it "
@@ -126,7 +169,10 @@ class EmbeddingsWriter:
         self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         doc = dict(self._settings(), created=self.created, hashindex_version=__version__)
         if self.item_keys is not None:
-            write_durably(w / ITEMS, lambda fh: fh.write("".join(k + "\n" for k in self.item_keys).encode("utf-8", "surrogateescape")))
+            write_durably(
+                w / ITEMS,
+                lambda fh: fh.write("".join(k + "\n" for k in self.item_keys).encode("utf-8", "surrogateescape")),
+            )
         write_durably(w / SETTINGS, lambda fh: fh.write((json.dumps(doc, sort_keys=True) + "\n").encode()))
         fsync_dir(w.parent)
         self._shards, self._committed_attrs = [], {}
@@ -193,12 +239,18 @@ class EmbeddingsWriter:
         idx = np.asarray(source_index, dtype=np.int64).reshape(-1)
         emb = np.zeros((0, self.dim), np.float32) if m == 0 else np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.shape != (m, self.dim) or len(idx) != m:
-            raise ValueError(f"a batch of {m} names needs embeddings of shape ({m}, {self.dim}) and {m} source indices, got {emb.shape} and {len(idx)}")
+            raise ValueError(
+                f"a batch of {m} names needs embeddings of shape ({m}, {self.dim}) and {m} source indices, got {emb.shape} and {len(idx)}"
+            )
         if m and (idx.min() < start or idx.max() >= items_done or (np.diff(idx) <= 0).any()):
             raise ValueError(f"source indices must increase within [{start}, {items_done})")
         batch = {"start": start, "end": items_done, "embeddings": emb, "names": text_array(names), "source_index": idx}
         if self.views:
-            v = np.zeros((0, self.views, self.dim), np.float32) if m == 0 else np.ascontiguousarray(views, dtype=np.float32)
+            v = (
+                np.zeros((0, self.views, self.dim), np.float32)
+                if m == 0
+                else np.ascontiguousarray(views, dtype=np.float32)
+            )
             if v.shape != (m, self.views, self.dim):
                 raise ValueError(f"views must have shape ({m}, {self.views}, {self.dim}), got {v.shape}")
             batch["views"] = v
@@ -276,7 +328,7 @@ class EmbeddingsWriter:
                 with np.load(s.path, allow_pickle=False) as z:
                     data = {k: z[k] for k in z.files}
                 check_shard(data, s, self)
-            except Exception as e:  # noqa: BLE001 - any damage means the shard cannot be trusted
+            except Exception as e:
                 for later in self._shards[i:]:
                     later.path.unlink(missing_ok=True)
                 raise IntegrityError(
@@ -288,7 +340,14 @@ class EmbeddingsWriter:
                 arr = data[k].tolist() if k == "names" else data[k]
                 f[k][r : r + m] = arr
                 hash_rows(hashes[k], k, arr)
-            failures += list(zip(data["fail_index"].tolist(), data["fail_name"].tolist(), data["fail_error"].tolist(), data["fail_message"].tolist()))
+            failures += list(
+                zip(
+                    data["fail_index"].tolist(),
+                    data["fail_name"].tolist(),
+                    data["fail_error"].tolist(),
+                    data["fail_message"].tolist(),
+                )
+            )
             r += m
         fd = f.create_dataset("failures", (len(failures),), FAIL, maxshape=(None,), chunks=(64,))
         if failures:
@@ -349,7 +408,7 @@ def clean_published(path: str | os.PathLike, attrs: dict, *, clean: bool = True)
     path, work = Path(path), partial_path(path)
     try:
         raw = open_embeddings(path)._raw_attrs
-    except Exception:  # noqa: BLE001 - not a complete embeddings file
+    except Exception:
         return False
     if any(json.dumps(jsonable(raw.get(k))) != json.dumps(jsonable(v)) for k, v in attrs.items()):
         return False

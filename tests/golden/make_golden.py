@@ -21,9 +21,16 @@ import numpy as np
 
 N, DIM, BITS, K = 32, 8, 32, 5
 SPEC = {
-    "model": "golden-synthetic", "weights": "random", "weights_sha256": None, "image_size": 32, "crop_pct": 1.0,
-    "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "num_features": DIM,
-}  # fmt: skip
+    "model": "golden-synthetic",
+    "weights": "random",
+    "weights_sha256": None,
+    "image_size": 32,
+    "crop_pct": 1.0,
+    "interpolation": "bilinear",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "num_features": DIM,
+}
 
 
 def versions() -> dict:
@@ -39,13 +46,12 @@ def set_name(v: dict) -> str:
 
 
 def make(out: Path) -> Path:
-    from hashindex.core.config import IndexConfig
+    from hashindex.core.config import FitConfig, IndexConfig
     from hashindex.index.load import build_index
-    from hashindex.core.config import FitConfig
     from hashindex.probe.fit import fit_probe
     from hashindex.search.ranking import search_embeddings
-    from hashindex.store.writer import EmbeddingsWriter
     from hashindex.store.reader import open_embeddings
+    from hashindex.store.writer import EmbeddingsWriter
 
     rng = np.random.default_rng(20240601)
     centers = rng.standard_normal((3, DIM)) * 3
@@ -60,21 +66,38 @@ def make(out: Path) -> Path:
 
     out.mkdir(parents=True)
     attrs = {
-        "backbone": json.dumps(SPEC, sort_keys=True), "augment": "{}", "views": 2, "seed": 0,
+        "backbone": json.dumps(SPEC, sort_keys=True),
+        "augment": "{}",
+        "views": 2,
+        "seed": 0,
         "source": json.dumps({"kind": "synthetic", "location": "golden", "split": None, "n": N + 1}),
         "label_names": json.dumps(["zero", "one", "two"]),
-    }  # fmt: skip
+    }
     w = EmbeddingsWriter(out / "embeddings.h5", n=N + 1, dim=DIM, views=2, label_dim=3, attrs=attrs)
     for lo in range(0, N + 1, 8):  # several batches, as embed writes them
         rows = [i for i in keep if lo <= i < lo + 8]
-        fails = [(failed, names[failed], "UnidentifiedImageError", "cannot identify image file")] if lo <= failed < lo + 8 else []
-        w.append(items_done=min(lo + 8, N + 1), embeddings=x[rows], views=views[rows], labels=labels[rows],
-                 names=[names[i] for i in rows], source_index=rows, failures=fails, embed_seconds=0.0)  # fmt: skip
+        fails = (
+            [(failed, names[failed], "UnidentifiedImageError", "cannot identify image file")]
+            if lo <= failed < lo + 8
+            else []
+        )
+        w.append(
+            items_done=min(lo + 8, N + 1),
+            embeddings=x[rows],
+            views=views[rows],
+            labels=labels[rows],
+            names=[names[i] for i in rows],
+            source_index=rows,
+            failures=fails,
+            embed_seconds=0.0,
+        )
     w.finish(device="cpu")
     emb = open_embeddings(out / "embeddings.h5", verify=True)
 
     probe_dir = out / "probe-tmp"
-    fit_probe(emb, FitConfig(method="crovca", bits=BITS, epochs=3, batch_size=16, seed=0), progress=False).save(probe_dir)
+    fit_probe(emb, FitConfig(method="crovca", bits=BITS, epochs=3, batch_size=16, seed=0), progress=False).save(
+        probe_dir
+    )
     build_index(emb, probe_dir, out / "index", IndexConfig("flat"))
     shutil.rmtree(probe_dir)  # the index folder holds its own copy of the probe
 
@@ -84,11 +107,17 @@ def make(out: Path) -> Path:
     idx = load_index(out / "index")
     d, i = search_embeddings(idx, queries, K)
     expected = {
-        "versions": versions(), "n": emb.n, "dim": DIM, "bits": BITS, "k": K, "queries": queries.tolist(),
+        "versions": versions(),
+        "n": emb.n,
+        "dim": DIM,
+        "bits": BITS,
+        "k": K,
+        "queries": queries.tolist(),
         "codes_hex": [c.tobytes().hex() for c in idx.probe.encode(emb.embeddings())],
         "query_codes_hex": [c.tobytes().hex() for c in idx.probe.encode(queries)],
-        "distances": d.tolist(), "ids": i.tolist(),
-    }  # fmt: skip
+        "distances": d.tolist(),
+        "ids": i.tolist(),
+    }
     expected["names"] = emb.names()
     expected["failures"] = emb.failures()
     (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
@@ -99,7 +128,10 @@ def main(argv: list[str]) -> int:
     here = Path(__file__).resolve().parent
     out = Path(argv[1]) if len(argv) > 1 else here / set_name(versions())
     if out.exists():
-        print(f"{out} exists: golden sets are never regenerated in place (delete it on purpose if you must)", file=sys.stderr)
+        print(
+            f"{out} exists: golden sets are never regenerated in place (delete it on purpose if you must)",
+            file=sys.stderr,
+        )
         return 2
     make(out)
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
