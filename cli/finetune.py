@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hashindex.cli import options as opt
+from hashindex.cli import stages
 from hashindex.core.config import HASHCODER_SIZES
 
 # Options that mean exactly what they mean for `embed`: taken from that command, defined once.
@@ -52,7 +53,7 @@ def _patterns(ctx, param, value):
     default=None,
     help="First epochs that train the HashCoder alone, before the adapters join [default: 1].",
 )
-@opt.batch_size
+@opt.batch_size(64)
 @click.option(
     "--lr", type=float, default=None, help="HashCoder peak learning rate (AdamW, cosine per step) [default: 1e-3]."
 )
@@ -99,23 +100,15 @@ def finetune(obj, source, out, split, root, data_dir, limit, rank, alpha, dropou
     `query` with images loads the adapter by itself. An interrupted run (even kill -9) resumes
     from its last finished epoch when re-run with the same arguments.
     """
-    from hashindex.backbone.lora import LoRAConfig
-    from hashindex.embedding.sources import open_source
-    from hashindex.probe.finetune import FinetuneConfig
-    from hashindex.probe.finetune import finetune as run
+    import hashindex
 
-    if kw.get("bits") is not None:
-        from hashindex.core.codes import check_bits
-
-        check_bits(kw["bits"])
-    lora = LoRAConfig(**opt.kwargs(rank=rank, alpha=alpha, dropout=dropout, layers=layers))
-    src = open_source(source, split=split, root=root, data_dir=data_dir, limit=limit)
-    s = run(src, out, FinetuneConfig(lora=lora, **opt.kwargs(**kw)), progress=obj["progress"])
+    lora = hashindex.LoRAConfig(**opt.kwargs(rank=rank, alpha=alpha, dropout=dropout, layers=layers))
+    config = hashindex.FinetuneConfig(lora=lora, **opt.kwargs(**kw))
+    s = hashindex.finetune(
+        source, out, config, split=split, root=root, data_dir=data_dir, limit=limit, progress=obj["progress"]
+    )
     click.echo(s.describe())
 
 
-def register(group: click.Group) -> None:
-    """Add ``finetune`` to the group, with embed's source and backbone options."""
-    shared = [p for p in group.commands["embed"].params if p.name in _FROM_EMBED]
-    finetune.params[2:2] = shared  # after the two arguments
-    group.add_command(finetune)
+# embed's source and backbone options, after the two arguments.
+finetune.params[2:2] = [p for p in stages.embed.params if p.name in _FROM_EMBED]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import click
 
 from hashindex.cli import options as opt
 from hashindex.core.config import DEFAULT_LOCK_WAIT, ServeConfig, default
 
-index_dir = click.argument("index", type=click.Path(file_okay=False, exists=True))
+# Not click.Path(exists=True): during a compaction's swap the folder's name is briefly absent, and
+# the library finds the complete folder (and the next writer finishes the swap).
+index_dir = click.argument("index", type=click.Path(file_okay=False))
 wait = click.option(
     "--wait",
     type=click.FloatRange(min=0),
@@ -18,19 +21,13 @@ wait = click.option(
 )
 
 
-def _say(obj, text: str) -> None:
-    from hashindex.cli.main import _say as say  # cli.main imports this module at its end
+def _open(index, wait=None, **kw):
+    import hashindex
 
-    say(obj, text)
-
-
-def _open(index, wait):
-    from hashindex.live.live_index import open_live
-
-    live = open_live(index)
+    ix = hashindex.open_index(index, **kw)
     if wait is not None:
-        live.lock_wait = wait
-    return live
+        ix.live.lock_wait = wait
+    return ix
 
 
 def _flat(groups) -> list:
@@ -47,30 +44,30 @@ def _flat(groups) -> list:
     default=None,
     help="Add the items of this embeddings file (same backbone and preprocessing) instead of images.",
 )
+@opt.metadata
 @opt.weights
 @opt.device
-@opt.batch_size
+@opt.batch_size(64)
+@opt.verify
 @wait
 @click.pass_obj
-def add(obj, index, sources, emb_file, weights, device, batch_size, wait):
+def add(obj, index, sources, emb_file, metadata, weights, device, batch_size, verify, wait):  # fmt: skip
     """Add images to INDEX as one durable commit.
 
     SOURCES are image files, folders, list files or IDX folders; they are embedded with the
     backbone and preprocessing recorded in the index and encoded with its probe (not refitted:
-    `hashindex info` tells how many items were added since). New items get the next free ids.
+    `hashindex info` tells how many items were added since). New items get the next free ids and
+    are named relative to their folder, as built ones are.
     """
-    from hashindex.live.ingest import add_embeddings_file, add_images
-
     if bool(sources) == bool(emb_file):
         raise click.UsageError("give image SOURCES or --embeddings FILE (one of the two)")
-    live = _open(index, wait)
+    ix = _open(index, wait, verify=verify, weights=weights, device=device or "auto")
     if emb_file:
-        ids, failed = add_embeddings_file(live, emb_file), 0
+        ids, failed = ix.add_embeddings_file(emb_file, verify=verify, metadata=metadata), 0
     else:
-        ids, failed = add_images(
-            live, list(sources), weights=weights, device=device, batch_size=batch_size or 64, progress=obj["progress"]
-        )
-    _say(obj, f"added {len(ids)} items (ids {ids[0]}..{ids[-1]}) to {index}, generation {live.state.generation}")
+        ids = ix.add(list(sources), metadata=metadata, progress=obj["progress"], batch_size=batch_size or 64)
+        failed = ix.last_failures
+    opt.say(obj, f"added {len(ids)} items (ids {ids[0]}..{ids[-1]}) to {index}, generation {ix.info()['generation']}")
     if failed:  # about the data: shown even with -q
         click.echo(f"warning: {failed} images could not be decoded and were not added", err=True)
 
@@ -79,22 +76,25 @@ def add(obj, index, sources, emb_file, weights, device, batch_size, wait):
 @index_dir
 @click.option("--ids", type=opt.CommaList(int), multiple=True, help="Ids to remove, comma-separated (repeatable).")
 @click.option(
-    "--names",
-    type=opt.CommaList(str),
-    multiple=True,
-    help="Names (paths) of items to remove, comma-separated (repeatable).",
+    "--ids-from",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="A file of ids to remove (one per line or comma-separated; dedup --remove-list writes one).",
+)
+@click.option(
+    "--names", type=opt.CommaList(str), multiple=True, help="Names of items to remove, comma-separated (repeatable)."
 )
 @wait
 @click.pass_obj
-def remove(obj, index, ids, names, wait):
+def remove(obj, index, ids, ids_from, names, wait):
     """Remove items from INDEX by id or name, as one durable commit (ids are never reused)."""
-    ids, names = _flat(ids), _flat(names)
+    ids, names = _flat(ids) + (opt.read_ids(ids_from) or []), _flat(names)
     if not ids and not names:
-        raise click.UsageError("give --ids and/or --names")
-    live = _open(index, wait)
-    wanted = list(ids) + (live.ids_of_names(names).tolist() if names else [])
-    done = live.remove(wanted)
-    _say(obj, f"removed {len(done)} items from {index}, generation {live.state.generation}")
+        raise click.UsageError("give --ids, --ids-from and/or --names")
+    ix = _open(index, wait)
+    wanted = list(ids) + (ix.ids_of(names).tolist() if names else [])
+    done = ix.remove(wanted)
+    opt.say(obj, f"removed {len(done)} items from {index}, generation {ix.info()['generation']}")
 
 
 @click.command()
@@ -103,43 +103,42 @@ def remove(obj, index, ids, names, wait):
 @click.pass_obj
 def compact(obj, index, wait):
     """Fold INDEX's commits into a new base (removed items leave its files; ids stay)."""
-    live = _open(index, wait)
-    n = len(live.state.commits)
-    live.compact()
-    _say(obj, f"compacted {n} commits of {index}: {live.snapshot.ntotal} items, generation {live.state.generation}")
+    ix = _open(index, wait)
+    n = ix.info()["commits"]
+    ix.compact()
+    opt.say(obj, f"compacted {n} commits of {index}: {len(ix)} items, generation {ix.info()['generation']}")
 
 
 @click.command()
 @index_dir
+@opt.verify
 @opt.as_json
-def info(index, as_json):
+def info(index, verify, as_json):
     """What INDEX holds: items, commits since the last compaction, items added since the probe
-    was fitted (refit and rebuild when they are a large share, see the README)."""
-    from hashindex.live.live_index import open_live
-
-    r = open_live(index).info()
+    was fitted (refit and rebuild when they are a large share), and how its kind was chosen."""
+    r = _open(index, verify=verify).info()
     if as_json:
         click.echo(json.dumps(r, indent=1))
         return
-    for key in (
-        "path",
-        "kind",
-        "bits",
-        "ntotal",
-        "base_ntotal",
-        "commits",
-        "generation",
-        "next_id",
-        "added_since_fit",
-        "removed_since_build",
-        "built",
-        "compacted",
-        "backbone",
-    ):
-        click.echo(f"{key:<22}{r[key]}")
-    click.echo(
-        f"{'probe':<22}{r['probe']['method']}, fitted on {r['probe']['fitted_on']} items, in use for {r['probe']['age_days']} days"
-    )
+    keys = ("path", "kind", "bits", "ntotal", "base_ntotal", "commits", "generation", "next_id", "added_since_fit")
+    for key in keys + ("removed_since_build", "built", "compacted", "backbone", "images_root"):
+        click.echo(f"{key:<22}{'' if r[key] is None else r[key]}")
+    p = r["probe"]
+    click.echo(f"{'probe':<22}{p['method']}, fitted on {p['fitted_on']} items, in use for {p['age_days']} days")
+    if r["index"].get("reason"):
+        click.echo(f"{'chosen':<22}{r['index']['reason']}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port already in use before anything is loaded."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise click.UsageError(
+            f"cannot listen on {host}:{port}: {e.strerror} (another server there? choose --port)"
+        ) from None
 
 
 @click.command()
@@ -148,32 +147,65 @@ def info(index, as_json):
     "--host",
     default=default(ServeConfig, "host"),
     show_default=True,
-    help="Address to bind (the default answers this machine only).",
+    help="Address to bind (the default answers this machine only; anything else serves the network: use a token and a firewall).",
 )
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=default(ServeConfig, "port"), show_default=True, help="TCP port."
 )
-@click.option("--allow-writes", is_flag=True, help="Enable POST /items and DELETE /items/{id} (they need --token).")
+@click.option("--allow-writes", is_flag=True, help="Enable POST /items and DELETE /items/{id} (they need a token).")
 @click.option(
     "--token",
-    envvar="HASHINDEX_TOKEN",
     default=None,
-    help="Bearer token the write endpoints require [env: HASHINDEX_TOKEN].",
+    help="Bearer token of the write endpoints; visible to other users in `ps`: prefer HASHINDEX_TOKEN or --token-file.",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Read the bearer token from this file (its first line).",
+)
+@opt.images_root
 @opt.weights
 @opt.device
-def serve(index, host, port, allow_writes, token, weights, device):
+@opt.verify
+def serve(index, host, port, allow_writes, token, token_file, images_root, weights, device, verify):
     """Serve INDEX over HTTP: a search API and a web page at /.
 
     One process holds the index and the backbone; it follows commits made by other processes.
+    The token can also come from the HASHINDEX_TOKEN environment variable.
     """
-    from hashindex.serve.app import run
+    import os
 
+    import hashindex
+
+    if token:
+        click.echo(
+            "warning: a token given with --token is visible to other users of this machine (ps); use --token-file or HASHINDEX_TOKEN",
+            err=True,
+        )
+    if token_file:
+        with open(token_file, encoding="utf-8") as fh:
+            token = fh.readline().strip()
+    token = token or os.environ.get("HASHINDEX_TOKEN") or None
     if allow_writes and not token:
-        raise click.UsageError("--allow-writes needs --token T (or HASHINDEX_TOKEN)")
-    run(
-        index, ServeConfig(host=host, port=port, allow_writes=allow_writes, token=token, weights=weights, device=device)
+        raise click.UsageError("--allow-writes needs a token: --token-file FILE or HASHINDEX_TOKEN")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"warning: serving on {host}, beyond this machine: anyone who reaches it can search and see the images",
+            err=True,
+        )
+    check_port(host, port)
+    config = ServeConfig(
+        host=host,
+        port=port,
+        allow_writes=allow_writes,
+        token=token,
+        weights=weights,
+        device=device,
+        images_root=images_root,
+        verify=verify,
     )
+    hashindex.serve(index, config)
 
 
 COMMANDS = (add, remove, compact, info, serve)

@@ -1,17 +1,17 @@
 """Options shared by several commands, defined once, with choices and defaults taken from the
-library's config dataclasses and Literals (one source of truth). Optional flags default to None
-so the library's defaults win."""
+library's config dataclasses and Literals (one source of truth), and the small output helpers
+every command uses. Optional flags default to None so the library's defaults win."""
 
 from __future__ import annotations
 
 import click
 
-from hashindex.core.config import DEFAULT_RERANK, DEVICES, RUNTIMES, TARGETS, EmbedConfig, FitConfig, default
+from hashindex.core.config import DEFAULT_RERANK, DEVICES, RUNTIMES, TARGETS, FitConfig, default
 
 
 class CommaList(click.ParamType):
-    """A comma-separated list: ``16,32,64``; each element converted by ``convert_one``, and
-    checked against ``choices`` when given."""
+    """A comma-separated list: ``16,32,64``; each element converted by ``kind``, and checked
+    against ``choices`` when given."""
 
     name = "list"
 
@@ -43,6 +43,18 @@ def kwargs(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def say(obj, text: str) -> None:
+    """A line of chatter: printed unless -q."""
+    if not obj["quiet"]:
+        click.echo(text)
+
+
+def tsv_field(text) -> str:
+    """A tab-separated field: tabs, newlines and backslashes in names are escaped (\\t, \\n, \\\\)
+    so every result stays one line of as many fields as the header."""
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 device = click.option(
     "--device",
     type=click.Choice(DEVICES),
@@ -55,7 +67,7 @@ runtime = click.option(
     default=None,
     help="What runs the backbone on the CPU: onnx = its ONNX export under ONNX Runtime (about 2x torch's speed; "
     "exported once into ~/.cache/hashindex or $HASHINDEX_CACHE, checked against torch), torch = torch itself; "
-    f"auto = onnx on the CPU when ONNX Runtime is installed, torch on a GPU [default: {default(EmbedConfig, 'runtime')}].",
+    "auto = onnx on the CPU when ONNX Runtime is installed, torch on a GPU [default: auto].",
 )
 seed = click.option(
     "--seed",
@@ -63,21 +75,28 @@ seed = click.option(
     default=None,
     help=f"Random seed; the same seed gives the same result on CPU [default: {default(FitConfig, 'seed')}].",
 )
-batch_size = click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help=f"Batch size [default: {default(EmbedConfig, 'batch_size')} for embed, {default(FitConfig, 'batch_size')} for fit-probe].",
-)
+
+
+def batch_size(default_value: int, what: str = "images"):
+    """``--batch-size`` with this command's own default."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help=f"{what.capitalize()} per batch [default: {default_value}].",
+    )
+
+
 as_json = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
-k = click.option(
-    "-k",
-    "k",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Results per query (more than the index holds gives all of them).",
-)
+
+
+def k_option(default_value: int, help_text: str):
+    """``-k``/``--topk``: one name for the number of results in every command."""
+    return click.option(
+        "-k", "--topk", "k", type=click.IntRange(min=1), default=default_value, show_default=True, help=help_text
+    )
+
+
 weights = click.option(
     "--weights",
     type=click.Path(dir_okay=False),
@@ -102,7 +121,8 @@ rerank = click.option(
 asymmetric = click.option(
     "--asymmetric",
     is_flag=True,
-    help=f"Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits (R from --rerank, default {DEFAULT_RERANK}).",
+    help="Re-rank the Hamming top R*k by the distance between the query's sigmoid(logits) and the database bits "
+    f"(R from --rerank, default {DEFAULT_RERANK}).",
 )
 targets = click.option(
     "--targets",
@@ -112,3 +132,51 @@ targets = click.option(
     "possible, so two classes never share a code; prototype: the paper's sign of the class prototypes "
     f"(two classes can merge) [default: {default(FitConfig, 'targets')}].",
 )
+verify = click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check every input file against its recorded sha256 first (a changed file is refused with exit 3); "
+    "hashing large files takes time, and --no-verify skips it (sizes are still checked).",
+)
+images_root = click.option(
+    "--images-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the images of the index's source are now, when they moved since it was embedded.",
+)
+metadata = click.option(
+    "--metadata",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Item metadata: a CSV (with a header), JSON Lines or parquet file with a 'name' column matching the "
+    "items' names; every other column becomes a field filters can use (query --where year>=2010).",
+)
+where = click.option(
+    "--where",
+    multiple=True,
+    help="Only items that satisfy this (repeatable; all must hold): label=Trouser, label=Trouser,Dress (any of), "
+    "label!=Bag, FIELD>=NUMBER, FIELD<NUMBER, FIELD=LOW..HIGH for metadata fields. Exact: the k nearest "
+    "items that satisfy it.",
+)
+ids_file = click.option(
+    "--ids",
+    "ids_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Only among the item ids listed in this file (one per line, or comma-separated).",
+)
+
+
+def read_ids(path: str | None):
+    """The ids listed in a file (one per line or comma-separated; # starts a comment)."""
+    if path is None:
+        return None
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            for part in line.split("#")[0].replace(",", " ").split():
+                if not part.isascii() or not part.isdigit():
+                    raise click.BadParameter(f"{path}:{lineno}: {part!r} is not an id", param_hint="--ids")
+                out.append(int(part))
+    return out

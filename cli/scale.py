@@ -50,7 +50,7 @@ def import_cmd(obj, sources, out, **kw):
     such a file as usual; query it with --embeddings (image queries are refused, since the
     model is not hashindex's). Without --views-from, CroVCA trains on feature-space views.
     """
-    from hashindex.embedding.importer import ImportConfig, import_embeddings
+    from hashindex import ImportConfig, import_embeddings
 
     if kw.get("views_from") == ():
         kw.pop("views_from")
@@ -84,6 +84,6 @@ def embed_runner(ray_address: str | None, ray_actors: int | None):
         if ray_actors is not None:
             raise click.UsageError("--ray-actors needs --ray")
         return None
-    from hashindex.embedding.ray_runner import ray_runner
+    import hashindex
 
-    return ray_runner(None if ray_address == "local" else ray_address, ray_actors)
+    return hashindex.ray_runner(None if ray_address == "local" else ray_address, ray_actors)

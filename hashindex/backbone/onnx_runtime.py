@@ -147,6 +147,10 @@ def export_onnx(backbone, check_batch: int = 4) -> OnnxBackbone:
             f"the weights of {spec.model} have no recorded sha256 (hub or random weights): use --runtime torch"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Said once, at the level users see: the first image query or embed otherwise waits silently.
+    logger.warning(
+        "exporting %s to ONNX for ONNX Runtime, once (about half a minute); cached in %s", spec.model, path.parent
+    )
     net = _Features(backbone.model).to("cpu").eval()
     x = torch.randn(check_batch, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
 

@@ -13,6 +13,7 @@ from hashindex.core.errors import InputError
 MIN_BITS = 8  # the packing helpers accept a single byte (tests use it)
 MIN_PROBE_BITS = 16  # the shortest code fit-probe and build make: one range for the CLI, library and README
 MAX_BITS = 1024
+MAX_LOOKUP_BITS = 16  # the lookup table enumerates every code: 2**16 buckets
 
 # Popcount of every byte value; used by the NumPy reference distance.
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -83,3 +84,24 @@ def hamming(xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
 def bit_balance(codes: np.ndarray) -> np.ndarray:
     """Fraction of ones per bit over a set of packed codes (0.5 is perfectly balanced)."""
     return unpack(codes).mean(axis=0)
+
+
+def as_words(codes: np.ndarray) -> np.ndarray:
+    """Packed codes as ``(n, W)`` uint64 words: a view when rows are whole words, else a
+    zero-padded copy (XOR and popcount ignore the padding)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, nbytes = codes.shape
+    if nbytes % 8 == 0:
+        return codes.view(np.uint64).reshape(n, nbytes // 8)
+    out = np.zeros((n, -(-nbytes // 8) * 8), np.uint8)
+    out[:, :nbytes] = codes
+    return out.view(np.uint64)
+
+
+def default_mih_tables(bits: int, n: int) -> int:
+    """Multi-index hashing's number of substrings: ceil(bits / log2 n), each of at most 32 bits
+    (so a table's directory, 2**length entries, is no larger than its list of n rows)."""
+    import math
+
+    per = min(32.0, max(1.0, math.log2(max(2, n))))
+    return int(min(bits, math.ceil(bits / per)))

@@ -18,7 +18,8 @@ Method = Literal["crovca", "lsh", "pca", "pca-rr", "itq"]
 METHODS: tuple[str, ...] = get_args(Method)
 HashcoderSize = Literal["small", "large"]
 HASHCODER_SIZES: tuple[str, ...] = get_args(HashcoderSize)
-IndexKind = Literal["flat", "ivf", "lookup"]
+# auto: build chooses among the others from the collection (hashindex.index.auto).
+IndexKind = Literal["auto", "flat", "ivf", "lookup", "mih"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
@@ -192,28 +193,66 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Index options. ``nlist`` defaults to about 4·√n (at most n/39, so k-means has enough points
-    per list), ``nprobe`` to max(1, nlist // 16)."""
+    """Index options.
 
-    kind: IndexKind = "flat"
+    ``kind``: ``auto`` (the default of ``build``) lets the build choose an exact kind from the
+    collection's size, code length and a sample of its own neighbour distances, or IVF when
+    ``approximate`` is allowed or when no exact kind meets ``latency_ms`` (one query, k = 100,
+    single thread, as estimated from the sample); the chosen kind and the reason are recorded.
+    ``nlist`` defaults to about 4·√n (at most n/39, so k-means has enough points per list),
+    ``nprobe`` to max(1, nlist // 16); ``tables`` (mih) to ceil(bits / log2 n).
+    """
+
+    kind: IndexKind = "auto"
     nlist: int | None = None
     nprobe: int | None = None
+    tables: int | None = None
+    approximate: bool = False
+    latency_ms: float | None = None
+    reason: str | None = None
 
-    def resolved(self, n: int) -> IndexConfig:
-        if self.kind not in INDEX_KINDS:
-            raise InputError(f"unknown index type {self.kind!r}: use {', '.join(INDEX_KINDS)}")
+    def resolved(self, n: int, bits: int) -> IndexConfig:
+        """The concrete parameters for n codes of ``bits`` bits (``auto`` must be chosen first).
+
+        Raises:
+            InputError: an unknown kind or parameters out of range.
+        """
+        from hashindex.core.codes import MAX_LOOKUP_BITS
+
+        if self.kind not in INDEX_KINDS or self.kind == "auto":
+            raise InputError(f"unknown index type {self.kind!r}: use {', '.join(INDEX_KINDS[1:])}", setting="kind")
+        if self.kind == "lookup" and bits > MAX_LOOKUP_BITS:
+            raise InputError(
+                f"the lookup index serves codes of at most {MAX_LOOKUP_BITS} bits, not {bits}: use mih, flat or ivf",
+                setting="kind",
+            )
         if self.kind in ("flat", "lookup"):
-            return IndexConfig(self.kind)
+            return IndexConfig(self.kind, reason=self.reason)
+        if self.kind == "mih":
+            from hashindex.core.codes import default_mih_tables
+
+            tables = self.tables or default_mih_tables(bits, n)
+            if not -(-bits // 32) <= tables <= bits:
+                raise InputError(
+                    f"tables must be between {-(-bits // 32)} and {bits} for {bits}-bit codes, got {tables}",
+                    setting="tables",
+                )
+            return IndexConfig("mih", tables=int(tables), reason=self.reason)
         nlist = self.nlist or int(max(1, min(65536, round(4 * np.sqrt(n)), n // 39)))
         if nlist < 1 or nlist > n:
-            raise InputError(f"--nlist must be between 1 and the number of items ({n}), got {nlist}")
-        return IndexConfig("ivf", nlist, check_nprobe(self.nprobe or max(1, nlist // 16), nlist))
+            raise InputError(f"nlist must be between 1 and the number of items ({n}), got {nlist}", setting="nlist")
+        return IndexConfig("ivf", nlist, check_nprobe(self.nprobe or max(1, nlist // 16), nlist), reason=self.reason)
+
+    def to_manifest(self) -> dict:
+        """The resolved parameters as the manifest records them (unset ones left out)."""
+        keep = ("kind", "nlist", "nprobe", "tables", "reason")
+        return {k: getattr(self, k) for k in keep if getattr(self, k) is not None or k in ("kind", "nlist", "nprobe")}
 
 
 def check_nprobe(nprobe, nlist: int) -> int:
     """Raises InputError unless ``1 <= nprobe <= nlist``."""
     if isinstance(nprobe, bool) or int(nprobe) != nprobe or not 1 <= nprobe <= nlist:
-        raise InputError(f"--nprobe must be between 1 and nlist ({nlist}), got {nprobe}")
+        raise InputError(f"nprobe must be between 1 and nlist ({nlist}), got {nprobe}", setting="nprobe")
     return int(nprobe)
 
 
@@ -267,12 +306,18 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Options of the service.
+    """Options and limits of the service.
 
     ``batch_wait_ms``: how long the first image query of a batch waits for others before the
     backbone runs (``max_batch`` 1 turns micro-batching off). ``poll_seconds``: how often the
     manifest's generation is checked for commits made by other processes. ``device`` (None:
-    ``auto``) runs the backbone and a flat index's Hamming scan.
+    ``auto``) runs the backbone and a flat index's Hamming scan. ``images_root``: where the
+    build's images are now. Limits, per request: ``max_upload_bytes`` of body (a larger one is
+    read and dropped up to ``drain_bytes``, then answered 413), ``max_files`` files (a search
+    takes one image), ``max_image_pixels`` per image and ``max_request_pixels`` in all (checked
+    from the headers before decoding), ``request_timeout_s`` of work; ``decode_slots`` image
+    requests decode and embed at once and ``decode_queue`` more wait, the rest get 503 with
+    Retry-After; ``max_connections`` open connections (uvicorn answers 503 beyond).
     """
 
     host: str = "127.0.0.1"
@@ -281,10 +326,20 @@ class ServeConfig:
     token: str | None = None
     weights: str | None = None
     device: Device | None = None
+    images_root: str | None = None
+    verify: bool = True
     max_upload_bytes: int = 16 << 20
+    drain_bytes: int = 64 << 20
+    max_files: int = 16
+    max_image_pixels: int = 40_000_000
+    max_request_pixels: int = 80_000_000
+    request_timeout_s: float = 60.0
+    decode_slots: int = 2
+    decode_queue: int = 8
+    max_connections: int = 256
     max_k: int = 1000
     max_batch: int = 32
     batch_wait_ms: float = 5.0
     poll_seconds: float = 0.5
     search_threads: int = 1  # faiss OpenMP threads per search: concurrency comes from the requests
-    search_workers: int = 2  # searches running at once (IVF indexes use 1: a search may retune nprobe)
+    search_workers: int = 2  # searches running at once

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 
 class HashIndexError(Exception):
-    """Base class of all hashindex errors."""
+    """Base class of all hashindex errors.
+
+    Attributes:
+        setting: the name of the option at fault (``image_size``), when one is; front ends
+            name it their own way (the CLI as ``--image-size``).
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting
 
 
 class InputError(HashIndexError, ValueError):

@@ -13,9 +13,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
-from hashindex.core.errors import MismatchError
+from hashindex.core.errors import InputError, MismatchError
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
+EXTERNAL_WEIGHTS = "external"  # embeddings made outside hashindex (import): no model to run
 Interpolation = Literal["bicubic", "bilinear", "nearest"]
 INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 
@@ -97,4 +98,26 @@ def check_same_backbone(a: BackboneSpec | dict, b: BackboneSpec | dict, a_name: 
 
         raise MismatchError(
             f"{a_name} come from {desc(da)}, but {b_name} from {desc(db)} (differs in {', '.join(diff)})"
+        )
+
+
+def external_spec(model_name: str, dim: int) -> BackboneSpec:
+    """The backbone record of imported embeddings: a name, no weights hashindex can load."""
+    return BackboneSpec(
+        model_name, EXTERNAL_WEIGHTS, None, 0, 1.0, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), int(dim)
+    )
+
+
+def check_image_queries(backbone: BackboneSpec | dict, where: str) -> None:
+    """Refuse to embed query images for an artifact whose embeddings were imported.
+
+    Raises:
+        InputError: the backbone is external.
+    """
+    d = backbone.to_dict() if isinstance(backbone, BackboneSpec) else dict(backbone)
+    if d.get("weights") == EXTERNAL_WEIGHTS:
+        raise InputError(
+            f"{where} was built from imported embeddings (model {d.get('model')!r}, made outside hashindex), "
+            "so hashindex cannot embed query images for it: embed the queries with that model, import them "
+            "with `hashindex import ... --model-name` and query with --embeddings"
         )

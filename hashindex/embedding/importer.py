@@ -24,14 +24,12 @@ import numpy as np
 
 from hashindex.core.durable import OutputLock
 from hashindex.core.errors import InputError
-from hashindex.core.spec import BackboneSpec
+from hashindex.core.spec import external_spec
 from hashindex.embedding.readers import ArrayReader, RowStream, open_array, split_spec
 from hashindex.store.resume import partial_path, remove_resume_folder
 from hashindex.store.writer import EmbeddingsWriter
 
 logger = logging.getLogger(__name__)
-
-EXTERNAL_WEIGHTS = "external"
 
 
 @dataclass(frozen=True)
@@ -66,28 +64,6 @@ class ImportSummary:
     def describe(self) -> str:
         v = f", {self.views} views" if self.views else ""
         return f"wrote {self.path}: {self.rows} embeddings of {self.dim} dimensions from {self.shards} shard(s){v}"
-
-
-def external_spec(model_name: str, dim: int) -> BackboneSpec:
-    """The backbone record of imported embeddings: a name, no weights hashindex can load."""
-    return BackboneSpec(
-        model_name, EXTERNAL_WEIGHTS, None, 0, 1.0, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), int(dim)
-    )
-
-
-def check_image_queries(backbone: BackboneSpec | dict, where: str) -> None:
-    """Refuse to embed query images for an artifact whose embeddings were imported.
-
-    Raises:
-        InputError: the backbone is external.
-    """
-    d = backbone.to_dict() if isinstance(backbone, BackboneSpec) else dict(backbone)
-    if d.get("weights") == EXTERNAL_WEIGHTS:
-        raise InputError(
-            f"{where} was built from imported embeddings (model {d.get('model')!r}, made outside hashindex), "
-            "so hashindex cannot embed query images for it: embed the queries with that model, import them "
-            "with `hashindex import ... --model-name` and query with --embeddings"
-        )
 
 
 class _TextLines(ArrayReader):
@@ -132,29 +108,87 @@ def _read_labels(readers: list[ArrayReader], chunk: int) -> tuple[np.ndarray, li
     parts = [c for r in readers for c in r.chunks(chunk)]
     if not parts:
         return np.zeros((0, 0), np.uint8), []
-    first = np.asarray(parts[0])
-    if first.ndim == 2:  # already multi-hot
-        lab = np.concatenate(parts)
-        if not np.isin(lab, (0, 1)).all():
-            raise InputError(f"{readers[0].spec}: 2-D labels must be 0/1 (multi-hot)")
-        return lab.astype(np.uint8), [str(c) for c in range(lab.shape[1])]
-    flat = np.concatenate([np.asarray(p, dtype=object) if p.dtype.kind in "OSU" else p for p in parts])
-    if flat.dtype.kind in "iu":
-        if len(flat) and flat.min() < 0:
-            raise InputError(f"{readers[0].spec}: class ids must be >= 0")
-        classes = [str(c) for c in range(int(flat.max()) + 1 if len(flat) else 0)]
-        ids = flat.astype(np.int64)
-    else:  # class names: sorted, so the same names give the same columns
-        names = np.array(_text(flat), dtype=object)
-        classes = sorted(set(names.tolist()))
-        ids = np.searchsorted(np.array(classes, dtype=object), names)
+    if np.asarray(parts[0]).ndim == 2:
+        values = np.concatenate(parts)
+    else:
+        values = np.concatenate([np.asarray(p, dtype=object) if p.dtype.kind in "OSU" else p for p in parts])
+    return labels_from_values(values, readers[0].spec)
+
+
+def labels_from_values(values, where: str = "labels", label_names=None) -> tuple[np.ndarray, list[str]]:
+    """``(n, C)`` multi-hot uint8 and C class names from class ids, class names (sorted, so the
+    same names give the same columns) or 0/1 rows.
+
+    Raises:
+        InputError: negative ids, non-binary rows, or more than 4096 classes.
+    """
+    values = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if values.ndim == 2:  # already multi-hot
+        if not np.isin(values, (0, 1)).all():
+            raise InputError(f"{where}: 2-D labels must be 0/1 (multi-hot)")
+        names = list(label_names) if label_names else [str(c) for c in range(values.shape[1])]
+        return values.astype(np.uint8), names
+    if values.dtype.kind in "iu":
+        if len(values) and values.min() < 0:
+            raise InputError(f"{where}: class ids must be >= 0")
+        classes = [str(c) for c in range(int(values.max()) + 1 if len(values) else 0)]
+        if label_names:
+            classes = list(label_names)
+        ids = values.astype(np.int64)
+    else:
+        names = np.array(_text(values), dtype=object)
+        classes = list(label_names) if label_names else sorted(set(names.tolist()))
+        lookup = {c: i for i, c in enumerate(classes)}
+        if any(n not in lookup for n in names):
+            raise InputError(f"{where}: labels that are not among the label names given")
+        ids = np.array([lookup[n] for n in names], np.int64)
     if len(classes) > 4096:
-        raise InputError(
-            f"{readers[0].spec}: {len(classes)} classes; labels must be class ids, names or multi-hot rows"
-        )
+        raise InputError(f"{where}: {len(classes)} classes; labels must be class ids, names or multi-hot rows")
+    if len(ids) and ids.max() >= len(classes):
+        raise InputError(f"{where}: class id {int(ids.max())} but only {len(classes)} label names")
     lab = np.zeros((len(ids), len(classes)), np.uint8)
     lab[np.arange(len(ids)), ids] = 1
     return lab, classes
+
+
+def import_arrays(x, out, *, names=None, labels=None, label_names=None, views=None, model_name: str = "arrays") -> Path:
+    """Write float embeddings held in memory as an embeddings file (an external backbone named
+    ``model_name``; ``views``: ``(n, V, D)`` augmented views, if any).
+
+    Raises:
+        InputError: non-finite or non-2-D embeddings, mismatched names, labels or views.
+    """
+    from hashindex.core.validate import check_embeddings
+
+    x = np.asarray(x)
+    if x.ndim != 2 or len(x) == 0:
+        raise InputError(f"embeddings must be a non-empty 2-D array (n, D), got shape {x.shape}")
+    x = check_embeddings(x, x.shape[1])
+    n, dim = x.shape
+    names = [str(i) for i in range(n)] if names is None else [str(v) for v in names]
+    if len(names) != n:
+        raise InputError(f"{len(names)} names for {n} embeddings")
+    lab = None
+    if labels is not None:
+        lab, label_names = labels_from_values(labels, "labels", label_names)
+        if len(lab) != n:
+            raise InputError(f"{len(lab)} labels for {n} embeddings")
+    if views is not None:
+        views = np.asarray(views, np.float32)
+        if views.ndim != 3 or views.shape[0] != n or views.shape[2] != dim or not np.isfinite(views).all():
+            raise InputError(f"views must be finite floats of shape ({n}, V, {dim}), got {views.shape}")
+    attrs = {
+        "backbone": json.dumps(external_spec(model_name, dim).to_dict(), sort_keys=True),
+        "augment": json.dumps({"kind": "imported", "views_from": ["arrays"] if views is not None else []}, sort_keys=True),
+        "views": 0 if views is None else views.shape[1], "seed": 0,
+        "source": json.dumps({"kind": "arrays", "location": None, "n": n}, sort_keys=True),
+        "label_names": json.dumps(label_names if lab is not None else None),
+    }  # fmt: skip
+    writer = EmbeddingsWriter(
+        out, n=n, dim=dim, views=attrs["views"], label_dim=0 if lab is None else lab.shape[1], attrs=attrs
+    )
+    writer.append(items_done=n, embeddings=x, views=views, labels=lab, names=names, source_index=np.arange(n))
+    return writer.finish()
 
 
 def _check_rows(what: str, readers: list[ArrayReader], n: int) -> None:

@@ -30,7 +30,7 @@ from hashindex.backbone.onnx_runtime import with_runtime
 from hashindex.core.config import EmbedConfig
 from hashindex.core.durable import write_durably
 from hashindex.core.errors import InputError
-from hashindex.embedding.run import _BaseImages, append_batch, embed_batch
+from hashindex.embedding.run import BaseImages, append_batch, embed_batch
 from hashindex.embedding.sources import ImageSource
 from hashindex.store.writer import EmbeddingsWriter
 
@@ -89,7 +89,7 @@ def _decode(batch: dict, source_ref, size: int, interpolation: str, draft: bool)
     if key not in _SOURCES:
         _SOURCES.clear()
         _SOURCES[key] = ray.get(source_ref)
-    images = _BaseImages(_SOURCES[key], size, interpolation, draft=draft)
+    images = BaseImages(_SOURCES[key], size, interpolation, draft=draft)
     s, e = int(batch["start"][0]), int(batch["end"][0])
     items = [images[i] for i in range(s, e)]
     shape = next((b.shape for _, b, _ in items if b is not None), (size, size, 3))

@@ -94,7 +94,7 @@ def failures_allowed(max_failures: float, items: int) -> float:
     return max_failures if max_failures >= 1 or max_failures == 0 else max_failures * items
 
 
-class _BaseImages(Dataset):
+class BaseImages(Dataset):
     """Decodes items into uint8 base images; a failed decode yields its error instead."""
 
     def __init__(self, source: ImageSource, size: int, interpolation: str, start: int = 0, draft: bool = False):
@@ -119,17 +119,6 @@ class _BaseImages(Dataset):
 
 def _collate(batch):
     return batch
-
-
-def embed_images(backbone: Backbone, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Eval-view features of decoded RGB images (used by ``query`` for new photos)."""
-    s0 = base_size(backbone.spec)
-    out = []
-    for s in range(0, len(images), batch_size):
-        base = np.stack([to_base(im, s0, backbone.spec.interpolation) for im in images[s : s + batch_size]])
-        x = torch.from_numpy(base).permute(0, 3, 1, 2).to(backbone.device)
-        out.append(backbone.features(eval_view(x, backbone.spec)).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
 
 
 def _source_attrs(source: ImageSource, config: EmbedConfig, keys: list[str]) -> dict:
@@ -343,7 +332,7 @@ def _run(
     if workers is None:
         workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
     loader = DataLoader(
-        _BaseImages(source, s0, spec.interpolation, start, config.jpeg_draft),
+        BaseImages(source, s0, spec.interpolation, start, config.jpeg_draft),
         batch_size=config.batch_size,
         num_workers=workers,
         collate_fn=_collate,

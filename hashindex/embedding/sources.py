@@ -199,6 +199,17 @@ def decode_image(path: str, draft: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def pil_to_rgb(im) -> np.ndarray:
+    """A PIL image as ``(H, W, 3)`` uint8, as files are decoded (EXIF orientation applied,
+    transparency over white, any mode converted)."""
+    from PIL import ImageOps
+
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS or w * h == 0:
+        raise InputError(f"an image of {w}x{h} pixels: images must have between 1 and {MAX_IMAGE_PIXELS} pixels")
+    return np.ascontiguousarray(_to_rgb(ImageOps.exif_transpose(im)))
+
+
 def _to_rgb(im) -> np.ndarray:
     """Any Pillow mode → ``(H, W, 3)`` uint8."""
     from PIL import Image

@@ -23,8 +23,11 @@ from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS
 # Format 2 added the manifest's own checksum (``manifest_sha256``); format 1 folders still load.
 # Format 3 is format 2 plus ``live`` (a live index's commit log, :mod:`hashindex.live.commits`): builds
 # write format 2, the first add or remove turns a folder into format 3.
-INDEX_FORMAT = 2
+# Format 4: the index entry may name the kinds ``mih`` and carry ``tables`` and the ``reason`` of an
+# automatic choice; ``live`` is optional. Builds write format 4; formats 1-3 still load.
+INDEX_FORMAT = 4
 LIVE_FORMAT = 3
+EXTRA_EMBEDDINGS = "extra_embeddings.npy"  # kept float embeddings of items added before a compaction
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.h5"
@@ -95,7 +98,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["index"] = asdict(self.index)
+        d["index"] = self.index.to_manifest()
         return d
 
     def to_bytes(self) -> bytes:
@@ -115,11 +118,12 @@ class Manifest:
             TypeError, ValueError, KeyError: a field is missing or malformed.
         """
         fmt = m["format"]
-        if not _is_int(fmt) or fmt not in (1, 2, LIVE_FORMAT):
+        if not _is_int(fmt) or fmt not in (1, 2, LIVE_FORMAT, INDEX_FORMAT):
             raise ValueError(f"bad format {fmt!r}")
         # Exactly the keys of its format: damage to a key (say "format" itself) cannot turn a
         # format-2 manifest into a format-1 one whose own checksum would not be checked.
-        want = _KEYS | ({_CHECKSUM_KEY} if fmt >= 2 else set()) | ({"live"} if fmt == LIVE_FORMAT else set())
+        has_live = fmt == LIVE_FORMAT or (fmt >= INDEX_FORMAT and "live" in m)
+        want = _KEYS | ({_CHECKSUM_KEY} if fmt >= 2 else set()) | ({"live"} if has_live else set())
         if set(m) != want:
             extra, missing = sorted(set(m) - want), sorted(want - set(m))
             raise ValueError(f"not a format-{fmt} manifest (unexpected keys {extra}, missing {missing})")
@@ -153,7 +157,13 @@ class Manifest:
         live = m.get("live")
         if live is not None:
             _check_live(live, files)
-        config = IndexConfig(idx["kind"], idx.get("nlist"), idx.get("nprobe"))
+        if idx["kind"] == "mih" and not (_is_int(idx.get("tables")) and 1 <= idx["tables"] <= m["bits"]):
+            raise ValueError(f"bad multi-index parameters {idx!r}")
+        if idx["kind"] == "auto" or (fmt < INDEX_FORMAT and idx["kind"] == "mih"):
+            raise ValueError(f"index kind {idx['kind']!r} in a format-{fmt} manifest")
+        config = IndexConfig(
+            idx["kind"], idx.get("nlist"), idx.get("nprobe"), idx.get("tables"), reason=idx.get("reason")
+        )
         known = {k: m[k] for k in ("hashindex_version", "faiss_version", "build_seconds", "created")}
         return cls(
             m["bits"], m["ntotal"], config, m["probe"], m["backbone"], m["embeddings"], files, fmt, **known, live=live
@@ -178,12 +188,12 @@ class Manifest:
             if not isinstance(doc, dict):
                 raise TypeError("not a JSON object")
             fmt = doc.get("format")
-            if _is_int(fmt) and fmt > LIVE_FORMAT:
+            if _is_int(fmt) and fmt > INDEX_FORMAT:
                 # A newer hashindex's manifest still seals its bytes; a damaged "format" does not.
                 problem = _checksum_problem(raw)
                 if problem:
                     raise IntegrityError(f"{mf} claims index format {fmt} but {problem}")
-                raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {LIVE_FORMAT}")
+                raise InputError(f"{d} has index format {fmt}; this hashindex reads up to {INDEX_FORMAT}")
             manifest = cls.from_dict(doc)
         except InputError:
             raise

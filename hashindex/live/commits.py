@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 COMMITS_DIR = "commits"
 UPLOADS_DIR = "uploads"
-EXTRA_EMBEDDINGS = "extra_embeddings.npy"
 _COMMIT_RE = re.compile(r"^(\d{10})-(add|remove)\.npz$")
 _ADD_KEYS = ("ids", "codes", "names", "labels", "embeddings", "source_index")
 
@@ -86,9 +85,11 @@ def write_file(folder: Path, rel: str, data: bytes) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
-def add_commit(ids, codes, names, labels, embeddings, source_index) -> dict:
-    """An add commit's arrays (``kind`` plus what :func:`commit_bytes` writes)."""
-    return {
+def add_commit(ids, codes, names, labels, embeddings, source_index, *, roots=None, root_id=None, meta=None) -> dict:
+    """An add commit's arrays (``kind`` plus what :func:`commit_bytes` writes). Optional:
+    ``roots`` (folders the names are relative to) with ``root_id`` (per item, -1: none), and
+    ``meta`` (field -> one value per item, stored as ``meta__<field>``)."""
+    out = {
         "kind": "add",
         "ids": np.asarray(ids, np.int64),
         "codes": np.ascontiguousarray(codes, np.uint8),
@@ -97,6 +98,15 @@ def add_commit(ids, codes, names, labels, embeddings, source_index) -> dict:
         "embeddings": np.ascontiguousarray(embeddings, np.float32),
         "source_index": np.asarray(source_index, np.int64),
     }
+    if roots:
+        out["roots"] = np.array([str(r) for r in roots], dtype=str)
+        out["root_id"] = np.asarray(root_id, np.int32)
+    for key, v in (meta or {}).items():
+        v = np.asarray(v)
+        out[f"meta__{key}"] = (
+            np.array([str(x) for x in v], dtype=str) if v.dtype.kind in "OUS" else v.astype(np.float64)
+        )
+    return out
 
 
 def remove_commit(ids) -> dict:
@@ -135,8 +145,13 @@ def read_commit(folder: Path, rel: str) -> dict:
         n = len(doc["ids"])
         if any(k not in doc for k in _ADD_KEYS) or doc["ids"].dtype != np.int64 or doc["codes"].dtype != np.uint8:
             raise ValueError("missing arrays or wrong dtypes")
-        if any(len(doc[k]) != n for k in _ADD_KEYS) or doc["codes"].ndim != 2 or doc["embeddings"].ndim != 2:
+        extra = [k for k in doc if k == "root_id" or k.startswith("meta__")]
+        if any(len(doc[k]) != n for k in (*_ADD_KEYS, *extra)) or doc["codes"].ndim != 2 or doc["embeddings"].ndim != 2:
             raise ValueError("arrays of different lengths")
+        if ("roots" in doc) != ("root_id" in doc) or (
+            "root_id" in doc and len(doc["root_id"]) and doc["root_id"].max() >= len(doc["roots"])
+        ):
+            raise ValueError("item roots that name no recorded folder")
         return doc
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise IntegrityError(f"commit {folder / rel} is unreadable: {type(e).__name__}: {e}") from None
@@ -148,7 +163,12 @@ def publish(folder: Path, manifest: Manifest, state: LiveState, new_files: dict[
     Returns:
         The new manifest.
     """
-    out = replace(manifest, files=dict(manifest.files, **new_files), live=state.to_dict(), format=LIVE_FORMAT)
+    out = replace(
+        manifest,
+        files=dict(manifest.files, **new_files),
+        live=state.to_dict(),
+        format=max(manifest.format, LIVE_FORMAT),
+    )
     out.write(folder)
     return out
 

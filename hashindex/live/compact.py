@@ -1,15 +1,10 @@
-"""Compaction of a live index: the commits folded into a new base, swapped in by renames.
-
-The new base is written whole into ``.NAME.compact-new`` beside the folder (every file fsynced),
-then the folder is renamed to ``.NAME.compact-old``, the new one to ``NAME``, and the old one
-deleted. A kill between the two renames leaves no ``NAME``: readers then read the complete new
-folder, and the next writer (:func:`recover`) finishes the swap. Ids, names, labels and float
-embeddings are kept; removed items (and their uploaded images) leave the folder.
+"""Compaction of a live index: the commits folded into a new base, swapped in by renames
+(:mod:`hashindex.live.folder`). Ids, names, labels, roots, metadata and float embeddings are
+kept; removed items (and their uploaded images) leave the folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,13 +12,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from hashindex.core.durable import fsync_dir
 from hashindex.core.spec import sha256_file
-from hashindex.index.manifest import INDEX_FILE, ITEMS_FILE
-from hashindex.live.commits import EXTRA_EMBEDDINGS, UPLOADS_DIR, publish
+from hashindex.index.faiss_access import clone_index
+from hashindex.index.items import write_items
+from hashindex.index.manifest import EXTRA_EMBEDDINGS, INDEX_FILE, ITEMS_FILE
+from hashindex.live.commits import UPLOADS_DIR, publish
+from hashindex.live.folder import compact_paths, crash_point
 from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -34,28 +31,12 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def recover(path: Path) -> None:
-    """Finish or undo a compaction that was interrupted (call under the writer lock)."""
-    from hashindex.live.live_index import compact_paths
-
-    new, old = compact_paths(path)
-    if not path.exists():
-        if new.exists() and old.exists():
-            os.replace(new, path)  # the new base was complete: roll forward
-        elif old.exists():
-            os.replace(old, path)
-        fsync_dir(path.parent)
-    for leftover in (old, new):
-        if leftover.exists() and path.exists():
-            shutil.rmtree(leftover)
-
-
 def _base_faiss(snap):
     """A faiss index of the snapshot's codes by row position (same trained quantizer for IVF)."""
     import faiss
 
-    if snap.index.kind == "ivf":
-        fi = faiss.deserialize_index_binary(faiss.serialize_index_binary(snap.index.faiss_index))
+    if snap.kind == "ivf":
+        fi = clone_index(snap.faiss_index)
         fi.reset()
     else:
         fi = faiss.IndexBinaryFlat(snap.bits)
@@ -65,11 +46,11 @@ def _base_faiss(snap):
 
 
 def compact_folder(live) -> None:
-    """Write the new base of ``live`` (a :class:`~hashindex.live.live_index.LiveIndex` whose lock is held),
-    swap it in and reload."""
+    """Write the new base of ``live`` (a :class:`~hashindex.live.live_index.LiveIndex` whose lock
+    is held) and swap it in; the caller reloads."""
     import faiss
 
-    from hashindex.live.live_index import _load, compact_paths
+    from hashindex.index.mih import MIHTables
 
     snap, m, state, path = live.snapshot, live.manifest, live.state, live.path
     t0 = time.perf_counter()
@@ -83,17 +64,13 @@ def compact_folder(live) -> None:
     added = float_row < 0
     extra = np.ascontiguousarray(snap.extra[-1 - float_row[added]], np.float32)
     float_row[added] = -1 - np.arange(int(added.sum()), dtype=np.int64)
-    with h5py.File(new / ITEMS_FILE, "w") as f:
-        f.create_dataset(
-            "names", data=np.array([str(s) for s in snap.names], dtype=object), dtype=h5py.string_dtype("utf-8")
-        )
-        f.create_dataset("source_index", data=snap.source_index)
-        if snap.labels is not None:
-            f.create_dataset("labels", data=snap.labels)
-        f.create_dataset("ids", data=snap.ids)
-        f.create_dataset("float_row", data=float_row)
-        f.attrs["label_names"] = json.dumps(snap.label_names)
+    write_items(
+        new / ITEMS_FILE, snap.names, snap.source_index, labels=snap.labels, label_names=snap.label_names,
+        ids=snap.ids, float_row=float_row, root_id=snap.root_id, roots=list(snap.roots), meta=snap.meta,
+    )  # fmt: skip
     rels = [INDEX_FILE, ITEMS_FILE, f"probe/{PROBE_JSON}", f"probe/{PROBE_WEIGHTS}"]
+    if snap.kind == "mih":
+        rels += MIHTables.build(np.asarray(snap.codes), m.index.tables).save(new)
     if len(extra):
         np.save(new / EXTRA_EMBEDDINGS, extra, allow_pickle=False)
         rels.append(EXTRA_EMBEDDINGS)
@@ -112,24 +89,22 @@ def compact_folder(live) -> None:
         if d.exists():
             fsync_dir(d)
     new_state = replace(
-        state,
-        generation=state.generation + 1,
-        commits=(),
-        uploads=uploads,
-        built=state.built or m.created,
-        extra=EXTRA_EMBEDDINGS if len(extra) else None,
-        compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
+        state, generation=state.generation + 1, commits=(), uploads=uploads, built=state.built or m.created,
+        extra=EXTRA_EMBEDDINGS if len(extra) else None, compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )  # fmt: skip
     publish(new, replace(m, ntotal=snap.ntotal, files={}, live=None), new_state, files)
     fsync_dir(path.parent)
+    crash_point("compact-written")
     os.replace(path, old)
     fsync_dir(path.parent)
+    crash_point("compact-between-renames")
     os.replace(new, path)
     fsync_dir(path.parent)
+    crash_point("compact-swapped")
     shutil.rmtree(old)
-    live.manifest, live.snapshot = _load(path, live.verify)
+    crash_point("compact-cleaned")
     logger.info(
-        "%s: compacted %d commits into a base of %d items in %.2fs",
+        "%s: compacted %d commits into %d items in %.2fs",
         path,
         len(state.commits),
         snap.ntotal,

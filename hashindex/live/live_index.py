@@ -1,11 +1,11 @@
 """A live index: an index folder that takes additions and removals with stable ids, crash-safe.
 
 The folder is a base (``index.faiss``, ``items.h5``, the probe) plus the commit log of
-:mod:`hashindex.live.commits`. :func:`open_live` verifies the base and every named commit against the
-manifest and replays the commits into a :class:`~hashindex.live.snapshot.Snapshot`. Writers take the
-folder's lock (``INDEX_DIR.lock``, the same :class:`~hashindex.store.OutputLock` as ``embed``),
-catch up with commits made by other processes, write their commit durably, publish a new
-manifest generation, and swap in a new snapshot. Readers never take the lock.
+:mod:`hashindex.live.commits`. :func:`open_live` verifies the base and every named commit against
+the manifest and replays the commits into a :class:`~hashindex.live.snapshot.Snapshot`. Writers
+take the folder's lock (``INDEX_DIR.lock`` beside the folder its path resolves to, so every path to
+one index shares it), catch up with commits made by other processes, write their commit durably,
+publish a new manifest generation, and swap in a new snapshot. Readers never take the lock.
 """
 
 from __future__ import annotations
@@ -14,80 +14,39 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from hashindex.core.config import DEFAULT_LOCK_WAIT
 from hashindex.core.durable import OutputLock, OutputLockedError
-from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.errors import InputError
 from hashindex.core.validate import check_embeddings
-from hashindex.index.load import load_index
 from hashindex.index.manifest import Manifest
 from hashindex.live.commits import (
-    UPLOADS_DIR,
-    LiveState,
-    add_commit,
-    commit_bytes,
-    commit_name,
-    discard_unnamed,
-    live_state,
-    next_state,
-    publish,
-    read_commit,
-    remove_commit,
-    write_file,
-)
-from hashindex.live.snapshot import Snapshot, base_snapshot, with_commit
+    UPLOADS_DIR, LiveState, add_commit, commit_bytes, commit_name, discard_unnamed, live_state, next_state, publish,
+    remove_commit, write_file,
+)  # fmt: skip
+from hashindex.live.folder import readable_path, recover, resolve_folder
+from hashindex.live.replay import load_snapshot, with_commit
+from hashindex.live.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
-
-
-def compact_paths(path: Path) -> tuple[Path, Path]:
-    """The sibling folders a compaction uses: ``(new base being written, old base being retired)``."""
-    return path.parent / f".{path.name}.compact-new", path.parent / f".{path.name}.compact-old"
-
-
-def readable_path(path: Path) -> Path:
-    """The folder to read: ``path``, or during the instant of a compaction's swap the complete one."""
-    new, old = compact_paths(path)
-    if path.exists():
-        return path
-    for p in (new, old):  # new is complete once old exists: it is renamed only after being fsynced
-        if p.exists() and (old.exists() or p == old):
-            return p
-    return path
-
-
-def _load(path: Path, verify: bool) -> tuple[Manifest, Snapshot]:
-    hi = load_index(path, verify=verify, mmap=True)  # read-only: edits make new faiss indexes
-    manifest = hi.manifest  # checked against its sha256 and the files by load_index
-    state = live_state(manifest)
-    extra = None
-    if state.extra:
-        try:
-            extra = np.load(path / state.extra, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise IntegrityError(f"{path / state.extra} is unreadable: {e}") from None
-    snap = base_snapshot(hi, state.generation - len(state.commits), extra, manifest.embeddings.get("path", ""))
-    for rel in state.commits:
-        snap = with_commit(snap, read_commit(path, rel), snap.generation + 1)
-    if snap.ntotal and snap.ids[-1] >= state.next_id:
-        raise IntegrityError(f"{path}: next_id {state.next_id} is not above the largest id {int(snap.ids[-1])}")
-    return manifest, snap
 
 
 class LiveIndex:
     """An open live index. ``snapshot`` is what readers use; writes replace it.
 
     Attributes:
-        path: the index folder.
+        path: the index folder (symbolic links resolved).
         manifest: the manifest of ``snapshot``'s generation.
         snapshot: the current immutable view (swap-only).
+        verify: whether reloads check the sha256 of the files.
+        images_root: where the build's images are now, when not where they were embedded.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, snapshot: Snapshot, verify: bool = True):
+    def __init__(self, path, manifest: Manifest, snapshot: Snapshot, *, verify: bool = True, images_root=None):
         self.path, self.manifest, self.snapshot, self.verify = path, manifest, snapshot, verify
+        self.images_root = images_root
         self.lock_wait = DEFAULT_LOCK_WAIT  # seconds a write waits for another writer
 
     @property
@@ -99,6 +58,9 @@ class LiveIndex:
         manifest, _ = Manifest.read(readable_path(self.path))
         return live_state(manifest).generation
 
+    def _reload(self) -> None:
+        self.manifest, self.snapshot = load_snapshot(self.path, verify=self.verify, images_root=self.images_root)
+
     def refresh(self) -> bool:
         """Reload when another process committed (the manifest's generation moved on).
 
@@ -107,9 +69,8 @@ class LiveIndex:
         """
         if self.disk_generation() == self.snapshot.generation:
             return False
-        manifest, snap = _load(readable_path(self.path), self.verify)
-        self.manifest, self.snapshot = manifest, snap
-        logger.info("%s: loaded generation %d (%d items)", self.path, snap.generation, snap.ntotal)
+        self._reload()
+        logger.info("%s: loaded generation %d (%d items)", self.path, self.snapshot.generation, self.snapshot.ntotal)
         return True
 
     @contextmanager
@@ -117,10 +78,8 @@ class LiveIndex:
         """Hold the folder's writer lock (waiting up to ``lock_wait`` seconds), caught up with the disk.
 
         Raises:
-            OutputLockedError: another writer kept the lock for longer than ``wait``.
+            OutputLockedError: another writer kept the lock for longer than ``lock_wait``.
         """
-        from hashindex.live.compact import recover
-
         lock, wait = OutputLock(self.path), self.lock_wait
         deadline = time.monotonic() + wait
         while True:
@@ -147,15 +106,19 @@ class LiveIndex:
         self.snapshot = with_commit(self.snapshot, commit, state.generation)
         return self.snapshot
 
-    def add(self, embeddings, names, *, labels=None, source_index=None, uploads=None) -> np.ndarray:
+    def add(
+        self, embeddings, names, *, labels=None, source_index=None, uploads=None, roots=None, root_id=None, meta=None
+    ):
         """Encode float embeddings with the index's probe and append them as one commit.
 
         Args:
             embeddings: ``(n, D)`` floats of the index's backbone.
-            names: n item names (paths).
+            names: n item names (paths relative to their root, or any text).
             labels: ``(n, C)`` multi-hot labels matching the index's, or None.
             source_index: the items' indexes in their source (default -1).
             uploads: per item, ``(bytes, suffix)`` of an image to keep in the folder, or None.
+            roots: folders the names are relative to, with ``root_id`` (per item; -1: none).
+            meta: metadata field -> one value per item.
 
         Returns:
             The new items' ids.
@@ -163,11 +126,11 @@ class LiveIndex:
         Raises:
             InputError: bad embeddings, names or labels.
         """
-        x = check_embeddings(embeddings, self.snapshot.index.probe.input_dim)
+        x = check_embeddings(embeddings, self.snapshot.probe.input_dim)
         n = len(x)
         if n == 0 or len(names) != n:
             raise InputError(f"add needs one name per embedding and at least one item, got {len(names)} names for {n}")
-        codes = self.snapshot.index.probe.encode(x)
+        codes = self.snapshot.probe.encode(x)
         src = np.full(n, -1, np.int64) if source_index is None else np.asarray(source_index, np.int64)
         with self.writing():
             state = self.state
@@ -175,13 +138,11 @@ class LiveIndex:
             lab = labels
             if self.snapshot.labels is None or lab is None or np.shape(lab) != (n, self.snapshot.labels.shape[1]):
                 lab = None
-            blobs = {}
-            for i, up in zip(ids, uploads or ()):
-                if up is not None:
-                    blobs[f"{UPLOADS_DIR}/{int(i)}{up[1]}"] = up[0]
+            blobs = {f"{UPLOADS_DIR}/{int(i)}{up[1]}": up[0] for i, up in zip(ids, uploads or ()) if up is not None}
             rel = commit_name(state.generation + 1, "add")
             new_state = next_state(state, rel, added=n, next_id=int(ids[-1]) + 1, uploads=blobs)
-            self._commit(rel, new_state, add_commit(ids, codes, names, lab, x, src), blobs)
+            commit = add_commit(ids, codes, names, lab, x, src, roots=roots, root_id=root_id, meta=meta)
+            self._commit(rel, new_state, commit, blobs)
         logger.info(
             "%s: added %d items (ids %d..%d), generation %d", self.path, n, ids[0], ids[-1], new_state.generation
         )
@@ -212,10 +173,8 @@ class LiveIndex:
         found = {str(n) for n in snap.names[hit]}
         missing = sorted(wanted - found)
         if missing:
-            raise InputError(
-                f"no item named {missing[0]!r} in the index"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            )
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise InputError(f"no item named {missing[0]!r} in the index{more}")
         return snap.ids[hit]
 
     def compact(self) -> Snapshot:
@@ -224,6 +183,7 @@ class LiveIndex:
 
         with self.writing():
             compact_folder(self)
+            self._reload()
         return self.snapshot
 
     def info(self) -> dict:
@@ -239,30 +199,23 @@ class LiveIndex:
             except ValueError:
                 age = None
         return {
-            "path": str(self.path),
-            "kind": snap.index.kind,
-            "bits": snap.bits,
-            "ntotal": snap.ntotal,
-            "base_ntotal": m.ntotal,
-            "generation": s.generation,
-            "commits": len(s.commits),
-            "next_id": s.next_id,
-            "added_since_fit": s.added_total,
-            "removed_since_build": s.removed_total,
+            "path": str(self.path), "kind": snap.kind, "bits": snap.bits, "ntotal": snap.ntotal,
+            "base_ntotal": m.ntotal, "generation": s.generation, "commits": len(s.commits),
+            "next_id": s.next_id, "added_since_fit": s.added_total, "removed_since_build": s.removed_total,
             "probe": {"method": m.probe.get("method"), "fitted_on": m.embeddings.get("n"), "age_days": age},
-            "built": built,
-            "compacted": s.compacted,
-            "backbone": m.backbone.get("model"),
-        }
+            "built": built, "compacted": s.compacted or "", "backbone": m.backbone.get("model"),
+            "index": m.index.to_manifest(), "images_root": snap.roots[0] or "",
+        }  # fmt: skip
 
 
-def open_live(path: str | os.PathLike, *, verify: bool = True) -> LiveIndex:
-    """Open an index folder as a live index: verify, replay its commits.
+def open_live(path: str | os.PathLike, *, verify: bool = True, images_root: str | None = None) -> LiveIndex:
+    """Open an index folder as a live index: verify, replay its commits. The path is resolved
+    once (links followed), so every path to one index locks and compacts the same folder.
 
     Raises:
         InputError: not an index folder.
         IntegrityError: a damaged base or commit, or a commit log that contradicts itself.
     """
-    p = Path(path)
-    manifest, snap = _load(readable_path(p), verify)
-    return LiveIndex(p, manifest, snap, verify)
+    p = resolve_folder(path)
+    manifest, snap = load_snapshot(p, verify=verify, images_root=images_root)
+    return LiveIndex(p, manifest, snap, verify=verify, images_root=images_root)

@@ -34,15 +34,18 @@ from hashindex.core.codes import unpack
 from hashindex.core.config import PROTOCOL_TARGETS, BenchConfig, FitConfig, IndexConfig
 from hashindex.core.errors import InputError
 from hashindex.core.spec import check_same_backbone
-from hashindex.index.load import HashIndex
-from hashindex.index.lookup import MAX_LOOKUP_BITS, HammingLookup
+from hashindex.core.codes import MAX_LOOKUP_BITS
+from hashindex.search.engines import CodeIndex
 from hashindex.measure.bench_memory import flat_memory
 from hashindex.measure.bench_seeds import LEARNED, asymmetric_row, ivf_rows, seed_rows, worst_seed_map
 from hashindex.measure.metrics import mean_average_precision, precision_at_k, relevance
 from hashindex.measure.synthetic import clustered_codes, ivf_at_recall
 from hashindex.probe.baselines import l2_normalize
 from hashindex.probe.fit import fit_probe
-from hashindex.search.ranking import FloatRows, cosine_knn, hamming_search, rerank_asymmetric, rerank_float
+from hashindex.search.asymmetric import rerank_asymmetric
+from hashindex.search.exact import cosine_knn
+from hashindex.search.ranking import hamming_search
+from hashindex.search.rerank import FloatRows, rerank_float
 from hashindex.store.reader import Embeddings
 
 logger = logging.getLogger(__name__)
@@ -120,12 +123,12 @@ def radius_curves(q_codes, db_codes, q_labels, db_labels, chunk: int = 512) -> d
     return {"precision": precision, "recall": [float(x) for x in recall], "precision_r2": p_r2}
 
 
-def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], dict, HashIndex, float]:
+def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], dict, CodeIndex, float]:
     """Quality rows of one probe (Hamming, float re-rank, asymmetric), its PR curve, its flat
     index and the seconds to encode the database and build that index."""
     t = time.perf_counter()
     db_codes = probe.encode(xb)
-    index = HashIndex.from_codes(db_codes, probe, IndexConfig("flat"))
+    index = CodeIndex.from_codes(db_codes, IndexConfig("flat"), probe=probe)
     build_s = time.perf_counter() - t
     q_logits = probe.logits(xq)
     q_codes = np.packbits(q_logits > 0, axis=1)
@@ -174,26 +177,26 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
     return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s
 
 
-def _speed_collection(index: HashIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
+def _speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
     """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe)."""
     k = cfg.speed_k
     xq = xq[: cfg.speed_queries]
     q_codes = q_codes[: cfg.speed_queries]
     bits = index.bits
-    db_codes = index.codes()
+    db_codes = index.codes
     out = [
         dict(
             kind="flat", bits=bits, **_timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries)
         )
     ]
-    ivf = HashIndex.from_codes(db_codes, index.probe, IndexConfig("ivf"))
+    ivf = CodeIndex.from_codes(db_codes, IndexConfig("ivf"), probe=index.probe)
     kq = min(cfg.topk, index.ntotal)
     flat_d, flat_ids = hamming_search(index, q_codes, kq)
-    for row in ivf_rows(ivf, flat_ids, flat_d, q_codes, yq[: len(q_codes)], yb, kq, cfg.nprobes):
+    for row in ivf_rows(ivf.engine.fi, flat_ids, flat_d, q_codes, yq[: len(q_codes)], yb, kq, cfg.nprobes):
         r = _timed_search(lambda c: hamming_search(ivf, c, k), q_codes, cfg.latency_queries)  # at row's nprobe
         out.append(dict(row, bits=bits, **r))
     if bits <= MAX_LOOKUP_BITS:
-        lk = HammingLookup(db_codes)
+        lk = CodeIndex.from_codes(db_codes, IndexConfig("lookup"))
         out.append(
             dict(kind="lookup", bits=bits, **_timed_search(lambda c: lk.search(c, k), q_codes, cfg.latency_queries))
         )
@@ -240,7 +243,7 @@ def _speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: P
         )
         out.append(flat)
         if bits <= MAX_LOOKUP_BITS:
-            lk = HammingLookup(codes)
+            lk = CodeIndex.from_codes(codes, IndexConfig("lookup"))
             r = _timed_search(lambda c: lk.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
             out.append(dict(kind="lookup", n=n, bits=bits, **r))
             del lk
@@ -370,7 +373,7 @@ def run_bench(
                 "precision": precision_at_k(frel[:n], config.topk),
             }
         )
-    speed_index: dict[int, HashIndex] = {}
+    speed_index: dict[int, CodeIndex] = {}
     for bits in config.bits:
         for name in config.methods:
             fc = FitConfig(

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from hashindex.measure.metrics import mean_average_precision, precision_at_k, relevance
-from hashindex.search.exact import asymmetric_knn
+from hashindex.search.asymmetric import asymmetric_knn
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +27,11 @@ def ranking_maps(probe, xb, xq, yb, yq, k: int) -> dict:
     """mAP@k of symmetric Hamming ranking (flat index, ties by id) and of the asymmetric ranking
     of the whole database."""
     from hashindex.core.config import IndexConfig
-    from hashindex.index.load import HashIndex
-    from hashindex.search.ranking import hamming_search
+    from hashindex.search.engines import CodeIndex
 
     db_codes = probe.encode(xb)
     q_logits = probe.logits(xq)
-    _, ids = hamming_search(
-        HashIndex.from_codes(db_codes, probe, IndexConfig("flat")), np.packbits(q_logits > 0, axis=1), k
-    )
+    _, ids = CodeIndex.from_codes(db_codes, IndexConfig("flat")).search(np.packbits(q_logits > 0, axis=1), k)
     _, aids = asymmetric_knn(q_logits, db_codes, k)
     return {
         "hamming": mean_average_precision(relevance(yq, yb, ids)),
@@ -140,7 +137,7 @@ def ivf_rows(
     from hashindex.measure.synthetic import recall_within
     from hashindex.search.ranking import sort_results
 
-    fi = ivf.faiss_index
+    fi = ivf  # the faiss IVF index
     for nprobe in nprobes:
         if nprobe > fi.nlist:
             continue

@@ -218,10 +218,10 @@ def measure_query(probe: Probe, db: Embeddings, q: Embeddings, image: Path | Non
     """Wall time of one cold ``hashindex query`` process with ``--embeddings q --limit 1`` and
     (when ``image`` is given) with that image, on a flat index of the database built with
     ``probe``; each beside a process that only imports that kind of query's libraries."""
-    from hashindex.index.load import build_index
+    from hashindex.api.pipeline import build_index
 
     probe.save(workdir / "probe")
-    build_index(db, workdir / "probe", workdir / "index")
+    build_index(db, workdir / "probe", workdir / "index", kind="flat", verify=False)
     cmd = [sys.executable, "-m", "hashindex", "-q", "query", str(workdir / "index")]
     runs = {
         "embeddings": cmd + ["--embeddings", str(q.path), "--limit", "1"],

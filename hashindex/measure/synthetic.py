@@ -55,7 +55,7 @@ def ivf_at_recall(codes: np.ndarray, queries: np.ndarray, flat_d: np.ndarray, nl
     (``at_target`` None when even nprobe = nlist misses it).
     """
     from hashindex.core.config import IndexConfig
-    from hashindex.index.load import make_faiss_index
+    from hashindex.index.build import make_faiss_index
 
     t0 = time.perf_counter()
     fi = make_faiss_index(codes, IndexConfig("ivf", nlist, 1))

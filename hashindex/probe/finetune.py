@@ -44,10 +44,10 @@ from hashindex.backbone.preprocess import base_size
 from hashindex.core.config import AugmentConfig, BackboneOptions, FitConfig, TargetKind
 from hashindex.core.durable import OutputLock, write_durably
 from hashindex.core.errors import InputError
-from hashindex.embedding.run import _BaseImages
+from hashindex.embedding.run import BaseImages
 from hashindex.embedding.sources import ImageSource
 from hashindex.probe.artifact import Probe, state_to_arrays
-from hashindex.probe.fit import _cosine_lr, class_codebook, optimizer_step, recalibrate_bits, view_pairs
+from hashindex.probe.fit import cosine_lr, class_codebook, optimizer_step, recalibrate_bits, view_pairs
 from hashindex.probe.hashcoder import HashCoder
 from hashindex.probe.losses import crovca_loss
 
@@ -149,7 +149,7 @@ def _decode(source: ImageSource, s0: int, interp: str, progress: bool) -> tuple[
     """All images as uint8 base images ``(n, 3, S0, S0)`` with their source indices; failures skipped."""
     from tqdm.auto import tqdm
 
-    ds = _BaseImages(source, s0, interp)
+    ds = BaseImages(source, s0, interp)
     bases, idx = [], []
     for k in tqdm(range(len(ds)), unit="img", desc="decode", disable=not progress):
         i, b, err = ds[k]
@@ -353,9 +353,9 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = head(f)
             z1, z2 = z.float().chunk(2)
-            opt.param_groups[0]["lr"] = _cosine_lr(step, total, config.lr, config.min_lr)
+            opt.param_groups[0]["lr"] = cosine_lr(step, total, config.lr, config.min_lr)
             opt.param_groups[1]["lr"] = (
-                _cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
+                cosine_lr(step - warm, total - warm, config.adapter_lr, config.min_lr) if joint else 0.0
             )
             y = None if labels is None else labels[torch.from_numpy(b).to(dev)]
             now = optimizer_step(opt, *crovca_loss(z1, z2, y, config.eps, rate_weight, codes))

@@ -68,7 +68,7 @@ def class_codebook(model: HashCoder, features, labels: np.ndarray, seed: int, li
     return Codebook(align_codebook(book.codes, protos), book.min_distance)
 
 
-def _cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / max(1, total)))
 
 
@@ -186,7 +186,7 @@ def _train_crovca(
             if view_fn is not None:
                 x = torch.cat([view_fn(x[:m]), view_fn(x[m:])])
             for g in opt.param_groups:
-                g["lr"] = _cosine_lr(step, total, cfg.lr, cfg.min_lr)
+                g["lr"] = cosine_lr(step, total, cfg.lr, cfg.min_lr)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 z = model(x)
             z1, z2 = z.float().chunk(2)

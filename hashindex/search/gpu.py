@@ -238,22 +238,22 @@ def searcher(codes: np.ndarray, device: str, ids: np.ndarray | None = None):
     return TorchHamming(codes, device, ids)
 
 
-def device_search(index, codes: np.ndarray, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of a flat :class:`~hashindex.index.load.HashIndex` (a folder's, or a live snapshot's that
-    answers with ids) on ``device``; the codes go to the device once per index object and stay.
+def device_search(ci, codes: np.ndarray, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows of a flat :class:`~hashindex.search.engines.CodeIndex` on ``device``; the
+    codes go to the device once per code index and stay.
 
     Args:
-        index: a flat index.
+        ci: a flat code index.
         codes: validated ``(nq, bits // 8)`` uint8 queries.
-        k: results per query (capped at ``ntotal``).
+        k: results per query (at most the number of codes).
         device: a torch device name.
-    """
-    from hashindex.index.load import flat_contents
 
+    Returns:
+        ``(D, rows)``, ordered by distance then row.
+    """
     with _lock:  # one copy per index, even when the service's search threads start together
-        cached = index._device_searcher
+        cached = ci.device_cache
         if cached is None or cached[0] != device:
-            codes_db, ids = flat_contents(index.faiss_index)
-            cached = (device, searcher(codes_db, device, ids))
-            index._device_searcher = cached
+            cached = (device, searcher(np.asarray(ci.codes), device))
+            ci.device_cache = cached
     return cached[1].search(codes, k)

@@ -1,11 +1,12 @@
-"""The HTTP API over a live index.
+"""The HTTP API and web page over an index (FastAPI on uvicorn).
 
-Every request reads one immutable snapshot (``live.snapshot``, fetched once); writes and the
-catch-up with commits made by other processes swap that reference, so a search sees the index
-before or after a commit, never between. Searches run in a small pool of worker threads (faiss
-releases the GIL), image embedding in one more (see :mod:`.batcher`), writes in another, under
-the folder's lock. Bad input gets a 4xx
-with ``{"error": message}``.
+Every request reads one immutable snapshot (fetched once); writes and the catch-up with commits
+made by other processes swap it, so a search sees the index before or after a commit, never
+between. Searches run in a small pool of threads (faiss and the kernels release the GIL), image
+decoding behind a :class:`~hashindex.serve.limits.Gate`, embedding in the micro-batcher's thread,
+writes in one more, under the folder's lock. Bad input gets a 4xx with ``{"error": message}``;
+no answer names a path of the server's. Every response carries ``nosniff`` and a restrictive
+content-security policy; the page's script and style are files of their own.
 """
 
 from __future__ import annotations
@@ -24,25 +25,32 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hashindex.core.config import ServeConfig
 from hashindex.core.durable import OutputLockedError
 from hashindex.core.errors import HashIndexError, InputError, MismatchError
-from hashindex.live.live_index import open_live
-from hashindex.search.gpu import search_device
 from hashindex.serve.batcher import ImageBatcher
-from hashindex.serve.images import decode_upload, item_image
+from hashindex.serve.images import check_images, decode_upload, item_image, stored_upload
+from hashindex.serve.limits import ApiError, Gate, check_pixels, parse_id, read_body, scrub, within
 
 logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
+PAGE_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
+}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
 def _status_of(e: HashIndexError) -> int:
@@ -65,7 +73,7 @@ def _int(value, what: str, lo: int, hi: int | None = None, default=None) -> int 
             raise ValueError
         v = int(v)
     except (ValueError, TypeError, OverflowError):
-        raise ApiError(400, f"{what} must be an integer, got {value!r}"[:300]) from None
+        raise ApiError(400, f"{what} must be an integer, got {str(value)[:40]!r}") from None
     if v < lo or (hi is not None and v > hi):
         raise ApiError(
             400, f"{what} must be between {lo} and {hi}, got {v}" if hi else f"{what} must be >= {lo}, got {v}"
@@ -78,45 +86,79 @@ def _bool(value) -> bool:
         return False
     if value in (True, "1", "true", "True", "yes", "on"):
         return True
-    raise ApiError(400, f"asymmetric must be true or false, got {value!r}"[:300])
+    raise ApiError(400, f"asymmetric must be true or false, got {str(value)[:40]!r}")
 
 
-def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
-    """Build the app: the index is loaded (and verified) now, the backbone at start-up.
+def _filter(value):
+    """The ``filter`` of a request: a JSON object (or its text, in a form field)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise ApiError(400, 'filter must be a JSON object such as {"label": "Trouser"}') from None
+    if not isinstance(value, dict):
+        raise ApiError(400, 'filter must be a JSON object such as {"label": "Trouser"}')
+    return value
+
+
+def create_app(index, config: ServeConfig = ServeConfig(), *, embed_fn=None) -> FastAPI:
+    """The app over an index (a folder, or an open :class:`~hashindex.api.index.Index`): the index
+    is loaded (and verified) now, the backbone at start-up.
 
     Args:
-        index_dir: the index folder.
-        config: service options.
+        index: the index folder or object.
+        config: service options and limits.
         embed_fn: ``list[np.ndarray] -> (n, D)`` features (default: the index's backbone).
     """
-    live = open_live(index_dir)
-    device = search_device(config.device or "auto")  # of the Hamming scan: InputError now, not per request
     import faiss
 
-    # One query per search call: OpenMP threads would only wait on each other (and, on a busy
-    # machine, on a descheduled sibling: measured 100+ ms stalls); concurrent requests use the
-    # other cores. The setting is per thread, so it is made in each search thread itself.
-    workers = 1 if live.snapshot.index.kind == "ivf" else max(1, config.search_workers)
-    search_pool = ThreadPoolExecutor(
-        workers, thread_name_prefix="search", initializer=faiss.omp_set_num_threads, initargs=(config.search_threads,)
+    from hashindex.api.index import Index, open_index
+    from hashindex.search.gpu import search_device
+
+    ix = (
+        index
+        if isinstance(index, Index)
+        else open_index(
+            index,
+            verify=config.verify,
+            images_root=config.images_root,
+            weights=config.weights,
+            device=config.device or "auto",
+        )
     )
+    live = ix.live
+    device = search_device(config.device or "auto")  # of the Hamming scan: InputError now, not per request
+    # One query per search call: OpenMP threads would only wait on each other; concurrency comes
+    # from the requests. The setting is per thread, so it is made in each search thread itself.
+    search_pool = ThreadPoolExecutor(
+        max(1, config.search_workers), "search", faiss.omp_set_num_threads, (config.search_threads,)
+    )
+    decode_pool = ThreadPoolExecutor(max(1, config.decode_slots), "decode")
     write_pool = ThreadPoolExecutor(1, thread_name_prefix="write")
     write_lock = threading.Lock()
+    gate = Gate(config.decode_slots, config.decode_queue)
     state = {"embed": embed_fn, "backbone_error": None, "started": time.time()}
+    draft = None
 
     def load_backbone():
+        nonlocal draft
         if state["embed"] is not None:
             return
-        from hashindex.backbone.model import backbone_from_spec
-        from hashindex.embedding.run import embed_images
-
         try:
-            bb = backbone_from_spec(live.manifest.backbone, weights=config.weights, device=config.device or "auto")
-        except Exception as e:
-            state["backbone_error"] = f"the index's backbone cannot be loaded, so image search is off: {e}"
+            draft = ix.embedder.draft_size
+            ix.embed_images([np.zeros((8, 8, 3), np.uint8)])  # load it now, not on the first query
+        except Exception as e:  # noqa: BLE001 - the service still answers searches by embedding and id
+            state["backbone_error"] = scrub(f"the index's backbone cannot be loaded, so image search is off: {e}")
             logger.warning(state["backbone_error"])
             return
-        state["embed"] = lambda images: embed_images(bb, images)
+        state["embed"] = ix.embed_images
+        ok, tried = check_images(ix, live.snapshot)
+        if tried and ok < tried:
+            logger.warning(
+                "%d of %d sampled items have no readable image (moved? start with --images-root DIR)", tried - ok, tried
+            )
 
     def refresh():
         if write_lock.acquire(blocking=False):
@@ -144,79 +186,70 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         poller.cancel()
         await batcher.stop()
 
-    app = FastAPI(title="hashindex", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.live, app.state.batcher = live, batcher
+    app = FastAPI(title="hashindex", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.index, app.state.live, app.state.batcher, app.state.gate = ix, live, batcher, gate
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request, e: ApiError):
-        return JSONResponse({"error": e.message}, status_code=e.status)
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
-    @app.exception_handler(HashIndexError)
-    async def _lib_error(request, e: HashIndexError):
-        return JSONResponse({"error": str(e)}, status_code=_status_of(e))
+    def error(status: int, message: str, extra: dict | None = None) -> JSONResponse:
+        return JSONResponse(
+            {"error": scrub(message)}, status_code=status, headers={**SECURITY_HEADERS, **(extra or {})}
+        )
+
+    app.add_exception_handler(ApiError, lambda request, e: error(e.status, e.message, e.headers))
+    app.add_exception_handler(HashIndexError, lambda request, e: error(_status_of(e), str(e)))
+    app.add_exception_handler(StarletteHTTPException, lambda request, e: error(e.status_code, str(e.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request, e: RequestValidationError):
         first = e.errors()[0] if e.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"}, status_code=422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, e):
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code)
-
-    async def body_of(request: Request) -> bytes:
-        """The request body, refused with 413 beyond the upload limit (checked while reading)."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > config.max_upload_bytes:
-            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {config.max_upload_bytes}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_upload_bytes:
-                raise ApiError(413, f"request body exceeds the limit of {config.max_upload_bytes} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        request._body = body  # lets request.form() parse what was read
-        return body
+        return error(422, f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg', 'invalid request')}")
 
     async def form_of(request: Request):
-        await body_of(request)
+        await read_body(request, config)
         try:
-            return await request.form(max_files=64, max_fields=16)
-        except Exception as e:
-            raise ApiError(400, f"malformed multipart body: {e}"[:300]) from None
+            return await request.form(max_files=config.max_files, max_fields=16)
+        except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
+            raise ApiError(400, f"malformed multipart body: {e}") from None
 
-    async def images_of(files) -> list[np.ndarray]:
+    async def images_of(files, *, one: bool):
+        """Decoded uploads (within the request's pixel budget) with their formats and bytes."""
         if not files or not all(hasattr(f, "read") for f in files):
             raise ApiError(400, "send the image as a multipart file in the field 'image'")
+        if one and len(files) > 1:
+            raise ApiError(400, f"search takes one image, got {len(files)}")
         if state["embed"] is None:
             raise ApiError(409, state["backbone_error"] or "image search is not available")
+        blobs = [await f.read() for f in files]
+        check_pixels(blobs, config)
         loop = asyncio.get_running_loop()
-        out = []
-        for f in files:
-            data = await f.read()
-            out.append(await loop.run_in_executor(None, decode_upload, data, f.filename or "upload"))
-        return out
+        decoded = [await loop.run_in_executor(decode_pool, decode_upload, b, draft) for b in blobs]
+        return [d[0] for d in decoded], [d[1] for d in decoded], blobs
 
-    def searched(snap, t0, d, ids, s):
+    def searched(snap, t0, res):
         # A response object: FastAPI would otherwise walk the dict through its encoder again.
-        return JSONResponse(
-            {"results": snap.results(d, ids, s)[0], "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
-        )
+        hits = snap.hits(res.D, res.I, res.S)[0]
+        return JSONResponse({"results": hits, "took_ms": round((time.perf_counter() - t0) * 1000, 3)})
 
-    @app.post("/search")
-    async def search(request: Request):
+    async def run_search(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(search_pool, fn, *args)
+
+    async def search_request(request: Request):
         t0 = time.perf_counter()
         snap = live.snapshot
-        ctype = request.headers.get("content-type", "")
-        if ctype.startswith("multipart/form-data"):
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await form_of(request)
-            params = {k: form.get(k) for k in ("k", "rerank", "asymmetric")}
-            x = (await batcher.embed(await images_of(form.getlist("image"))))[:1]
+            params = {k: form.get(k) for k in ("k", "rerank", "asymmetric", "filter")}
+            async with gate.enter():
+                images, _, _ = await images_of(form.getlist("image"), one=True)
+                x = await batcher.embed(images)
         else:
             try:
-                params = json.loads(await body_of(request))
+                params = json.loads(await read_body(request, config))
             except (ValueError, RecursionError):
                 raise ApiError(
                     400, 'the body must be JSON ({"embedding": [...]} or {"id": 5}) or a multipart image upload'
@@ -225,19 +258,19 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
                 raise ApiError(400, 'give exactly one of "embedding" (a list of numbers) or "id" (an item id)')
             x = None
         k = _int(params.get("k"), "k", 1, config.max_k, 10)
-        rerank = _int(params.get("rerank"), "rerank", 1, 100)
-        asym = _bool(params.get("asymmetric"))
+        rerank, asym = _int(params.get("rerank"), "rerank", 1, 100), _bool(params.get("asymmetric"))
+        where = _filter(params.get("filter"))
+        ids = where.pop("id", None) if where else None
+        allowed = snap.allowed(where or None, None if ids is None else (ids if isinstance(ids, list) else [ids]))
         if x is None and "id" in params:
-            item_id = _int(params["id"], "id", 0)
-            if item_id > np.iinfo(np.int64).max:
-                raise ApiError(404, f"unknown id {item_id}")
+            item_id = parse_id(params["id"])
             try:
                 snap.positions([item_id])
             except InputError as e:
                 raise ApiError(404, str(e)) from None
-            run = lambda: snap.search_id(item_id, k, rerank, asym, device)  # noqa: E731
-            return searched(snap, t0, *(await asyncio.get_running_loop().run_in_executor(search_pool, run)))
-        elif x is None:
+            res = await run_search(lambda: snap.search_id(item_id, k, rerank, asym, device, allowed=allowed))
+            return searched(snap, t0, res)
+        if x is None:
             emb = params["embedding"]
             if (
                 not isinstance(emb, list)
@@ -246,19 +279,12 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
             ):
                 raise ApiError(400, '"embedding" must be a non-empty list of numbers')
             x = np.asarray(emb, np.float64)[None]
-        d, ids, s = await asyncio.get_running_loop().run_in_executor(
-            search_pool, snap.search, x, k, rerank, asym, device
-        )
-        return searched(snap, t0, d, ids, s)
+        res = await run_search(lambda: snap.search(x, k, rerank, asym, device, allowed=allowed))
+        return searched(snap, t0, res)
 
-    def parse_id(item_id: str) -> int:
-        try:
-            v = int(item_id)
-        except ValueError:
-            raise ApiError(400, f"an item id is an integer, got {item_id!r}"[:300]) from None
-        if not 0 <= v <= np.iinfo(np.int64).max:
-            raise ApiError(404, f"unknown id {v}")
-        return v
+    @app.post("/search")
+    async def search(request: Request):
+        return await within(config.request_timeout_s, search_request(request))
 
     @app.get("/items/{item_id}")
     async def get_item(item_id: str):
@@ -271,14 +297,19 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
     async def get_image(item_id: str, size: int | None = None):
         if size is not None and not 16 <= size <= 1024:
             raise ApiError(400, "size must be between 16 and 1024")
-        loop = asyncio.get_running_loop()
+        v = parse_id(item_id)
         try:
-            kind, value = await loop.run_in_executor(None, item_image, live, live.snapshot, parse_id(item_id), size)
+            media, data = await asyncio.get_running_loop().run_in_executor(
+                decode_pool, item_image, ix, live.snapshot, v, size
+            )
         except InputError as e:
             raise ApiError(404, str(e)) from None
-        if kind == "file":
-            return FileResponse(value)
-        return Response(value, media_type=kind)
+        # Served bytes are an image of the collection: a sandbox keeps even a crafted file inert.
+        return Response(
+            data,
+            media_type=media,
+            headers={"Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "private, max-age=60"},
+        )
 
     @app.get("/health")
     async def health():
@@ -288,18 +319,21 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
     @app.get("/stats")
     async def stats():
         info = live.info()
+        info.pop("path", None)
+        info.pop("images_root", None)
         info.update(
             image_search=state["embed"] is not None,
             writes=config.allow_writes,
             batches=batcher.batches,
             batched_images=batcher.images,
+            refused=gate.refused,
             uptime_s=round(time.time() - state["started"], 1),
         )
         return info
 
     def authorize(request: Request) -> None:
         if not config.allow_writes:
-            raise ApiError(403, "writes are off: start the server with --allow-writes --token T")
+            raise ApiError(403, "writes are off: start the server with --allow-writes and a token")
         got = request.headers.get("authorization", "")
         if not got.startswith("Bearer ") or not hmac.compare_digest(got[7:].encode(), (config.token or "").encode()):
             raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer T)")
@@ -308,25 +342,23 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         with write_lock:
             return fn(*args, **kw)
 
+    async def add_request(request: Request):
+        form = await form_of(request)
+        files = form.getlist("image")
+        async with gate.enter():
+            images, formats, blobs = await images_of(files, one=False)
+            x = await batcher.embed(images)
+        uploads = [stored_upload(b, f) for b, f in zip(blobs, formats)]
+        names = [str(getattr(f, "filename", "") or "upload")[:200] for f in files]
+        ids = await asyncio.get_running_loop().run_in_executor(
+            write_pool, lambda: write(live.add, x, names, uploads=uploads)
+        )
+        return {"ids": [int(i) for i in ids], "generation": live.snapshot.generation}
+
     @app.post("/items", status_code=201)
     async def add_items(request: Request):
         authorize(request)
-        form = await form_of(request)
-        files = form.getlist("image")
-        images = await images_of(files)
-        x = await batcher.embed(images)
-        blobs, names = [], []
-        for f in files:
-            await f.seek(0)
-            suffix = Path(f.filename or "").suffix.lower()
-            blobs.append(
-                (await f.read(), suffix if suffix.isascii() and suffix[1:].isalnum() and len(suffix) <= 6 else ".img")
-            )
-            names.append(f.filename or "upload")
-        ids = await asyncio.get_running_loop().run_in_executor(
-            write_pool, lambda: write(live.add, x, names, uploads=blobs)
-        )
-        return {"ids": [int(i) for i in ids], "generation": live.snapshot.generation}
+        return await within(config.request_timeout_s, add_request(request))
 
     @app.delete("/items/{item_id}")
     async def delete_item(request: Request, item_id: str):
@@ -339,19 +371,29 @@ def create_app(index_dir, config: ServeConfig, *, embed_fn=None) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(write_pool, lambda: write(live.remove, [v]))
         return {"removed": v, "generation": live.snapshot.generation}
 
-    page = (STATIC / "index.html").read_text()
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index_page():
-        return page
-
+    pages = {route: ((STATIC / name).read_bytes(), media) for route, (name, media) in PAGE_FILES.items()}
+    for route, (body, media) in pages.items():
+        app.add_api_route(
+            route,
+            lambda body=body, media=media: Response(body, media_type=media),
+            methods=["GET"],
+            include_in_schema=False,
+        )
     return app
 
 
-def run(index_dir, config: ServeConfig = ServeConfig()) -> None:
-    """Serve until interrupted (one process: the index and backbone are loaded once)."""
+def serve(index, config: ServeConfig = ServeConfig()) -> None:
+    """Serve an index until interrupted (one process: the index and backbone are loaded once)."""
     import uvicorn
 
+    app = create_app(index, config)
     uvicorn.run(
-        create_app(index_dir, config), host=config.host, port=config.port, workers=1, log_level="info", access_log=False
+        app,
+        host=config.host,
+        port=config.port,
+        workers=1,
+        log_level="info",
+        access_log=False,
+        timeout_keep_alive=5,
+        limit_concurrency=config.max_connections,
     )

@@ -1,37 +1,65 @@
-"""Images of uploaded queries and of indexed items (files on disk, IDX renders, kept uploads)."""
+"""Images of uploaded queries and of indexed items, served safely.
+
+An item's image is served only from inside its recorded root folder (after symbolic links are
+resolved, so neither ``..`` nor a link leads out of it), from the index's own upload store, or
+rendered from an IDX source; its content type comes from the decoded format, never from a file
+or client name. Uploads kept by the index are stored under names the server chooses.
+"""
 
 from __future__ import annotations
 
 import functools
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from hashindex.core.errors import InputError
-from hashindex.embedding.sources import DecodeError, decode_image, from_idx
+from hashindex.embedding.sources import from_idx, pil_to_rgb
+
+# Formats browsers display, by Pillow's name: stored and served as they are. Others become PNG.
+WEB_FORMATS = {
+    "JPEG": ("image/jpeg", ".jpg"),
+    "PNG": ("image/png", ".png"),
+    "GIF": ("image/gif", ".gif"),
+    "WEBP": ("image/webp", ".webp"),
+    "BMP": ("image/bmp", ".bmp"),
+}
+MEDIA_BY_SUFFIX = {suffix: media for media, suffix in WEB_FORMATS.values()}
 
 
-def decode_upload(data: bytes, filename: str) -> np.ndarray:
-    """Decode uploaded bytes with the same checks as files (size bombs, modes, EXIF).
+def decode_upload(data: bytes, draft: int | None = None) -> tuple[np.ndarray, str]:
+    """Decode uploaded bytes (EXIF, modes and transparency as for files; JPEGs at a scale no
+    smaller than ``draft``). Returns the RGB array and the image's format name.
 
     Raises:
-        InputError: empty, not an image, or undecodable.
+        InputError: empty or not a readable image (the message names no server path).
     """
+    from PIL import Image
+
     if not data:
         raise InputError("the uploaded file is empty")
-    suffix = Path(filename).suffix if Path(filename).suffix.isascii() else ""
-    with tempfile.NamedTemporaryFile(suffix=suffix[:8]) as fh:
-        fh.write(data)
-        fh.flush()
-        try:
-            return decode_image(fh.name)
-        except DecodeError as e:
-            raise InputError(
-                f"the upload {filename!r} is not a readable image: {e.error_class}: {e.message}"[:400]
-            ) from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or ""
+            if draft and fmt == "JPEG":
+                im.draft(None, (draft, draft))
+            im.load()
+            return pil_to_rgb(im), fmt
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on bad data
+        raise InputError(f"the upload is not a readable image ({type(e).__name__})") from None
+
+
+def stored_upload(data: bytes, fmt: str) -> tuple[bytes, str]:
+    """What the index keeps of an upload, and the suffix the server names it with: the bytes as
+    they came for formats browsers show, else a PNG re-encoding."""
+    if fmt in WEB_FORMATS:
+        return data, WEB_FORMATS[fmt][1]
+    rgb, _ = decode_upload(data)
+    return _png(rgb, None), ".png"
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,36 +78,82 @@ def _png(rgb: np.ndarray, size: int | None) -> bytes:
     return buf.getvalue()
 
 
-def item_image(live, snap, item_id: int, size: int | None = None) -> tuple[str, object]:
-    """``("file", path)`` or ``(media type, bytes)`` of an item's image; ``size`` makes a
-    thumbnail of at most that many pixels a side.
+def inside(root: str, name: str) -> Path | None:
+    """``root/name`` when it is a regular file inside ``root`` once links are resolved, else None
+    (absolute names, ``..`` that climbs out, links pointing outside)."""
+    if not root or not name or os.path.isabs(name) or "\x00" in name:
+        return None
+    base = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(base, name))
+    if os.path.commonpath([base, path]) != base or not os.path.isfile(path):
+        return None
+    return Path(path)
+
+
+def _file_image(path: Path, size: int | None) -> tuple[str, bytes]:
+    """A file's bytes and media type by its decoded format (PNG rendering for other formats)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            if not size and fmt in WEB_FORMATS:
+                return WEB_FORMATS[fmt][0], path.read_bytes()
+            im.load()
+            return "image/png", _png(pil_to_rgb(im), size)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a file that is not an image is not served
+        raise InputError(f"the item's file is not a readable image ({type(e).__name__})") from None
+
+
+def item_image(ix, snap, item_id: int, size: int | None = None) -> tuple[str, bytes]:
+    """``(media type, bytes)`` of an item's image; ``size`` makes a PNG thumbnail of at most
+    that many pixels a side.
 
     Raises:
-        InputError: an unknown id, or an item whose image is not available.
+        InputError: an unknown id, or an item whose image this server may not or cannot read.
     """
     p = int(snap.positions([item_id])[0])
-    path = None
-    for rel in live.state.uploads:
-        if Path(rel).stem == str(item_id):
-            path = live.path / rel
-    name, src_idx = str(snap.names[p]), int(snap.source_index[p])
-    source = live.manifest.embeddings.get("source") or {}
-    if path is None and os.path.isabs(name):
-        path = Path(name)
-    if path is None and snap.float_row[p] >= 0 and isinstance(source, dict):
-        if source.get("kind") in ("idx", "fashion-mnist") and src_idx >= 0:
-            try:
-                rgb = _idx_source(str(source["location"]), str(source.get("split") or "train")).load(src_idx)
-            except (InputError, IndexError, KeyError, OSError) as e:
-                raise InputError(f"item {item_id}: its source {source.get('location')} cannot be read: {e}") from None
-            return "image/png", _png(rgb, size)
-        if source.get("kind") in ("folder", "list") and source.get("location"):
-            path = Path(str(source["location"])) / name
-    if path is None or not path.is_file():
-        raise InputError(f"item {item_id} ({name}) has no image this server can read")
-    if size:
+    for rel in ix.live.state.uploads:  # names the server chose: uploads/<id>.<suffix>
+        stem, suffix = os.path.splitext(os.path.basename(rel))
+        if stem == str(item_id) and suffix in MEDIA_BY_SUFFIX:
+            data = (ix.path / rel).read_bytes()
+            if size:
+                rgb, _ = decode_upload(data)
+                return "image/png", _png(rgb, size)
+            return MEDIA_BY_SUFFIX[suffix], data
+    name = snap.name_list([p])[0]
+    source = snap.base.manifest.embeddings.get("source") or {}
+    src_idx = int(snap.source_index[p])
+    if (
+        snap.float_row[p] >= 0
+        and isinstance(source, dict)
+        and source.get("kind") in ("idx", "fashion-mnist")
+        and src_idx >= 0
+    ):
         try:
-            return "image/png", _png(decode_image(str(path)), size)
-        except DecodeError as e:
-            raise InputError(f"item {item_id}: {e}") from None
-    return "file", str(path)
+            rgb = _idx_source(str(source["location"]), str(source.get("split") or "train")).load(src_idx)
+        except (InputError, IndexError, KeyError, OSError):
+            raise InputError(f"item {item_id}: its source cannot be read") from None
+        return "image/png", _png(rgb, size)
+    path = inside(snap.root_of(p), name)
+    if path is None:
+        raise InputError(f"item {item_id} has no image this server can read")
+    return _file_image(path, size)
+
+
+def check_images(ix, snap, sample: int = 8) -> tuple[int, int]:
+    """``(readable, tried)`` for a sample of items' images (the first, last and evenly between)."""
+    n = snap.ntotal
+    if n == 0:
+        return 0, 0
+    rows = sorted({int(r) for r in np.linspace(0, n - 1, min(sample, n))})
+    ok = 0
+    for r in rows:
+        try:
+            item_image(ix, snap, int(snap.ids[r]), 16)
+            ok += 1
+        except (InputError, OSError):
+            pass
+    return ok, len(rows)
