@@ -205,7 +205,7 @@ def serve(index, host, port, allow_writes, token, token_file, images_root, weigh
         images_root=images_root,
         verify=verify,
     )
-    hashindex.serve(index, config)
+    hashindex.serve_index(index, config)
 
 
 COMMANDS = (add, remove, compact, info, serve)

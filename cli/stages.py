@@ -10,8 +10,17 @@ import click
 from hashindex.cli import options as opt
 from hashindex.cli import scale
 from hashindex.core.config import (
-    BITS_RANGE, HASHCODER_SIZES, INDEX_KINDS, METHODS, RATE_WEIGHT, RATE_WEIGHT_SHORT, SHORT_CODE_BITS, EmbedConfig,
-    FitConfig, IndexConfig, default,
+    BITS_RANGE,
+    HASHCODER_SIZES,
+    INDEX_KINDS,
+    METHODS,
+    RATE_WEIGHT,
+    RATE_WEIGHT_SHORT,
+    SHORT_CODE_BITS,
+    EmbedConfig,
+    FitConfig,
+    IndexConfig,
+    default,
 )  # fmt: skip
 from hashindex.core.errors import InputError
 from hashindex.core.spec import DEFAULT_MODEL, INTERPOLATIONS

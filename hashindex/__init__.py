@@ -31,7 +31,7 @@ _HOME = {
     "Hits": "hashindex.api.results",
     "embed": "hashindex.api.pipeline",
     "fit_probe": "hashindex.api.pipeline",
-    "build_index": "hashindex.api.pipeline",
+    "build_index": "hashindex.api.index",
     "finetune": "hashindex.api.pipeline",
     "open_embeddings": "hashindex.store.reader",
     "import_embeddings": "hashindex.embedding.importer",
@@ -41,7 +41,7 @@ _HOME = {
     "LoRAConfig": "hashindex.backbone.lora",
     "evaluate": "hashindex.measure.evaluate",
     "run_bench": "hashindex.measure.bench",
-    "serve": "hashindex.serve.app",
+    "serve_index": "hashindex.serve.app",
     "EmbedConfig": "hashindex.core.config",
     "FitConfig": "hashindex.core.config",
     "IndexConfig": "hashindex.core.config",
@@ -77,7 +77,7 @@ __all__ = [
     "ray_runner",
     "run_bench",
     "SearchResults",
-    "serve",
+    "serve_index",
     "ServeConfig",
 ]
 

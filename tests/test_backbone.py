@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from hashindex.backbone.augment import eval_view
-from hashindex.backbone.model import backbone_from_spec, load_backbone, read_state_dict
+from hashindex.backbone.model import backbone_from_spec, load_backbone
+from hashindex.backbone.weights import read_state_dict
 from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.core.errors import InputError, MismatchError
 

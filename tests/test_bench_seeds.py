@@ -1,17 +1,16 @@
 """Seeds in the bench, the asymmetric ranking of the whole database, IVF recall of the flat top-k."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from hashindex.core.codes import unpack
 from hashindex.core.config import BenchConfig, IndexConfig
-from hashindex.index.load import HashIndex
 from hashindex.measure.bench import run_bench
 from hashindex.measure.bench_seeds import ivf_rows, summarize
-from hashindex.search.exact import asymmetric_knn
+from hashindex.search.asymmetric import asymmetric_knn
+from hashindex.search.engines import CodeIndex
 from hashindex.search.ranking import hamming_search
 
 
@@ -40,21 +39,21 @@ def test_ivf_recall_against_flat(rng):
     q = rng.integers(0, 256, (40, 4), dtype=np.uint8)
     y = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 3000)]
     yq = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 40)]
-    probe = SimpleNamespace(method="lsh", config={}, backbone=None)  # only the codes are searched
-    flat = HashIndex.from_codes(codes, probe, IndexConfig("flat"))
-    ivf = HashIndex.from_codes(codes, probe, IndexConfig("ivf", nlist=64))
+    flat = CodeIndex.from_codes(codes, IndexConfig("flat"))  # only the codes are searched: no probe
+    ivf = CodeIndex.from_codes(codes, IndexConfig("ivf", nlist=64))
+    assert ivf.kind == "ivf"
     k = 100
     fd, fi = hamming_search(flat, q, k)
-    rows = {r["nprobe"]: r for r in ivf_rows(ivf, fi, fd, q, yq, y, k, (1, 64, 65))}
+    rows = {r["nprobe"]: r for r in ivf_rows(ivf.engine.fi, fi, fd, q, yq, y, k, (1, 64, 65))}
     assert set(rows) == {1, 64}  # nprobe beyond nlist is skipped
     full = rows[64]
     assert full["recall_ties"] == 1.0 and full["complete"] == 1.0 and full["map"] is not None
     assert 0.8 <= full["recall"] <= 1.0  # exact search: only ties at the k-th distance differ
     one = rows[1]  # ~47 codes per list: fewer than k come back, so no mAP
     assert one["complete"] < 1.0 and one["map"] is None and one["recall"] < 0.6
-    ivf.faiss_index.nprobe = 1  # recall by hand
+    ivf.engine.fi.nprobe = 1  # recall by hand
     assert one["recall"] == pytest.approx(
-        np.mean([np.isin(fi[r], ivf.faiss_index.search(q[r : r + 1], k)[1][0]).sum() for r in range(40)]) / k
+        np.mean([np.isin(fi[r], ivf.engine.fi.search(q[r : r + 1], k)[1][0]).sum() for r in range(40)]) / k
     )
 
 
@@ -89,20 +88,20 @@ def test_bench_with_seeds(tmp_path, clusters):
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_evaluate_reports_asymmetric_ranking_and_ivf_recall(tmp_path, clusters, kind):
+    from hashindex import build_index
     from hashindex.core.config import FitConfig
-    from hashindex.index.load import build_index
     from hashindex.measure.evaluate import evaluate
     from hashindex.measure.metrics import mean_average_precision, relevance
     from hashindex.probe.fit import fit_probe
 
     fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")
-    idx = build_index(
-        clusters, tmp_path / "p", tmp_path / "idx", IndexConfig(kind, nlist=32) if kind == "ivf" else IndexConfig()
-    )
-    idx.set_nprobe(1)
-    r = evaluate(idx, clusters, topk=50, with_float=False)
+    config = IndexConfig(kind, nlist=32) if kind == "ivf" else IndexConfig("flat")
+    idx = build_index(clusters, tmp_path / "p", tmp_path / "idx", config)
+    assert idx.kind == kind
+    r = evaluate(idx, clusters, topk=50, with_float=False, nprobe=1 if kind == "ivf" else None)
     x, y = clusters.embeddings(), clusters.labels()
-    _, ids = asymmetric_knn(idx.probe.logits(x), idx.codes(), 50)
+    snap = idx.snapshot
+    _, ids = asymmetric_knn(snap.probe.logits(x), snap.codes, 50)
     assert r["asymmetric_map"] == pytest.approx(mean_average_precision(relevance(y, y, ids)))
     if kind == "flat":
         assert r["ivf"] is None

@@ -7,7 +7,9 @@ import pytest
 from helpers import run_cli as run
 from PIL import Image
 
+import hashindex
 from hashindex.core.codes import hamming
+from hashindex.core.errors import InputError
 from hashindex.index.load import load_index
 from hashindex.store.reader import open_embeddings
 
@@ -59,7 +61,7 @@ def test_interpolation_is_recorded_and_reproduced_at_query_time(tmp_path):
     from skimage import data
 
     from hashindex.backbone.model import backbone_from_spec
-    from hashindex.embedding.run import embed_images
+    from hashindex.backbone.features import embed_images
 
     (tmp_path / "imgs").mkdir()
     Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "imgs" / "a.png")  # 64 px, upsampled
@@ -141,10 +143,16 @@ def test_errors_are_one_line_without_traceback(tmp_path, built, fmnist):
     _err(run("embed", tmp_path / "empty", tmp_path / "x.h5", ok=False), 2, "no images")
     _err(run("fit-probe", db.path, tmp_path / "p", "--bits", 12, ok=False), 2, "multiple of 8")
     _err(run("fit-probe", q.path, tmp_path / "p", "--method", "itq", "--supervised", ok=False), 2, "crovca only")
-    _err(run("query", built / "index", "--embeddings", q.path, "-k", 0, ok=False), 2, "k must be")
+    # -k is checked by the CLI's option (click's usage error names the flag), and by the library too
+    r = run("query", built / "index", "--embeddings", q.path, "-k", 0, ok=False)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "--topk" in r.output and "0 is not in the range" in r.output, r.output
+    with pytest.raises(InputError, match="k must be"):
+        hashindex.open_index(built / "index").search(q.embeddings(slice(0, 1)), k=0)
     (tmp_path / "junk.h5").write_bytes(b"junk")
     _err(run("evaluate", built / "index", tmp_path / "junk.h5", ok=False), 3, "HDF5")
     _err(run("query", tmp_path, "--embeddings", q.path, ok=False), 2, "not an index folder")
+    _err(run("query", tmp_path / "nowhere", "--embeddings", q.path, ok=False), 2, "not an index folder")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff")
     _err(run("query", built / "index", tmp_path / "bad.jpg", ok=False), 2, "bad.jpg")
 

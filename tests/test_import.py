@@ -220,21 +220,45 @@ def test_crovca_on_feature_views_is_seeded(tmp_path, x):
     assert a.meta["feature_views"]["dropout"] > 0 and a.meta["sample_rows"] == N
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "lookup"])
+def _code_index(hi):
+    """The codes of a loaded index folder with the engine of its kind over its own structures
+    (faiss index, multi-index tables), as a snapshot of the folder searches them."""
+    from hashindex.search.engines import CodeIndex, engine_for
+
+    codes = hi.codes()
+    return CodeIndex(
+        codes, None, engine_for(hi.manifest.index, codes, hi.faiss_index, tables=hi.tables), hi.kind, hi.probe
+    )
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "lookup", "mih"])
 def test_memory_mapped_index_answers_like_the_loaded_one(tmp_path, rng, kind):
     from helpers import write_embeddings
 
-    from hashindex.core.config import IndexConfig
-    from hashindex.index.load import build_index, load_index
+    import hashindex
+    from hashindex.index.load import load_index
     from hashindex.search.ranking import ranked
 
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     emb = write_embeddings(tmp_path / "db.h5", x, labels=np.eye(4, dtype=np.uint8)[np.arange(3000) % 4])
-    fit_probe(emb, FitConfig(method="lsh", bits=16), progress=False).save(tmp_path / "p")
-    build_index(emb, tmp_path / "p", tmp_path / "ix", IndexConfig(kind, nlist=16 if kind == "ivf" else None))
+    hashindex.fit_probe(emb, tmp_path / "p", FitConfig(method="lsh", bits=16))
+    hashindex.build_index(emb, tmp_path / "p", tmp_path / "ix", kind=kind, nlist=16 if kind == "ivf" else None)
     a, b = load_index(tmp_path / "ix"), load_index(tmp_path / "ix", mmap=True)
-    for got, want in zip(ranked(b, x[:50], 10, None, False)[:2], ranked(a, x[:50], 10, None, False)[:2]):
-        np.testing.assert_array_equal(got, want)
+    assert a.kind == b.kind == kind
+    if kind == "mih":
+        assert b.tables is not None
+    want = ranked(_code_index(a), x[:50], 10)
+    got = ranked(_code_index(b), x[:50], 10)
+    for g, w in zip(got[:2], want[:2]):
+        np.testing.assert_array_equal(g, w)
+    # open_index memory-maps its base: its snapshot's rows and the public search answer the same.
+    ix = hashindex.open_index(tmp_path / "ix")
+    snap = ix.snapshot
+    for g, w in zip(snap.search(x[:50], 10)[:2], want[:2]):
+        np.testing.assert_array_equal(g, w)
+    res = ix.search(x[:50], k=10, device="cpu")
+    np.testing.assert_array_equal(res.ids, snap.ids[want.I])
+    np.testing.assert_array_equal(res.distances, want.D)
     assert b.items()["names"] == emb.names()
     np.testing.assert_array_equal(b.items()["labels"], emb.labels())
 

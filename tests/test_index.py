@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from helpers import FAKE_SPEC, write_embeddings
 
+from hashindex import build_index
 from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
-from hashindex.index.load import build_index, load_index
+from hashindex.index.load import load_index
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import hamming_search, search_embeddings
 from hashindex.store.reader import open_embeddings
@@ -23,7 +24,8 @@ def probe_dir(tmp_path, clusters):
 
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_build_writes_verifiable_folder(tmp_path, clusters, probe_dir, kind):
-    idx = build_index(clusters, probe_dir, tmp_path / "idx", IndexConfig(kind))
+    ix = build_index(clusters, probe_dir, tmp_path / "idx", IndexConfig(kind))
+    idx = load_index(tmp_path / "idx")
     m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert m["bits"] == 32 and m["ntotal"] == clusters.n and m["index"]["kind"] == kind
     assert set(m["files"]) == {"index.faiss", "items.h5", "probe/probe.json", "probe/weights.safetensors"}
@@ -33,7 +35,7 @@ def test_build_writes_verifiable_folder(tmp_path, clusters, probe_dir, kind):
     assert items["names"][:2] == ["item0", "item1"]
     # the index holds exactly the probe's codes: each item finds itself at distance 0
     x = clusters.embeddings()
-    d, i = search_embeddings(idx, x[:20], 1)
+    d, i = search_embeddings(ix.snapshot.index, x[:20], 1)
     assert (d[:, 0] == 0).all()
     codes = idx.probe.encode(x)
     np.testing.assert_array_equal(codes[i[:, 0]], codes[:20])
@@ -42,7 +44,7 @@ def test_build_writes_verifiable_folder(tmp_path, clusters, probe_dir, kind):
 
 
 def test_loading_refuses_modified_files(tmp_path, clusters, probe_dir):
-    build_index(clusters, probe_dir, tmp_path / "idx")
+    build_index(clusters, probe_dir, tmp_path / "idx", kind="flat")
     f = tmp_path / "idx" / "index.faiss"
     data = bytearray(f.read_bytes())
     data[-5] ^= 0x01
@@ -60,7 +62,7 @@ def test_loading_refuses_modified_files(tmp_path, clusters, probe_dir):
 
 
 def test_manifest_with_another_bit_length_is_refused(tmp_path, clusters, probe_dir):
-    build_index(clusters, probe_dir, tmp_path / "idx")
+    build_index(clusters, probe_dir, tmp_path / "idx", kind="flat")
     mf = tmp_path / "idx" / "manifest.json"
     m = json.loads(mf.read_text())
     m["bits"] = 64
@@ -72,13 +74,13 @@ def test_manifest_with_another_bit_length_is_refused(tmp_path, clusters, probe_d
 def test_build_refuses_mismatches(tmp_path, rng, clusters, probe_dir):
     other_dim = write_embeddings(tmp_path / "o.h5", rng.standard_normal((40, 16)).astype(np.float32))
     with pytest.raises(MismatchError, match="48-d"):
-        build_index(other_dim, probe_dir, tmp_path / "x")
+        build_index(other_dim, probe_dir, tmp_path / "x", kind="flat")
     other_model = write_embeddings(tmp_path / "m.h5", clusters.embeddings(), spec=dict(FAKE_SPEC, model="other"))
     with pytest.raises(MismatchError, match="other"):
-        build_index(other_model, probe_dir, tmp_path / "y")
-    build_index(clusters, probe_dir, tmp_path / "idx")
+        build_index(other_model, probe_dir, tmp_path / "y", kind="flat")
+    build_index(clusters, probe_dir, tmp_path / "idx", kind="flat")
     with pytest.raises(InputError, match="not empty"):
-        build_index(clusters, probe_dir, tmp_path / "idx")
+        build_index(clusters, probe_dir, tmp_path / "idx", kind="flat")
     with pytest.raises(InputError, match="nlist"):
         build_index(clusters, probe_dir, tmp_path / "z", IndexConfig("ivf", nlist=10**6))
 
@@ -105,7 +107,7 @@ def test_store_roundtrip_and_partial_files(tmp_path, rng):
 
 
 def test_search_results_reach_every_item_once(tmp_path, clusters, probe_dir):
-    idx = build_index(clusters, probe_dir, tmp_path / "idx")
-    d, i = hamming_search(idx, idx.probe.encode(clusters.embeddings()[:3]), 10_000)
+    ix = build_index(clusters, probe_dir, tmp_path / "idx", kind="flat")
+    d, i = hamming_search(ix.snapshot.index, ix.snapshot.probe.encode(clusters.embeddings()[:3]), 10_000)
     assert i.shape == (3, clusters.n)
     assert all(len(set(r)) == clusters.n for r in i)

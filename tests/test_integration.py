@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from hashindex import build_index
 from hashindex.core.config import FitConfig
-from hashindex.index.load import build_index
 from hashindex.measure.evaluate import evaluate
 from hashindex.probe.fit import fit_probe
 
@@ -28,7 +28,7 @@ def test_crovca_beats_lsh(tmp_path, fmnist, bits):
     for method in ("crovca", "lsh"):
         # min_steps=0: the paper's 5 epochs (the automatic floor would train 1,000 steps here)
         fit_probe(db, FitConfig(method=method, bits=bits, min_steps=0), progress=False).save(tmp_path / method)
-        idx = build_index(db, tmp_path / method, tmp_path / f"idx-{method}")
+        idx = build_index(db, tmp_path / method, tmp_path / f"idx-{method}", kind="flat")
         scores[method] = evaluate(idx, q, topk=100, with_float=method == "crovca")
     assert scores["crovca"]["map"] > scores["lsh"]["map"] + 0.03, scores
     assert scores["crovca"]["float_map"] > 0.5

@@ -23,10 +23,11 @@ from PIL import Image
 from hashindex.cli.main import cli
 from hashindex.core.config import FitConfig
 from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
-from hashindex.index.load import build_index, load_index
+from hashindex import build_index
+from hashindex.index.load import load_index
+from hashindex.index.manifest import INDEX_FORMAT
 from hashindex.measure.evaluate import evaluate
 from hashindex.probe.fit import fit_probe
-from hashindex.search.ranking import ranked
 from hashindex.store.reader import open_embeddings
 from hashindex.store.resume import partial_path
 from hashindex.store.writer import EmbeddingsWriter
@@ -123,9 +124,10 @@ def small_index(tmp_path, clusters):
 def test_no_one_bit_flip_of_the_format_key_or_value_loads(small_index):
     mf = small_index.path / "manifest.json"
     raw = mf.read_bytes()
-    start = raw.index(b'"format": 2')
+    key = f'"format": {INDEX_FORMAT}'.encode()
+    start = raw.index(key)
     outcomes = {}
-    for pos in range(start + 1, start + len(b'"format": 2')):
+    for pos in range(start + 1, start + len(key)):
         for bit in range(8):
             bad = bytearray(raw)
             bad[pos] ^= 1 << bit
@@ -138,10 +140,10 @@ def test_no_one_bit_flip_of_the_format_key_or_value_loads(small_index):
             except InputError as e:
                 outcomes[(pos, bit)] = f"input: {e}"
     mf.write_bytes(raw)
-    # Even "2" -> "3" or "6" (a newer format, for all it says) is caught: its seal does not hold.
+    # Even "4" -> "5" or "6" (a newer format, for all it says) is caught: its seal does not hold.
     assert set(outcomes.values()) == {"corrupt"}, {k: v for k, v in outcomes.items() if v != "corrupt"}
     # An edit of the value to 1 keeps the checksum key that format 1 never had: corrupt too.
-    mf.write_bytes(raw.replace(b'"format": 2', b'"format": 1'))
+    mf.write_bytes(raw.replace(key, b'"format": 1'))
     with pytest.raises(IntegrityError, match="format-1"):
         load_index(small_index.path)
 
@@ -166,7 +168,7 @@ def test_same_shape_other_database_is_refused(tmp_path, clusters, small_index, r
     with pytest.raises(MismatchError, match="not the embeddings file"):
         evaluate(small_index, q, 10)
     with pytest.raises(MismatchError, match="not the embeddings file"):
-        ranked(small_index, q.embeddings(), 5, rerank=2)
+        small_index.search(q.embeddings(), 5, rerank=2)
     r = run("evaluate", small_index.path, q.path, "--topk", 10)
     one_clean_line(r, 2)
 

@@ -9,6 +9,7 @@ import click
 import numpy as np
 import pytest
 
+import hashindex
 from hashindex.cli.main import cli
 from hashindex.core.config import (
     BENCH_METHODS,
@@ -23,9 +24,7 @@ from hashindex.core.config import (
     default,
 )
 from hashindex.core.spec import INTERPOLATIONS
-from hashindex.index.load import build_index
 from hashindex.probe.artifact import hashcoder_shapes
-from hashindex.probe.fit import fit_probe
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,19 +50,25 @@ def test_reading_an_embeddings_file_does_not_import_torch(clusters):
 
 
 def test_loading_an_index_and_searching_by_codes_does_not_import_torch(tmp_path, clusters):
-    fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")
-    idx = build_index(clusters, tmp_path / "p", tmp_path / "i")
-    codes = idx.codes()[:3]
+    hashindex.fit_probe(clusters, tmp_path / "p", FitConfig(bits=16, epochs=1))
+    ix = hashindex.build_index(clusters, tmp_path / "p", tmp_path / "i")  # the default kind, auto
+    all_codes = ix.snapshot.codes
+    codes = all_codes[:3]
     np.save(tmp_path / "q.npy", codes)
+    np.save(tmp_path / "x.npy", clusters.embeddings()[:3])
     out = _no_torch(
-        "import sys, numpy as np\nfrom hashindex.index.load import load_index\nfrom hashindex.search.ranking import hamming_search\n"
-        "i = load_index(sys.argv[1])\nd, ids = hamming_search(i, np.load(sys.argv[2]), 1)\n"
-        "print(ids.ravel().tolist(), d.ravel().tolist(), len(i.items()['names']))",
+        "import sys, numpy as np\nimport hashindex\nfrom hashindex.index.load import load_index\n"
+        "from hashindex.search.ranking import hamming_search\n"
+        "i = hashindex.open_index(sys.argv[1])\nd, ids = hamming_search(i.snapshot.index, np.load(sys.argv[2]), 1)\n"
+        "print(ids.ravel().tolist(), d.ravel().tolist(), len(load_index(sys.argv[1]).items()['names']))\n"
+        "r = i.search(np.load(sys.argv[3]), k=1, device='cpu')\n"
+        "print(r.ids.ravel().tolist(), r.distances.ravel().tolist())",
         tmp_path / "i",
         tmp_path / "q.npy",
+        tmp_path / "x.npy",
     )
-    want = [int(np.flatnonzero((idx.codes() == c).all(1))[0]) for c in codes]  # first id with that code
-    assert out.startswith(f"{want} [0, 0, 0] {clusters.n}")
+    want = [int(np.flatnonzero((all_codes == c).all(1))[0]) for c in codes]  # first id with that code
+    assert out.startswith(f"{want} [0, 0, 0] {clusters.n}\n{want} [0, 0, 0]\n")  # by codes, then by embeddings
 
 
 def test_help_does_not_import_torch():

@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 from helpers import FAKE_SPEC, write_embeddings
 
+from hashindex import build_index
 from hashindex.cli.main import cli
 from hashindex.core.codes import hamming
 from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import InputError, IntegrityError
-from hashindex.index.load import build_index
 from hashindex.live.live_index import open_live
 from hashindex.probe.fit import fit_probe
 from hashindex.search.ranking import hamming_search, sort_results
@@ -78,13 +78,13 @@ def _popcount_topk(snap, queries, k):
     return np.array(out_d), np.array(out_i)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf", "lookup"])
+@pytest.mark.parametrize("kind", ["flat", "ivf", "lookup", "mih"])
 def test_ids_stable_and_results_equal_reference(base, tmp_path, kind):
     _, _, x = base
     rng = np.random.default_rng(2)
     path = _build(base, tmp_path, kind)
     live = open_live(path)
-    template = live.snapshot.index.faiss_index if kind == "ivf" else None
+    template = live.snapshot.faiss_index if kind == "ivf" else None
     names = {int(i): str(n) for i, n in zip(live.snapshot.ids, live.snapshot.names)}
     codes_of = {int(i): c.tobytes() for i, c in zip(live.snapshot.ids, live.snapshot.codes)}
 
@@ -136,15 +136,16 @@ def test_info_and_rerank_on_added_items(base, tmp_path):
     info = open_live(path).info()
     assert info["added_since_fit"] == 3 and info["ntotal"] == 503 and info["commits"] == 1 and info["next_id"] == 503
     snap = live.snapshot
-    assert snap.item(int(ids[0]))["label"] is not None
+    assert snap.item(int(ids[0]))["label"] == "1"  # its label (class 1; the file names no classes)
     for mode in ({"rerank": 3}, {"asymmetric": True}):
-        d, i, s = snap.search(-x[10:11], 5, **mode)
-        assert i[0, 0] == ids[0]  # its own float embedding (kept in the commit) ranks it first
-        d2, i2, s2 = snap.search_id(int(ids[0]), 5, **mode)
-        assert i2[0, 0] == ids[0] and d2[0, 0] == 0
+        d, rows, s = snap.search(-x[10:11], 5, **mode)
+        assert snap.ids[rows[0, 0]] == ids[0]  # its own float embedding (kept in the commit) ranks it first
+        d2, rows2, s2 = snap.search_id(int(ids[0]), 5, **mode)
+        assert snap.ids[rows2[0, 0]] == ids[0] and d2[0, 0] == 0
     live.compact()
-    d, i, s = open_live(path).snapshot.search(-x[10:11], 5, rerank=3)  # floats moved to the base
-    assert i[0, 0] == ids[0]
+    snap = open_live(path).snapshot
+    d, rows, s = snap.search(-x[10:11], 5, rerank=3)  # floats moved to the base
+    assert snap.ids[rows[0, 0]] == ids[0]
 
 
 def test_search_by_id_returns_itself_first_among_many_ties(base, tmp_path):
@@ -153,8 +154,9 @@ def test_search_by_id_returns_itself_first_among_many_ties(base, tmp_path):
     code = live.snapshot.codes[0]
     dup_ids = live.add(np.repeat(base[2][:1], 30, axis=0), [f"d{i}" for i in range(30)])
     assert (live.snapshot.codes[-30:] == code).all()
-    d, ids, _ = live.snapshot.search_id(int(dup_ids[-1]), 5)
-    assert ids[0, 0] == dup_ids[-1] and d[0].tolist() == [0] * 5
+    snap = live.snapshot
+    d, rows, _ = snap.search_id(int(dup_ids[-1]), 5)
+    assert snap.ids[rows[0, 0]] == dup_ids[-1] and d[0].tolist() == [0] * 5
 
 
 def test_bad_writes_and_unknown_ids(base, tmp_path):
@@ -171,6 +173,11 @@ def test_bad_writes_and_unknown_ids(base, tmp_path):
     assert live.state.generation == 0 and open_live(path).snapshot.ntotal == 500
 
 
+def _search_ids(snap, q, k):
+    """The ids (not rows) of a snapshot's top-k."""
+    return snap.ids[snap.search(q, k).I]
+
+
 def test_snapshot_isolation_during_commits(base, tmp_path):
     """Searches running while commits land see the index before or after each one, never between."""
     _, _, x = base
@@ -185,21 +192,21 @@ def test_snapshot_isolation_during_commits(base, tmp_path):
     def reader():
         while not stop.is_set():
             snap = live.snapshot
-            _, ids, _ = snap.search(q, 3)
-            seen.append((snap.generation, ids.copy()))
+            _, rows, _ = snap.search(q, 3)
+            seen.append((snap.generation, snap.ids[rows]))
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
     try:
         prev = None
-        expected[0] = live.snapshot.search(q, 3)[1]
+        expected[0] = _search_ids(live.snapshot, q, 3)
         for g in range(1, 9):
             if g % 2:
                 prev = live.add(q, [f"copy{g}-{j}" for j in range(4)])
             else:
                 live.remove(prev)
-            expected[live.snapshot.generation] = live.snapshot.search(q, 3)[1]
+            expected[live.snapshot.generation] = _search_ids(live.snapshot, q, 3)
     finally:
         stop.set()
         for t in threads:
@@ -313,6 +320,7 @@ def _kill_and_check(path: Path, mode: str, seed: int, delay: float) -> None:
     try:
         assert p.stdout.readline().strip() == "ready"
         time.sleep(delay)
+        assert p.poll() is None, "the writer stopped before it was killed"  # killed mid-work, not dead already
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
@@ -344,16 +352,17 @@ def test_kill9_during_add_and_remove(base, tmp_path):
 def test_kill9_at_20_random_moments(base, tmp_path, mode):
     path = _build(base, tmp_path, "ivf")
     rng = np.random.default_rng(3)
-    if mode == "remove":
-        open_live(path).add(rng.standard_normal((2000, D)), [f"pad{i}" for i in range(2000)])
     for trial in range(20):
+        live = open_live(path)
+        if mode == "remove" and live.snapshot.ntotal < 2000:  # enough items for 2 s of removals
+            live.add(rng.standard_normal((2000, D)), [f"pad{trial}-{i}" for i in range(2000)])
         _kill_and_check(path, mode, trial, float(rng.uniform(0.2, 2.0)))
 
 
 def test_evaluate_covers_added_items(base, tmp_path):
     """evaluate on a live index ranks added items too, and its float reference reads their floats."""
     from hashindex.measure.evaluate import evaluate
-    from hashindex.search.ranking import cosine_knn
+    from hashindex.search.exact import cosine_knn
 
     d, emb, x = base
     path = _build(base, tmp_path, "flat")
@@ -408,6 +417,39 @@ def test_compaction_killed_between_its_renames(base, tmp_path, monkeypatch):
     np.testing.assert_array_equal(open_live(path).snapshot.ids, np.append(want.ids, 503))
 
 
+_COMPACTOR = "import sys\nfrom hashindex.live.live_index import open_live\nopen_live(sys.argv[1]).compact()\nprint('done')"
+
+
+@pytest.mark.parametrize("step", ["compact-written", "compact-between-renames", "compact-swapped", "compact-cleaned"])
+def test_compaction_killed_by_sigkill_at_each_step(base, tmp_path, step):
+    """A compacting process killed (SIGKILL, at the library's crash points) at every step of the
+    swap leaves an index readers open with the same items, codes, names and floats; the next
+    writer finishes (or drops) the swap and goes on with the next id."""
+    path = _build(base, tmp_path, "flat")
+    live = open_live(path)
+    live.add(base[2][:3] * -1, ["a", "b", "c"])
+    live.remove([4])
+    want = live.snapshot
+    want_names = want.name_list(np.arange(want.ntotal))
+    env = {**os.environ, "HASHINDEX_CRASH_AT": step}
+    r = subprocess.run(
+        [sys.executable, "-c", _COMPACTOR, str(path)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == -signal.SIGKILL and "done" not in r.stdout, (r.returncode, r.stderr[-2000:])
+    reader = open_live(path)  # verified; during the swap, the complete folder beside it
+    snap = reader.snapshot
+    np.testing.assert_array_equal(snap.ids, want.ids)
+    np.testing.assert_array_equal(np.asarray(snap.codes), np.asarray(want.codes))
+    assert snap.name_list(np.arange(snap.ntotal)) == want_names
+    np.testing.assert_array_equal(snap.embedding_of(501), want.embedding_of(501))
+    assert len(reader.state.commits) == (2 if step == "compact-written" else 0)  # the new base is read once renamed
+    assert reader.add(base[2][:1], ["d"]).tolist() == [503]  # the next writer finishes the swap
+    assert path.is_dir() and [p.name for p in path.parent.iterdir() if p.name.startswith(".flat")] == []
+    again = open_live(path).snapshot
+    np.testing.assert_array_equal(again.ids, np.append(want.ids, 503))
+    assert again.name_list(np.arange(again.ntotal)) == [*want_names, "d"]
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_fresh_build_is_searched_mapped_and_reads_only_hit_names(base, tmp_path, kind):
     """A fresh build's snapshot neither copies its codes (flat: a view of the memory-mapped
@@ -415,7 +457,7 @@ def test_fresh_build_is_searched_mapped_and_reads_only_hit_names(base, tmp_path,
     snapshot taken before a compaction swapped the folder keeps reading its own names and codes."""
     import h5py
 
-    from hashindex.live.snapshot import ItemNames
+    from hashindex.index.items import ItemNames
 
     path = _build(base, tmp_path, kind)
     snap = open_live(path).snapshot
@@ -424,9 +466,12 @@ def test_fresh_build_is_searched_mapped_and_reads_only_hit_names(base, tmp_path,
         assert not snap.codes.flags.owndata and not snap.codes.flags.writeable
     with h5py.File(path / "items.h5") as f:
         want = [s.decode() for s in f["names"][()]]
-    d, ids, _ = snap.search(base[2][:3], 7)
-    names = [[h["name"] for h in hits] for hits in snap.results(d, ids)]
-    assert names == [[want[i] for i in row] for row in ids]
+    d, rows, _ = snap.search(base[2][:3], 7)
+    np.testing.assert_array_equal(snap.ids[rows], rows)  # a fresh build: ids are row positions
+    hits = snap.hits(d, rows)
+    assert [[h["id"] for h in q] for q in hits] == rows.tolist()
+    names = [[h["name"] for h in q] for q in hits]
+    assert names == [[want[i] for i in row] for row in rows]
     assert snap.names._all is None  # only the hits were read
     assert snap.item(499)["name"] == want[499] and snap.names[3] == want[3]
     codes_before = np.array(snap.codes)

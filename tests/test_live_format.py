@@ -17,7 +17,8 @@ from helpers import write_embeddings
 from hashindex.cli.main import cli
 from hashindex.core.config import DEFAULT_LOCK_WAIT, FitConfig, ServeConfig, default
 from hashindex.core.errors import IntegrityError
-from hashindex.index.load import build_index, load_index
+from hashindex import build_index
+from hashindex.index.load import load_index
 from hashindex.index.manifest import INDEX_FORMAT, LIVE_FORMAT, MANIFEST, Manifest, sealed_bytes
 from hashindex.live.live_index import open_live
 from hashindex.probe.fit import fit_probe

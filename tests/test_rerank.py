@@ -4,16 +4,28 @@ import h5py
 import numpy as np
 import pytest
 
+from hashindex import build_index
 from hashindex.core.config import FitConfig, IndexConfig
-from hashindex.index.load import build_index, load_index
+from hashindex.index.load import load_index
 from hashindex.probe.fit import fit_probe
-from hashindex.search.ranking import FloatRows, cosine_knn, ranked, rerank_asymmetric
+from hashindex.search.asymmetric import rerank_asymmetric
+from hashindex.search.exact import cosine_knn
+from hashindex.search.rerank import FloatRows
 
 
 @pytest.fixture
 def index(tmp_path, clusters):
+    """A flat index's snapshot (searches answer with rows; a fresh build's ids are its rows)."""
     fit_probe(clusters, FitConfig(bits=16, epochs=1), progress=False).save(tmp_path / "p")
-    return build_index(clusters, tmp_path / "p", tmp_path / "idx")
+    snap = build_index(clusters, tmp_path / "p", tmp_path / "idx", kind="flat").snapshot
+    assert snap.kind == "flat" and snap.is_base()
+    return snap
+
+
+def ranked(snap, xq, k, rerank=None, asymmetric=False):
+    """``(D, ids, S)``: the snapshot's ranking with rows turned into ids."""
+    d, rows, s = snap.search(xq, k, rerank, asymmetric)
+    return d, snap.ids[rows], s
 
 
 def test_float_rows_memmap_and_chunked_agree(tmp_path, rng):
@@ -41,7 +53,7 @@ def test_float_rerank_keeps_hamming_candidates(index, clusters):
     from hashindex.search.ranking import hamming_search
 
     xq = clusters.embeddings(slice(0, 5))
-    _, cand = hamming_search(index, index.probe.encode(xq), 30)
+    _, cand = hamming_search(index.index, index.probe.encode(xq), 30)
     _, i, s = ranked(index, xq, 10, rerank=3)
     for row in range(5):
         assert set(i[row]) <= set(cand[row])
@@ -51,7 +63,8 @@ def test_float_rerank_keeps_hamming_candidates(index, clusters):
 def test_asymmetric_distance_by_formula(index, clusters, rng):
     xq = clusters.embeddings(slice(0, 4))
     logits = index.probe.logits(xq)
-    db = index.codes()
+    db = index.base.codes()
+    np.testing.assert_array_equal(db, index.codes)
     cand = np.stack([rng.permutation(clusters.n)[:50] for _ in range(4)])
     d, i = rerank_asymmetric(logits, cand, db, 7)
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
@@ -64,13 +77,13 @@ def test_asymmetric_distance_by_formula(index, clusters, rng):
 
 
 def test_lookup_index_folder(tmp_path, clusters, index):
-    build_index(clusters, tmp_path / "p", tmp_path / "lk", IndexConfig("lookup"))
-    lk = load_index(tmp_path / "lk")
-    assert lk.lookup is not None and lk.kind == "lookup"
+    lk = build_index(clusters, tmp_path / "p", tmp_path / "lk", IndexConfig("lookup")).snapshot
+    assert load_index(tmp_path / "lk").kind == "lookup" and lk.kind == "lookup"
+    assert lk.index.kind == "lookup" and lk.index.engine.tables.m == 1  # multi-index hashing, one table
     from hashindex.search.ranking import search_embeddings
 
     xq = clusters.embeddings(slice(0, 30))
-    for a, b in zip(search_embeddings(lk, xq, 40), search_embeddings(index, xq, 40)):
+    for a, b in zip(search_embeddings(lk.index, xq, 40), search_embeddings(index.index, xq, 40)):
         np.testing.assert_array_equal(a, b)
 
 

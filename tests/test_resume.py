@@ -20,9 +20,9 @@ from helpers import FAKE_SPEC
 
 from hashindex.core.durable import OutputLock, OutputLockedError, lock_path
 from hashindex.core.errors import InputError, IntegrityError
-from hashindex.store.reader import open_embeddings
+from hashindex.store.reader import clean_published, open_embeddings
 from hashindex.store.resume import partial_path
-from hashindex.store.writer import EmbeddingsWriter, clean_published
+from hashindex.store.writer import EmbeddingsWriter
 
 N_IMAGES, BATCH = 200, 16
 N_BATCHES = -(-N_IMAGES // BATCH)

@@ -6,9 +6,9 @@ import pytest
 from hashindex.core.codes import hamming
 from hashindex.core.config import IndexConfig
 from hashindex.core.errors import InputError
-from hashindex.index.load import HashIndex
-from hashindex.probe.artifact import Probe
-from hashindex.search.ranking import cosine_knn, hamming_search
+from hashindex.search.engines import CodeIndex
+from hashindex.search.exact import cosine_knn
+from hashindex.search.ranking import hamming_search
 
 
 def reference_topk(xq, xb, k):
@@ -18,10 +18,8 @@ def reference_topk(xq, xb, k):
     return np.take_along_axis(d, order, 1), order
 
 
-def _index(codes, config=IndexConfig()):
-    bits = codes.shape[1] * 8
-    probe = Probe("lsh", bits, 4, {}, {}, {"mean": np.zeros(4, np.float32), "W": np.zeros((4, bits), np.float32)})
-    return HashIndex.from_codes(codes, probe, config)
+def _index(codes, config=IndexConfig("flat")):
+    return CodeIndex.from_codes(codes, config)
 
 
 def _codes_with_ties(rng, n, nbytes):
@@ -60,16 +58,16 @@ def test_ivf_never_returns_placeholder_and_is_exact_when_probing_all(rng):
     assert (i >= 0).all() and i.shape == (20, 500)
     rd, _ = reference_topk(xq, xb, 500)
     np.testing.assert_array_equal(d, rd)  # the short rows were re-searched over all lists
-    assert idx.faiss_index.nprobe == 1
+    assert idx.kind == "ivf" and idx.engine.fi.nprobe == 1
     # Probing every list gives the exact distances; each returned id carries its true distance,
     # and every row is ordered by (distance, id). Which of several codes tied at the k-th
     # distance IVF keeps is faiss's choice.
-    idx.faiss_index.nprobe = 64
-    d, i = hamming_search(idx, xq, 10)
+    d, i = hamming_search(idx, xq, 10, nprobe=64)
     rd, _ = reference_topk(xq, xb, 10)
     np.testing.assert_array_equal(d, rd)
     np.testing.assert_array_equal(d, np.take_along_axis(hamming(xq, xb), i, 1))
     assert all(list(zip(r_d, r_i)) == sorted(zip(r_d, r_i)) for r_d, r_i in zip(d, i))
+    assert idx.engine.fi.nprobe == 1  # nprobe given per search leaves the index's own setting
 
 
 @pytest.mark.parametrize("k", [0, -1, 2.5])
@@ -105,19 +103,18 @@ def test_cosine_knn_against_brute_force(rng):
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("k", [1, 50, 3000])
 def test_lookup_equals_popcount_reference(rng, bits, k):
-    from hashindex.index.lookup import HammingLookup
-
     xb = _codes_with_ties(rng, 2000, bits // 8)
     xq = rng.integers(0, 256, (25, bits // 8), dtype=np.uint8)
     xq[0] = xb[0]
-    d, i = HammingLookup(xb).search(xq, k)
+    idx = _index(xb, IndexConfig("lookup"))
+    assert idx.kind == "lookup" and idx.engine.tables.m == 1  # multi-index hashing with one table
+    d, i = hamming_search(idx, xq, k)
     rd, ri = reference_topk(xq, xb, min(k, 2000))
     np.testing.assert_array_equal(d, rd)
     np.testing.assert_array_equal(i, ri)
+    assert d.dtype == np.int32 and i.dtype == np.int64
 
 
 def test_lookup_refuses_long_codes(rng):
-    from hashindex.index.lookup import HammingLookup
-
-    with pytest.raises(ValueError, match="16 bits"):
-        HammingLookup(rng.integers(0, 256, (10, 4), dtype=np.uint8))
+    with pytest.raises(InputError, match="at most 16 bits"):
+        _index(rng.integers(0, 256, (10, 4), dtype=np.uint8), IndexConfig("lookup"))

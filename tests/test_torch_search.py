@@ -4,7 +4,6 @@ on CUDA (``pytest -m gpu``; skipped without a CUDA device)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -19,11 +18,9 @@ from hypothesis import strategies as st
 from hashindex.core.codes import hamming
 from hashindex.core.config import IndexConfig
 from hashindex.core.errors import InputError
-from hashindex.index.load import HashIndex
-from hashindex.live.snapshot import _id_map
-from hashindex.probe.artifact import Probe
+from hashindex.search.engines import CodeIndex
 from hashindex.search.gpu import FaissGpuHamming, TorchHamming, device_search, search_device
-from hashindex.search.ranking import hamming_search
+from hashindex.search.ranking import hamming_rows, hamming_search
 
 BITS = [16, 32, 64, 128, 256]
 
@@ -62,10 +59,8 @@ def _check(got, want):
     np.testing.assert_array_equal(d, rd)
 
 
-def _index(codes):
-    bits = codes.shape[1] * 8
-    probe = Probe("lsh", bits, 4, {}, {}, {"mean": np.zeros(4, np.float32), "W": np.zeros((4, bits), np.float32)})
-    return HashIndex.from_codes(codes, probe, IndexConfig("flat"))
+def _index(codes, ids=None):
+    return CodeIndex.from_codes(codes, IndexConfig("flat"), ids=ids)
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -158,20 +153,32 @@ def test_any_codes_any_blocks_equal_the_reference(case):
 
 
 def test_device_search_of_an_index_and_of_a_snapshot_equals_faiss(rng, device):
-    """The engine built from an index's faiss index: positions for a folder's, the id map's ids
-    for a live snapshot's (IndexBinaryIDMap2); a replaced index (a commit) gets a new engine."""
+    """The device engine of a code index answers with rows, as faiss does on the CPU: for a
+    folder's codes (ids = rows) and for a live snapshot's (rows in id order, gapped ids); the codes
+    go to the device once per code index, and another code index (a commit) gets its own engine."""
     xb = _codes_with_ties(rng, 2000, 8)
     xq = xb[:20]
     hi = _index(xb)
-    _check(device_search(hi, xq, 60, device), hamming_search(hi, xq, 60))
+    assert hi.device_cache is None
+    _check(device_search(hi, xq, 60, device), hamming_rows(hi, xq, 60))
+    cached = hi.device_cache
+    assert cached is not None and cached[0] == device
+    _check(device_search(hi, xq, 60, device), hamming_rows(hi, xq, 60))
+    assert hi.device_cache is cached  # kept between searches
     ids = np.arange(2000, dtype=np.int64) * 7 + 3
-    snap = dataclasses.replace(hi, faiss_index=_id_map(xb, ids, 64))
-    assert snap._device_searcher is None  # not carried over from hi
-    _check(device_search(snap, xq, 60, device), hamming_search(snap, xq, 60))
+    snap = _index(xb, ids)
+    assert snap.device_cache is None  # not carried over from hi
+    d, rows = device_search(snap, xq, 60, device)
+    _check((d, rows), hamming_rows(snap, xq, 60))
+    _check((d, snap.ids[rows]), hamming_search(snap, xq, 60))
+    _check((d, snap.ids[rows]), reference_topk(xq, xb, 60, ids))
     keep = np.ones(2000, bool)
     keep[::3] = False
-    after = dataclasses.replace(snap, faiss_index=_id_map(xb[keep], ids[keep], 64))
-    _check(device_search(after, xq, 60, device), hamming_search(after, xq, 60))
+    after = _index(xb[keep], ids[keep])
+    assert after.device_cache is None
+    d, rows = device_search(after, xq, 60, device)
+    _check((d, rows), hamming_rows(after, xq, 60))
+    _check((d, after.ids[rows]), reference_topk(xq, xb[keep], 60, ids[keep]))
 
 
 def test_search_device_names():
@@ -183,11 +190,11 @@ def test_search_device_names():
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="a machine with an NVIDIA driver")
 def test_without_cuda_auto_searches_on_the_cpu_without_torch_and_cuda_is_refused(rng):
     code = (
-        "import sys, numpy as np\nfrom hashindex.index.load import HashIndex\nfrom hashindex.probe.artifact import Probe\n"
+        "import sys, numpy as np\nfrom hashindex.core.config import IndexConfig\n"
+        "from hashindex.search.engines import CodeIndex\n"
         "from hashindex.search.ranking import hamming_search\nfrom hashindex.core.errors import InputError\n"
         "xb = np.random.default_rng(0).integers(0, 256, (50, 2), dtype=np.uint8)\n"
-        "p = Probe('lsh', 16, 4, {}, {}, {'mean': np.zeros(4, np.float32), 'W': np.zeros((4, 16), np.float32)})\n"
-        "i = HashIndex.from_codes(xb, p)\nd, ids = hamming_search(i, xb[:2], 1, device='auto')\n"
+        "i = CodeIndex.from_codes(xb, IndexConfig('flat'))\nd, ids = hamming_search(i, xb[:2], 1, device='auto')\n"
         "try:\n    hamming_search(i, xb[:2], 1, device='cuda')\nexcept InputError as e:\n    print(e)\n"
         "print(ids.ravel().tolist(), 'torch' in sys.modules)"
     )
@@ -207,7 +214,7 @@ def test_hamming_search_on_cuda_equals_the_cpu(rng):
         xq = np.concatenate([xb[:5], rng.integers(0, 256, (40, bits // 8), dtype=np.uint8)])
         hi = _index(xb)
         _check(hamming_search(hi, xq, 100, device="cuda"), hamming_search(hi, xq, 100))
-        assert hi._device_searcher[0] == "cuda"
+        assert hi.device_cache[0] == "cuda"
 
 
 @pytest.mark.gpu

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hashindex.api.pipeline import PROJECT_INDEX, write_arrays_project, write_index_folder
 from hashindex.api.queries import classify
 from hashindex.api.results import Hits, SearchResults
 from hashindex.core.errors import InputError
 from hashindex.core.validate import check_k
+from hashindex.embedding.metadata import metadata_source
 from hashindex.index.manifest import MANIFEST
 from hashindex.live.live_index import LiveIndex, open_live
 from hashindex.search.filters import Allowed
-
-PROJECT_INDEX = "index"  # a folder made by `hashindex index` holds its index in this subfolder
 
 
 def index_folder(path: str | os.PathLike) -> Path:
@@ -224,7 +224,7 @@ class Index:
             isinstance(items, (list, tuple)) and items and all(isinstance(v, (str, os.PathLike)) for v in items)
         ):
             specs = [str(items)] if isinstance(items, (str, os.PathLike)) else [str(v) for v in items]
-            meta = None if metadata is None else _meta_source(metadata)
+            meta = None if metadata is None else metadata_source(metadata)
             ids, failures = add_images(
                 self._live, specs, self.embedder, batch_size=batch_size, progress=progress, meta=meta
             )
@@ -239,7 +239,7 @@ class Index:
         if len(names) != count:
             raise InputError(f"{len(names)} names for {count} items")
         lab = None if labels is None else _label_rows(self.snapshot, labels, count)
-        meta = None if metadata is None else _meta_source(metadata)(names)
+        meta = None if metadata is None else metadata_source(metadata)(names)
         return self._live.add(x, names, labels=lab, uploads=uploads, meta=meta)
 
     def add_embeddings_file(self, path, *, verify: bool = True, metadata=None) -> np.ndarray:
@@ -268,11 +268,11 @@ class Index:
 
     @classmethod
     def from_embeddings(cls, x, path, **options) -> Index:
-        """Fit a probe on float embeddings and build an index from them in one call
-        (:func:`hashindex.api.pipeline.index_from_arrays`, which documents the options)."""
-        from hashindex.api.pipeline import index_from_arrays
-
-        return index_from_arrays(x, path, **options)
+        """Fit a probe on float embeddings and build an index from them in one call: ``PATH/``
+        gets ``embeddings.h5``, ``probe/`` and ``index/`` (the layout of ``hashindex index``;
+        options: :func:`hashindex.api.pipeline.write_arrays_project`). The index holds the same
+        codes and ids as ``fit-probe`` and ``build`` make from the same embeddings file."""
+        return open_index(write_arrays_project(x, path, **options))
 
 
 def _has_images(queries) -> bool:
@@ -309,29 +309,6 @@ def _label_rows(snap, labels, count: int) -> np.ndarray | None:
     return out
 
 
-def _meta_source(metadata):
-    """A function of item names giving their metadata: from a sidecar file keyed by name, or
-    from values given one per item."""
-    from hashindex.embedding.metadata import metadata_for, read_sidecar
-
-    if isinstance(metadata, (str, os.PathLike)):
-        sidecar = read_sidecar(metadata)
-        return lambda names: metadata_for(names, sidecar)
-    return lambda names: _metadata(metadata, len(names))
-
-
-def _metadata(metadata, count: int) -> dict:
-    """Field -> values, from a mapping of columns or a list of per-item dicts."""
-    if isinstance(metadata, dict):
-        cols = {str(k): list(v) for k, v in metadata.items()}
-    else:
-        rows = list(metadata)
-        cols = {str(k): [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
-    from hashindex.embedding.metadata import columns_from_values
-
-    return columns_from_values(cols, count)
-
-
 def open_index(path: str | os.PathLike, *, verify: bool = True, images_root=None, **backbone) -> Index:
     """Open an index folder (or a folder made by ``hashindex index``): verify its files, replay
     its commits.
@@ -349,3 +326,10 @@ def open_index(path: str | os.PathLike, *, verify: bool = True, images_root=None
         IntegrityError: a missing, truncated or modified file.
     """
     return Index(open_live(index_folder(path), verify=verify, images_root=images_root), **backbone)
+
+
+def build_index(embeddings, probe, out, config=None, *, verify: bool = True, metadata=None, **options) -> Index:
+    """Encode embeddings with a probe and write an index folder; returns it opened.
+    ``kind="auto"`` (the default) chooses the kind by measuring the collection. Arguments:
+    :func:`hashindex.api.pipeline.write_index_folder`."""
+    return open_index(write_index_folder(embeddings, probe, out, config, verify=verify, metadata=metadata, **options))

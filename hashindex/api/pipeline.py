@@ -1,5 +1,5 @@
-"""The pipeline's steps as plain functions: ``embed`` → ``fit_probe`` → ``build_index``, and an
-index straight from arrays. Each takes paths or opened artifacts, a config dataclass and/or its
+"""The pipeline's steps as plain functions: ``embed`` → ``fit_probe`` → an index folder, and an
+index folder straight from arrays (:mod:`hashindex.api.index` opens what they write). Each takes paths or opened artifacts, a config dataclass and/or its
 fields as keyword options (``views=2``, ``bits=32``, ``kind="mih"``), verifies its inputs, and
 returns the artifact it made.
 """
@@ -13,13 +13,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hashindex.api.index import PROJECT_INDEX, Index, open_index
 from hashindex.core.config import EmbedConfig, FitConfig, IndexConfig
 from hashindex.core.errors import InputError
 from hashindex.store.reader import Embeddings, open_embeddings
 
 logger = logging.getLogger(__name__)
-EMBEDDINGS_FILE, PROBE_DIR = "embeddings.h5", "probe"  # a project folder's parts, beside index/
+# The parts of a folder made by `hashindex index` (or Index.from_embeddings): one per stage.
+EMBEDDINGS_FILE, PROBE_DIR, PROJECT_INDEX = "embeddings.h5", "probe", "index"
 
 
 def _config(cls, config, options: dict):
@@ -107,9 +107,9 @@ def fit_probe(
     return probe
 
 
-def build_index(
+def write_index_folder(
     embeddings, probe, out, config: IndexConfig | None = None, *, verify: bool = True, metadata=None, **options
-) -> Index:
+) -> Path:
     """Encode the embeddings with the probe and write an index folder (``kind="auto"``, the
     default, chooses the kind by measuring the collection: :mod:`hashindex.search.auto`).
 
@@ -123,10 +123,9 @@ def build_index(
             or field -> one value per row of the embeddings, or one dict per row.
 
     Returns:
-        The opened :class:`Index`.
+        The folder written.
     """
-    from hashindex.api.index import _metadata
-    from hashindex.embedding.metadata import metadata_for, read_sidecar
+    from hashindex.embedding.metadata import metadata_columns, metadata_for, read_sidecar
     from hashindex.index.build import check_probe_fits, encode_all, write_index
     from hashindex.probe.artifact import load_probe
     from hashindex.search.auto import choose
@@ -139,16 +138,16 @@ def build_index(
     if isinstance(metadata, (str, os.PathLike)):
         meta = metadata_for(emb.names(), read_sidecar(metadata))
     elif metadata is not None:
-        meta = _metadata(metadata, emb.n)
+        meta = metadata_columns(metadata, emb.n)
     t0 = time.perf_counter()
     codes = encode_all(p, emb)
     cfg, tables = choose(codes, cfg)
     write_index(emb, probe, out, codes, cfg, seconds=time.perf_counter() - t0, tables=tables, meta=meta)
-    return open_index(out)
+    return Path(out)
 
 
-def index_from_arrays(x, path, *, names=None, labels=None, label_names=None, views=None, metadata=None, model_name="arrays",
-                      fit: FitConfig | None = None, index: IndexConfig | None = None, progress: bool = False, **fit_options) -> Index:  # fmt: skip
+def write_arrays_project(x, path, *, names=None, labels=None, label_names=None, views=None, metadata=None, model_name="arrays",
+                      fit: FitConfig | None = None, index: IndexConfig | None = None, progress: bool = False, **fit_options) -> Path:  # fmt: skip
     """An index straight from float embeddings: they are written as ``PATH/embeddings.h5``, a probe
     fitted into ``PATH/probe/`` and the index built into ``PATH/index/`` (the layout of
     ``hashindex index``; ``open_index(PATH)`` opens it). Queries by embedding; queries by image
@@ -166,8 +165,8 @@ def index_from_arrays(x, path, *, names=None, labels=None, label_names=None, vie
         progress: show progress bars.
 
     Returns:
-        The opened :class:`Index`; the same codes and ids as ``fit-probe`` and ``build`` make
-        from the same embeddings file.
+        The folder (open it with :func:`hashindex.open_index`): the same codes and ids as
+        ``fit-probe`` and ``build`` make from the same embeddings file.
 
     Raises:
         InputError: ``path`` exists and is not empty, or bad arrays.
@@ -189,8 +188,8 @@ def index_from_arrays(x, path, *, names=None, labels=None, label_names=None, vie
         )
         emb = open_embeddings(emb_path)
         fit_probe(emb, folder / PROBE_DIR, fit, verify=False, progress=progress, **fit_options)
-        build_index(emb, folder / PROBE_DIR, folder / PROJECT_INDEX, index, verify=False, metadata=metadata)
-        return open_index(folder)
+        write_index_folder(emb, folder / PROBE_DIR, folder / PROJECT_INDEX, index, verify=False, metadata=metadata)
+        return folder
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.core.errors import InputError
-from hashindex.embedding.sources import DecodeError, decode_image, pil_to_rgb
+from hashindex.embedding.decode import DecodeError, decode_image, pil_to_rgb
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Batch:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from hashindex.embedding.sources import IMAGE_EXTENSIONS
+    from hashindex.embedding.decode import IMAGE_EXTENSIONS
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
     if not files:

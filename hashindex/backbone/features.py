@@ -12,10 +12,9 @@ import threading
 
 import numpy as np
 
+from hashindex.backbone.preprocess import base_size, eval_view_np, to_base
 from hashindex.core.errors import InputError
 from hashindex.core.spec import BackboneSpec, check_image_queries
-
-from hashindex.backbone.preprocess import base_size, eval_view_np, to_base
 
 
 def embed_images(backbone, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:

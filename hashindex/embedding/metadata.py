@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,22 @@ def metadata_for(names: list[str], sidecar: dict[str, dict]) -> dict[str, np.nda
     fields = sorted({k for row in sidecar.values() for k in row})
     cols = {f: [sidecar.get(n, {}).get(f) for n in names] for f in fields}
     return columns_from_values(cols, len(names))
+
+
+def metadata_source(metadata):
+    """A function of item names giving their metadata: from a sidecar file keyed by name, or
+    from values given one per item."""
+    if isinstance(metadata, (str, os.PathLike)):
+        sidecar = read_sidecar(metadata)
+        return lambda names: metadata_for(names, sidecar)
+    return lambda names: metadata_columns(metadata, len(names))
+
+
+def metadata_columns(metadata, count: int) -> dict:
+    """Field -> values, from a mapping of columns or a list of per-item dicts."""
+    if isinstance(metadata, dict):
+        cols = {str(k): list(v) for k, v in metadata.items()}
+    else:
+        rows = list(metadata)
+        cols = {str(k): [r.get(k) for r in rows] for k in sorted({k for r in rows for k in r})}
+    return columns_from_values(cols, count)

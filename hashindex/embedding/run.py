@@ -15,17 +15,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
-from hashindex.backbone.model import Backbone, load_backbone
+from hashindex.backbone.frozen import Backbone
+from hashindex.backbone.model import load_backbone
 from hashindex.backbone.onnx_runtime import runtime_name, with_runtime
 from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.core.config import EmbedConfig
 from hashindex.core.durable import OutputLock
 from hashindex.core.errors import HashIndexError, InputError
-from hashindex.embedding.sources import DecodeError, ImageSource
+from hashindex.embedding.decode import DecodeError
+from hashindex.embedding.sources import ImageSource
 from hashindex.store.background import WriterThread
-from hashindex.store.reader import open_embeddings
+from hashindex.store.reader import clean_published, open_embeddings
 from hashindex.store.resume import partial_path, remove_resume_folder
-from hashindex.store.writer import EmbeddingsWriter, clean_published
+from hashindex.store.writer import EmbeddingsWriter
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from hashindex.core.errors import InputError
 from hashindex.core.spec import check_same_backbone
-from hashindex.embedding.sources import IMAGE_EXTENSIONS, DecodeError, ImageSource, decode_image, open_source
+from hashindex.embedding.decode import IMAGE_EXTENSIONS, DecodeError, decode_image
+from hashindex.embedding.sources import ImageSource, open_source
 from hashindex.live.live_index import LiveIndex
 from hashindex.store.reader import open_embeddings
 

@@ -23,8 +23,17 @@ from hashindex.core.errors import InputError
 from hashindex.core.validate import check_embeddings
 from hashindex.index.manifest import Manifest
 from hashindex.live.commits import (
-    UPLOADS_DIR, LiveState, add_commit, commit_bytes, commit_name, discard_unnamed, live_state, next_state, publish,
-    remove_commit, write_file,
+    UPLOADS_DIR,
+    LiveState,
+    add_commit,
+    commit_bytes,
+    commit_name,
+    discard_unnamed,
+    live_state,
+    next_state,
+    publish,
+    remove_commit,
+    write_file,
 )  # fmt: skip
 from hashindex.live.folder import readable_path, recover, resolve_folder
 from hashindex.live.replay import load_snapshot, with_commit

@@ -169,11 +169,14 @@ def _load(path: Path, verify: bool, images_root: str | None) -> tuple[Manifest, 
 
 
 def _folder_identity(path: Path):
+    """Which folder a read of ``path`` reads: its path (the index's, or a compaction sibling's
+    during the swap) and the folder itself (a swap puts another folder under the same name)."""
+    folder = readable_path(path)
     try:
-        st = os.stat(readable_path(path))
-        return st.st_dev, st.st_ino
+        st = os.stat(folder)
+        return str(folder), st.st_dev, st.st_ino
     except OSError:
-        return None
+        return str(folder), None, None
 
 
 def load_snapshot(path: Path, *, verify: bool = True, images_root: str | None = None) -> tuple[Manifest, Snapshot]:

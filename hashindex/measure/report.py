@@ -68,8 +68,6 @@ def render_markdown(report: dict, plots: list[str] | None = None, heading: str =
             v = next((x for x in q if x["method"] == m and x["bits"] == b and x["mode"] == "hamming"), None)
             cells.append("–" if v is None else f"{100 * v['precision']:.1f} / {100 * v['precision_r2']:.1f}")
         L.append(f"| {NAMES[m]} | " + " | ".join(cells) + " |")
-    from hashindex.measure.bench_seeds import render_tables
-
     L += render_tables(report, heading)
     L += [
         "",
@@ -275,3 +273,55 @@ def write_plots(report: dict, out_dir: str | Path) -> list[str]:
     plt.close(fig)
     names.append("pr_curves.png")
     return names
+
+
+def render_tables(report: dict, heading: str = "#") -> list[str]:
+    """Markdown lines: the asymmetric ranking of the whole database, seed spread, IVF recall."""
+    q, k = report["quality"], report["config"]["topk"]
+    bits = sorted({r["bits"] for r in q if r["mode"] == "asymmetric"})
+    L: list[str] = []
+    if bits:
+        L += [
+            "",
+            f"Asymmetric ranking of the whole database (the CroVCA paper's mAP@{k}: query sigmoid(logits) vs database bits, L1), beside symmetric Hamming (%):",
+            "",
+        ]
+        L += ["| method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|" + "---|" * len(bits)]
+        for m in [m for m in NAMES if any(r["method"] == m and r["mode"] == "asymmetric" for r in q)]:
+            cells = []
+            for b in bits:
+                h = next((r for r in q if r["method"] == m and r["bits"] == b and r["mode"] == "hamming"), None)
+                a = next((r for r in q if r["method"] == m and r["bits"] == b and r["mode"] == "asymmetric"), None)
+                cells.append(
+                    f"{_fmt(None if h is None else 100 * h['map'])} / {_fmt(None if a is None else 100 * a['map'])}"
+                )
+            L.append(f"| {NAMES[m]} (Hamming / asymmetric) | " + " | ".join(cells) + " |")
+    seeds = report.get("seeds") or []
+    if seeds:
+        L += [
+            "",
+            f"{heading}# Quality across seeds: mAP@{k} (%)",
+            "",
+            "| method | bits | ranking | seeds | default seed | mean | min | std | per seed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in seeds:
+            per = ", ".join(f"{100 * x:.1f}" for x in r["maps"])
+            L.append(
+                f"| {NAMES.get(r['method'], r['method'])} | {r['bits']} | {r['mode']} | {','.join(map(str, r['seeds']))} | "
+                f"{_fmt(None if r['default'] is None else 100 * r['default'])} | {100 * r['mean']:.2f} | {100 * r['min']:.2f} | {100 * r['std']:.2f} | {per} |"
+            )
+    ivf = [s for s in report["speed"] if s.get("recall") is not None and s.get("scope") == "collection"]
+    if ivf:
+        L += [
+            "",
+            f"IVF against the flat index of the same codes: recall of the flat top-{ivf[0]['k']} (ids / counting equal distances), "
+            "queries that got all k back, and mAP only where every query did:",
+            "",
+        ]
+        L += ["| bits | index | recall | recall (ties) | complete | mAP |", "|---|---|---|---|---|---|"]
+        for s in ivf:
+            L.append(
+                f"| {s['bits']} | {s['kind']} | {100 * s['recall']:.1f} | {100 * s['recall_ties']:.1f} | {100 * s['complete']:.1f} | {_fmt(None if s['map'] is None else 100 * s['map'])} |"
+            )
+    return L

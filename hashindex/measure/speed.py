@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hashindex.backbone.model import Backbone, load_backbone, resolve_device, spec_load_options
+from hashindex.backbone.frozen import Backbone, resolve_device
+from hashindex.backbone.model import load_backbone, spec_load_options
 from hashindex.core.config import BenchConfig, EmbedConfig, FitConfig
 from hashindex.core.errors import HashIndexError
 from hashindex.core.spec import check_same_backbone
@@ -218,7 +219,7 @@ def measure_query(probe: Probe, db: Embeddings, q: Embeddings, image: Path | Non
     """Wall time of one cold ``hashindex query`` process with ``--embeddings q --limit 1`` and
     (when ``image`` is given) with that image, on a flat index of the database built with
     ``probe``; each beside a process that only imports that kind of query's libraries."""
-    from hashindex.api.pipeline import build_index
+    from hashindex.api.index import build_index
 
     probe.save(workdir / "probe")
     build_index(db, workdir / "probe", workdir / "index", kind="flat", verify=False)

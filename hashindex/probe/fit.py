@@ -10,7 +10,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import torch
 
-from hashindex.backbone.model import resolve_device
+from hashindex.backbone.frozen import resolve_device
 from hashindex.core.codes import bit_balance, pack
 from hashindex.core.config import FitConfig
 from hashindex.core.errors import InputError

@@ -8,7 +8,7 @@ import numpy as np
 
 from hashindex.core.codes import unpack
 from hashindex.core.validate import check_k
-from hashindex.search.ranking import sort_results
+from hashindex.search.ordering import sort_results
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

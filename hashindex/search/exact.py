@@ -9,7 +9,7 @@ import numpy as np
 from hashindex.core.errors import InputError
 from hashindex.core.validate import check_embeddings, check_k
 from hashindex.probe.baselines import l2_normalize
-from hashindex.search.ranking import sort_results
+from hashindex.search.ordering import sort_results
 
 
 def cosine_knn(xq: np.ndarray, xb: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:

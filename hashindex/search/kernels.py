@@ -14,10 +14,10 @@ general loop over words).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
-
-from functools import lru_cache
 
 from hashindex.core.codes import as_words
 

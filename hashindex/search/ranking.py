@@ -16,6 +16,7 @@ import numpy as np
 from hashindex.core.config import DEFAULT_RERANK, Device
 from hashindex.core.errors import InputError, MismatchError
 from hashindex.core.validate import check_codes, check_k
+from hashindex.search.ordering import sort_results  # noqa: F401 - part of this module's interface
 
 
 class Ranked(NamedTuple):
@@ -25,13 +26,6 @@ class Ranked(NamedTuple):
     D: np.ndarray
     I: np.ndarray  # noqa: E741 - faiss's name
     S: np.ndarray | None
-
-
-def sort_results(d: np.ndarray, i: np.ndarray, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Order every row by distance (or score, when ``descending``), ties by ascending id."""
-    key = -d if descending else d
-    order = np.lexsort((i, key), axis=1)
-    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
 def hamming_rows(ci, codes: np.ndarray, k: int, device: Device | None = "cpu", *, nprobe=None, allowed=None):

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 
 from hashindex.probe.baselines import l2_normalize
-from hashindex.search.ranking import sort_results
+from hashindex.search.ordering import sort_results
 
 
 class FloatRows:

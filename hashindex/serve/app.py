@@ -192,7 +192,8 @@ def create_app(index, config: ServeConfig = ServeConfig(), *, embed_fn=None) -> 
     @app.middleware("http")
     async def headers(request: Request, call_next):
         response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
+        for key, value in SECURITY_HEADERS.items():  # a route's own (stricter) policy stays
+            response.headers.setdefault(key, value)
         return response
 
     def error(status: int, message: str, extra: dict | None = None) -> JSONResponse:
@@ -382,7 +383,7 @@ def create_app(index, config: ServeConfig = ServeConfig(), *, embed_fn=None) -> 
     return app
 
 
-def serve(index, config: ServeConfig = ServeConfig()) -> None:
+def serve_index(index, config: ServeConfig = ServeConfig()) -> None:
     """Serve an index until interrupted (one process: the index and backbone are loaded once)."""
     import uvicorn
 

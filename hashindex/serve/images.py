@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.core.errors import InputError
-from hashindex.embedding.sources import from_idx, pil_to_rgb
+from hashindex.embedding.decode import pil_to_rgb
+from hashindex.embedding.sources import from_idx
 
 # Formats browsers display, by Pillow's name: stored and served as they are. Others become PNG.
 WEB_FORMATS = {

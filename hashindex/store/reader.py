@@ -16,7 +16,7 @@ import numpy as np
 
 from hashindex.core.errors import InputError, IntegrityError, MismatchError
 from hashindex.core.spec import BackboneSpec
-from hashindex.store.resume import partial_path
+from hashindex.store.resume import partial_path, read_settings, remove_resume_folder
 from hashindex.store.schema import (
     DATASETS,
     FAIL,
@@ -26,6 +26,7 @@ from hashindex.store.schema import (
     expected_checksums,
     hash_failures,
     hash_rows,
+    jsonable,
 )
 
 
@@ -257,3 +258,36 @@ def check_same_embeddings(recorded: dict, emb: Embeddings, recorded_name: str) -
             f"({recorded.get('path')}, {recorded.get('n')} rows made {recorded.get('created')}; this one: {emb.n} rows "
             f"made {mine.get('created')}; differs in {', '.join(diff)})"
         )
+
+
+def clean_published(path: str | os.PathLike, attrs: dict, *, clean: bool = True) -> bool:
+    """Whether ``path`` is already the complete output of a run made with ``attrs``; if so, also
+    remove the resume folder a run stopped between publishing and cleaning up left behind.
+    Call with the output's lock held.
+
+    Args:
+        path: the output file.
+        attrs: the provenance attributes (or some of them) the file must carry.
+        clean: remove the leftover resume folder (otherwise only check).
+
+    Returns:
+        True when ``path`` is a complete file made with ``attrs`` (re-running the command that made
+        it has nothing left to do); False when it is some other file.
+    """
+    path, work = Path(path), partial_path(path)
+    try:
+        raw = open_embeddings(path)._raw_attrs
+    except Exception:
+        return False
+    if any(json.dumps(jsonable(raw.get(k))) != json.dumps(jsonable(v)) for k, v in attrs.items()):
+        return False
+    if work.is_dir():
+        settings = read_settings(work)
+        if settings is None:  # its removal had begun (settings go last): only temporary files may be left
+            if any(not p.name.startswith(".tmp-") for p in work.iterdir()):
+                return False
+        elif any(json.dumps((settings.get("attrs") or {}).get(k)) != json.dumps(jsonable(v)) for k, v in attrs.items()):
+            return False
+        if clean:
+            remove_resume_folder(work)
+    return True

@@ -26,7 +26,6 @@ import numpy as np
 from hashindex.core.durable import OutputLock, fsync_dir, publish_file, write_durably
 from hashindex.core.errors import InputError, IntegrityError
 from hashindex.core.version import __version__
-from hashindex.store.reader import open_embeddings
 from hashindex.store.resume import (
     ASSEMBLED,
     ITEMS,
@@ -389,36 +388,3 @@ class EmbeddingsWriter:
             self.commit()
         finally:
             self._release()
-
-
-def clean_published(path: str | os.PathLike, attrs: dict, *, clean: bool = True) -> bool:
-    """Whether ``path`` is already the complete output of a run made with ``attrs``; if so, also
-    remove the resume folder a run stopped between publishing and cleaning up left behind.
-    Call with the output's lock held.
-
-    Args:
-        path: the output file.
-        attrs: the provenance attributes (or some of them) the file must carry.
-        clean: remove the leftover resume folder (otherwise only check).
-
-    Returns:
-        True when ``path`` is a complete file made with ``attrs`` (re-running the command that made
-        it has nothing left to do); False when it is some other file.
-    """
-    path, work = Path(path), partial_path(path)
-    try:
-        raw = open_embeddings(path)._raw_attrs
-    except Exception:
-        return False
-    if any(json.dumps(jsonable(raw.get(k))) != json.dumps(jsonable(v)) for k, v in attrs.items()):
-        return False
-    if work.is_dir():
-        settings = read_settings(work)
-        if settings is None:  # its removal had begun (settings go last): only temporary files may be left
-            if any(not p.name.startswith(".tmp-") for p in work.iterdir()):
-                return False
-        elif any(json.dumps((settings.get("attrs") or {}).get(k)) != json.dumps(jsonable(v)) for k, v in attrs.items()):
-            return False
-        if clean:
-            remove_resume_folder(work)
-    return True

@@ -4,10 +4,12 @@
 
 The set is tiny and synthetic (no backbone needed): an embeddings file written by the library's
 writer (with labels, views, a non-ASCII name and a recorded failure), a CroVCA probe and a flat
-index built from them (the index folder holds the probe and the manifest), and ``expected.json`` with the codes and the top-k results that the
-current code computes. Commit the folder: a later change that can no longer read these files, or
-that ranks them differently, fails the golden test. When a format version is bumped, run this
-script again to add a set for the new versions and keep the old ones (old files must still load).
+index built from them with the public API (``hashindex.fit_probe``, ``hashindex.build_index(kind="flat")``;
+the index folder holds the probe and the manifest), and ``expected.json`` with the codes and the top-k
+results that ``hashindex.open_index(...).search`` computes. Commit the folder: a later change that can
+no longer read these files, or that ranks them differently, fails the golden test. When a format
+version is bumped, run this script again to add a set for the new versions and keep the old ones
+(old files must still load).
 """
 
 from __future__ import annotations
@@ -46,10 +48,8 @@ def set_name(v: dict) -> str:
 
 
 def make(out: Path) -> Path:
-    from hashindex.core.config import FitConfig, IndexConfig
-    from hashindex.index.load import build_index
-    from hashindex.probe.fit import fit_probe
-    from hashindex.search.ranking import search_embeddings
+    import hashindex
+    from hashindex.core.config import FitConfig
     from hashindex.store.reader import open_embeddings
     from hashindex.store.writer import EmbeddingsWriter
 
@@ -95,17 +95,16 @@ def make(out: Path) -> Path:
     emb = open_embeddings(out / "embeddings.h5", verify=True)
 
     probe_dir = out / "probe-tmp"
-    fit_probe(emb, FitConfig(method="crovca", bits=BITS, epochs=3, batch_size=16, seed=0), progress=False).save(
-        probe_dir
-    )
-    build_index(emb, probe_dir, out / "index", IndexConfig("flat"))
+    hashindex.fit_probe(emb, probe_dir, FitConfig(method="crovca", bits=BITS, epochs=3, batch_size=16, seed=0))
+    # A flat index, as in every set: the sets stay comparable (the default kind, auto, chooses by timing).
+    hashindex.build_index(emb, probe_dir, out / "index", kind="flat")
     shutil.rmtree(probe_dir)  # the index folder holds its own copy of the probe
 
-    from hashindex.index.load import load_index
-
     queries = np.concatenate([emb.embeddings()[:4], (centers + 0.1).astype(np.float32)])
-    idx = load_index(out / "index")
-    d, i = search_embeddings(idx, queries, K)
+    ix = hashindex.open_index(out / "index")  # as a user opens it (verified)
+    assert (ix.kind, ix.bits, len(ix)) == ("flat", BITS, emb.n)
+    res = ix.search(queries, k=K, device="cpu")
+    probe = ix.snapshot.probe
     expected = {
         "versions": versions(),
         "n": emb.n,
@@ -113,10 +112,10 @@ def make(out: Path) -> Path:
         "bits": BITS,
         "k": K,
         "queries": queries.tolist(),
-        "codes_hex": [c.tobytes().hex() for c in idx.probe.encode(emb.embeddings())],
-        "query_codes_hex": [c.tobytes().hex() for c in idx.probe.encode(queries)],
-        "distances": d.tolist(),
-        "ids": i.tolist(),
+        "codes_hex": [c.tobytes().hex() for c in probe.encode(emb.embeddings())],
+        "query_codes_hex": [c.tobytes().hex() for c in probe.encode(queries)],
+        "distances": np.asarray(res.distances).tolist(),
+        "ids": np.asarray(res.ids).tolist(),
     }
     expected["names"] = emb.names()
     expected["failures"] = emb.failures()
