@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from hashindex.cli import finetune, live, scale, search, stages
+from hashindex.cli import dedup, finetune, live, project, scale, search, stages
 from hashindex.core.errors import HashIndexError
 from hashindex.core.version import __version__
 
@@ -89,7 +89,15 @@ def cli(ctx, verbose: int, quiet: bool):
     ctx.obj = {"progress": not quiet, "quiet": quiet}
 
 
-for _command in (*stages.COMMANDS, scale.import_cmd, finetune.finetune, *search.COMMANDS, *live.COMMANDS):
+for _command in (
+    *stages.COMMANDS,
+    scale.import_cmd,
+    finetune.finetune,
+    *search.COMMANDS,
+    *live.COMMANDS,
+    dedup.dedup,
+    project.index,
+):
     cli.add_command(_command)
 
 

@@ -77,14 +77,43 @@ seed = click.option(
 )
 
 
-def batch_size(default_value: int, what: str = "images"):
-    """``--batch-size`` with this command's own default."""
+def batch_size(default_value, what: str = "images"):
+    """``--batch-size`` with this command's own default (None: sized from --max-memory)."""
+    shown = "as many as fit --max-memory" if default_value is None else default_value
     return click.option(
         "--batch-size",
         type=click.IntRange(min=1),
         default=None,
-        help=f"{what.capitalize()} per batch [default: {default_value}].",
+        help=f"{what.capitalize()} per batch [default: {shown}].",
     )
+
+
+class MemorySize(click.ParamType):
+    """A size in bytes: ``2G``, ``512M``, ``1.5GiB`` or a plain number of bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        number = text.rstrip("KMGT")
+        try:
+            size = int(float(number) * self.UNITS[text[len(number) :]])
+        except (ValueError, KeyError):
+            self.fail(f"expected a size such as 2G, 512M or a number of bytes, got {value!r}", param, ctx)
+        if size <= 0:
+            self.fail(f"a size must be positive, got {value!r}", param, ctx)
+        return size
+
+
+max_memory = click.option(
+    "--max-memory",
+    type=MemorySize(),
+    default=None,
+    help="Memory the process may use; batches are sized to stay within it: 2G, 512M... [default: 2G].",
+)
 
 
 as_json = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")

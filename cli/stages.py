@@ -80,6 +80,7 @@ def _commit_seconds() -> float | None:
     "upsampled several times, such as Fashion-MNIST's 28 px to 112 px.",
 )
 @opt.batch_size(default(EmbedConfig, "batch_size"))
+@opt.max_memory
 @opt.device
 @opt.runtime
 @click.option(

@@ -32,6 +32,7 @@ _HOME = {
     "embed": "hashindex.api.pipeline",
     "fit_probe": "hashindex.api.pipeline",
     "build_index": "hashindex.api.index",
+    "index_images": "hashindex.api.index",
     "finetune": "hashindex.api.pipeline",
     "open_embeddings": "hashindex.store.reader",
     "import_embeddings": "hashindex.embedding.importer",
@@ -42,6 +43,7 @@ _HOME = {
     "evaluate": "hashindex.measure.evaluate",
     "run_bench": "hashindex.measure.bench",
     "serve_index": "hashindex.serve.app",
+    "write_duplicates": "hashindex.dedup.output",
     "EmbedConfig": "hashindex.core.config",
     "FitConfig": "hashindex.core.config",
     "IndexConfig": "hashindex.core.config",
@@ -66,6 +68,7 @@ __all__ = [
     "Hits",
     "import_embeddings",
     "ImportConfig",
+    "index_images",
     "Index",
     "IndexConfig",
     "InputError",
@@ -78,6 +81,7 @@ __all__ = [
     "run_bench",
     "SearchResults",
     "serve_index",
+    "write_duplicates",
     "ServeConfig",
 ]
 

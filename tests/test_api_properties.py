@@ -12,15 +12,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from hashindex import build_index
 from hashindex.core.codes import hamming
 from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import InputError
 from hashindex.core.validate import check_k
-from hashindex.index.load import HashIndex, build_index
 from hashindex.probe.fit import fit_probe
-from hashindex.search.ranking import cosine_knn, hamming_search, search_embeddings
+from hashindex.search.engines import CodeIndex
+from hashindex.search.exact import cosine_knn
+from hashindex.search.ranking import hamming_search, search_embeddings
 
 N, DIM, BITS = 120, 16, 16
+KINDS = ["flat", "ivf", "lookup", "mih"]
 # Huge but finite values overflow inside the baselines' L2 normalisation (a warning, not an error).
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 SETTINGS = settings(
@@ -30,7 +33,8 @@ SETTINGS = settings(
 
 @pytest.fixture(scope="module")
 def indexes(tmp_path_factory):
-    """flat, ivf (1 of 4 lists probed: often short) and lookup indexes over the same 16-bit codes."""
+    """flat, ivf (1 of 4 lists probed: often short), lookup and mih index folders over the same
+    16-bit codes, each searched through its loaded engine (a CodeIndex)."""
     d = tmp_path_factory.mktemp("props")
     rng = np.random.default_rng(3)
     x = rng.standard_normal((N, DIM)).astype(np.float32)
@@ -38,9 +42,12 @@ def indexes(tmp_path_factory):
     emb = write_embeddings(d / "e.h5", x)
     fit_probe(emb, FitConfig(method="itq", bits=BITS), progress=False).save(d / "probe")
     out = {}
-    for cfg in (IndexConfig("flat"), IndexConfig("ivf", nlist=4, nprobe=1), IndexConfig("lookup")):
-        out[cfg.kind] = build_index(emb, d / "probe", d / cfg.kind, cfg)
+    for cfg in (IndexConfig("flat"), IndexConfig("ivf", nlist=4, nprobe=1), IndexConfig("lookup"), IndexConfig("mih")):
+        ix = build_index(emb, d / "probe", d / cfg.kind, cfg)
+        assert ix.kind == cfg.kind
+        out[cfg.kind] = ix.snapshot.index
     db_codes = out["flat"].probe.encode(x)
+    np.testing.assert_array_equal(out["flat"].codes, db_codes)
     return out, x, db_codes
 
 
@@ -92,7 +99,7 @@ def code_arrays(draw):
 
 
 @SETTINGS
-@given(codes=code_arrays(), k=K, kind=st.sampled_from(["flat", "ivf", "lookup"]))
+@given(codes=code_arrays(), k=K, kind=st.sampled_from(KINDS))
 def test_hamming_search_validates_or_answers_exactly(indexes, codes, k, kind):
     idx, _, db_codes = indexes[0][kind], indexes[1], indexes[2]
     well_formed = codes.dtype == np.uint8 and codes.ndim == 2 and codes.shape[1] == BITS // 8
@@ -145,7 +152,7 @@ def embedding_arrays(draw):
 
 
 @SETTINGS
-@given(x=embedding_arrays(), k=K, kind=st.sampled_from(["flat", "ivf", "lookup"]))
+@given(x=embedding_arrays(), k=K, kind=st.sampled_from(KINDS))
 def test_search_embeddings_validates_or_matches_a_clean_copy(indexes, x, k, kind):
     idx = indexes[0][kind]
     ok = (
@@ -201,11 +208,12 @@ def test_k_beyond_ntotal_returns_every_item_once(indexes):
         assert all(sorted(r) == list(range(N)) for r in i.tolist()), kind
 
 
-def test_empty_index_is_refused():
+@pytest.mark.parametrize("kind", ["flat", "lookup", "mih"])
+def test_empty_index_is_refused(kind):
     from hashindex.probe.artifact import Probe
 
     probe = Probe("lsh", 16, 4, {}, {}, {"mean": np.zeros(4, np.float32), "W": np.ones((4, 16), np.float32)})
-    idx = HashIndex.from_codes(np.zeros((0, 2), np.uint8), probe, IndexConfig("flat"))
+    idx = CodeIndex.from_codes(np.zeros((0, 2), np.uint8), IndexConfig(kind), probe=probe)
     with pytest.raises(InputError, match="empty"):
         hamming_search(idx, np.zeros((1, 2), np.uint8), 3)
     with pytest.raises(InputError, match="empty"):

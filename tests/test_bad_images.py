@@ -14,12 +14,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from hashindex.backbone.features import embed_images
 from hashindex.backbone.model import load_backbone
 from hashindex.core.config import EmbedConfig
 from hashindex.core.errors import InputError
-from hashindex.backbone.features import embed_images
+from hashindex.embedding.decode import MAX_IMAGE_PIXELS, DecodeError, decode_image
 from hashindex.embedding.run import TooManyFailuresError, embed
-from hashindex.embedding.sources import MAX_IMAGE_PIXELS, DecodeError, decode_image, open_source
+from hashindex.embedding.sources import open_source
 from hashindex.store.reader import open_embeddings
 
 SIZE = 32

@@ -60,8 +60,8 @@ def test_embed_folder_and_query_images(tmp_path, built):
 def test_interpolation_is_recorded_and_reproduced_at_query_time(tmp_path):
     from skimage import data
 
-    from hashindex.backbone.model import backbone_from_spec
     from hashindex.backbone.features import embed_images
+    from hashindex.backbone.model import backbone_from_spec
 
     (tmp_path / "imgs").mkdir()
     Image.fromarray(data.astronaut()[::8, ::8]).save(tmp_path / "imgs" / "a.png")  # 64 px, upsampled

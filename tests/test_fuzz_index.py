@@ -14,18 +14,20 @@ import pytest
 from helpers import mutate as _mutate
 from helpers import write_embeddings
 
+from hashindex import build_index
 from hashindex.core.config import FitConfig, IndexConfig
 from hashindex.core.errors import HashIndexError, IntegrityError, MismatchError
-from hashindex.index.load import build_index, load_index
+from hashindex.index.load import load_index
 from hashindex.index.manifest import sealed_bytes
 from hashindex.probe.fit import fit_probe
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", params=["flat", "ivf"])
+@pytest.fixture(scope="module", params=["flat", "ivf", "mih"])
 def index_dir(request, tmp_path_factory):
-    """A tiny CroVCA index (48 items, 16-d, 32 bits): every file is a few KB."""
+    """A tiny CroVCA index (48 items, 16-d, 32 bits) of each kind with files of its own (flat,
+    ivf, mih): every file is a few KB."""
     d = tmp_path_factory.mktemp(f"fuzz-{request.param}")
     rng = np.random.default_rng(5)
     x = rng.standard_normal((48, 16)).astype(np.float32)
@@ -33,7 +35,11 @@ def index_dir(request, tmp_path_factory):
     labels = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 48)]
     emb = write_embeddings(d / "e.h5", x, views, labels)
     fit_probe(emb, FitConfig(bits=32, epochs=1, batch_size=16), progress=False).save(d / "probe")
-    cfg = IndexConfig("ivf", nlist=1, nprobe=1) if request.param == "ivf" else IndexConfig("flat")
+    cfg = {
+        "flat": IndexConfig("flat"),
+        "ivf": IndexConfig("ivf", nlist=1, nprobe=1),
+        "mih": IndexConfig("mih", tables=4),  # its table files are read (and damaged) too
+    }[request.param]
     build_index(emb, d / "probe", d / "index", cfg)
     return d / "index"
 
@@ -48,11 +54,13 @@ def test_1000_random_mutations_are_all_refused_cleanly(index_dir):
         "probe/probe.json",
         "probe/weights.safetensors",
     }
+    if load_index(index_dir).kind == "mih":
+        assert {p.name for p in files} >= {"mih_order.npy", "mih_offsets.npy", "mih_codes.npy"}
     original = {p: p.read_bytes() for p in files}
     assert sum(map(len, original.values())) < 64_000
     rng = np.random.default_rng(2024)
     crashes, silent, refused = [], [], {}
-    for t in range(500):  # x2 params (flat, ivf) = 1,000 mutations
+    for _ in range(500):  # x3 params (flat, ivf, mih) = 1,500 mutations
         p = files[int(rng.integers(len(files)))]
         what, damaged = _mutate(original[p], rng)
         p.write_bytes(damaged)

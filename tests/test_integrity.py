@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from helpers import FAKE_SPEC, mutate, write_embeddings
 from PIL import Image
 
+from hashindex import build_index
 from hashindex.cli.main import cli
 from hashindex.core.config import FitConfig
 from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
-from hashindex import build_index
 from hashindex.index.load import load_index
 from hashindex.index.manifest import INDEX_FORMAT
 from hashindex.measure.evaluate import evaluate

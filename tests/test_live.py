@@ -240,7 +240,8 @@ def test_lock_refuses_a_second_writer(base, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from hashindex.core.durable import OutputLock; l = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+            "import sys, time; from hashindex.core.durable import OutputLock; "
+            "l = OutputLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
             str(path),
         ],
         stdout=subprocess.PIPE,
@@ -417,7 +418,9 @@ def test_compaction_killed_between_its_renames(base, tmp_path, monkeypatch):
     np.testing.assert_array_equal(open_live(path).snapshot.ids, np.append(want.ids, 503))
 
 
-_COMPACTOR = "import sys\nfrom hashindex.live.live_index import open_live\nopen_live(sys.argv[1]).compact()\nprint('done')"
+_COMPACTOR = (
+    "import sys\nfrom hashindex.live.live_index import open_live\nopen_live(sys.argv[1]).compact()\nprint('done')"
+)
 
 
 @pytest.mark.parametrize("step", ["compact-written", "compact-between-renames", "compact-swapped", "compact-cleaned"])

@@ -1,6 +1,7 @@
-"""A live index's manifest is index format 3 (format 2 plus ``live``), read and written through
-the Manifest type; opening a live index imports no torch; the live commands follow the CLI's
-conventions (-q, comma lists, defaults from hashindex.core.config)."""
+"""A live index's manifest carries ``live`` (index format 4, which builds write; a format-2
+folder becomes format 3 at its first commit), read and written through the Manifest type; opening
+a live index imports no torch; the live commands follow the CLI's conventions (-q, comma lists,
+defaults from hashindex.core.config)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 from helpers import write_embeddings
 
+from hashindex import build_index
 from hashindex.cli.main import cli
 from hashindex.core.config import DEFAULT_LOCK_WAIT, FitConfig, ServeConfig, default
 from hashindex.core.errors import IntegrityError
-from hashindex import build_index
 from hashindex.index.load import load_index
 from hashindex.index.manifest import INDEX_FORMAT, LIVE_FORMAT, MANIFEST, Manifest, sealed_bytes
 from hashindex.live.live_index import open_live
@@ -32,7 +33,7 @@ def folder(tmp_path):
     x = rng.standard_normal((60, 16)).astype(np.float32)
     emb = write_embeddings(tmp_path / "e.h5", x, labels=np.eye(3, dtype=np.uint8)[rng.integers(0, 3, 60)])
     fit_probe(emb, FitConfig(method="lsh", bits=16), progress=False).save(tmp_path / "p")
-    build_index(emb, tmp_path / "p", tmp_path / "idx")
+    build_index(emb, tmp_path / "p", tmp_path / "idx", kind="flat")
     return tmp_path / "idx", x
 
 
@@ -40,22 +41,40 @@ def _doc(path: Path) -> dict:
     return json.loads((path / MANIFEST).read_bytes())
 
 
-def test_builds_are_format_2_and_a_commit_makes_format_3(folder):
+def test_builds_are_format_4_and_a_commit_adds_live(folder):
     path, x = folder
-    assert Manifest.read(path)[0].format == INDEX_FORMAT == 2 and "live" not in _doc(path)
+    assert Manifest.read(path)[0].format == INDEX_FORMAT == 4 and "live" not in _doc(path)
     live = open_live(path)
     ids = live.add(x[:3] + 0.01, ["a", "b", "c"])
     live.remove([0])
     m = Manifest.read(path)[0]
-    assert m.format == LIVE_FORMAT == 3 and _doc(path)["format"] == 3
+    assert m.format == INDEX_FORMAT and _doc(path)["format"] == 4  # format 4 carries live when there is one
     assert m.live["generation"] == 2 and m.live["next_id"] == 63 and len(m.live["commits"]) == 2
     assert all(rel in m.files for rel in m.live["commits"])
     assert ids.tolist() == [60, 61, 62]
     assert load_index(path).manifest.live == m.live  # the sealed bytes verify
     live.compact()
     m = Manifest.read(path)[0]
-    assert m.format == 3 and m.live["commits"] == [] and m.ntotal == 62 and m.live["generation"] == 3
+    assert m.format == 4 and m.live["commits"] == [] and m.ntotal == 62 and m.live["generation"] == 3
     assert open_live(path).snapshot.ntotal == 62
+
+
+def test_a_format_2_folder_becomes_format_3_at_its_first_commit(folder):
+    """Folders built by an older hashindex (format 2, no live) still open, and their first
+    commit makes them format 3 (format 2 plus live), as before."""
+    path, x = folder
+    doc = _doc(path)
+    assert doc["index"]["kind"] == "flat"
+    _reseal(path, dict(doc, format=2))
+    assert Manifest.read(path)[0].format == 2 and load_index(path).ntotal == 60
+    live = open_live(path)
+    assert live.add(x[:2] + 0.01, ["a", "b"]).tolist() == [60, 61]
+    m = Manifest.read(path)[0]
+    assert m.format == LIVE_FORMAT == 3 and _doc(path)["format"] == 3
+    assert m.live["generation"] == 1 and m.live["next_id"] == 62 and len(m.live["commits"]) == 1
+    assert load_index(path).manifest.live == m.live
+    snap = open_live(path).snapshot
+    assert snap.ntotal == 62 and snap.ids[-2:].tolist() == [60, 61]
 
 
 def _reseal(path: Path, doc: dict) -> None:
@@ -94,7 +113,8 @@ def test_opening_a_live_index_and_searching_by_codes_imports_no_torch(folder):
     np.save(path.parent / "q.npy", codes)
     check = "\nimport sys\nbad = [m for m in ('torch', 'timm') if m in sys.modules]\nassert not bad, bad\nprint('ok')"
     code = (
-        "import sys, numpy as np\nfrom hashindex.live.live_index import open_live\nfrom hashindex.search.ranking import hamming_search\n"
+        "import sys, numpy as np\nfrom hashindex.live.live_index import open_live\n"
+        "from hashindex.search.ranking import hamming_search\n"
         "s = open_live(sys.argv[1]).snapshot\nd, ids = hamming_search(s.index, np.load(sys.argv[2]), 1)\n"
         "print(s.ntotal, d.ravel().tolist(), s.item(int(ids[0, 0]))['name'])"
     )

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from helpers import write_embeddings
 from PIL import Image
 
+from hashindex import build_index
 from hashindex.core.config import FitConfig, ServeConfig
-from hashindex.index.load import build_index
 from hashindex.live.live_index import open_live
 from hashindex.probe.fit import fit_probe
 from hashindex.serve.app import create_app
@@ -41,7 +41,7 @@ def index_dir(tmp_path):
     x = rng.uniform(-0.5, 0.5, (400, 3)).astype(np.float32)
     emb = write_embeddings(tmp_path / "e.h5", x, labels=np.eye(4, dtype=np.uint8)[rng.integers(0, 4, 400)])
     fit_probe(emb, FitConfig(method="lsh", bits=16), progress=False).save(tmp_path / "p")
-    build_index(emb, tmp_path / "p", tmp_path / "idx")
+    build_index(emb, tmp_path / "p", tmp_path / "idx", kind="flat")
     return tmp_path / "idx", x
 
 
@@ -67,8 +67,13 @@ def test_search_shapes(client, index_dir):
     assert len(r.json()["results"]) == 400  # k beyond ntotal gives everything
     r = client.post("/search", files={"image": ("q.png", png((200, 40, 90)), "image/png")}, data={"k": "3"})
     assert r.status_code == 200 and len(r.json()["results"]) == 3
-    want = open_live(index_dir[0]).snapshot.search(fake_embed([np.full((24, 24, 3), (200, 40, 90), np.uint8)]), 3)[1][0]
-    assert [h["id"] for h in r.json()["results"]] == want.tolist()
+    snap = open_live(index_dir[0]).snapshot
+    rows = snap.search(fake_embed([np.full((24, 24, 3), (200, 40, 90), np.uint8)]), 3).I[0]
+    assert [h["id"] for h in r.json()["results"]] == snap.ids[rows].tolist()
+    # a search takes one image: more are refused, not silently cut to the first
+    two = [("image", ("a.png", png((200, 40, 90)), "image/png")), ("image", ("b.png", png(5), "image/png"))]
+    r = client.post("/search", files=two, data={"k": "3"})
+    assert r.status_code == 400 and "one image" in r.json()["error"]
 
 
 def test_items_health_stats(client):
@@ -78,6 +83,9 @@ def test_items_health_stats(client):
     item = client.get("/items/3").json()
     assert item["id"] == 3 and item["name"] == "item3" and item["label"] in {"0", "1", "2", "3"}
     assert client.get("/items/400").status_code == 404
+    for odd in ("007", "+3", "3.0", " 3", "3 ", "0x3", "-0", "٣"):  # ids in URLs are canonical decimals
+        r = client.get(f"/items/{odd}")
+        assert r.status_code == 400 and "error" in r.json(), (odd, r.status_code)
     r = client.get("/items/3/image")  # a synthetic item has no image: a clear 404
     assert r.status_code == 404 and "no image" in r.json()["error"]
     assert client.get("/").text.startswith("<!doctype html>")
@@ -102,6 +110,18 @@ def test_writes_need_the_token_and_are_durable(client, index_dir):
     assert new_id in reopened.snapshot.ids and reopened.snapshot.item(new_id)["name"] == "new photo.png"
     img = client.get(f"/items/{new_id}/image")
     assert img.status_code == 200 and img.content == image["image"][1]  # kept in the index folder
+    assert img.headers["content-type"] == "image/png"
+    # under a name the server chose (the id, and the suffix of the decoded format), not the client's
+    stored = sorted(p.relative_to(index_dir[0]).as_posix() for p in (index_dir[0] / "uploads").iterdir())
+    assert stored == [f"uploads/{new_id}.png"] and (index_dir[0] / stored[0]).read_bytes() == image["image"][1]
+    jpeg = io.BytesIO()
+    Image.fromarray(np.full((24, 24, 3), 99, np.uint8)).save(jpeg, "JPEG")
+    r = client.post("/items", files={"image": ("../../evil.png", jpeg.getvalue(), "image/png")}, headers=AUTH)
+    assert r.status_code == 201
+    jpeg_id = r.json()["ids"][0]
+    assert (index_dir[0] / "uploads" / f"{jpeg_id}.jpg").read_bytes() == jpeg.getvalue()
+    assert not (index_dir[0].parent / "evil.png").exists() and not (index_dir[0] / "evil.png").exists()
+    assert client.get(f"/items/{jpeg_id}/image").headers["content-type"] == "image/jpeg"
     assert client.delete("/items/3", headers=AUTH).json()["removed"] == 3
     assert client.get("/items/3").status_code == 404 and 3 not in open_live(index_dir[0]).snapshot.ids
     assert client.delete("/items/3", headers=AUTH).status_code == 404
@@ -121,10 +141,32 @@ def test_server_follows_commits_of_other_processes(client, index_dir):
     while client.get("/health").json()["generation"] != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.get("/health").json() == {"status": "ok", "generation": 1, "ntotal": 402}
-    assert client.get("/items/401").json()["name"] == "cli-b"
+    item = client.get("/items/401").json()
+    assert item["name"] == "cli-b" and item["label"] == ""  # unlabelled: an empty label, not null
 
 
-def test_bad_requests_get_4xx_json(client):
+def test_item_images_only_from_inside_their_root(index_dir, tmp_path):
+    """An item's image is read only from inside the folder its name is relative to: names that
+    climb out, absolute names and links leading out get a 404 that names no server path."""
+    import os
+
+    root, outside = tmp_path / "photos", tmp_path / "private.png"
+    root.mkdir()
+    (root / "ok.png").write_bytes(png((1, 2, 3)))
+    outside.write_bytes(png((4, 5, 6)))
+    os.symlink(outside, root / "link.png")
+    names = ["ok.png", "../private.png", str(outside), "link.png", "missing.png"]
+    ids = open_live(index_dir[0]).add(index_dir[1][: len(names)], names, roots=[str(root)], root_id=[0] * len(names))
+    with TestClient(create_app(index_dir[0], ServeConfig(), embed_fn=fake_embed)) as c:
+        r = c.get(f"/items/{ids[0]}/image")
+        assert r.status_code == 200 and r.content == png((1, 2, 3)) and r.headers["content-type"] == "image/png"
+        for i in ids[1:]:
+            r = c.get(f"/items/{i}/image")
+            assert r.status_code == 404 and "no image" in r.json()["error"], (i, r.status_code, r.text)
+            assert str(tmp_path) not in r.text and "private" not in r.text
+
+
+def test_bad_requests_get_4xx_json(client, index_dir):
     cases = [
         dict(json={"embedding": [1.0, 2.0], "k": 3}),  # wrong width
         dict(content=b'{"embedding": [1, NaN, 2]}', headers={"content-type": "application/json"}),
@@ -146,6 +188,7 @@ def test_bad_requests_get_4xx_json(client):
         r = client.post("/search", **kw)
         assert 400 <= r.status_code < 500, (kw.keys(), r.status_code, r.text[:200])
         assert "error" in r.json()
+        assert str(index_dir[0].parent) not in r.text  # no server path in any answer
     assert client.post("/search", content=b"x" * (17 << 20)).status_code == 413
 
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from hashindex import build_index
 from hashindex.core.config import FitConfig, ServeConfig
 from hashindex.embedding.sources import open_source
-from hashindex.index.load import build_index
 from hashindex.probe.fit import fit_probe
 from hashindex.serve.app import create_app
 
@@ -88,6 +90,16 @@ def test_image_search_finds_the_item_itself(server, tmp_path):
         )
 
 
+def _wait(page, expression: str, timeout_s: float = 60) -> None:
+    """Poll a JavaScript expression until it is truthy. ``page.evaluate`` runs it through the
+    DevTools protocol; ``page.wait_for_function`` would compile it inside the page, which the
+    page's content-security policy (script-src 'self', no eval) rightly refuses."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
 def test_page_in_headless_chromium(server, tmp_path):
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
@@ -102,13 +114,22 @@ def test_page_in_headless_chromium(server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 760})
+            console = []
+            page.on("console", lambda m: console.append(m.text))
+            page.on("pageerror", lambda e: console.append(str(e)))
             page.goto(server + "/")
-            page.wait_for_function("document.getElementById('stats').textContent.includes('items')")
+            _wait(page, "document.getElementById('stats').textContent.includes('items')")
+            # the script and the style are files of their own (the policy allows no inline script)
+            scripts = page.evaluate("[...document.scripts].map(s => [s.getAttribute('src'), s.textContent.trim()])")
+            assert scripts == [["/app.js", ""]]
+            styles = page.evaluate(
+                "[...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.getAttribute('href'))"
+            )
+            assert styles == ["/app.css"] and page.evaluate("document.querySelectorAll('style').length") == 0
             page.set_input_files("#file", str(query))
             page.wait_for_selector("#grid .hit", timeout=60_000)
-            page.wait_for_function(
-                "document.querySelectorAll('#grid .hit img').length > 0 && [...document.querySelectorAll('#grid .hit img')].every(i => i.complete)"
-            )
+            imgs = "[...document.querySelectorAll('#grid .hit img')]"
+            _wait(page, f"{imgs}.length > 0 && {imgs}.every(i => i.complete)")
             hits = page.query_selector_all("#grid .hit")
             assert len(hits) == 20
             first = hits[0]
@@ -120,16 +141,20 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.screenshot(path=str(shot), full_page=False)
             second_id = hits[1].get_attribute("data-id")
             hits[1].click()  # a click searches with that result
-            page.wait_for_function(
-                f"document.getElementById('status').textContent.includes('results for item {second_id} ')"
+            _wait(
+                page, f"document.getElementById('status').textContent.includes('results for item {second_id} ')"
             )  # not the "searching item …" that comes first
             # the clicked item comes back at distance 0, first unless an item with a smaller id has its very code
+            # (the distance as the page shows it: "#rank · distance D · label")
             exact = [
                 h.get_attribute("data-id")
                 for h in page.query_selector_all("#grid .hit")
-                if h.query_selector(".dist").inner_text() == "0"
+                if re.search(r"\bdistance (\d+)\b", h.query_selector(".meta").inner_text()).group(1) == "0"
             ]
             assert second_id in exact and exact[0] == page.query_selector("#grid .hit").get_attribute("data-id")
+            # every hit's image loaded (a broken one has no natural width), and nothing broke the policy
+            assert page.evaluate(f"{imgs}.every(i => i.naturalWidth > 0)")
+            assert not [m for m in console if "Content Security Policy" in m or "Error" in m], console
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000
@@ -142,6 +167,7 @@ def test_cli_add_images_with_the_index_backbone(tmp_path):
     import json
 
     from click.testing import CliRunner
+    from fastapi.testclient import TestClient
 
     from hashindex.cli.main import cli
     from hashindex.core.config import EmbedConfig
@@ -170,7 +196,12 @@ def test_cli_add_images_with_the_index_backbone(tmp_path):
     assert "ids 60..62" not in r.output and "1 images could not be decoded" in r.output
     snap = open_live(idx).snapshot
     assert snap.ids[-3:].tolist() == [60, 61, 62]
-    assert snap.item(61)["name"] == str((tmp_path / "new" / "t1.png").resolve())
+    # named relative to the folder given, which is recorded as the item's root
+    assert snap.item(61)["name"] == "t1.png"
+    assert Path(snap.root_of(int(snap.positions([61])[0]))).resolve() == (tmp_path / "new").resolve()
+    with TestClient(create_app(idx, ServeConfig(device="cpu"), embed_fn=lambda images: None)) as c:
+        r = c.get("/items/61/image")  # served from inside that root
+        assert r.status_code == 200 and r.content == (tmp_path / "new" / "t1.png").read_bytes()
     r = CliRunner().invoke(
         cli,
         ["query", str(idx), str(tmp_path / "new" / "t1.png"), "-k", "3", "--rerank", "4", "--device", "cpu", "--json"],

@@ -10,6 +10,7 @@ and searching it by codes or embeddings never imports torch; an image query on t
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +190,40 @@ class Index:
                 out[pos] = _hits(snap, name, d[0], rows[0], None if s is None else s[0])
         return SearchResults(out)
 
+    # -- near-duplicates -----------------------------------------------------------------------
+
+    def duplicates(self, queries=None, config=None, *, progress: bool = False, **options) -> list:
+        """Near-duplicates: without ``queries``, every group of near-duplicate items of the index
+        (records: ``group``, ``keep`` id, ``remove`` ids, ``items`` with id, name, label, keep,
+        Hamming distance and cosine to the kept item); with ``queries`` (as :meth:`search` takes
+        them), for each query the indexed items that are its near-duplicates (the check to run
+        before :meth:`add`). Options: fields of :class:`~hashindex.core.config.DedupConfig`
+        (``radius``, ``radius_bits``, ``min_cosine``, ``keep``).
+        """
+        from hashindex.core.config import DedupConfig
+        from hashindex.dedup.find import find_duplicates, query_duplicates
+        from hashindex.dedup.output import group_records
+
+        cfg = replace(config or DedupConfig(), **options)
+        snap = self.snapshot
+        if queries is None:
+            return group_records(snap, find_duplicates(snap, cfg, progress=progress), cfg.keep)
+        batches, count = classify(queries, self.embedder.draft_size if _has_images(queries) else None)
+        out: list = [None] * count
+        for b in batches:
+            if b.kind == "ids":
+                x = np.concatenate([snap.embedding_of(i) for i in b.values])
+            else:
+                x = self.embedder(b.values) if b.kind == "images" else np.stack(b.values).astype(np.float32)
+            q, rows, d, cos = query_duplicates(snap, snap.probe.logits(x), x, cfg)
+            for local, pos in enumerate(b.order):
+                sel = q == local
+                out[pos] = {"query": b.names[local], "duplicates": [
+                    {"id": int(snap.ids[r]), "name": n, "label": snap.label_text(int(r)), "hamming": int(h), "cosine": None if c != c else round(float(c), 6)}
+                    for r, h, c, n in zip(rows[sel], d[sel], cos[sel], snap.name_list(rows[sel]))
+                ]}  # fmt: skip
+        return out
+
     # -- edits -------------------------------------------------------------------------------
 
     def add(
@@ -333,3 +368,12 @@ def build_index(embeddings, probe, out, config=None, *, verify: bool = True, met
     ``kind="auto"`` (the default) chooses the kind by measuring the collection. Arguments:
     :func:`hashindex.api.pipeline.write_index_folder`."""
     return open_index(write_index_folder(embeddings, probe, out, config, verify=verify, metadata=metadata, **options))
+
+
+def index_images(source, out, **options) -> Index:
+    """A folder of images to an open index in one call: embed, fit the probe, build, every stage's
+    artifact kept in ``out`` so a re-run resumes (:func:`hashindex.api.project.run_index` documents
+    the options)."""
+    from hashindex.api.project import run_index
+
+    return open_index(run_index(source, out, **options))

@@ -47,5 +47,3 @@ class Backbone:
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of a normalised batch (for checking the weights)."""
         return self.model(x.contiguous(memory_format=torch.channels_last)).float()
-
-

@@ -26,6 +26,7 @@ from hashindex.core.spec import (
 
 logger = logging.getLogger(__name__)
 
+
 def load_backbone(
     model: str = DEFAULT_MODEL,
     *,

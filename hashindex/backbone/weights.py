@@ -111,5 +111,3 @@ def resolve_weights(model: str, weights: str | None, pretrained: bool) -> tuple[
             f"them (offline weights are packaged for: {', '.join(PACKAGED_WEIGHTS)})"
         )
     return "packaged", path
-
-

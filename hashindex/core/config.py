@@ -103,7 +103,8 @@ class EmbedConfig(BackboneOptions):
     """
 
     views: int = 0
-    batch_size: int = 128
+    batch_size: int | None = None  # None: as many as fit max_memory (hashindex.backbone.memory)
+    max_memory: int = 2 << 30
     device: Device = "auto"
     seed: int = 0
     num_workers: int | None = None
@@ -302,6 +303,42 @@ class BenchConfig:
             raise InputError(f"unknown targets {self.targets!r}: use one of {', '.join(TARGETS)}")
         if self.topk < 1 or self.rerank < 1 or (self.epochs is not None and self.epochs < 1):
             raise InputError("topk, rerank and epochs must be positive")
+
+
+KeepRule = Literal["first", "last", "largest", "smallest"]
+KEEP_RULES: tuple[str, ...] = get_args(KeepRule)
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Options of near-duplicate detection (``hashindex dedup``).
+
+    ``radius``: the Hamming radius of candidate pairs, as a fraction of the code length
+    (``radius_bits`` overrides it in bits); ``min_cosine``: the float cosine a candidate pair
+    needs to be confirmed. Their defaults were chosen on the near-duplicate benchmark
+    (benchmarks/dedup.py, BENCHMARKS.md "Near-duplicates"). ``keep``: which item of a group stays
+    (``first``/``last`` by id, ``largest``/``smallest`` by file size).
+    """
+
+    radius: float = 0.125
+    radius_bits: int | None = None
+    min_cosine: float = 0.9
+    keep: KeepRule = "first"
+
+    def radius_for(self, bits: int) -> int:
+        """The radius in bits for codes of ``bits`` bits.
+
+        Raises:
+            InputError: a radius out of range.
+        """
+        r = self.radius_bits if self.radius_bits is not None else int(round(self.radius * bits))
+        if not 0 <= r <= bits // 2:
+            raise InputError(f"radius must be between 0 and {bits // 2} bits, got {r}", setting="radius")
+        if not -1.0 <= self.min_cosine <= 1.0:
+            raise InputError(f"min_cosine must be between -1 and 1, got {self.min_cosine}", setting="min_cosine")
+        if self.keep not in KEEP_RULES:
+            raise InputError(f"unknown keep rule {self.keep!r}: use {', '.join(KEEP_RULES)}", setting="keep")
+        return r
 
 
 @dataclass(frozen=True)

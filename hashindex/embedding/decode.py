@@ -18,6 +18,7 @@ IMAGE_EXTENSIONS = frozenset(
 # Refuse images whose header claims more pixels than this (decompression bombs).
 MAX_IMAGE_PIXELS = 178_956_970
 
+
 class DecodeError(InputError):
     """One image could not be decoded; carries the error class name and message."""
 
@@ -37,8 +38,10 @@ class DecodeError(InputError):
     def __reduce__(self):  # it crosses process boundaries (data-loader workers)
         return (_rebuild_decode_error, (self.path, self.error_class, self.message))
 
+
 def _rebuild_decode_error(path: str, error_class: str, message: str) -> DecodeError:
     return DecodeError(path, error_class=error_class, message=message)
+
 
 def decode_image(path: str, draft: int | None = None) -> np.ndarray:
     """Decode one image file to RGB uint8, applying its EXIF orientation.
@@ -90,6 +93,7 @@ def decode_image(path: str, draft: int | None = None) -> np.ndarray:
         raise DecodeError(path, ValueError(f"unusable image shape {rgb.shape}"))
     return np.ascontiguousarray(rgb)
 
+
 def pil_to_rgb(im) -> np.ndarray:
     """A PIL image as ``(H, W, 3)`` uint8, as files are decoded (EXIF orientation applied,
     transparency over white, any mode converted)."""
@@ -99,6 +103,7 @@ def pil_to_rgb(im) -> np.ndarray:
     if w * h > MAX_IMAGE_PIXELS or w * h == 0:
         raise InputError(f"an image of {w}x{h} pixels: images must have between 1 and {MAX_IMAGE_PIXELS} pixels")
     return np.ascontiguousarray(_to_rgb(ImageOps.exif_transpose(im)))
+
 
 def _to_rgb(im) -> np.ndarray:
     """Any Pillow mode → ``(H, W, 3)`` uint8."""

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
 from hashindex.backbone.frozen import Backbone
+from hashindex.backbone.memory import auto_batch
 from hashindex.backbone.model import load_backbone
 from hashindex.backbone.onnx_runtime import runtime_name, with_runtime
 from hashindex.backbone.preprocess import base_size, to_base
@@ -177,8 +178,10 @@ def embed(
     out = Path(out)
     if config.views < 0:
         raise InputError(f"--views must be >= 0, got {config.views}")
-    if config.batch_size <= 0:
-        raise InputError(f"--batch-size must be positive, got {config.batch_size}")
+    if config.batch_size is not None and config.batch_size <= 0:
+        raise InputError(f"batch_size must be positive, got {config.batch_size}", setting="batch_size")
+    if config.max_memory < 64 << 20:
+        raise InputError(f"max_memory must be at least 64 MiB, got {config.max_memory} bytes", setting="max_memory")
     max_failures = check_max_failures(config.max_failures)
     if not config.commit_seconds >= 0:
         raise InputError(f"commit_seconds must be >= 0, got {config.commit_seconds}")
@@ -209,6 +212,9 @@ def embed(
         backbone = with_runtime(backbone, config.runtime)
         spec = backbone.spec
         s0 = base_size(spec)
+        if config.batch_size is None:  # the eval view and the augmented views share one forward
+            config = replace(config, batch_size=auto_batch(spec.image_size, 1 + config.views, config.max_memory))
+            logger.info("embedding %d images per batch (within %.1f GiB)", config.batch_size, config.max_memory / 2**30)
         label_dim = 0 if source.labels is None else source.labels.shape[1]
         attrs = {"backbone": json.dumps(spec.to_dict(), sort_keys=True), **_source_attrs(source, config, keys)}
         if out.exists():  # the same command already finished (maybe killed while cleaning up)

@@ -156,10 +156,10 @@ def from_folder(root: str | os.PathLike) -> ImageSource:
         for j, (_, files) in enumerate(labelled):
             labels[row : row + len(files), j] = 1
             row += len(files)
-        return ImageSource("folder", str(root), names, labels, label_names)
+        return ImageSource("folder", os.path.abspath(root), names, labels, label_names)
     if not top:
         raise InputError(f"no images found in {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ImageSource("folder", str(root), top)
+    return ImageSource("folder", os.path.abspath(root), top)
 
 
 def from_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageSource:
@@ -200,7 +200,7 @@ def from_list_file(list_file: str | os.PathLike, root: str | os.PathLike | None 
         raise InputError(f"{list_file} lists no images")
     labels = np.asarray(rows, dtype=np.uint8) if rows[0] else None
     label_names = [str(c) for c in range(labels.shape[1])] if labels is not None else None
-    return ImageSource("list", str(root), names, labels, label_names)
+    return ImageSource("list", os.path.abspath(root), names, labels, label_names)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -259,7 +259,7 @@ def from_idx(folder: str | os.PathLike, split: str = "train", label_names=None, 
         labels[np.arange(len(y)), y] = 1
         label_names_out = list(label_names) if label_names else [str(c) for c in range(ncls)]
     names = [f"{split}/{i}" for i in range(images.shape[0])]
-    return ImageSource(kind, str(folder), names, labels, label_names_out, split, images)
+    return ImageSource(kind, os.path.abspath(folder), names, labels, label_names_out, split, images)
 
 
 def open_source(

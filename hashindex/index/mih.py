@@ -105,6 +105,8 @@ class MIHTables:
         got = (order.shape, offsets.shape, codes.shape)
         if got != want or (order.dtype, offsets.dtype, codes.dtype) != (np.uint32, np.uint32, np.uint64):
             raise ValueError(f"multi-index tables of shapes {got}; the layout needs {want}")
-        if n and (int(offsets[:, -1].min()) != n or int(offsets[:, -1].max()) != n):
+        if int(offsets[:, 0].max()) != 0 or (n and (int(offsets[:, -1].min()) != n or int(offsets[:, -1].max()) != n)):
             raise ValueError("multi-index table directories do not cover every item")
+        if (np.diff(offsets.astype(np.int64), axis=1) < 0).any():  # the search trusts slices to be in order
+            raise ValueError("multi-index table directories are not in order")
         return cls(starts, lengths, order, offsets, codes)

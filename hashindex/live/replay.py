@@ -158,8 +158,8 @@ def _load(path: Path, verify: bool, images_root: str | None) -> tuple[Manifest, 
     if state.extra:
         try:
             extra = np.load(path / state.extra, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise IntegrityError(f"{path / state.extra} is unreadable: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a damaged .npy header raises many kinds
+            raise IntegrityError(f"{path / state.extra} is unreadable: {type(e).__name__}: {e}") from None
     snap = base_snapshot(hi, state.generation - len(state.commits), extra, images_root)
     for rel in state.commits:
         snap = with_commit(snap, read_commit(path, rel), snap.generation + 1)

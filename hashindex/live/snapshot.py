@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hashindex.core.errors import InputError
+from hashindex.core.paths import inside
 from hashindex.core.validate import check_k
 from hashindex.index.items import ItemNames
 from hashindex.index.load import HashIndex
@@ -138,6 +139,11 @@ class Snapshot:
         """The folder the name of row ``p`` is relative to (None: not known)."""
         r = 0 if self.root_id is None else int(self.root_id[p])
         return self.roots[r] if 0 <= r < len(self.roots) else None
+
+    def file_of(self, p: int):
+        """The image file of row ``p`` inside its root folder, or None (no root, not a file, or
+        a name that leads out of its root)."""
+        return inside(self.root_of(p), self.name_list([p])[0])
 
     def columns(self) -> Columns:
         """The filterable fields of the rows (indexed on first use, kept with the snapshot)."""

@@ -37,6 +37,7 @@ def timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
     lat_ms = np.array(lat) * 1e3
     return {"qps": qps, "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
 
+
 def speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
     """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe)."""
     k = cfg.speed_k
@@ -70,6 +71,7 @@ def speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg) -> list[d
     )
     return out
 
+
 def float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
     import faiss
 
@@ -77,6 +79,7 @@ def float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
     fi.add(l2_normalize(xb))
     r = timed_search(lambda x: fi.search(l2_normalize(x), cfg.speed_k), xq[: cfg.speed_queries], cfg.latency_queries)
     return dict(kind="float-IndexFlatIP", dim=int(xb.shape[1]), **r)
+
 
 def speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar, ivf_out: list) -> list[dict]:
     """Clustered synthetic codes (:mod:`hashindex.measure.synthetic`; queries drawn the same way) at scale

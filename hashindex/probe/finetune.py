@@ -60,7 +60,6 @@ from hashindex.probe.losses import crovca_loss
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class FinetuneConfig(BackboneOptions):
     """Options of ``hashindex finetune`` (the paper's LoRA defaults: rank 16, alpha 16, dropout 0.1).
@@ -336,7 +335,9 @@ def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict,
         write_bytes(out / CHECKPOINT, save(checkpoint_tensors(head, model, opt), metadata=meta))
     bar.close()
     set_adapter_training(model, False)
-    doc = publish(out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book)
+    doc = publish(
+        out, source, config, settings, bb, head, bases, idx, trainable, backbone_params, history, seconds, book
+    )
     return _summary(out, doc)
 
 
@@ -355,5 +356,3 @@ def pick_views(stack: torch.Tensor, gen: np.random.Generator) -> list[torch.Tens
     a, b = view_pairs(gen, v, m)
     rows = torch.arange(m)
     return [stack[torch.from_numpy(a), rows], stack[torch.from_numpy(b), rows]]
-
-

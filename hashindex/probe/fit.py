@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 # fitted (their probe.json lacks them): fixed 5 epochs, prototype targets.
 LEGACY_FIELDS = {"min_steps": 0, "targets": "prototype"}
 DEFAULT_EPOCHS = 5
+# Fewer items than this cannot give balanced bits (one item moves a bit's balance by 1/n): refused.
+MIN_ITEMS = 32
+# Below this many items CroVCA is not better than ITQ or the float embeddings: a warning.
+SMALL_COLLECTION = 500
 
 
 def config_from_record(record: dict) -> FitConfig:
@@ -281,8 +285,16 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
     config.validate()
     if config.method == "crovca":
         config = replace(config, reg=config.rate_weight)  # the probe records the weight it was fitted with
-    if emb.n == 0:
-        raise InputError(f"{emb.path} holds no embeddings (0 rows; see its /failures): nothing to fit a probe on")
+    if emb.n < MIN_ITEMS:
+        raise InputError(
+            f"{emb.path} holds {emb.n} embeddings; fitting a probe needs at least {MIN_ITEMS} (fewer cannot "
+            "balance its bits): embed more images, or search this collection by its float embeddings"
+        )
+    if emb.n < SMALL_COLLECTION and config.method == "crovca":
+        logger.warning(
+            "%s holds %d items: below %d, CroVCA codes are not better than ITQ's or the float embeddings "
+            "(BENCHMARKS.md, small collections)", emb.path, emb.n, SMALL_COLLECTION,
+        )  # fmt: skip
     t0 = time.perf_counter()
     rows = sample_rows(emb.n, config.sample, config.seed)  # a file of any size: fit on a sample
     x = read_rows(emb, rows)
@@ -292,7 +304,9 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
     if config.method == "crovca":
         view_fn = None
         if emb.num_views == 0:  # imported embeddings: views made in feature space
-            logger.info("%s has no cached views: CroVCA trains on feature-space views", emb.path)
+            logger.warning(
+                "%s has no cached views (embed --views 2 makes them): CroVCA trains on feature-space views", emb.path
+            )
             views, view_fn = repeated_views(x), feature_view_fn(x, config.seed)
             meta["feature_views"] = asdict(FeatureViewConfig())
         elif config.eval_view or emb.num_views == 1:  # one cached view is paired with the eval one

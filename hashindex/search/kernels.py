@@ -125,40 +125,47 @@ def scan_topk(codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None 
 
 
 @njit(inline="always", cache=True)
-def _bucket(tc, order_j, lo, hi, qw, tmasks, s, j, k, state, hist, cand_d, cand_p, mask, use_mask):
-    """Offer the codes of one bucket (table ``j``, substring radius ``s``) that are met there
-    first: the probing order is radius-major, table-minor, so a code met earlier has a table
-    before ``j`` within ``s`` of the query or one after it within ``s - 1``."""
-    found, kth, within = state
-    m, nw = tmasks.shape[0], qw.shape[0]
-    x0 = np.uint64(0)
-    for t in range(lo, hi):
-        if nw == 1:
-            x0 = tc[t, 0] ^ qw[0]
-            d = popcount(x0)
-        else:
-            d = 0
-            for w in range(nw):
-                d += popcount(tc[t, w] ^ qw[w])
-        if d > kth:
+def met_first(tc, t, qw, tmasks, s, j):
+    """Whether the code at ``tc[t]``, met in table ``j`` at substring radius ``s``, is met there
+    first: probing goes radius-major, table-minor, so a code met earlier has a table before ``j``
+    within ``s`` of the query or one after it within ``s - 1``."""
+    nw = qw.shape[0]
+    for u in range(tmasks.shape[0]):
+        if u == j:
             continue
-        first = True
-        for u in range(m):
-            if u == j:
-                continue
-            if nw == 1:
-                sd = popcount(x0 & tmasks[u, 0])
-            else:
-                sd = 0
-                for w in range(nw):
-                    sd += popcount((tc[t, w] ^ qw[w]) & tmasks[u, w])
-            if sd < s or (sd == s and u < j):
-                first = False
-                break
-        if not first:
+        if nw == 1:
+            sd = popcount((tc[t, 0] ^ qw[0]) & tmasks[u, 0])
+        else:
+            sd = 0
+            for w in range(nw):
+                sd += popcount((tc[t, w] ^ qw[w]) & tmasks[u, w])
+        if sd < s or (sd == s and u < j):
+            return False
+    return True
+
+
+@njit(inline="always", cache=True)
+def code_distance(tc, t, qw):
+    """Hamming distance of ``tc[t]`` to the query words (one word: no loop)."""
+    if qw.shape[0] == 1:
+        return popcount(tc[t, 0] ^ qw[0])
+    d = 0
+    for w in range(qw.shape[0]):
+        d += popcount(tc[t, w] ^ qw[w])
+    return d
+
+
+@njit(inline="always", cache=True)
+def _bucket(tc, order_j, lo, hi, qw, tmasks, s, j, k, state, hist, cand_d, cand_p, mask, use_mask):
+    """Offer the codes of one bucket (table ``j``, substring radius ``s``) met there first."""
+    found, kth, within = state
+    n = order_j.shape[0]
+    for t in range(lo, min(hi, n)):  # bounds guarded: a damaged table gives wrong answers, never a crash
+        d = code_distance(tc, t, qw)
+        if d > kth or not met_first(tc, t, qw, tmasks, s, j):
             continue
         p = np.int64(order_j[t])
-        if use_mask and not mask[p]:
+        if p >= n or (use_mask and not mask[p]):
             continue
         found, kth, within = _offer(d, p, k, kth, within, found, hist, cand_d, cand_p)
     return found, kth, within

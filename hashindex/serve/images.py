@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hashindex.core.errors import InputError
+from hashindex.core.paths import inside
 from hashindex.embedding.decode import pil_to_rgb
 from hashindex.embedding.sources import from_idx
 
@@ -77,18 +78,6 @@ def _png(rgb: np.ndarray, size: int | None) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def inside(root: str, name: str) -> Path | None:
-    """``root/name`` when it is a regular file inside ``root`` once links are resolved, else None
-    (absolute names, ``..`` that climbs out, links pointing outside)."""
-    if not root or not name or os.path.isabs(name) or "\x00" in name:
-        return None
-    base = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(base, name))
-    if os.path.commonpath([base, path]) != base or not os.path.isfile(path):
-        return None
-    return Path(path)
 
 
 def _file_image(path: Path, size: int | None) -> tuple[str, bytes]:

@@ -1,0 +1,734 @@
+"""Near-duplicate detection: hashindex dedup against 64-bit pHash and exact float cosine, on
+Fashion-MNIST originals with edited copies and distractors; and the speed of the range self-join
+on millions of synthetic codes.
+
+Collection (``--originals N``, ``--distractors D``, ``--seed``): images of the Fashion-MNIST test
+split upscaled from 28 px to ``--px`` (bilinear), written as PNG. A candidate pool drawn from the
+split is made mutually distinct first: exact pixel repeats are dropped, then (greedily, in draw
+order) every image whose float embedding has cosine >= ``--distinct-cosine`` with an image
+already kept (Fashion-MNIST holds repeats and near-repeats of the same product photo, which
+would be true near-duplicates that the truth does not know). The first N kept images are the
+originals, the next D the distractors (no copies). Each original gets one copy per edit:
+
+    crop        a random square crop of 80-90 % of the area (left at its size)
+    rescale     down to 30-50 % of the side (box), back up (bilinear)
+    jpeg        JPEG at quality 10-25
+    bright      brightness and contrast each scaled by 0.7-0.85 or 1.15-1.3
+    rotate      4-10 degrees either way, black corners (the background)
+    mirror      horizontal flip
+
+File names encode the truth: ``o{test index}_{edit}.png|jpg`` and ``d{test index}.png``. A true
+pair is two items of the same original (original-copy or copy-copy).
+
+Embedding: the default backbone (packaged offline weights; ONNX Runtime on the CPU) at
+``--image-size`` with bilinear interpolation, no views for the collection. Probe: CroVCA,
+unsupervised, ``--bits`` (default 64), fitted on ``--probe-train`` images of the Fashion-MNIST
+*training* split (disjoint from the collection) embedded with ``--views`` augmented views: the
+views teach the codes invariance to crops, flips and colour changes (what edited copies differ
+by) and the probe does not see the collection, as one fitted once and used on new images
+would not. Unsupervised: class targets pull every item of a class to one code, so the Hamming
+radius would stop separating different pictures of one class (``--supervised`` to compare).
+
+Methods, side by side, each scored on the pairs it reports (precision, recall, recall of the
+original-copy pair per edit, recall of copy-copy pairs), and on the pairs its groups imply after
+the library's leader grouping (hashindex.dedup.find.leader_groups, what ``hashindex dedup``
+outputs: two items in one group):
+
+    hashindex   candidates within radius_bits of each other (the exact range self-join,
+                hashindex.dedup.find.candidate_pairs), confirmed by float cosine >= min_cosine
+                (hashindex.dedup.find.cosines); grid radius_bits x min_cosine ("none": Hamming only)
+    phash       imagehash.phash(hash_size=8) of the files, pairs within a Hamming threshold
+    float       exact cosine of the same embeddings, pairs at or above a threshold
+
+For each method: the best recall at precision >= ``--min-precision`` and the setting reaching it.
+The chosen setting is re-run through the public API (``Index.duplicates``) and its groups must be
+those computed here.
+
+Speed (``--scales``): synthetic clustered 64-bit codes (hashindex.measure.synthetic: 4,096
+centres, each bit flipped with probability 1/8) with planted near-duplicates (``--plant`` of the
+rows are copies of other rows with 1..radius bits flipped), then dedup without floats: the
+multi-index tables for the radius, the range self-join in chunks, leader grouping; every planted
+pair must be found, and on a ``--check-sample`` of rows (planted pairs and random rows) the pairs
+must equal a brute-force NumPy popcount over all pairs of the sample.
+
+    python benchmarks/dedup.py --work /tmp/dedup --out benchmarks/results/dedup_default.json
+    python benchmarks/dedup.py --work /tmp/dedup --skip-quality --scales 1000000,10000000 \
+        --out benchmarks/results/dedup_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EDITS = ("crop", "rescale", "jpeg", "bright", "rotate", "mirror")
+
+
+# -- collection ------------------------------------------------------------------------------
+
+
+def upscale(pixels: np.ndarray, px: int):
+    from PIL import Image
+
+    return Image.fromarray(pixels, "L").resize((px, px), Image.BILINEAR)
+
+
+def apply_edit(img, edit: str, rng: np.random.Generator):
+    """The edited copy of ``img`` (a PIL grayscale image) and the parameters drawn."""
+    from PIL import Image, ImageEnhance, ImageOps
+
+    w, h = img.size
+    if edit == "crop":
+        area = float(rng.uniform(0.80, 0.90))
+        side = int(round(math.sqrt(area) * w))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        return img.crop((x, y, x + side, y + side)), {"area": round(area, 3), "x": x, "y": y}
+    if edit == "rescale":
+        f = float(rng.uniform(0.30, 0.50))
+        small = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BOX)
+        return small.resize((w, h), Image.BILINEAR), {"factor": round(f, 3)}
+    if edit == "jpeg":
+        return img, {"quality": int(rng.integers(10, 26))}
+    if edit == "bright":
+
+        def factor():
+            return float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.30) + 1)
+
+        b, c = factor(), factor()
+        return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(b)).enhance(c), {
+            "brightness": round(b, 3),
+            "contrast": round(c, 3),
+        }
+    if edit == "rotate":
+        a = float(rng.choice([-1, 1]) * rng.uniform(4, 10))
+        return img.rotate(a, resample=Image.BILINEAR, fillcolor=0), {"degrees": round(a, 2)}
+    if edit == "mirror":
+        return ImageOps.mirror(img), {}
+    raise ValueError(edit)
+
+
+def save(img, path: Path, quality: int | None = None) -> None:
+    if quality is None:
+        img.save(path, format="PNG")
+    else:
+        img.save(path, format="JPEG", quality=quality)
+
+
+def embed_folder(folder: Path, out: Path, args, views: int = 0) -> Path:
+    import hashindex
+
+    if not out.exists():
+        tmp = out.with_suffix(".part.h5")
+        hashindex.embed(
+            str(folder),
+            tmp,
+            image_size=args.image_size,
+            interpolation="bilinear",
+            views=views,
+            seed=args.seed,
+            restart=True,
+        )
+        os.replace(tmp, out)
+    return out
+
+
+def unit_rows(path: Path) -> np.ndarray:
+    from hashindex.store.reader import open_embeddings
+
+    e = open_embeddings(path)
+    x, names = e.embeddings(), e.names()
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x, names
+
+
+def make_collection(args, work: Path, log) -> dict:
+    """Write the collection folder (see the module docstring); returns its description."""
+    from hashindex.embedding.sources import open_source
+
+    tag = f"n{args.originals}_d{args.distractors}_s{args.seed}_px{args.px}_is{args.image_size}_dc{args.distinct_cosine}"
+    base = work / f"collection_{tag}"
+    folder, meta_path = base / "images", base / "collection.json"
+    if meta_path.exists():
+        return json.loads(meta_path.read_text())
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    t0 = time.perf_counter()
+    src = open_source("fashion-mnist", split="test")
+    pixels = src._pixels
+    rng = np.random.default_rng(args.seed)
+    want = args.originals + args.distractors
+    draw = rng.permutation(len(pixels))[: min(len(pixels), int(want * 1.3) + 200)]
+    # exact pixel repeats
+    seen, pool = set(), []
+    for i in draw:
+        h = hashlib.sha256(pixels[i].tobytes()).digest()
+        if h not in seen:
+            seen.add(h)
+            pool.append(int(i))
+    exact_repeats = len(draw) - len(pool)
+    pool_dir = base / "pool"
+    pool_dir.mkdir()
+    for i in pool:
+        save(upscale(pixels[i], args.px), pool_dir / f"p{i:05d}.png")
+    x, names = unit_rows(embed_folder(pool_dir, base / "pool.h5", args))
+    by_name = {int(n[1:6]): r for r, n in enumerate(names)}
+    xs = x[[by_name[i] for i in pool]]
+    kept_rows, nearest_dropped = [], []
+    for r in range(len(pool)):
+        if kept_rows:
+            c = float((xs[kept_rows] @ xs[r]).max())
+            if c >= args.distinct_cosine:
+                nearest_dropped.append(c)
+                continue
+        kept_rows.append(r)
+        if len(kept_rows) == want:
+            break
+    if len(kept_rows) < want:
+        raise SystemExit(f"only {len(kept_rows)} mutually distinct images in the pool; ask for fewer")
+    kept = [pool[r] for r in kept_rows]
+    kx = xs[kept_rows]
+    sims = kx @ kx.T
+    np.fill_diagonal(sims, -1)
+    nn = sims.max(1)
+    originals, distractors = kept[: args.originals], kept[args.originals :]
+    folder.mkdir()
+    params = {}
+    erng = np.random.default_rng(args.seed + 1000)
+    for i in originals:
+        img = upscale(pixels[i], args.px)
+        save(img, folder / f"o{i:05d}_original.png")
+        for e in EDITS:
+            out, p = apply_edit(img, e, erng)
+            q = p.get("quality")
+            save(out, folder / f"o{i:05d}_{e}.{'jpg' if q else 'png'}", q)
+            params[f"o{i:05d}_{e}"] = p
+    for i in distractors:
+        save(upscale(pixels[i], args.px), folder / f"d{i:05d}.png")
+    shutil.rmtree(pool_dir)
+    meta = {
+        "folder": str(folder),
+        "originals": originals,
+        "distractors": distractors,
+        "items": len(originals) * (1 + len(EDITS)) + len(distractors),
+        "pool_drawn": len(draw),
+        "exact_pixel_repeats_dropped": exact_repeats,
+        "near_identical_dropped": len(nearest_dropped),
+        "distinct_cosine": args.distinct_cosine,
+        "kept_nearest_cosine": {
+            "max": round(float(nn.max()), 4),
+            "p99": round(float(np.quantile(nn, 0.99)), 4),
+            "median": round(float(np.median(nn)), 4),
+        },
+        "edit_params": params,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    meta_path.write_text(json.dumps(meta))
+    log(
+        f"collection: {meta['items']} images in {folder} ({exact_repeats} exact repeats and "
+        f"{len(nearest_dropped)} near-identical images dropped from the pool), {meta['seconds']} s"
+    )
+    return meta
+
+
+def truth_of(names: list[str]):
+    """Per item: its original (test index, -1 for distractors) and its edit ("original", an
+    edit, or "distractor"), from the file names."""
+    orig = np.full(len(names), -1, np.int64)
+    edit = np.empty(len(names), object)
+    for r, n in enumerate(names):
+        stem = Path(n).stem
+        if stem.startswith("o"):
+            k, e = stem[1:].split("_", 1)
+            orig[r], edit[r] = int(k), e
+        else:
+            edit[r] = "distractor"
+    return orig, edit
+
+
+# -- probe and index -------------------------------------------------------------------------
+
+
+def probe_and_index(args, work: Path, coll_h5: Path, bits: int, log):
+    import hashindex
+
+    tag = f"p{args.probe_train}_v{args.views}_is{args.image_size}_s{args.seed}"
+    train_h5 = work / f"probe_train_{tag}.h5"
+    if not train_h5.exists():
+        t0 = time.perf_counter()
+        tmp = train_h5.with_suffix(".part.h5")
+        hashindex.embed(
+            "fashion-mnist",
+            tmp,
+            split="train",
+            limit=args.probe_train,
+            image_size=args.image_size,
+            interpolation="bilinear",
+            views=args.views,
+            seed=args.seed,
+            restart=True,
+        )
+        os.replace(tmp, train_h5)
+        log(f"probe training set: {args.probe_train} train images, {args.views} views, {time.perf_counter() - t0:.0f} s")
+    sup = "sup" if args.supervised else "unsup"
+    probe_dir = work / f"probe_{tag}_b{bits}_{sup}"
+    fit_s = None
+    if not probe_dir.exists():
+        t0 = time.perf_counter()
+        hashindex.fit_probe(train_h5, probe_dir, bits=bits, supervised=args.supervised, seed=args.seed)
+        fit_s = round(time.perf_counter() - t0, 1)
+        log(f"probe: CroVCA {bits} bits {sup}, fitted in {fit_s} s")
+    index_dir = work / f"index_{coll_h5.stem}_{probe_dir.name}"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    ix = hashindex.build_index(coll_h5, probe_dir, index_dir)
+    return ix, {"train_h5": str(train_h5), "probe": str(probe_dir), "index": str(index_dir), "fit_seconds": fit_s,
+                "build_seconds": round(time.perf_counter() - t0, 2), "kind": ix.kind}  # fmt: skip
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+class Truth:
+    def __init__(self, orig: np.ndarray, edit: np.ndarray):
+        self.orig, self.edit, self.n = orig, edit, len(orig)
+        ks = orig[orig >= 0]
+        _, counts = np.unique(ks, return_counts=True)
+        self.total = int((counts * (counts - 1) // 2).sum())
+        self.originals = len(counts)
+        self.copy_pairs = int(((counts - 1) * (counts - 2) // 2).sum())
+        # the row of each original and of each of its copies, aligned by original
+        order = np.unique(ks)
+        self.row_of = {}
+        for e in ("original", *EDITS):
+            rows = np.flatnonzero(edit == e)
+            rows = rows[np.argsort(orig[rows])]
+            assert np.array_equal(orig[rows], order), f"missing {e} copies"
+            self.row_of[e] = rows
+
+    def score_pairs(self, i: np.ndarray, j: np.ndarray, detail: bool = True) -> dict:
+        same = (self.orig[i] == self.orig[j]) & (self.orig[i] >= 0)
+        tp = int(same.sum())
+        out = {
+            "pairs": len(i),
+            "true_pairs": tp,
+            "precision": round(tp / len(i), 5) if len(i) else 1.0,
+            "recall": round(tp / self.total, 5),
+        }
+        if detail:
+            ei, ej = self.edit[i[same]], self.edit[j[same]]
+            per = {}
+            for e in EDITS:
+                hit = ((ei == "original") & (ej == e)) | ((ej == "original") & (ei == e))
+                per[e] = round(int(hit.sum()) / self.originals, 4)
+            cc = (ei != "original") & (ej != "original")
+            per["copy-copy"] = round(int(cc.sum()) / self.copy_pairs, 4)
+            out["recall_by_edit"] = per
+        return out
+
+    def score_groups(self, groups: list[np.ndarray], detail: bool = True) -> dict:
+        """Scores of the pairs the groups imply (two items in one group)."""
+        gid = np.full(self.n, -1, np.int64)
+        sizes = np.array([len(g) for g in groups], np.int64)
+        if len(groups):
+            gid[np.concatenate(groups)] = np.repeat(np.arange(len(groups)), sizes)
+        pairs = int((sizes * (sizes - 1) // 2).sum())
+        m = (gid >= 0) & (self.orig >= 0)
+        key = gid[m] * (1 << 32) + self.orig[m]
+        _, c = np.unique(key, return_counts=True)
+        tp = int((c * (c - 1) // 2).sum())
+        out = {
+            "groups": len(groups),
+            "pairs": pairs,
+            "true_pairs": tp,
+            "precision": round(tp / pairs, 5) if pairs else 1.0,
+            "recall": round(tp / self.total, 5),
+        }
+        if detail:
+            o = self.row_of["original"]
+            per = {}
+            for e in EDITS:
+                r = self.row_of[e]
+                per[e] = round(float(((gid[o] >= 0) & (gid[o] == gid[r])).mean()), 4)
+            out["recall_by_edit"] = per
+        return out
+
+
+def sweep(truth: Truth, i, j, score, thresholds, *, higher: bool, n: int) -> list[dict]:
+    """Pair and group scores at each threshold (pairs kept: score >= t when ``higher``, else <= t)."""
+    from hashindex.dedup.find import leader_groups
+
+    rows = []
+    for t in thresholds:
+        ok = score >= t if higher else score <= t
+        a, b = i[ok], j[ok]
+        rows.append({
+            "threshold": t,
+            "pair": truth.score_pairs(a, b),
+            "group": truth.score_groups(leader_groups(n, a, b)),
+        })  # fmt: skip
+    return rows
+
+
+def best(rows: list[dict], min_precision: float, level: str, key=lambda r: r["threshold"]) -> dict | None:
+    ok = [r for r in rows if r[level]["precision"] >= min_precision]
+    if not ok:
+        return None
+    r = max(ok, key=lambda r: (r[level]["recall"], r[level]["precision"]))
+    return {"setting": key(r), **r[level]}
+
+
+def phash_codes(folder: Path, names: list[str]) -> np.ndarray:
+    import imagehash
+    from PIL import Image
+
+    out = np.empty((len(names), 8), np.uint8)
+    for r, n in enumerate(names):
+        with Image.open(folder / n) as im:
+            h = imagehash.phash(im, hash_size=8)
+        out[r] = np.packbits(h.hash.reshape(-1))
+    return out
+
+
+def brute_pairs(codes: np.ndarray, radius: int, chunk: int = 2048):
+    """Every pair i < j within ``radius``: NumPy XOR and popcount over all pairs (the reference)."""
+    w = codes.view(np.uint64) if codes.shape[1] % 8 == 0 else None
+    parts = []
+    for s in range(0, len(codes), chunk):
+        a = w[s : s + chunk]
+        d = np.bitwise_count(a[:, None, :] ^ w[None, :, :]).sum(-1)
+        ii, jj = np.nonzero(d <= radius)
+        ii += s
+        keep = jj > ii
+        parts.append((ii[keep], jj[keep], d[ii[keep] - s, jj[keep]]))
+    i, j, d = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order].astype(np.int32)
+
+
+def cosine_pairs(x: np.ndarray, low: float, chunk: int = 1024):
+    parts = []
+    for s in range(0, len(x), chunk):
+        c = x[s : s + chunk] @ x.T
+        ii, jj = np.nonzero(c >= low)
+        ii += s
+        keep = jj > ii
+        parts.append((ii[keep], jj[keep], c[ii[keep] - s, jj[keep]]))
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def quality(args, work: Path, log) -> dict:
+    import hashindex
+    from hashindex.core.config import DedupConfig
+    from hashindex.dedup.find import candidate_pairs, cosines, leader_groups
+
+    coll = make_collection(args, work, log)
+    folder = Path(coll["folder"])
+    t0 = time.perf_counter()
+    coll_h5 = embed_folder(folder, folder.parent / "collection.h5", args)
+    embed_s = round(time.perf_counter() - t0, 1)
+    x, names = unit_rows(coll_h5)
+    orig, edit = truth_of(names)
+    truth = Truth(orig, edit)
+    n = len(names)
+    log(f"{n} items, {truth.total} true pairs; embedded in {embed_s} s")
+    cos_grid = [round(c, 3) for c in np.arange(args.cos_low, 0.9951, 0.01)]
+    result = {"collection": {k: v for k, v in coll.items() if k != "edit_params"}, "items": n,
+              "true_pairs": truth.total, "embed_seconds": embed_s, "methods": {}}  # fmt: skip
+
+    # (c) exact float cosine
+    t0 = time.perf_counter()
+    fi, fj, fc = cosine_pairs(x, args.cos_low)
+    fs = time.perf_counter() - t0
+    rows = sweep(truth, fi, fj, fc, cos_grid, higher=True, n=n)
+    result["methods"]["float"] = {"sweep": rows, "seconds": round(fs, 2),
+                                  "best_pairs": best(rows, args.min_precision, "pair"),
+                                  "best_groups": best(rows, args.min_precision, "group")}  # fmt: skip
+    # distances of true pairs and of the nearest non-duplicate, for the record
+    same = (orig[fi] == orig[fj]) & (orig[fi] >= 0)
+    result["float_cosine_of_true_pairs"] = {
+        e: np.round(np.quantile(fc[same & ((edit[fi] == e) | (edit[fj] == e)) & ((edit[fi] == "original") | (edit[fj] == "original"))], [0, 0.01, 0.05, 0.5]), 4).tolist()
+        for e in EDITS
+    }  # fmt: skip
+
+    # (b) pHash
+    t0 = time.perf_counter()
+    ph = phash_codes(folder, names)
+    pi, pj, pd = brute_pairs(ph, args.phash_max)
+    ps = time.perf_counter() - t0
+    rows = sweep(truth, pi, pj, pd, list(range(args.phash_max + 1)), higher=False, n=n)
+    result["methods"]["phash"] = {"sweep": rows, "seconds": round(ps, 2),
+                                  "best_pairs": best(rows, args.min_precision, "pair"),
+                                  "best_groups": best(rows, args.min_precision, "group")}  # fmt: skip
+    log(f"float and pHash scored ({fs:.1f} s, {ps:.1f} s)")
+
+    # (a) hashindex, per code length
+    result["hashindex"] = {}
+    for bits in args.bits:
+        ix, info = probe_and_index(args, work, coll_h5, bits, log)
+        snap = ix.snapshot
+        assert snap.name_list(np.arange(n)) == names, "index rows are not the embeddings' rows"
+        radii = sorted({r for r in args.radius_grid if r <= bits // 2} | {int(round(f * bits)) for f in args.radius_fracs})
+        rmax = max(radii)
+        t0 = time.perf_counter()
+        hi, hj, hd = candidate_pairs(snap, rmax)
+        join_s = time.perf_counter() - t0
+        ref = brute_pairs(np.asarray(snap.codes), rmax)
+        exact = all(np.array_equal(a, b) for a, b in zip((hi, hj, hd), ref))
+        hc = cosines(snap, hi, hj)
+        # candidate distances of the true pairs (how far edits move the codes)
+        tsame = (orig[hi] == orig[hj]) & (orig[hi] >= 0)
+        grid, per_radius = [], []
+        for r in radii:
+            t0 = time.perf_counter()
+            ci, cj, cd = candidate_pairs(snap, r)
+            rs = time.perf_counter() - t0
+            sel = hd <= r
+            assert np.array_equal(ci, hi[sel]) and np.array_equal(cj, hj[sel]), "range join not monotone in r"
+            cand = truth.score_pairs(ci, cj, detail=True)
+            per_radius.append({"radius_bits": r, "radius": round(r / bits, 4), "join_seconds": round(rs, 3),
+                               "candidates": len(ci), "candidate_fraction": round(len(ci) / (n * (n - 1) / 2), 6),
+                               "candidate_recall": cand["recall"], "candidate_recall_by_edit": cand["recall_by_edit"]})  # fmt: skip
+            for c in ["none", *cos_grid]:
+                ok = sel if c == "none" else sel & (hc >= c)
+                a, b = hi[ok], hj[ok]
+                grid.append({"threshold": [r, c], "pair": truth.score_pairs(a, b),
+                             "group": truth.score_groups(leader_groups(n, a, b))})  # fmt: skip
+        out = {
+            **info,
+            "bits": bits,
+            "join_exact_vs_bruteforce": exact,
+            "join_seconds_at_max_radius": round(join_s, 3),
+            "true_pair_hamming_quantiles": {
+                q: int(np.quantile(hd[tsame], q / 100)) for q in (50, 90, 95, 99)
+            } if tsame.any() else None,
+            "true_pairs_beyond_max_radius": int(truth.total - tsame.sum()),
+            "radii": per_radius,
+            "grid": grid,
+            "best_pairs": best(grid, args.min_precision, "pair"),
+            "best_groups": best(grid, args.min_precision, "group"),
+        }
+        # the chosen setting through the public API: same groups as computed here
+        r_c, c_c = int(round(args.check_radius * bits)), args.check_cosine
+        t0 = time.perf_counter()
+        recs = ix.duplicates(None, DedupConfig(radius_bits=r_c, min_cosine=c_c))
+        api_s = time.perf_counter() - t0
+        api_groups = sorted(tuple(sorted(ix.snapshot.positions(np.array([it["id"] for it in g["items"]])).tolist())) for g in recs)
+        ok = (hd <= r_c) & (hc >= c_c)
+        mine = sorted(tuple(sorted(g.tolist())) for g in leader_groups(n, hi[ok], hj[ok]))
+        out["api_check"] = {"radius_bits": r_c, "min_cosine": c_c, "same_groups": api_groups == mine,
+                            "seconds": round(api_s, 2), "groups": len(recs),
+                            "pair": truth.score_pairs(hi[ok], hj[ok]),
+                            "group": truth.score_groups(leader_groups(n, hi[ok], hj[ok]))}  # fmt: skip
+        result["hashindex"][str(bits)] = out
+        log(f"hashindex {bits} bits scored (exact join: {exact}; API groups equal: {out['api_check']['same_groups']})")
+    return result
+
+
+# -- speed -----------------------------------------------------------------------------------
+
+
+def planted_codes(n: int, bits: int, plant: float, radius: int, rng: np.random.Generator):
+    """``n`` clustered codes, the last ``plant * n`` of which are copies of earlier rows with
+    1..radius bits flipped; returns codes and the planted pairs (row, copy row)."""
+    from hashindex.measure.synthetic import clustered_codes
+
+    k = int(n * plant)
+    codes = np.empty((n, bits // 8), np.uint8)
+    codes[: n - k] = clustered_codes(n - k, bits, rng)
+    src = rng.choice(n - k, k, replace=False)
+    flips = np.zeros((k, bits), bool)
+    nflip = rng.integers(1, max(1, radius) + 1, k)
+    for t in range(k):
+        flips[t, rng.choice(bits, nflip[t], replace=False)] = True
+    codes[n - k :] = codes[src] ^ np.packbits(flips, axis=1)
+    return codes, np.stack([src, np.arange(n - k, n)], 1)
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def speed(args, log) -> list[dict]:
+    from hashindex.dedup.find import JOIN_ROWS, leader_groups
+    from hashindex.index.mih import MIHTables
+    from hashindex.search.ranges import range_tables, self_join
+
+    bits = 64
+    radius = int(round(args.speed_radius * bits))
+    out = []
+    for n in args.scales:
+        rng = np.random.default_rng(args.seed)
+        t0 = time.perf_counter()
+        codes, planted = planted_codes(n, bits, args.plant, radius, rng)
+        gen_s = time.perf_counter() - t0
+        # exactness on a sample first (cheap), with planted pairs in it
+        half = min(args.check_sample // 4, len(planted))
+        pick = planted[rng.choice(len(planted), half, replace=False)].reshape(-1)
+        sample = np.unique(np.concatenate([pick, rng.choice(n, args.check_sample - len(pick), replace=False)]))
+        sc = codes[sample]
+        st = MIHTables.build(sc, range_tables(bits, len(sc), radius))
+        got = self_join(st, sc, radius, np.arange(len(sc)))
+        ref = brute_pairs(sc, radius)
+        sample_exact = all(np.array_equal(a, b) for a, b in zip(got, ref))
+        # the dedup of all rows
+        m = range_tables(bits, n, radius)
+        t0 = time.perf_counter()
+        tables = MIHTables.build(codes, m)
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        parts = []
+        for s in range(0, n, JOIN_ROWS):
+            parts.append(self_join(tables, codes, radius, np.arange(s, min(n, s + JOIN_ROWS))))
+            if args.max_pairs and sum(len(p[0]) for p in parts) > args.max_pairs:
+                break
+        done = min(n, s + JOIN_ROWS)
+        i, j, d = (np.concatenate(x) for x in zip(*parts))
+        join_s = time.perf_counter() - t0
+        del tables
+        t0 = time.perf_counter()
+        groups = leader_groups(n, i, j) if done == n else []
+        group_s = time.perf_counter() - t0
+        key = i * n + j
+        pk = np.sort(planted, 1)
+        pkey = pk[:, 0] * n + pk[:, 1]
+        found = np.isin(pkey[pk[:, 0] < done], key).mean() if done else 0.0
+        row = {
+            "n": n,
+            "bits": bits,
+            "radius_bits": radius,
+            "tables": m,
+            "planted_pairs": len(planted),
+            "rows_joined": done,
+            "complete": done == n,
+            "generate_seconds": round(gen_s, 1),
+            "tables_seconds": round(build_s, 1),
+            "join_seconds": round(join_s, 1),
+            "group_seconds": round(group_s, 1),
+            "dedup_seconds": round(build_s + join_s + group_s, 1),
+            "pairs": len(i),
+            "groups": len(groups),
+            "planted_found": round(float(found), 6),
+            "sample_rows": len(sample),
+            "sample_pairs": len(ref[0]),
+            "sample_exact": sample_exact,
+            "peak_rss_gb": round(rss_gb(), 2),
+        }
+        out.append(row)
+        log(f"speed {n:,}: {row}")
+        del codes, i, j, d, groups, parts
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def fmt_best(b) -> str:
+    if b is None:
+        return "–"
+    per = b.get("recall_by_edit", {})
+    return " | ".join(
+        [str(b["setting"]), f"{b['precision']:.4f}", f"{b['recall']:.4f}", *(f"{per.get(e, float('nan')):.3f}" for e in EDITS)]
+    )
+
+
+def table(res: dict, args) -> str:
+    lines = []
+    if "quality" in res:
+        q = res["quality"]
+        head = "| method | level | setting | precision | recall | " + " | ".join(EDITS) + " |"
+        lines += [f"Best recall at precision >= {args.min_precision} ({q['items']} items, {q['true_pairs']} true pairs):", "", head,
+                  "|" + "---|" * (5 + len(EDITS))]  # fmt: skip
+        for bits, h in q["hashindex"].items():
+            for lvl in ("pairs", "groups"):
+                lines.append(f"| hashindex {bits} bits (radius_bits, min_cosine) | {lvl} | {fmt_best(h['best_' + lvl])} |")
+        for name, label in (("phash", "pHash 64 (Hamming <=)"), ("float", "float cosine (>=)")):
+            for lvl in ("pairs", "groups"):
+                lines.append(f"| {label} | {lvl} | {fmt_best(q['methods'][name]['best_' + lvl])} |")
+        for bits, h in q["hashindex"].items():
+            a = h["api_check"]
+            lines += ["", f"{bits} bits, checked setting radius_bits {a['radius_bits']} min_cosine {a['min_cosine']} through Index.duplicates: "
+                      f"same groups {a['same_groups']}, pairs P {a['pair']['precision']:.4f} R {a['pair']['recall']:.4f}, "
+                      f"groups P {a['group']['precision']:.4f} R {a['group']['recall']:.4f}, {a['seconds']} s",
+                      "", "| radius_bits | fraction | candidates | candidate recall | join s |", "|---|---|---|---|---|"]  # fmt: skip
+            for r in h["radii"]:
+                lines.append(f"| {r['radius_bits']} | {r['radius']} | {r['candidates']:,} | {r['candidate_recall']:.4f} | {r['join_seconds']} |")
+    if "speed" in res:
+        lines += ["", "| codes | radius | tables | pairs | planted found | sample exact | tables s | join s | group s | dedup s | peak RSS GB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in res["speed"]:
+            lines.append(f"| {r['n']:,}{'' if r['complete'] else ' (stopped at ' + format(r['rows_joined'], ',') + ' rows)'} | {r['radius_bits']} | {r['tables']} | {r['pairs']:,} | "
+                         f"{r['planted_found']} | {r['sample_exact']} | {r['tables_seconds']} | {r['join_seconds']} | {r['group_seconds']} | {r['dedup_seconds']} | {r['peak_rss_gb']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", default="/tmp/hashindex-dedup", help="cache of images, embeddings, probes, indexes")
+    ap.add_argument("--out", required=True, help="JSON result file")
+    ap.add_argument("--originals", type=int, default=1000)
+    ap.add_argument("--distractors", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--px", type=int, default=112, help="side of the written images (upscaled from 28 px)")
+    ap.add_argument("--image-size", type=int, default=112, help="the backbone's input size")
+    ap.add_argument("--distinct-cosine", type=float, default=0.97, help="pool images closer than this to a kept one are dropped")
+    ap.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST training images the probe is fitted on")
+    ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--bits", type=lambda s: [int(v) for v in s.split(",")], default=[64])
+    ap.add_argument("--supervised", action="store_true")
+    ap.add_argument("--radius-grid", type=lambda s: [int(v) for v in s.split(",")], default=list(range(0, 17)) + [18, 20, 24])
+    ap.add_argument("--radius-fracs", type=lambda s: [float(v) for v in s.split(",")], default=[], help="radii as fractions of the bits, added to the grid")
+    ap.add_argument("--cos-low", type=float, default=0.70, help="lowest cosine threshold of the sweeps")
+    ap.add_argument("--phash-max", type=int, default=24)
+    ap.add_argument("--min-precision", type=float, default=0.99)
+    ap.add_argument("--check-radius", type=float, default=0.125, help="radius fraction re-run through Index.duplicates")
+    ap.add_argument("--check-cosine", type=float, default=0.9)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--scales", type=lambda s: [int(v) for v in s.split(",") if v], default=[1_000_000])
+    ap.add_argument("--speed-radius", type=float, default=0.125, help="radius of the speed runs, fraction of 64 bits")
+    ap.add_argument("--plant", type=float, default=0.01, help="fraction of the synthetic rows that are planted copies")
+    ap.add_argument("--check-sample", type=int, default=20000)
+    ap.add_argument("--max-pairs", type=int, default=400_000_000, help="stop a speed run's join past this many pairs (memory)")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    import faiss
+    import onnxruntime
+
+    res = {
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
+                     "onnxruntime": onnxruntime.__version__},  # fmt: skip
+        "args": {k: v for k, v in vars(args).items()},
+    }
+    if not args.skip_quality:
+        res["quality"] = quality(args, work, log)
+    if args.scales:
+        res["speed"] = speed(args, log)
+    res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    res["load_average_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+    print(table(res, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Finding near-duplicates in a snapshot: candidate pairs within a Hamming radius (an exact range
+self-join by multi-index hashing), confirmed by the cosine of the items' float embeddings, then
+grouped around leaders.
+
+Grouping: the item with the most confirmed near-duplicates (ties: the lowest id) leads a group of
+itself and its confirmed near-duplicates not yet grouped; then the next such item among the rest.
+Every member is a confirmed near-duplicate of its leader, so a group spans at most two edits
+(member, leader, member) and a chain of small edits (A~B, B~C, C~D, ...) cannot join two pictures
+that are far apart, as connected components would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from hashindex.core.config import DedupConfig
+from hashindex.core.errors import InputError
+from hashindex.index.mih import MIHTables
+from hashindex.search.ranges import range_tables, self_join, within
+
+logger = logging.getLogger(__name__)
+JOIN_ROWS = 1 << 16  # rows asked at a time: the pairs of a chunk are held, not all candidates at once
+
+
+@dataclass
+class Duplicates:
+    """Groups of near-duplicates of a snapshot (rows are the snapshot's).
+
+    Attributes:
+        groups: per group, its rows (the leader first).
+        pairs: confirmed pairs ``(row_a, row_b, hamming, cosine)`` as arrays (cosine NaN when not
+            confirmed by floats).
+        radius, min_cosine: the thresholds used; candidates: candidate pairs found.
+    """
+
+    groups: list[np.ndarray]
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    radius: int
+    min_cosine: float | None
+    candidates: int
+    seconds: dict = field(default_factory=dict)
+
+
+def tables_for(snap, radius: int) -> MIHTables:
+    """Multi-index tables of the snapshot's codes suited to a range search of ``radius``: the
+    index's own when it has them with that many substrings, else built now."""
+    m = range_tables(snap.bits, snap.ntotal, radius)
+    engine = snap.index.engine
+    tables = getattr(engine, "tables", None)
+    if tables is not None and tables.m == m and len(tables.order[0]) == snap.ntotal:
+        return tables
+    return MIHTables.build(np.asarray(snap.codes), m)
+
+
+def candidate_pairs(snap, radius: int, *, progress: bool = False):
+    """Every pair of rows within ``radius``: ``(i, j, distance)`` with i < j (exact)."""
+    from tqdm.auto import tqdm
+
+    tables = tables_for(snap, radius)
+    parts = []
+    for s in tqdm(range(0, snap.ntotal, JOIN_ROWS), desc="pairs", unit="chunk", disable=not progress):
+        rows = np.arange(s, min(snap.ntotal, s + JOIN_ROWS))
+        parts.append(self_join(tables, snap.codes, radius, rows))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+    return tuple(np.concatenate(x) for x in zip(*parts))
+
+
+def cosines(snap, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 15) -> np.ndarray | None:
+    """Cosine similarity of the float embeddings of each pair of rows; None when the snapshot's
+    float embeddings are not available."""
+    rows = snap.float_rows()
+    out = np.empty(len(i), np.float32)
+    try:
+        for s in range(0, len(i), chunk):
+            a, b = rows.take(i[s : s + chunk]), rows.take(j[s : s + chunk])
+            na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+            out[s : s + chunk] = (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+    except InputError as e:
+        logger.warning("%s: near-duplicates are not confirmed by float cosine", e)
+        return None
+    finally:
+        rows.close()
+    return out
+
+
+@njit(cache=True)
+def _leaders(indptr, indices, order, n):
+    """Group id per node (-1: in no group) and the leader of each group: nodes in ``order``
+    that are not grouped yet lead their ungrouped neighbours."""
+    group = np.full(n, -1, np.int64)
+    leaders = np.empty(len(order), np.int64)
+    g = 0
+    for node in order:
+        if group[node] >= 0:
+            continue
+        taken = 0
+        for t in range(indptr[node], indptr[node + 1]):
+            if group[indices[t]] < 0 and indices[t] != node:
+                group[indices[t]] = g
+                taken += 1
+        if taken:
+            group[node] = g
+            leaders[g] = node
+            g += 1
+    return group, leaders[:g]
+
+
+def leader_groups(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
+    """Groups of rows from confirmed pairs (see the module docstring), each with its leader first."""
+    if len(i) == 0:
+        return []
+    a, b = np.concatenate([i, j]), np.concatenate([j, i])
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], b[order]
+    indptr = np.zeros(n + 1, np.int64)
+    np.add.at(indptr, a + 1, 1)
+    indptr = np.cumsum(indptr)
+    degree = np.diff(indptr)
+    involved = np.flatnonzero(degree)
+    by = involved[np.lexsort((involved, -degree[involved]))]  # most near-duplicates first, ties by id
+    group, leaders = _leaders(indptr, b, by, n)
+    members = np.flatnonzero(group >= 0)
+    members = members[np.argsort(group[members], kind="stable")]  # by group, rows ascending within
+    bounds = np.searchsorted(group[members], np.arange(len(leaders) + 1))
+    out = []
+    for g, lead in enumerate(leaders):
+        rows = members[bounds[g] : bounds[g + 1]]
+        out.append(np.concatenate([[lead], rows[rows != lead]]))
+    return out
+
+
+def find_duplicates(snap, config: DedupConfig = DedupConfig(), *, progress: bool = False) -> Duplicates:
+    """Near-duplicate groups of a snapshot (see the module docstring).
+
+    Raises:
+        InputError: bad thresholds.
+    """
+    import time
+
+    r = config.radius_for(snap.bits)
+    t0 = time.perf_counter()
+    i, j, d = candidate_pairs(snap, r, progress=progress)
+    t1 = time.perf_counter()
+    cos = cosines(snap, i, j) if config.min_cosine is not None and len(i) else None
+    if cos is not None:
+        ok = cos >= config.min_cosine
+        i, j, d, cos = i[ok], j[ok], d[ok], cos[ok]
+    elif cos is None:
+        cos = np.full(len(i), np.nan, np.float32)
+    t2 = time.perf_counter()
+    groups = leader_groups(snap.ntotal, i, j)
+    seconds = {"pairs": round(t1 - t0, 3), "confirm": round(t2 - t1, 3), "group": round(time.perf_counter() - t2, 3)}
+    return Duplicates(groups, (i, j, d, cos), r, config.min_cosine, len(d), seconds)
+
+
+def query_duplicates(snap, logits: np.ndarray, x: np.ndarray | None, config: DedupConfig = DedupConfig()):
+    """For each query (its logits and float embedding), the rows within the radius whose cosine
+    to the query reaches ``min_cosine``: ``(query, row, hamming, cosine)`` arrays."""
+    r = config.radius_for(snap.bits)
+    q_codes = np.packbits(logits > 0, axis=1)
+    q, rows, d = within(tables_for(snap, r), q_codes, r)
+    cos = np.full(len(q), np.nan, np.float32)
+    if x is not None and len(q) and config.min_cosine is not None:
+        fr = snap.float_rows()
+        try:
+            b = fr.take(rows)
+            a = x[q]
+            cos = ((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)).astype(
+                np.float32
+            )
+            ok = cos >= config.min_cosine
+            q, rows, d, cos = q[ok], rows[ok], d[ok], cos[ok]
+        except InputError as e:
+            logger.warning("%s: matches are not confirmed by float cosine", e)
+        finally:
+            fr.close()
+    return q, rows, d, cos
