@@ -13,7 +13,7 @@ originals, the next D the distractors (no copies). Each original gets one copy p
     crop        a random square crop of 80-90 % of the area (left at its size)
     rescale     down to 30-50 % of the side (box), back up (bilinear)
     jpeg        JPEG at quality 10-25
-    bright      brightness and contrast each scaled by 0.7-0.85 or 1.15-1.3
+    bright      brightness and contrast each scaled by 0.75-0.9 or 1.1-1.25
     rotate      4-10 degrees either way, black corners (the background)
     mirror      horizontal flip
 
@@ -103,7 +103,7 @@ def apply_edit(img, edit: str, rng: np.random.Generator):
     if edit == "bright":
 
         def factor():
-            return float(rng.choice([-1, 1]) * rng.uniform(0.15, 0.30) + 1)
+            return float(rng.choice([-1, 1]) * rng.uniform(0.10, 0.25) + 1)
 
         b, c = factor(), factor()
         return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(b)).enhance(c), {
@@ -442,7 +442,7 @@ def quality(args, work: Path, log) -> dict:
     truth = Truth(orig, edit)
     n = len(names)
     log(f"{n} items, {truth.total} true pairs; embedded in {embed_s} s")
-    cos_grid = [round(c, 3) for c in np.arange(args.cos_low, 0.9951, 0.01)]
+    cos_grid = [round(float(c), 3) for c in np.arange(args.cos_low, 0.9951, 0.01)]
     result = {"collection": {k: v for k, v in coll.items() if k != "edit_params"}, "items": n,
               "true_pairs": truth.total, "embed_seconds": embed_s, "methods": {}}  # fmt: skip
 

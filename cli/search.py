@@ -266,8 +266,9 @@ def _csv(values) -> str:
 )
 @opt.device
 @opt.seed
+@opt.verify
 @click.pass_obj
-def bench(obj, database, queries, out, **kw):
+def bench(obj, database, queries, out, verify, **kw):
     """Quality, speed and memory of every method and index on DATABASE and QUERIES embeddings.
 
     Fits each method at each code length, measures mAP@k / precision@k / precision within
@@ -281,9 +282,8 @@ def bench(obj, database, queries, out, **kw):
     import hashindex
 
     cmd = "hashindex " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    r = hashindex.run_bench(
-        database, queries, out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd
-    )
+    db, q = hashindex.open_embeddings(database, verify=verify), hashindex.open_embeddings(queries, verify=verify)
+    r = hashindex.run_bench(db, q, out, BenchConfig(**opt.kwargs(**kw)), progress=obj["progress"], command=cmd)
     met = [t for t in r["targets"] if t["met"] is not None]
     click.echo(
         f"wrote {out}/report.md, report.json and plots; targets met: {sum(t['met'] for t in met)} of {len(met)} measured"

@@ -24,12 +24,14 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hashindex.backbone.frozen import Backbone, resolve_device
+from hashindex.backbone.memory import auto_batch
 from hashindex.backbone.model import load_backbone, spec_load_options
 from hashindex.core.config import BenchConfig, EmbedConfig, FitConfig
 from hashindex.core.errors import HashIndexError
@@ -124,6 +126,8 @@ def measure_embed(db: Embeddings, config: BenchConfig, workdir: Path) -> tuple[d
     opts = spec_load_options(db.backbone)
     cfg = EmbedConfig(**opts, views=db.num_views, device=config.device, seed=config.seed, max_failures=0.1)
     backbone = load_backbone(**opts, device=config.device)
+    # Both sides with the batch embed sizes itself within its memory budget.
+    cfg = replace(cfg, batch_size=auto_batch(backbone.spec.image_size, 1 + cfg.views, cfg.max_memory))
     ref_passes = len(source) * (1 + cfg.views)
     logger.info("pipeline speed: bare forward of %d passes", ref_passes)
     ref_s = reference_forward(backbone, ref_passes, cfg.batch_size)  # first: it also warms the device up

@@ -81,7 +81,69 @@ drop.ondragover = (e) => { e.preventDefault(); drop.classList.add("over"); };
 drop.ondragleave = () => drop.classList.remove("over");
 drop.ondrop = (e) => { e.preventDefault(); drop.classList.remove("over"); searchFile(e.dataTransfer.files[0]); };
 
+// Near-duplicates: the groups of the index, each item with its distance to the item kept; with
+// writes enabled (and the token), "keep" removes the others of its group.
+let writes = false;
+
+function member(item, group) {
+  const m = el("div", "member" + (item.keep ? " kept" : ""));
+  m.dataset.id = item.id;
+  m.title = item.name;
+  const img = el("img");
+  img.loading = "lazy";
+  img.alt = item.name;
+  img.src = "/items/" + item.id + "/image?size=128";
+  img.onerror = () => img.replaceWith(el("div", "noimg", "no image"));
+  const text = item.keep ? "kept" : "hamming " + item.hamming + (item.cosine === null ? "" : " · cos " + item.cosine.toFixed(3));
+  m.append(img, el("div", "name", "id " + item.id + " · " + item.name), el("div", null, text));
+  if (writes) {
+    const b = el("button", null, "keep");
+    b.onclick = () => keep(item.id, group.items.map((i) => i.id).filter((i) => i !== item.id));
+    m.append(b);
+  }
+  return m;
+}
+
+async function keep(id, others) {
+  const r = await fetch("/duplicates/keep", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "Authorization": "Bearer " + $("token").value },
+    body: JSON.stringify({ keep: id, remove: others }),
+  });
+  const data = await r.json();
+  if (!r.ok) { setStatus("error: " + data.error, true); return; }
+  setStatus("kept item " + id + ", removed " + data.removed.length, false);
+  loadGroups();
+}
+
+async function loadGroups() {
+  $("dups-info").textContent = "finding near-duplicates …";
+  const r = await fetch("/duplicates");
+  const data = await r.json();
+  if (!r.ok) { $("dups-info").textContent = "error: " + data.error; return; }
+  $("dups-info").textContent = data.groups.length + " groups of near-duplicates (Hamming radius " + data.radius_bits +
+    ", cosine >= " + data.min_cosine + ")";
+  $("groups").replaceChildren(...data.groups.map((g) => {
+    const box = el("div", "group");
+    box.dataset.group = g.group;
+    box.append(...g.items.map((item) => member(item, g)));
+    return box;
+  }));
+}
+
+function view(which) {
+  const dups = which === "dups";
+  $("dups").hidden = !dups;
+  for (const id of ["drop", "grid", "status"]) $(id).hidden = dups;
+  if (dups) loadGroups();
+}
+
+$("show-dups").onclick = (e) => { e.preventDefault(); view("dups"); };
+$("show-search").onclick = (e) => { e.preventDefault(); view("search"); };
+
 fetch("/stats").then((r) => r.json()).then((s) => {
+  writes = s.writes;
+  $("writes").hidden = !s.writes;
   $("stats").textContent = s.ntotal.toLocaleString() + " items · " + s.bits + "-bit " + s.kind + " index · " + (s.backbone || "") +
     (s.image_search ? "" : " · image search off");
 }).catch(() => { $("stats").textContent = ""; });
