@@ -478,7 +478,7 @@ def quality(args, work: Path, log) -> dict:
         ix, info = probe_and_index(args, work, coll_h5, bits, log)
         snap = ix.snapshot
         assert snap.name_list(np.arange(n)) == names, "index rows are not the embeddings' rows"
-        radii = sorted({r for r in args.radius_grid if r <= bits // 2} | {int(round(f * bits)) for f in args.radius_fracs})
+        radii = sorted({min(bits // 2, int(round(f * bits))) for f in args.radius_fracs})
         rmax = max(radii)
         t0 = time.perf_counter()
         hi, hj, hd = candidate_pairs(snap, rmax)
@@ -565,9 +565,9 @@ def speed(args, log) -> list[dict]:
     from hashindex.search.ranges import range_tables, self_join
 
     bits = 64
-    radius = int(round(args.speed_radius * bits))
     out = []
-    for n in args.scales:
+    for n, frac in [(n, f) for n in args.scales for f in args.speed_radii]:
+        radius = int(round(frac * bits))
         rng = np.random.default_rng(args.seed)
         t0 = time.perf_counter()
         codes, planted = planted_codes(n, bits, args.plant, radius, rng)
@@ -592,6 +592,8 @@ def speed(args, log) -> list[dict]:
             parts.append(self_join(tables, codes, radius, np.arange(s, min(n, s + JOIN_ROWS))))
             if args.max_pairs and sum(len(p[0]) for p in parts) > args.max_pairs:
                 break
+            if args.max_join_seconds and time.perf_counter() - t0 > args.max_join_seconds:
+                break
         done = min(n, s + JOIN_ROWS)
         i, j, d = (np.concatenate(x) for x in zip(*parts))
         join_s = time.perf_counter() - t0
@@ -603,6 +605,7 @@ def speed(args, log) -> list[dict]:
         pk = np.sort(planted, 1)
         pkey = pk[:, 0] * n + pk[:, 1]
         found = np.isin(pkey[pk[:, 0] < done], key).mean() if done else 0.0
+        f = done / n  # rows are in random order: time per row is constant, pairs (i < j) of the first rows 1-(1-f)^2
         row = {
             "n": n,
             "bits": bits,
@@ -617,6 +620,8 @@ def speed(args, log) -> list[dict]:
             "group_seconds": round(group_s, 1),
             "dedup_seconds": round(build_s + join_s + group_s, 1),
             "pairs": len(i),
+            "extrapolated_join_seconds": None if done == n else round(join_s / f, 0),
+            "extrapolated_pairs": None if done == n else int(len(i) / (1 - (1 - f) ** 2)),
             "groups": len(groups),
             "planted_found": round(float(found), 6),
             "sample_rows": len(sample),
@@ -672,6 +677,14 @@ def table(res: dict, args) -> str:
     return "\n".join(lines)
 
 
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v]
+
+
+def floats(s: str) -> list[float]:
+    return [float(v) for v in s.split(",") if v]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/hashindex-dedup", help="cache of images, embeddings, probes, indexes")
@@ -681,24 +694,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--px", type=int, default=112, help="side of the written images (upscaled from 28 px)")
     ap.add_argument("--image-size", type=int, default=112, help="the backbone's input size")
-    ap.add_argument("--distinct-cosine", type=float, default=0.97, help="pool images closer than this to a kept one are dropped")
+    ap.add_argument("--distinct-cosine", type=float, default=0.95, help="pool images closer than this to a kept one are dropped")
     ap.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST training images the probe is fitted on")
     ap.add_argument("--views", type=int, default=2)
-    ap.add_argument("--bits", type=lambda s: [int(v) for v in s.split(",")], default=[64])
+    ap.add_argument("--bits", type=ints, default=[64], help="code lengths of the probes (empty: float and pHash only)")
     ap.add_argument("--supervised", action="store_true")
-    ap.add_argument("--radius-grid", type=lambda s: [int(v) for v in s.split(",")], default=list(range(0, 17)) + [18, 20, 24])
-    ap.add_argument("--radius-fracs", type=lambda s: [float(v) for v in s.split(",")], default=[], help="radii as fractions of the bits, added to the grid")
-    ap.add_argument("--cos-low", type=float, default=0.70, help="lowest cosine threshold of the sweeps")
+    ap.add_argument("--radius-fracs", type=floats, default=[v / 64 for v in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20)],
+                    help="radii of the grid, as fractions of the code length")
+    ap.add_argument("--cos-low", type=float, default=0.80, help="lowest cosine threshold of the sweeps")
     ap.add_argument("--phash-max", type=int, default=24)
     ap.add_argument("--min-precision", type=float, default=0.99)
     ap.add_argument("--check-radius", type=float, default=0.125, help="radius fraction re-run through Index.duplicates")
     ap.add_argument("--check-cosine", type=float, default=0.9)
     ap.add_argument("--skip-quality", action="store_true")
-    ap.add_argument("--scales", type=lambda s: [int(v) for v in s.split(",") if v], default=[1_000_000])
-    ap.add_argument("--speed-radius", type=float, default=0.125, help="radius of the speed runs, fraction of 64 bits")
+    ap.add_argument("--scales", type=ints, default=[1_000_000], help="synthetic collection sizes of the speed runs (empty: none)")
+    ap.add_argument("--speed-radii", type=floats, default=[0.125], help="radii of the speed runs, fractions of 64 bits")
     ap.add_argument("--plant", type=float, default=0.01, help="fraction of the synthetic rows that are planted copies")
     ap.add_argument("--check-sample", type=int, default=20000)
-    ap.add_argument("--max-pairs", type=int, default=400_000_000, help="stop a speed run's join past this many pairs (memory)")
+    ap.add_argument("--max-pairs", type=int, default=300_000_000, help="stop a speed run's join past this many pairs (memory)")
+    ap.add_argument("--max-join-seconds", type=float, default=0, help="stop a speed run's join after this long (0: never); "
+                    "the whole join's time and pairs are then extrapolated from the rows done")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

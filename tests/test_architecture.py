@@ -132,5 +132,7 @@ def test_readme_layout_lists_every_module():
     section = re.search(r"^## Layout\n(.*?)(?=^## )", text, re.S | re.M)
     assert section, "the README has no '## Layout' section"
     listed = set(re.findall(r"[\w/]+\.py", section.group(1)))
-    missing = [str(p.relative_to(REPO)) for p in MODULES.values() if str(p.relative_to(REPO)) not in listed]
+    # listed by their path in the repository, or inside hashindex/ (core/errors.py)
+    names = {p: {str(p.relative_to(REPO)), str(p.relative_to(REPO)).removeprefix("hashindex/")} for p in MODULES.values()}
+    missing = [str(p.relative_to(REPO)) for p, ways in names.items() if not ways & listed]
     assert not missing, f"modules the README's layout section does not list: {missing}"

@@ -90,6 +90,58 @@ def test_run_bench_writes_report(tmp_path, clusters):
         assert [s["nprobe"] for s in x["sweep"]][-1] == x["at_target"]["nprobe"]
         assert ("synthetic", f"ivf-nprobe{x['at_target']['nprobe']}", x["bits"]) in kinds
     assert "nprobe at recall ≥ 0.95" in md
+    check_exact_search_rows(doc, md)
+
+
+def check_exact_search_rows(doc, md):
+    """mih, auto, k-th neighbour distances and filtered rows of the bench (collection: 800 items
+    at 16 and 32 bits; synthetic: 3,000 items, filtered rows at the longest code, 32 bits)."""
+    sp = doc["speed"]
+
+    def rows(**kw):
+        return [s for s in sp if all(s.get(k) == v for k, v in kw.items())]
+
+    for scope, n in (("collection", 800), ("synthetic", 3000)):
+        (mih,) = rows(scope=scope, kind="mih", bits=32)  # 16 bits: the lookup row is that kind
+        (lookup,) = rows(scope=scope, kind="lookup", bits=16)
+        assert not rows(scope=scope, kind="mih", bits=16) and not rows(scope=scope, kind="lookup", bits=32)
+        for r in (mih, lookup):  # distances equal to flat's; ids and ties equal to a NumPy popcount's
+            assert r["n"] == n and r["exact"] and r["mismatches"] == 0 and r["checked"] == 20 and r["mean_ms"] > 0
+        assert mih["tables"] == -(-32 // np.log2(n)) and lookup["tables"] == 1 and mih["tables_bytes_per_item"] > 0
+        for bits in (16, 32):
+            (auto,) = rows(scope=scope, kind="auto", bits=bits)
+            # 16 bits: the lookup table; fewer than 4,096 items: a scan, chosen without timing
+            assert auto["chosen"] == ("lookup" if bits == 16 else "flat") and auto["reason"].startswith("auto:")
+            assert auto["exact"] and auto["choose_seconds"] >= 0
+            exact = [s for s in rows(scope=scope, bits=bits) if s["kind"] in ("flat", "lookup", "mih")]
+            best = min(exact, key=lambda s: s["mean_ms"])
+            assert auto["best_kind"] == best["kind"]
+            assert auto["ratio_to_best"] == pytest.approx(auto["mean_ms"] / best["mean_ms"])
+            (kth,) = [x for x in doc["kth_distance"] if x["scope"] == scope and x["bits"] == bits]
+            assert kth["n"] == n and kth["k"] == 100 and sum(kth["histogram"].values()) == kth["queries"] == 40
+            assert 0 <= kth["min"] <= kth["p10"] <= kth["p50"] <= kth["p90"] <= kth["max"] <= bits
+            assert kth["min"] == min(map(int, kth["histogram"])) and kth["max"] == max(map(int, kth["histogram"]))
+    filtered = [s for s in sp if "selectivity" in s]
+    want = {("collection", b, k) for b, k in ((16, "flat"), (16, "lookup"), (32, "flat"), (32, "mih"))}
+    want |= {("synthetic", 32, "flat"), ("synthetic", 32, "mih")}  # the longest code only
+    assert {(s["scope"], s["bits"], s["kind"].split("+")[0]) for s in filtered} == want
+    for f in filtered:
+        assert f["kind"].endswith("+filter") and f["selectivity"] in (0.5, 0.05, 0.001)
+        assert f["allowed"] == max(1, round(f["selectivity"] * f["n"]))
+        assert f["exact"] and f["mismatches"] == 0 and f["routed"] == "scan of the rows"  # small: scanned
+        base = rows(scope=f["scope"], bits=f["bits"], kind=f["kind"].split("+")[0])[0]
+        assert f["ratio_to_unfiltered"] == pytest.approx(f["mean_ms"] / base["mean_ms"])
+        assert f["kth_p50"] <= f["bits"]
+    assert len(filtered) == 6 * 3
+    targets = {t["target"]: t for t in doc["targets"]}
+    autos = [t for name, t in targets.items() if name.startswith("auto (")]
+    assert len(autos) == 4 and all(t["at_most"] and t["threshold"] == 1.5 for t in autos)
+    assert all(t["met"] == (t["value"] <= 1.5) for t in autos)
+    mih_1m = targets["mih vs faiss IndexBinaryFlat, 1M clustered 64-bit codes, single queries (mean latency ratio)"]
+    assert mih_1m["value"] is None and mih_1m["met"] is None  # not at this scale
+    assert "## Exact search: multi-index hashing, the automatic choice, filters" in md
+    assert "| synthetic | 3,000 | 32 | " in md and "auto → flat" in md and "mih+filter 0.1%" in md
+    assert "Distance of the k-th nearest neighbour" in md and "(needs ≤ 1.5)" in md
 
 
 def test_ivf_at_recall_against_numpy_popcount():

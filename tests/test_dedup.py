@@ -175,6 +175,16 @@ def test_groups_csv_remove_list_then_remove(tmp_path, planted):
     assert ix.duplicates() == []
 
 
+def test_quiet_dedup_prints_nothing_but_results(tmp_path, planted):
+    """``-q``: no chatter (README: no "wrote ..." lines; errors and warnings about the data still
+    show), on stderr either; the output files are written, --json goes to stdout alone."""
+    ix, x, names, truth = planted
+    r = run_cli("dedup", ix.path, "-o", tmp_path / "g.json")
+    assert r.stdout == "" and r.stderr == ""
+    r = run_cli("dedup", ix.path, "--json")
+    assert group_names(json.loads(r.stdout)["groups"]) == truth and r.stderr == ""
+
+
 def test_chain_of_small_edits_is_not_one_group(tmp_path):
     """A~B~C~D~E: each a small edit of the previous one (cosine 0.95), while A and C are not
     near-duplicates (cosine 0.805 < 0.9), nor A and D. Connected components would make one group
@@ -270,16 +280,18 @@ def test_dedup_query_with_real_images(tmp_path):
     cat.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(tmp_path / "cat_copy.jpg", quality=60)
     Image.fromarray(data.immunohistochemistry()).save(tmp_path / "other.png")
     run_cli("embed", imgs, tmp_path / "e.h5", "--image-size", 64, "--device", "cpu")
-    run_cli("fit-probe", tmp_path / "e.h5", tmp_path / "probe", "--method", "lsh", "--bits", 64)
+    # a probe needs more rows than five photos: fitted on 64 Fashion-MNIST images, same backbone
+    run_cli("embed", "fashion-mnist", tmp_path / "fm.h5", "--limit", 64, "--image-size", 64, "--device", "cpu")
+    run_cli("fit-probe", tmp_path / "fm.h5", tmp_path / "probe", "--method", "lsh", "--bits", 64)
     run_cli("build", tmp_path / "e.h5", tmp_path / "probe", tmp_path / "index")
     r = run_cli("dedup", tmp_path / "index", "--query", tmp_path / "cat_copy.jpg", "--query", tmp_path / "other.png", "--json")
-    found = json.loads(r.output)
+    found = json.loads(r.stdout)
     assert [f["query"].rsplit("/", 1)[-1] for f in found] == ["cat_copy.jpg", "other.png"]
     assert [d["name"] for d in found[0]["duplicates"]] == ["cat.png"]
     assert found[1]["duplicates"] == []
     # the collection itself has no near-duplicates; once the copy is added, one group
     r = run_cli("dedup", tmp_path / "index", "--json")
-    assert json.loads(r.output)["groups"] == []
+    assert json.loads(r.stdout)["groups"] == []
     run_cli("add", tmp_path / "index", tmp_path / "cat_copy.jpg")
     r = run_cli("dedup", tmp_path / "index", "--json")
-    assert group_names(json.loads(r.output)["groups"]) == {frozenset({"cat.png", "cat_copy.jpg"})}
+    assert group_names(json.loads(r.stdout)["groups"]) == {frozenset({"cat.png", "cat_copy.jpg"})}

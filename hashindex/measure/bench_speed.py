@@ -1,6 +1,15 @@
 """The bench's speed sections: queries per second and latency of every index kind on the
 collection's own codes and on clustered synthetic collections, beside float ``IndexFlatIP``,
-all timed side by side in one process."""
+all timed side by side in one process.
+
+Beside flat, lookup and IVF: exact multi-index hashing (``mih``, codes longer than the lookup
+table's 16 bits), the automatic choice (``auto``: :func:`hashindex.search.auto.choose` run on the
+collection, its pick timed and compared with the best exact kind measured), the distribution of
+the k-th neighbour distance (what decides between mih and a scan), and filtered searches
+(``+filter`` rows) at 50%, 5% and 0.1% of the items allowed (random items, as a label's items are
+to the codes), searched through ``CodeIndex.search(allowed=...)`` as ``Index.search(where=...)``
+does.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +25,15 @@ from hashindex.measure.bench_memory import flat_memory
 from hashindex.measure.bench_seeds import ivf_rows
 from hashindex.measure.synthetic import clustered_codes, ivf_at_recall
 from hashindex.probe.baselines import l2_normalize
-from hashindex.search.engines import CodeIndex
+from hashindex.search.engines import CodeIndex, FlatEngine, engine_for
+from hashindex.search.filters import Allowed
 from hashindex.search.ranking import hamming_search
 from hashindex.search.rerank import FloatRows, rerank_float
 
 logger = logging.getLogger(__name__)
+
+SELECTIVITIES = (0.5, 0.05, 0.001)  # shares of the items a filtered search allows
+REFERENCE_QUERIES = 20  # queries of each mih and filtered row checked against a NumPy popcount
 
 
 def timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
@@ -35,11 +48,170 @@ def timed_search(fn, xq: np.ndarray, n_latency: int) -> dict:
         fn(xq[i : i + 1])
         lat.append(time.perf_counter() - t)
     lat_ms = np.array(lat) * 1e3
-    return {"qps": qps, "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99))}
+    return {
+        "qps": qps,
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+        "mean_ms": float(lat_ms.mean()),
+    }
 
 
-def speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg) -> list[dict]:
-    """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe)."""
+def reference_topk(words: np.ndarray, qw: np.ndarray, k: int, rows: np.ndarray | None = None):
+    """Exact top-k ``(D, rows)`` of one query by (distance, row), among ``rows`` when given, by
+    NumPy's popcount over ``(n, W)`` uint64 words (independent of the kernels and of faiss)."""
+    sub = words if rows is None else words[rows]
+    d = np.zeros(len(sub), np.int64)
+    for w in range(sub.shape[1]):
+        d += np.bitwise_count(sub[:, w] ^ qw[w])
+    k = min(k, len(d))
+    kth = np.partition(d, k - 1)[k - 1]
+    below = np.flatnonzero(d < kth)
+    pos = np.concatenate([below, np.flatnonzero(d == kth)[: k - len(below)]])
+    pos = pos[np.lexsort((pos, d[pos]))]
+    return d[pos], (pos if rows is None else rows[pos])
+
+
+def reference_mismatches(codes, q_codes, d, p, sample: int = 20, rows: np.ndarray | None = None) -> int:
+    """How many of the first ``sample`` queries' results ``(d, p)`` differ from :func:`reference_topk`."""
+    from hashindex.core.codes import as_words
+
+    words, qw = as_words(codes), as_words(q_codes)
+    bad = 0
+    for r in range(min(sample, len(q_codes))):
+        wd, wp = reference_topk(words, qw[r], d.shape[1], rows)
+        bad += int(not (np.array_equal(wd, d[r]) and np.array_equal(wp, p[r])))
+    return bad
+
+
+def kth_distances(d: np.ndarray) -> dict:
+    """The distribution of the k-th neighbour distance (the last column of exact results ``d``)."""
+    last = np.asarray(d)[:, -1]
+    vals, counts = np.unique(last, return_counts=True)
+    return {
+        "k": int(d.shape[1]),
+        "queries": len(last),
+        "min": int(last.min()),
+        "p10": float(np.percentile(last, 10)),
+        "p50": float(np.percentile(last, 50)),
+        "p90": float(np.percentile(last, 90)),
+        "max": int(last.max()),
+        "histogram": {str(int(v)): int(c) for v, c in zip(vals, counts)},
+    }
+
+
+def exact_rows(codes, q_codes, k, fi, flat_d, n_latency) -> tuple[list[dict], dict[str, CodeIndex]]:
+    """The exact kind beside flat (``lookup`` up to 16 bits, else ``mih`` with its default tables)
+    and the automatic choice, each timed; their distances checked against ``flat_d``, the flat
+    results (``fi``: the faiss flat index of ``codes``), and their ids against a NumPy popcount
+    on the first :data:`REFERENCE_QUERIES` queries.
+
+    Returns:
+        ``(rows, indexes)``: the rows (kind ``lookup`` or ``mih``, then ``auto``), and the exact
+        indexes by kind (``flat`` included) for the filtered rows.
+    """
+    from hashindex.search.auto import choose
+
+    flat = CodeIndex(codes, None, FlatEngine(fi, codes), "flat")
+    indexes, rows = {"flat": flat}, []
+    kind = "lookup" if codes.shape[1] * 8 <= MAX_LOOKUP_BITS else "mih"
+    t0 = time.perf_counter()
+    ix = CodeIndex.from_codes(codes, IndexConfig(kind))
+    build = time.perf_counter() - t0
+    t = ix.engine.tables
+    r = timed_search(lambda c: ix.search(c, k), q_codes, n_latency)
+    d, p = ix.search(q_codes, k)
+    size = t.order.nbytes + t.offsets.nbytes + t.codes.nbytes
+    rows.append(
+        dict(
+            kind=kind,
+            tables=int(t.m),
+            build_seconds=build,
+            tables_bytes_per_item=size / len(codes),
+            exact=bool(np.array_equal(d, flat_d)),
+            checked=min(REFERENCE_QUERIES, len(q_codes)),
+            mismatches=reference_mismatches(codes, q_codes, d, p, REFERENCE_QUERIES),
+            **r,
+        )
+    )
+    indexes[kind] = ix
+    t0 = time.perf_counter()
+    cfg, tables = choose(codes, IndexConfig("auto"))
+    chose = time.perf_counter() - t0
+    if cfg.kind in indexes and cfg.kind != "mih":
+        auto = indexes[cfg.kind]
+    else:
+        auto = CodeIndex(codes, None, engine_for(cfg, codes, flat.engine.fi, tables=tables), cfg.kind)
+    r = timed_search(lambda c: auto.search(c, k), q_codes, n_latency)
+    d, _ = auto.search(q_codes, k)
+    rows.append(
+        dict(
+            kind="auto",
+            chosen=cfg.kind,
+            tables=cfg.tables,
+            reason=cfg.reason,
+            choose_seconds=chose,
+            exact=bool(np.array_equal(d, flat_d)),
+            **r,
+        )
+    )
+    return rows, indexes
+
+
+def with_ratios(rows: list[dict], measured: list[dict]) -> list[dict]:
+    """The auto row's latency relative to the best exact kind among ``measured`` rows (mean and p50)."""
+    exact = [m for m in measured if m["kind"] in ("flat", "lookup", "mih")]
+    for r in rows:
+        if r["kind"] == "auto" and exact:
+            best = min(exact, key=lambda m: m["mean_ms"])
+            r.update(
+                best_kind=best["kind"],
+                ratio_to_best=r["mean_ms"] / best["mean_ms"],
+                ratio_to_best_p50=r["p50_ms"] / min(m["p50_ms"] for m in exact),
+            )
+    return rows
+
+
+def filtered_rows(
+    indexes: dict[str, CodeIndex], q_codes, k, unfiltered: dict[str, dict], n_latency, seed
+) -> list[dict]:
+    """Filtered searches at each of :data:`SELECTIVITIES` through each exact index (``kind+filter``
+    rows): a random set of that share of the items (at least one), unrelated to the codes as a
+    label would be, given as a label filter gives it (sorted rows, resolved anew for each
+    search); distances checked against the flat index's under the same filter;
+    ``ratio_to_unfiltered``: mean latency over the same kind's unfiltered."""
+    n = indexes["flat"].ntotal
+    order = np.random.default_rng(seed).permutation(n)
+    out = []
+    for share in SELECTIVITIES:
+        rows = np.sort(order[: max(1, round(share * n))])
+        ref = None
+        for kind, ix in indexes.items():
+            r = timed_search(
+                lambda c, ix=ix, rows=rows: ix.search(c, k, allowed=Allowed(rows=rows)), q_codes, n_latency
+            )
+            d, p = ix.search(q_codes, k, allowed=Allowed(rows=rows))
+            ref = d if ref is None else ref
+            bad = reference_mismatches(ix.codes, q_codes, d, p, REFERENCE_QUERIES, rows)
+            out.append(
+                dict(
+                    kind=f"{kind}+filter",
+                    selectivity=share,
+                    allowed=len(rows),
+                    routed="scan of the rows" if Allowed(rows=rows).is_small(n) else "index with a mask",
+                    ratio_to_unfiltered=r["mean_ms"] / unfiltered[kind]["mean_ms"],
+                    kth_p50=float(np.median(d[:, -1])),
+                    exact=bool(np.array_equal(d, ref)),
+                    checked=min(REFERENCE_QUERIES, len(q_codes)),
+                    mismatches=bad,
+                    **r,
+                )
+            )
+    return out
+
+
+def speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg, kth_out: list | None = None) -> list[dict]:
+    """Throughput/latency of every index type on the real codes (+ mAP of IVF at each nprobe),
+    mih, auto and filtered rows (the k-th neighbour distances appended to ``kth_out``)."""
     k = cfg.speed_k
     xq = xq[: cfg.speed_queries]
     q_codes = q_codes[: cfg.speed_queries]
@@ -50,17 +222,22 @@ def speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg) -> list[d
             kind="flat", bits=bits, **timed_search(lambda c: hamming_search(index, c, k), q_codes, cfg.latency_queries)
         )
     ]
+    kk = min(k, index.ntotal)
+    flat_d, _ = index.search(q_codes, kk)
+    if kth_out is not None:
+        kth_out.append(dict(scope="collection", n=index.ntotal, bits=bits, **kth_distances(flat_d)))
+    extra, exact = exact_rows(db_codes, q_codes, kk, index.engine.fi, flat_d, cfg.latency_queries)
+    out += [dict(r, bits=bits) for r in extra if r["kind"] != "auto"]
     ivf = CodeIndex.from_codes(db_codes, IndexConfig("ivf"), probe=index.probe)
     kq = min(cfg.topk, index.ntotal)
     flat_d, flat_ids = hamming_search(index, q_codes, kq)
     for row in ivf_rows(ivf.engine.fi, flat_ids, flat_d, q_codes, yq[: len(q_codes)], yb, kq, cfg.nprobes):
         r = timed_search(lambda c: hamming_search(ivf, c, k), q_codes, cfg.latency_queries)  # at row's nprobe
         out.append(dict(row, bits=bits, **r))
-    if bits <= MAX_LOOKUP_BITS:
-        lk = CodeIndex.from_codes(db_codes, IndexConfig("lookup"))
-        out.append(
-            dict(kind="lookup", bits=bits, **timed_search(lambda c: lk.search(c, k), q_codes, cfg.latency_queries))
-        )
+    out += with_ratios([dict(r, bits=bits) for r in extra if r["kind"] == "auto"], out)
+    unfiltered = {r["kind"]: r for r in out if r["kind"] in exact}
+    for r in filtered_rows(exact, q_codes, kk, unfiltered, cfg.latency_queries, cfg.seed + 1):
+        out.append(dict(r, bits=bits))
 
     def reranked(x):
         _, cand = hamming_search(index, index.probe.encode(x), cfg.rerank * k)
@@ -72,6 +249,11 @@ def speed_collection(index: CodeIndex, q_codes, xq, yq, yb, rows, cfg) -> list[d
     return out
 
 
+def filter_bits(bits: tuple[int, ...]) -> int:
+    """The code length whose synthetic collections get filtered rows: 64 bits, else the longest."""
+    return 64 if 64 in bits else max(bits)
+
+
 def float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
     import faiss
 
@@ -81,10 +263,14 @@ def float_speed(xb: np.ndarray, xq: np.ndarray, cfg) -> dict:
     return dict(kind="float-IndexFlatIP", dim=int(xb.shape[1]), **r)
 
 
-def speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar, ivf_out: list) -> list[dict]:
+def speed_synthetic(
+    n: int, dim: int, cfg, rng: np.random.Generator, workdir: Path, bar, ivf_out: list, kth_out: list | None = None
+) -> list[dict]:
     """Clustered synthetic codes (:mod:`hashindex.measure.synthetic`; queries drawn the same way) at scale
-    n: flat, lookup and, with ``ivf_nlist``, IVF at the nprobe reaching recall@k 0.95 against flat
-    (its sweep appended to ``ivf_out``); up to ``float_scale``, random float vectors too."""
+    n: flat, lookup, mih, auto, filtered searches (at the 64-bit codes, or the longest below) and,
+    with ``ivf_nlist``, IVF at the nprobe reaching recall@k 0.95 against flat (its sweep appended
+    to ``ivf_out``); the k-th neighbour distances appended to ``kth_out``; up to
+    ``float_scale``, random float vectors too."""
     import faiss
 
     out = []
@@ -103,11 +289,20 @@ def speed_synthetic(n: int, dim: int, cfg, rng: np.random.Generator, workdir: Pa
             **timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)),
         )
         out.append(flat)
-        if bits <= MAX_LOOKUP_BITS:
-            lk = CodeIndex.from_codes(codes, IndexConfig("lookup"))
-            r = timed_search(lambda c: lk.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
-            out.append(dict(kind="lookup", n=n, bits=bits, **r))
-            del lk
+        n_lat = min(cfg.latency_queries, 100)
+        k = min(cfg.speed_k, n)
+        flat_d, _ = fi.search(qc, k)
+        if kth_out is not None:
+            kth_out.append(dict(scope="synthetic", n=n, bits=bits, **kth_distances(flat_d)))
+        extra, exact = exact_rows(codes, qc, k, fi, flat_d, n_lat)
+        measured = [flat] + [dict(r, n=n, bits=bits) for r in extra if r["kind"] != "auto"]
+        out += measured[1:]
+        out += with_ratios([dict(r, n=n, bits=bits) for r in extra if r["kind"] == "auto"], measured)
+        if bits == filter_bits(cfg.bits):
+            unfiltered = {r["kind"]: r for r in measured}
+            for r in filtered_rows(exact, qc, k, unfiltered, n_lat, cfg.seed + 1):
+                out.append(dict(r, n=n, bits=bits))
+        del exact, extra
         if cfg.ivf_nlist and cfg.ivf_nlist <= n:
             flat_d, _ = fi.search(qc, cfg.speed_k)
             del fi  # the flat index's copy of the codes: IVF keeps its own

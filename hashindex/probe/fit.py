@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 # fitted (their probe.json lacks them): fixed 5 epochs, prototype targets.
 LEGACY_FIELDS = {"min_steps": 0, "targets": "prototype"}
 DEFAULT_EPOCHS = 5
-# Fewer items than this cannot give balanced bits (one item moves a bit's balance by 1/n): refused.
-MIN_ITEMS = 32
+# Fewer items than this cannot give balanced bits (one item moves a bit's balance by 1/n, over 6%
+# below 16) nor the batch statistics the HashCoder's BatchNorm and coding rate rely on: refused.
+MIN_ITEMS = 16
 # Below this many items CroVCA is not better than ITQ or the float embeddings: a warning.
 SMALL_COLLECTION = 500
 
