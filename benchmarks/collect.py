@@ -312,6 +312,11 @@ def render() -> str:
         from serve_load import render_markdown as render_serve
 
         lines += [""] + render_serve(json.loads(sl.read_text()))
+    sa = RESULTS / "serve_attack.json"
+    if sa.exists():
+        from serve_attack import render_markdown as render_attack
+
+        lines += [""] + render_attack(json.loads(sa.read_text()))
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,18 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> None:
     from PIL import Image, ImageEnhance
     from skimage import data
 
-    names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "cat", "colorwheel", "logo"]
+    names = [
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "immunohistochemistry",
+        "hubble_deep_field",
+        "retina",
+        "cat",
+        "colorwheel",
+        "logo",
+    ]
     pictures = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in names if hasattr(data, name)]
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,7 +93,11 @@ def run_measured(args: list[str], env: dict) -> dict:
     out, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(args)} failed: {err[-2000:]}")
-    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": main_peak, "worker_peak_rss_mb": max(child_peak.values(), default=0.0)}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": main_peak,
+        "worker_peak_rss_mb": max(child_peak.values(), default=0.0),
+    }
 
 
 def embed_memory(photos: Path, work: Path, env: dict) -> dict:
@@ -90,7 +105,9 @@ def embed_memory(photos: Path, work: Path, env: dict) -> dict:
     first = work / "warm"
     first.mkdir()
     (first / "a.jpg").write_bytes(sorted(photos.iterdir())[0].read_bytes())
-    subprocess.run([*HASHINDEX, "-q", "embed", str(first), str(work / "warm.h5"), "--image-size", "224"], env=env, check=True)
+    subprocess.run(
+        [*HASHINDEX, "-q", "embed", str(first), str(work / "warm.h5"), "--image-size", "224"], env=env, check=True
+    )
     out = {}
     for label, extra in (("batch 128 (former default)", ["--batch-size", "128"]), ("auto (--max-memory 2G)", [])):
         target = work / f"emb-{len(out)}.h5"
@@ -98,7 +115,10 @@ def embed_memory(photos: Path, work: Path, env: dict) -> dict:
         r = run_measured(args, env)
         n = len(list(photos.iterdir()))
         out[label] = {**r, "images": n, "images_per_s": n / r["seconds"], "command": " ".join(args[2:])}
-        print(f"{label}: {r['seconds']:.1f}s, {n / r['seconds']:.1f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB (workers {r['worker_peak_rss_mb']:.0f} MB)", flush=True)
+        print(
+            f"{label}: {r['seconds']:.1f}s, {n / r['seconds']:.1f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB (workers {r['worker_peak_rss_mb']:.0f} MB)",
+            flush=True,
+        )
     return out
 
 
@@ -109,14 +129,22 @@ def folder_to_answer(photos: Path, work: Path, env: dict) -> dict:
         port = s.getsockname()[1]
     args = [*HASHINDEX, "-q", "index", str(photos), str(work / "out"), "--serve", "--port", str(port)]
     query = sorted(photos.iterdir())[0].read_bytes()
-    body = b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n" + query + b"\r\n--XX--\r\n"
+    body = (
+        b'--XX\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        + query
+        + b"\r\n--XX--\r\n"
+    )
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     answered = None
     try:
         while proc.poll() is None and time.perf_counter() - t0 < 1800:
             try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/search", data=body, headers={"Content-Type": "multipart/form-data; boundary=XX"})
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/search",
+                    data=body,
+                    headers={"Content-Type": "multipart/form-data; boundary=XX"},
+                )
                 with urllib.request.urlopen(req, timeout=60) as r:
                     if r.status == 200 and json.loads(r.read())["results"]:
                         answered = time.perf_counter() - t0
@@ -128,9 +156,21 @@ def folder_to_answer(photos: Path, work: Path, env: dict) -> dict:
         _, err = proc.communicate(timeout=30)
     if answered is None:
         raise RuntimeError(f"no answer: {err[-2000:]}")
-    info = json.loads(subprocess.run([*HASHINDEX, "info", str(work / "out"), "--json"], env=env, capture_output=True, text=True, check=True).stdout)
-    print(f"folder of {len(list(photos.iterdir()))} photos to the first answer: {answered:.1f}s ({info['kind']} index, {info['bits']} bits)", flush=True)
-    return {"seconds": answered, "images": len(list(photos.iterdir())), "kind": info["kind"], "command": " ".join(args[2:5]) + " --serve"}
+    info = json.loads(
+        subprocess.run(
+            [*HASHINDEX, "info", str(work / "out"), "--json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    print(
+        f"folder of {len(list(photos.iterdir()))} photos to the first answer: {answered:.1f}s ({info['kind']} index, {info['bits']} bits)",
+        flush=True,
+    )
+    return {
+        "seconds": answered,
+        "images": len(list(photos.iterdir())),
+        "kind": info["kind"],
+        "command": " ".join(args[2:5]) + " --serve",
+    }
 
 
 def main() -> None:
@@ -140,8 +180,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "own_folder.json"))
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
-    env = dict(os.environ, HASHINDEX_CACHE=os.environ.get("HASHINDEX_CACHE", str(Path(tempfile.gettempdir()) / "hashindex-bench-cache")))
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    env = dict(
+        os.environ,
+        HASHINDEX_CACHE=os.environ.get("HASHINDEX_CACHE", str(Path(tempfile.gettempdir()) / "hashindex-bench-cache")),
+    )
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.skip_memory:

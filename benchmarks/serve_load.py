@@ -15,20 +15,16 @@ The server runs in its own process bound to 127.0.0.1; clients are threads of th
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from serving import Server, closed_loop, image_index, png_queries, record, target_table  # noqa: E402
 
 
 def _synthetic_embeddings(path: Path, n: int, dim: int, seed: int):
@@ -71,122 +67,6 @@ def _synthetic_embeddings(path: Path, n: int, dim: int, seed: int):
     return open_embeddings(path)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`hashindex serve` in a child process (the library entry point, so options can be set)."""
-
-    def __init__(self, index: Path, **config):
-        self.port = _free_port()
-        code = (
-            "import sys, json; from hashindex.core.config import ServeConfig; from hashindex.serve.app import run; "
-            "run(sys.argv[1], ServeConfig(**json.loads(sys.argv[2])))"
-        )
-        cfg = dict(config, host="127.0.0.1", port=self.port, device="cpu")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(index), json.dumps(cfg)], stderr=subprocess.DEVNULL
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        import httpx
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection (the standard library's: a load generator should spend
-    as little of the shared CPU as it can)."""
-
-    def __init__(self, url: str):
-        import http.client
-
-        host, port = url.split("//")[1].split(":")
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
-
-    def post_json(self, path: str, doc) -> int:
-        return self._send("POST", path, json.dumps(doc).encode(), "application/json")
-
-    def post_image(self, path: str, blob: bytes, fields: dict) -> int:
-        b = "hashindexbenchboundary"
-        parts = [
-            f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
-        ]
-        parts.append(
-            f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
-            + blob
-            + f"\r\n--{b}--\r\n".encode()
-        )
-        return self._send("POST", path, b"".join(parts), f"multipart/form-data; boundary={b}")
-
-    def _send(self, method, path, body, ctype) -> int:
-        self.conn.request(method, path, body=body, headers={"Content-Type": ctype})
-        r = self.conn.getresponse()
-        r.read()
-        return r.status
-
-    def close(self):
-        self.conn.close()
-
-
-def closed_loop(url: str, make_request, clients: int, max_requests: int, max_seconds: float) -> dict:
-    """``clients`` threads, each sending its next request when the previous one is answered."""
-    lat, errors, lock = [], [], threading.Lock()
-    counter = iter(range(max_requests))
-    t0 = time.perf_counter()
-    deadline = t0 + max_seconds
-
-    def client(cid: int):
-        rng = np.random.default_rng(cid)
-        c = Client(url)
-        try:
-            make_request(c, rng)  # warm-up, not counted
-            while time.perf_counter() < deadline:
-                with lock:
-                    if next(counter, None) is None:
-                        return
-                s = time.perf_counter()
-                status = make_request(c, rng)
-                dt = time.perf_counter() - s
-                with lock:
-                    (lat if status == 200 else errors).append(dt)
-        finally:
-            c.close()
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
-    a = np.array(lat) * 1000
-    return {
-        "clients": clients,
-        "requests": len(lat),
-        "errors": len(errors),
-        "seconds": round(wall, 3),
-        "qps": round(len(lat) / wall, 1),
-        "p50_ms": round(float(np.percentile(a, 50)), 3),
-        "p99_ms": round(float(np.percentile(a, 99)), 3),
-    }
-
-
 def in_process(fn, n: int, max_seconds: float) -> dict:
     """One query at a time in this process: queries/s and latency percentiles."""
     fn(0)
@@ -208,20 +88,16 @@ def in_process(fn, n: int, max_seconds: float) -> dict:
 
 
 def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> dict:
-    from hashindex.core.config import FitConfig
-    from hashindex.index.load import build_index
-    from hashindex.live.live_index import open_live
-    from hashindex.probe.fit import fit_probe
+    import hashindex
 
     t = time.perf_counter()
     emb = _synthetic_embeddings(work / "big.h5", n, 64, 0)
-    fit_probe(emb, FitConfig(method="lsh", bits=64), progress=False).save(work / "big-probe")
-    build_index(emb, work / "big-probe", work / "big")
+    hashindex.fit_probe(emb, work / "big-probe", method="lsh", bits=64)
+    ix = hashindex.build_index(emb, work / "big-probe", work / "big", kind="flat")
     log(f"built the {n:,}-item index in {time.perf_counter() - t:.1f}s")
     import faiss
 
-    live = open_live(work / "big")
-    snap = live.snapshot
+    snap = ix.snapshot
     rng = np.random.default_rng(1)
     xq = rng.standard_normal((2000, 64)).astype(np.float32)
     qids = rng.integers(0, n, 2000)
@@ -257,48 +133,27 @@ def bench_big(work: Path, n: int, k: int, clients: int, seconds: float, log) -> 
     for rep in range(3):
         x = rng.standard_normal((1000, 64)).astype(np.float32)
         s = time.perf_counter()
-        live.add(x, [f"added/{rep}/{j}" for j in range(1000)])
+        ix.add(x, [f"added/{rep}/{j}" for j in range(1000)])
         times.append(time.perf_counter() - s)
     s = time.perf_counter()
-    live.remove(live.snapshot.ids[-1000:])
+    ix.remove(ix.snapshot.ids[-1000:])
     remove_s = time.perf_counter() - s
     s = time.perf_counter()
-    live.compact()
+    ix.compact()
     out["add_1000"] = {
         "seconds": [round(v, 3) for v in times],
         "median_s": round(float(np.median(times)), 3),
         "remove_1000_s": round(remove_s, 3),
         "compact_s": round(time.perf_counter() - s, 3),
-        "ntotal_after": live.snapshot.ntotal,
+        "ntotal_after": ix.ntotal,
     }
     log(f"add of 1,000: {out['add_1000']}")
     return out
 
 
 def bench_images(work: Path, n_db: int, k: int, clients: list[int], seconds: float, log) -> dict:
-    from PIL import Image
-
-    from hashindex.core.config import EmbedConfig, FitConfig
-    from hashindex.embedding.run import embed
-    from hashindex.embedding.sources import open_source
-    from hashindex.index.load import build_index
-    from hashindex.probe.fit import fit_probe
-    from hashindex.store.reader import open_embeddings
-
-    embed(
-        open_source("fashion-mnist", split="train", limit=n_db),
-        work / "fm.h5",
-        EmbedConfig(image_size=112, interpolation="bilinear", crop_pct=1.0, device="cpu"),
-        progress=False,
-    )
-    fit_probe(open_embeddings(work / "fm.h5"), FitConfig(method="itq", bits=64), progress=False).save(work / "fm-probe")
-    build_index(open_embeddings(work / "fm.h5"), work / "fm-probe", work / "fm")
-    test = open_source("fashion-mnist", split="test", limit=200)
-    blobs = []
-    for i in range(200):
-        buf = io.BytesIO()
-        Image.fromarray(test.load(i)).save(buf, "PNG")
-        blobs.append(buf.getvalue())
+    image_index(work, n_db)
+    blobs = png_queries(200)
 
     def query(c, r):
         return c.post_image("/search", blobs[r.integers(200)], {"k": k})
@@ -389,12 +244,8 @@ def render_markdown(doc: dict) -> list[str]:
         f"{', '.join(f'{s:.3f}' for s in a['seconds'])} s (median {a['median_s']:.3f} s); removing them {a['remove_1000_s']:.3f} s; "
         f"`compact` afterwards {a['compact_s']:.1f} s.",
         "",
-        "| target | measured | met |",
-        "|---|---|---|",
     ]
-    for t in doc["targets"]:
-        lines.append(f"| {t['name']} | {t['value']} | {'met' if t['met'] else 'missed'} |")
-    return lines
+    return lines + target_table(doc["targets"])
 
 
 def main(argv=None) -> None:
@@ -407,27 +258,16 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=15.0, help="time bound of each load phase")
     ap.add_argument("-k", type=int, default=10)
     args = ap.parse_args(argv)
-    from hashindex.measure.bench import machine_info
-    from hashindex.measure.report import describe_machine
 
-    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
-        work = Path(tmp)
-        doc = {
-            "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": "no GPU, shared with other jobs: " + describe_machine(machine_info()),
-            "load_average_start": round(os.getloadavg()[0], 1),
+    def measure(work: Path, log) -> dict:
+        return {
+            "big": bench_big(work, args.n, args.k, args.clients, args.seconds, log),
+            "images": bench_images(
+                work, args.image_db, args.k, [int(c) for c in args.image_clients.split(",")], args.seconds, log
+            ),
         }
-        doc["big"] = bench_big(work, args.n, args.k, args.clients, args.seconds, log)
-        doc["images"] = bench_images(
-            work, args.image_db, args.k, [int(c) for c in args.image_clients.split(",")], args.seconds, log
-        )
-    doc["load_average_end"] = round(os.getloadavg()[0], 1)
-    doc["targets"] = targets(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print("\n".join(render_markdown(doc)))
+
+    record("serve_load.py", argv, measure, targets, render_markdown, args.out)
 
 
 if __name__ == "__main__":

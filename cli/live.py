@@ -51,7 +51,7 @@ def _flat(groups) -> list:
 @opt.verify
 @wait
 @click.pass_obj
-def add(obj, index, sources, emb_file, metadata, weights, device, batch_size, verify, wait):  # fmt: skip
+def add(obj, index, sources, emb_file, metadata, weights, device, batch_size, verify, wait):
     """Add images to INDEX as one durable commit.
 
     SOURCES are image files, folders, list files or IDX folders; they are embedded with the
@@ -177,7 +177,9 @@ def serve(index, host, port, allow_writes, token, token_file, images_root, weigh
     import os
 
     import hashindex
+    from hashindex.core.extras import require
 
+    require("serve", "hashindex serve")
     if token:
         click.echo(
             "warning: a token given with --token is visible to other users of this machine (ps); use --token-file or HASHINDEX_TOKEN",

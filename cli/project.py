@@ -80,6 +80,9 @@ def index(
     import hashindex
 
     if serve_after:
+        from hashindex.core.extras import require
+
+        require("serve", "hashindex index --serve")
         check_port(host, port)  # before the long work, not after it
     ecfg = EmbedConfig(
         **opt.kwargs(

@@ -34,6 +34,7 @@ from hashindex.cli import options as opt
 @click.option(
     "--chunk", type=click.IntRange(min=1), default=None, help="Rows held in memory at a time [default: 65536]."
 )
+@opt.metadata
 @click.pass_obj
 def import_cmd(obj, sources, out, **kw):
     """Import embeddings made elsewhere from SOURCES into the HDF5 file OUT.

@@ -40,7 +40,25 @@ from hashindex.core.config import BENCH_METHODS, HASHCODER_SIZES, BenchConfig, d
 @opt.images_root
 @opt.verify
 @opt.as_json
-def query(index, images, emb_file, limit, k, where, ids_file, nprobe, rerank, asymmetric, weights, adapter, device, runtime, images_root, verify, as_json):  # fmt: skip
+def query(
+    index,
+    images,
+    emb_file,
+    limit,
+    k,
+    where,
+    ids_file,
+    nprobe,
+    rerank,
+    asymmetric,
+    weights,
+    adapter,
+    device,
+    runtime,
+    images_root,
+    verify,
+    as_json,
+):
     """Search INDEX with IMAGES (files or folders, embedded by the index's backbone) or --embeddings.
 
     Prints query, rank, id, name, label and Hamming distance per result, one tab-separated line

@@ -21,7 +21,7 @@ from hashindex.core.config import (
     FitConfig,
     IndexConfig,
     default,
-)  # fmt: skip
+)
 from hashindex.core.errors import InputError
 from hashindex.core.spec import DEFAULT_MODEL, INTERPOLATIONS
 
@@ -111,9 +111,10 @@ def _commit_seconds() -> float | None:
     is_flag=True,
     help="Discard the progress of an interrupted run of OUT instead of resuming it (needed when the source changed since).",
 )
+@opt.metadata
 @scale.ray_options
 @click.pass_obj
-def embed(obj, source, out, split, root, data_dir, limit, restart, ray_address, ray_actors, **kw):
+def embed(obj, source, out, split, root, data_dir, limit, restart, metadata, ray_address, ray_actors, **kw):
     """Embed the images of SOURCE into the HDF5 file OUT.
 
     SOURCE is a folder of images (class subfolders give labels), a list file
@@ -126,9 +127,18 @@ def embed(obj, source, out, split, root, data_dir, limit, restart, ray_address, 
 
     config = EmbedConfig(**opt.kwargs(**kw, commit_seconds=_commit_seconds()))
     s = hashindex.embed(
-        source, out, config, split=split, root=root, data_dir=data_dir, limit=limit, progress=obj["progress"],
-        restart=restart, runner=scale.embed_runner(ray_address, ray_actors),
-    )  # fmt: skip
+        source,
+        out,
+        config,
+        split=split,
+        root=root,
+        data_dir=data_dir,
+        limit=limit,
+        progress=obj["progress"],
+        restart=restart,
+        runner=scale.embed_runner(ray_address, ray_actors),
+        metadata=metadata,
+    )
     if s.failures:
         click.echo(s.describe())  # failed images are news about the data: shown even with -q
     else:
@@ -233,14 +243,34 @@ INDEX_HELP = (
 
 def index_options(f):
     """``--index``, its parameters, and the automatic choice's options (build and index)."""
-    for decorator in reversed([
-        click.option("--index", "kind", type=click.Choice(INDEX_KINDS), default=None, help=f"{INDEX_HELP} [default: {default(IndexConfig, 'kind')}]."),
-        click.option("--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: about 4*sqrt(n)]."),
-        opt.nprobe,
-        click.option("--tables", type=click.IntRange(min=1), default=None, help="mih: substrings (hash tables) [default: ceil(bits / log2 n)]."),
-        click.option("--approximate", is_flag=True, default=None, help="auto: allow an approximate index (IVF)."),
-        click.option("--latency-ms", type=click.FloatRange(min=0, min_open=True), default=None, help="auto: use IVF when no exact kind answers one query (k=100) within this many milliseconds."),
-    ]):  # fmt: skip
+    for decorator in reversed(
+        [
+            click.option(
+                "--index",
+                "kind",
+                type=click.Choice(INDEX_KINDS),
+                default=None,
+                help=f"{INDEX_HELP} [default: {default(IndexConfig, 'kind')}].",
+            ),
+            click.option(
+                "--nlist", type=click.IntRange(min=1), default=None, help="IVF lists [default: about 4*sqrt(n)]."
+            ),
+            opt.nprobe,
+            click.option(
+                "--tables",
+                type=click.IntRange(min=1),
+                default=None,
+                help="mih: substrings (hash tables) [default: ceil(bits / log2 n)].",
+            ),
+            click.option("--approximate", is_flag=True, default=None, help="auto: allow an approximate index (IVF)."),
+            click.option(
+                "--latency-ms",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="auto: use IVF when no exact kind answers one query (k=100) within this many milliseconds.",
+            ),
+        ]
+    ):
         f = decorator(f)
     return f
 

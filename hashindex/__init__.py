@@ -21,8 +21,8 @@ from importlib import import_module as _import_module
 # parallel region needs (benchmarks/fit_speed.py).
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError  # noqa: E402
-from hashindex.core.version import __version__  # noqa: E402
+from hashindex.core.errors import HashIndexError, InputError, IntegrityError, MismatchError
+from hashindex.core.version import __version__
 
 _HOME = {
     "open_index": "hashindex.api.index",

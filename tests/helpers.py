@@ -17,8 +17,9 @@ FAKE_SPEC = {
 }
 
 
-def write_embeddings(path, x, views=None, labels=None, names=None, spec=None, label_names=None):
-    """A synthetic embeddings file through the real writer (for fast probe/index tests)."""
+def write_embeddings(path, x, views=None, labels=None, names=None, spec=None, label_names=None, source=None):
+    """A synthetic embeddings file through the real writer (for fast probe/index tests);
+    ``source``: the recorded source (default synthetic), e.g. a folder the names live in."""
     import json
 
     from hashindex.store.writer import EmbeddingsWriter
@@ -30,7 +31,7 @@ def write_embeddings(path, x, views=None, labels=None, names=None, spec=None, la
         "augment": "{}",
         "views": 0 if views is None else views.shape[1],
         "seed": 0,
-        "source": json.dumps({"kind": "synthetic"}),
+        "source": json.dumps(source or {"kind": "synthetic"}),
         "label_names": json.dumps(label_names),
     }
     w = EmbeddingsWriter(

@@ -13,7 +13,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Stages from the bottom up; a module may import its own stage and the ones below it.
-LAYERS = ["core", "store", "backbone", "embedding", "probe", "index", "search", "live", "dedup", "api", ("serve", "measure"), "cli"]
+LAYERS = [
+    "core",
+    "store",
+    "backbone",
+    "embedding",
+    "probe",
+    "index",
+    "search",
+    "live",
+    "dedup",
+    "api",
+    ("serve", "measure"),
+    "cli",
+]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in (layer if isinstance(layer, tuple) else (layer,))}
 MAX_LINES = 400
 
@@ -133,6 +146,8 @@ def test_readme_layout_lists_every_module():
     assert section, "the README has no '## Layout' section"
     listed = set(re.findall(r"[\w/]+\.py", section.group(1)))
     # listed by their path in the repository, or inside hashindex/ (core/errors.py)
-    names = {p: {str(p.relative_to(REPO)), str(p.relative_to(REPO)).removeprefix("hashindex/")} for p in MODULES.values()}
+    names = {
+        p: {str(p.relative_to(REPO)), str(p.relative_to(REPO)).removeprefix("hashindex/")} for p in MODULES.values()
+    }
     missing = [str(p.relative_to(REPO)) for p, ways in names.items() if not ways & listed]
     assert not missing, f"modules the README's layout section does not list: {missing}"

@@ -7,8 +7,8 @@ import torch
 
 from hashindex.backbone.augment import eval_view
 from hashindex.backbone.model import backbone_from_spec, load_backbone
-from hashindex.backbone.weights import read_state_dict
 from hashindex.backbone.preprocess import base_size, to_base
+from hashindex.backbone.weights import read_state_dict
 from hashindex.core.errors import InputError, MismatchError
 
 

@@ -5,7 +5,6 @@ keep removes the others), with the index's images in another folder than the ser
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import threading
@@ -14,12 +13,12 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import FAKE_SPEC, write_embeddings
 from PIL import Image
 
 import hashindex
 from hashindex.core.config import ServeConfig
 from hashindex.serve.app import create_app
-from hashindex.store.writer import EmbeddingsWriter
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -57,15 +56,8 @@ def photos(tmp_path_factory):
     for rgb, name in zip(images, names):
         Image.fromarray(rgb).save(root / name)
     x = np.stack([features(im) for im in images]).astype(np.float32)
-    spec = {"model": "fake", "weights": "random", "weights_sha256": None, "image_size": 48, "crop_pct": 1.0,
-            "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "num_features": x.shape[1]}  # fmt: skip
-    attrs = {"backbone": json.dumps(spec), "augment": "{}", "views": 0, "seed": 0, "label_names": "null",
-             "source": json.dumps({"kind": "folder", "location": str(root), "n": len(names)})}  # fmt: skip
-    w = EmbeddingsWriter(d / "e.h5", n=len(names), dim=x.shape[1], views=0, label_dim=0, attrs=attrs)
-    w.append(
-        items_done=len(names), embeddings=x, views=None, labels=None, names=names, source_index=np.arange(len(names))
-    )
-    w.finish()
+    src = {"kind": "folder", "location": str(root), "n": len(names)}
+    write_embeddings(d / "e.h5", x, names=names, spec=dict(FAKE_SPEC, image_size=48), source=src)
     hashindex.fit_probe(d / "e.h5", d / "probe", method="itq", bits=32)
     hashindex.build_index(d / "e.h5", d / "probe", d / "index", kind="flat")
     return d

@@ -274,3 +274,50 @@ def test_cli_reports_a_bad_shard_on_one_line(tmp_path, x):
     assert r.output.startswith("error: ") and "b.npy" in r.output and len(r.output.strip().splitlines()) == 1
     r = CliRunner().invoke(cli, ["-q", "embed", "fashion-mnist", str(tmp_path / "e.h5"), "--ray-actors", "2"])
     assert r.exit_code == 2 and "--ray-actors needs --ray" in r.output
+
+
+def test_metadata_kept_in_the_file_reaches_filters_and_is_verified(tmp_path, x):
+    """`import --metadata` stores the sidecar in /meta (under the file's hash); an index built
+    from the file filters on it exactly as a popcount over the satisfying rows would."""
+    import csv
+    import json
+
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "names.txt").write_text("\n".join(f"img{i}.jpg" for i in range(N)))
+    with open(tmp_path / "meta.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name", "year", "camera"])
+        for i in range(0, N, 2):  # odd rows have no metadata: no filter on a field admits them
+            w.writerow([f"img{i}.jpg", 2000 + i % 20, "canon" if i % 4 else "nikon"])
+    db, run = tmp_path / "e.h5", CliRunner().invoke
+    args = ["--model-name", "m", "--names", str(tmp_path / "names.txt"), "--metadata", str(tmp_path / "meta.csv")]
+    r = run(cli, ["-q", "import", str(tmp_path / "x.npy"), str(db), *args])
+    assert r.exit_code == 0, r.output
+    with h5py.File(db, "r") as f:
+        assert sorted(f["meta"]) == ["camera", "year"]
+        year = f["meta/year"][()]
+    assert year[0] == 2000 and year[22] == 2002 and np.isnan(year[1])
+    for a in (
+        ["fit-probe", db, tmp_path / "p", "--bits", "32", "--epochs", "1"],
+        ["build", db, tmp_path / "p", tmp_path / "ix"],
+    ):
+        r = run(cli, ["-q", *map(str, a)])
+        assert r.exit_code == 0, r.output
+    where = ["--where", "year>=2010", "--where", "camera=nikon"]
+    r = run(
+        cli, ["-q", "query", str(tmp_path / "ix"), "--embeddings", str(db), "--limit", "5", "-k", "4", "--json", *where]
+    )
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    rows = np.array([i for i in range(0, N, 4) if 2000 + i % 20 >= 2010])  # nikon: i % 4 == 0
+    from hashindex import open_index
+
+    bits = np.unpackbits(np.asarray(open_index(tmp_path / "ix").snapshot.codes), axis=1)
+    for qi, hit in enumerate(got):
+        d = (bits[rows] != bits[qi]).sum(1)
+        want = sorted(zip(d, rows))[:4]
+        assert [(h["distance"], h["id"]) for h in hit["results"]] == [(int(a), int(b)) for a, b in want]
+    with h5py.File(db, "r+") as f:  # one changed value is caught by the file's check
+        f["meta/year"][0] = 1999
+    with pytest.raises(Exception, match="/meta does not match"):
+        open_embeddings(db, verify=True)

@@ -6,7 +6,6 @@ body with a 413 the client can read, names no server path, and parses ids strict
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import subprocess
@@ -19,18 +18,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from helpers import write_embeddings
 from PIL import Image
 
 import hashindex
 from hashindex.core.config import ServeConfig
 from hashindex.serve.app import create_app
-from hashindex.store.writer import EmbeddingsWriter
 
 DIM = 16
-SPEC = {
-    "model": "fake", "weights": "random", "weights_sha256": None, "image_size": 32, "crop_pct": 1.0,
-    "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "num_features": DIM,
-}  # fmt: skip
 
 
 def fake_embed(images):
@@ -60,15 +55,8 @@ def collection(tmp_path_factory):
     (outside / "secret.png").write_bytes(_png((12, 12), (1, 2, 3)))
     os.symlink(outside / "secret.png", root / "link.png")
     names += [str(outside / "secret.png"), "../private/secret.png", "link.png"]
-    n = len(names)
-    attrs = {
-        "backbone": json.dumps(SPEC), "augment": "{}", "views": 0, "seed": 0, "label_names": "null",
-        "source": json.dumps({"kind": "folder", "location": str(root), "n": n}),
-    }  # fmt: skip
-    w = EmbeddingsWriter(d / "e.h5", n=n, dim=DIM, views=0, label_dim=0, attrs=attrs)
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    w.append(items_done=n, embeddings=x, views=None, labels=None, names=names, source_index=np.arange(n))
-    w.finish()
+    x = rng.standard_normal((len(names), DIM)).astype(np.float32)
+    write_embeddings(d / "e.h5", x, names=names, source={"kind": "folder", "location": str(root), "n": len(names)})
     hashindex.fit_probe(d / "e.h5", d / "probe", method="itq", bits=16)
     hashindex.build_index(d / "e.h5", d / "probe", d / "index", kind="flat")
     return d
@@ -95,7 +83,9 @@ def test_only_the_collections_images_are_served(client):
 
 def test_uploads_are_stored_and_served_as_the_images_they_are(client, collection, tmp_path):
     for name in ("x.html", "x.svg", "x.js", "../../escape.png"):
-        r = client.post("/items", files={"image": (name, _png((10, 10)), "text/html")}, headers={"Authorization": "Bearer t"})
+        r = client.post(
+            "/items", files={"image": (name, _png((10, 10)), "text/html")}, headers={"Authorization": "Bearer t"}
+        )
         assert r.status_code == 201, r.text
         new = r.json()["ids"][0]
         img = client.get(f"/items/{new}/image")
@@ -207,7 +197,10 @@ def _post(url: str, body: bytes, ctype: str) -> int:
 
 def _multipart(files: list[bytes]) -> tuple[bytes, str]:
     parts = [
-        b"--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q%d.png\"\r\nContent-Type: image/png\r\n\r\n" % i + f + b"\r\n"
+        b'--XX\r\nContent-Disposition: form-data; name="image"; filename="q%d.png"\r\nContent-Type: image/png\r\n\r\n'
+        % i
+        + f
+        + b"\r\n"
         for i, f in enumerate(files)
     ]
     return b"".join(parts) + b"--XX--\r\n", "multipart/form-data; boundary=XX"
@@ -238,11 +231,16 @@ def test_serve_warns_beyond_loopback_and_about_tokens_on_the_command_line(collec
     r = CliRunner().invoke(cli, ["serve", str(collection / "index"), "--host", "0.0.0.0", "--port", str(_free_port())])
     assert r.exit_code == 0, r.output
     assert "beyond this machine" in r.output and calls[-1].host == "0.0.0.0"
-    r = CliRunner().invoke(cli, ["serve", str(collection / "index"), "--allow-writes", "--token", "s3cret", "--port", str(_free_port())])
+    r = CliRunner().invoke(
+        cli, ["serve", str(collection / "index"), "--allow-writes", "--token", "s3cret", "--port", str(_free_port())]
+    )
     assert r.exit_code == 0 and "visible to other users" in r.output
     token = tmp_path / "token"
     token.write_text("from-a-file\n")
-    r = CliRunner().invoke(cli, ["serve", str(collection / "index"), "--allow-writes", "--token-file", str(token), "--port", str(_free_port())])
+    r = CliRunner().invoke(
+        cli,
+        ["serve", str(collection / "index"), "--allow-writes", "--token-file", str(token), "--port", str(_free_port())],
+    )
     assert r.exit_code == 0 and "visible" not in r.output and calls[-1].token == "from-a-file"
 
 
@@ -256,3 +254,26 @@ def test_serve_refuses_a_busy_port_before_loading(collection):
         r = CliRunner().invoke(cli, ["serve", str(collection / "index"), "--port", str(s.getsockname()[1])])
     assert r.exit_code == 2 and "error" in r.output.lower() and "port" in r.output
     assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_upload_is_box_reduced_like_a_numpy_block_mean(orientation):
+    """A large upload is decoded, then averaged in f×f blocks (f keeps both sides at or above the
+    model's base size) before any conversion; EXIF orientation still applies."""
+    from hashindex.serve.images import decode_upload
+
+    rng = np.random.default_rng(orientation)
+    raw = rng.integers(0, 256, (403, 1010, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(raw).save(buf, "PNG", exif=exif)
+    full, fmt = decode_upload(buf.getvalue())
+    small, _ = decode_upload(buf.getvalue(), draft=100)
+    turns = 1 if orientation == 6 else 0  # orientation 6: shown turned 90° clockwise
+    assert fmt == "PNG" and np.array_equal(full, np.rot90(raw, -turns))
+    f, h, w = 4, 100, 252  # 403 // 100; blocks are taken on the stored grid (the last ones partial)
+    want = raw[: h * f, : w * f].reshape(h, f, w, f, 3).mean((1, 3))
+    back = np.rot90(small, turns)
+    assert back.shape == (101, 253, 3)
+    assert np.abs(back[:h, :w].astype(float) - want).max() <= 1

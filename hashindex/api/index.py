@@ -218,10 +218,19 @@ class Index:
             q, rows, d, cos = query_duplicates(snap, snap.probe.logits(x), x, cfg)
             for local, pos in enumerate(b.order):
                 sel = q == local
-                out[pos] = {"query": b.names[local], "duplicates": [
-                    {"id": int(snap.ids[r]), "name": n, "label": snap.label_text(int(r)), "hamming": int(h), "cosine": None if c != c else round(float(c), 6)}
-                    for r, h, c, n in zip(rows[sel], d[sel], cos[sel], snap.name_list(rows[sel]))
-                ]}  # fmt: skip
+                out[pos] = {
+                    "query": b.names[local],
+                    "duplicates": [
+                        {
+                            "id": int(snap.ids[r]),
+                            "name": n,
+                            "label": snap.label_text(int(r)),
+                            "hamming": int(h),
+                            "cosine": None if c != c else round(float(c), 6),
+                        }
+                        for r, h, c, n in zip(rows[sel], d[sel], cos[sel], snap.name_list(rows[sel]))
+                    ],
+                }
         return out
 
     # -- edits -------------------------------------------------------------------------------
@@ -323,9 +332,13 @@ def _has_images(queries) -> bool:
 
 def _hits(snap, query: str, d, rows, scores) -> Hits:
     return Hits(
-        query, snap.ids[rows], np.asarray(d, np.int32), snap.name_list(rows), [snap.label_text(int(p)) for p in rows],
+        query,
+        snap.ids[rows],
+        np.asarray(d, np.int32),
+        snap.name_list(rows),
+        [snap.label_text(int(p)) for p in rows],
         None if scores is None else np.asarray(scores),
-    )  # fmt: skip
+    )
 
 
 def _label_rows(snap, labels, count: int) -> np.ndarray | None:

@@ -41,11 +41,25 @@ def _embeddings(embeddings, verify: bool) -> Embeddings:
     return embeddings if isinstance(embeddings, Embeddings) else open_embeddings(embeddings, verify=verify)
 
 
-def embed(source, out, config: EmbedConfig | None = None, *, split="train", root=None, data_dir=None, limit=None,
-          progress: bool = False, restart: bool = False, runner=None, **options):  # fmt: skip
+def embed(
+    source,
+    out,
+    config: EmbedConfig | None = None,
+    *,
+    split="train",
+    root=None,
+    data_dir=None,
+    limit=None,
+    progress: bool = False,
+    restart: bool = False,
+    runner=None,
+    metadata=None,
+    **options,
+):
     """Embed the images of ``source`` (a folder, list file, IDX folder, image file or
     ``fashion-mnist``; or an :class:`~hashindex.embedding.sources.ImageSource`) into the HDF5
-    file ``out`` (see :func:`hashindex.embedding.run.embed`).
+    file ``out`` (see :func:`hashindex.embedding.run.embed`; ``metadata``: a sidecar of item
+    metadata keyed by name, kept in the file for filters).
 
     Returns:
         An :class:`~hashindex.embedding.run.EmbedSummary`.
@@ -58,7 +72,15 @@ def embed(source, out, config: EmbedConfig | None = None, *, split="train", root
         if isinstance(source, ImageSource)
         else open_source(str(source), split=split, root=root, data_dir=data_dir, limit=limit)
     )
-    return run(src, out, _config(EmbedConfig, config, options), progress=progress, restart=restart, runner=runner)
+    return run(
+        src,
+        out,
+        _config(EmbedConfig, config, options),
+        progress=progress,
+        restart=restart,
+        runner=runner,
+        metadata=metadata,
+    )
 
 
 def finetune(
@@ -146,8 +168,21 @@ def write_index_folder(
     return Path(out)
 
 
-def write_arrays_project(x, path, *, names=None, labels=None, label_names=None, views=None, metadata=None, model_name="arrays",
-                      fit: FitConfig | None = None, index: IndexConfig | None = None, progress: bool = False, **fit_options) -> Path:  # fmt: skip
+def write_arrays_project(
+    x,
+    path,
+    *,
+    names=None,
+    labels=None,
+    label_names=None,
+    views=None,
+    metadata=None,
+    model_name="arrays",
+    fit: FitConfig | None = None,
+    index: IndexConfig | None = None,
+    progress: bool = False,
+    **fit_options,
+) -> Path:
     """An index straight from float embeddings: they are written as ``PATH/embeddings.h5``, a probe
     fitted into ``PATH/probe/`` and the index built into ``PATH/index/`` (the layout of
     ``hashindex index``; ``open_index(PATH)`` opens it). Queries by embedding; queries by image

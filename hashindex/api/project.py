@@ -54,10 +54,18 @@ def plan_for(n: int, embed_cfg: EmbedConfig, fit_cfg: FitConfig, index_cfg: Inde
 
 
 def run_index(
-    source, out, *, embed_config: EmbedConfig | None = None, fit_config: FitConfig | None = None,
-    index_config: IndexConfig | None = None, refit: bool = False, metadata=None, progress: bool = False,
-    say=logger.info, **source_options,
-) -> Path:  # fmt: skip
+    source,
+    out,
+    *,
+    embed_config: EmbedConfig | None = None,
+    fit_config: FitConfig | None = None,
+    index_config: IndexConfig | None = None,
+    refit: bool = False,
+    metadata=None,
+    progress: bool = False,
+    say=logger.info,
+    **source_options,
+) -> Path:
     """Embed, fit and build ``source`` into the folder ``out`` (see the module docstring).
 
     Args:

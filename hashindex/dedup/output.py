@@ -44,10 +44,16 @@ def group_records(snap, dups, keep: str) -> list[dict]:
         items = []
         for r, dist, name in zip(rows, d, names):
             c = 1.0 if r == k else cos_of.get((min(k, int(r)), max(k, int(r))))
-            items.append({
-                "id": int(snap.ids[r]), "name": name, "label": snap.label_text(int(r)), "keep": bool(r == k),
-                "hamming": int(dist), "cosine": None if c is None or c != c else round(c, 6),
-            })  # fmt: skip
+            items.append(
+                {
+                    "id": int(snap.ids[r]),
+                    "name": name,
+                    "label": snap.label_text(int(r)),
+                    "keep": bool(r == k),
+                    "hamming": int(dist),
+                    "cosine": None if c is None or c != c else round(c, 6),
+                }
+            )
         kid = int(snap.ids[k])
         out.append({"group": g, "keep": kid, "remove": [it["id"] for it in items if not it["keep"]], "items": items})
     return out

@@ -25,6 +25,7 @@ import numpy as np
 from hashindex.core.durable import OutputLock
 from hashindex.core.errors import InputError
 from hashindex.core.spec import external_spec
+from hashindex.embedding.metadata import metadata_for, read_sidecar
 from hashindex.embedding.readers import ArrayReader, RowStream, open_array, split_spec
 from hashindex.store.resume import partial_path, remove_resume_folder
 from hashindex.store.writer import EmbeddingsWriter
@@ -40,7 +41,8 @@ class ImportConfig:
     source such as ``x.npy`` or ``x.h5:/labels``); ``name_column`` / ``label_column`` read them
     from the parquet sources instead. Labels are class ids or class names (one per row) or
     ``(n, C)`` 0/1 multi-hot rows. ``views_from``: one source per cached view, row-aligned with
-    the embeddings. ``chunk`` is the number of rows held in memory at a time.
+    the embeddings. ``chunk`` is the number of rows held in memory at a time. ``metadata``: a
+    sidecar of item metadata keyed by name (CSV, JSON Lines, parquet), kept in the file.
     """
 
     model_name: str = "external"
@@ -51,6 +53,7 @@ class ImportConfig:
     label_column: str | None = None
     views_from: tuple[str, ...] = ()
     chunk: int = 65536
+    metadata: str | None = None
 
 
 @dataclass
@@ -179,11 +182,14 @@ def import_arrays(x, out, *, names=None, labels=None, label_names=None, views=No
             raise InputError(f"views must be finite floats of shape ({n}, V, {dim}), got {views.shape}")
     attrs = {
         "backbone": json.dumps(external_spec(model_name, dim).to_dict(), sort_keys=True),
-        "augment": json.dumps({"kind": "imported", "views_from": ["arrays"] if views is not None else []}, sort_keys=True),
-        "views": 0 if views is None else views.shape[1], "seed": 0,
+        "augment": json.dumps(
+            {"kind": "imported", "views_from": ["arrays"] if views is not None else []}, sort_keys=True
+        ),
+        "views": 0 if views is None else views.shape[1],
+        "seed": 0,
         "source": json.dumps({"kind": "arrays", "location": None, "n": n}, sort_keys=True),
         "label_names": json.dumps(label_names if lab is not None else None),
-    }  # fmt: skip
+    }
     writer = EmbeddingsWriter(
         out, n=n, dim=dim, views=attrs["views"], label_dim=0 if lab is None else lab.shape[1], attrs=attrs
     )
@@ -268,6 +274,7 @@ def import_embeddings(
         raise InputError("--model-name must not be empty")
     if not out.parent.exists():
         raise InputError(f"output folder {out.parent} does not exist")
+    sidecar = read_sidecar(config.metadata) if config.metadata else None
     readers, dim = _open_sources(sources, config)
     n = sum(r.rows for r in readers)
     if n == 0:
@@ -316,6 +323,7 @@ def import_embeddings(
             label_dim=0 if labels is None else labels.shape[1],
             attrs=attrs,
             lock=lock,
+            item_meta=None if sidecar is None else (lambda got: metadata_for(got, sidecar)),
         )
         main = RowStream(readers, config.chunk)
         names = RowStream(name_readers, config.chunk) if name_readers else None

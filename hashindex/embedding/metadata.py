@@ -83,7 +83,7 @@ def read_sidecar(path: str | Path) -> dict[str, dict]:
             raise InputError(f"metadata file {p}: use .csv, .jsonl or .parquet")
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - csv, json and pyarrow errors of many kinds
+    except Exception as e:
         raise InputError(f"metadata file {p} is unreadable: {type(e).__name__}: {e}"[:400]) from None
     out: dict[str, dict] = {}
     for i, row in enumerate(rows):

@@ -30,6 +30,7 @@ from hashindex.backbone.onnx_runtime import with_runtime
 from hashindex.core.config import EmbedConfig
 from hashindex.core.durable import write_durably
 from hashindex.core.errors import InputError
+from hashindex.core.extras import require
 from hashindex.embedding.run import BaseImages, append_batch, embed_batch
 from hashindex.embedding.sources import ImageSource
 from hashindex.store.writer import EmbeddingsWriter
@@ -158,6 +159,7 @@ class _EmbedActor:
 
 def connect(address: str | None):
     """Join the Ray cluster at ``address``, or start a local one (reuses an initialised one)."""
+    require("ray", "embedding on a Ray cluster (--ray)")
     import ray
 
     if ray.is_initialized():
@@ -179,7 +181,11 @@ def ray_runner(address: str | None = None, actors: int | None = None):
         address: a running cluster's address (``auto``, ``ray://host:10001``, ``host:6379``);
             None starts a local cluster, or uses the one this process already joined.
         actors: backbone actors [default: one per GPU of the cluster, else one CPU actor].
+
+    Raises:
+        InputError: Ray is not installed.
     """
+    require("ray", "embedding on a Ray cluster (--ray)")
 
     def run(
         source: ImageSource, backbone, config: EmbedConfig, writer: EmbeddingsWriter, s0: int, progress: bool, tqdm

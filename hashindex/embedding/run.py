@@ -24,6 +24,7 @@ from hashindex.core.config import EmbedConfig
 from hashindex.core.durable import OutputLock
 from hashindex.core.errors import HashIndexError, InputError
 from hashindex.embedding.decode import DecodeError
+from hashindex.embedding.metadata import metadata_for, read_sidecar
 from hashindex.embedding.sources import ImageSource
 from hashindex.store.background import WriterThread
 from hashindex.store.reader import clean_published, open_embeddings
@@ -144,6 +145,7 @@ def embed(
     progress: bool = True,
     restart: bool = False,
     runner=None,
+    metadata=None,
 ) -> EmbedSummary:
     """Embed every image of ``source`` into the HDF5 file ``out``.
 
@@ -163,6 +165,8 @@ def embed(
             the source changed since: a resume compares the source's items and refuses).
         runner: what runs the embedding pass into the open writer (default: this process; see
             :func:`hashindex.embedding.ray_runner.ray_runner` for a Ray cluster).
+        metadata: a sidecar of item metadata keyed by name (CSV, JSON Lines, parquet), stored
+            with the embeddings (``/meta``) for filters.
 
     Returns:
         A summary with the number of rows and failures.
@@ -190,6 +194,7 @@ def embed(
     if not out.parent.exists():
         raise InputError(f"output folder {out.parent} does not exist")
     exists = f"{out} already exists (made with other settings or by another program): remove it or choose another output path"
+    sidecar = read_sidecar(metadata) if metadata else None  # its errors before any work
     keys = source.item_keys()  # names (+ size and mtime of files): a resume must see the same
     lock = OutputLock(out).acquire()
     writer = None
@@ -233,6 +238,7 @@ def embed(
                 lock=lock,
                 commit_seconds=config.commit_seconds,
                 item_keys=keys,
+                item_meta=None if sidecar is None else (lambda names: metadata_for(names, sidecar)),
             )
             path = (runner or _run)(source, backbone, config, writer, s0, progress, tqdm)
     finally:

@@ -29,11 +29,11 @@ from hashindex.core.durable import check_new_folder, publish_folder
 from hashindex.core.errors import InputError, MismatchError
 from hashindex.core.spec import check_same_backbone, sha256_file
 from hashindex.core.version import __version__
-from hashindex.index.items import write_meta
 from hashindex.index.load import HashIndex, load_index
 from hashindex.index.manifest import INDEX_FILE, ITEMS_FILE, Manifest
 from hashindex.probe.artifact import PROBE_JSON, PROBE_WEIGHTS, Probe, load_probe, probe_hash
 from hashindex.store.reader import Embeddings
+from hashindex.store.schema import write_meta
 
 logger = logging.getLogger(__name__)
 

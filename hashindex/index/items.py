@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hashindex.store.schema import as_str
+from hashindex.store.schema import as_str, write_meta
 
 STR = h5py.string_dtype("utf-8")
 
@@ -72,16 +72,6 @@ def write_items(path: str | Path, names, source_index, *, labels=None, label_nam
         f.attrs["label_names"] = json.dumps(label_names)
         if optional.get("roots") is not None:
             f.attrs["roots"] = json.dumps(list(optional["roots"]))
-
-
-def write_meta(f, meta: dict | None) -> None:
-    """Metadata columns into ``/meta`` of an open items file (numbers as float64, else text)."""
-    for key, v in (meta or {}).items():
-        v = np.asarray(v)
-        if v.dtype.kind in "OUS":
-            f.create_dataset(f"meta/{key}", data=np.array([str(s) for s in v], dtype=object), dtype=STR)
-        else:
-            f.create_dataset(f"meta/{key}", data=v.astype(np.float64))
 
 
 class ItemNames:

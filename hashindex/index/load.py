@@ -184,6 +184,6 @@ def load_index(path: str | os.PathLike, *, verify: bool = True, mmap: bool = Fal
     elif manifest.index.kind == "mih":
         try:
             tables = MIHTables.load(d, manifest.bits, manifest.ntotal, int(manifest.index.tables), mmap=mmap)
-        except Exception as e:  # noqa: BLE001 - a damaged .npy header raises many kinds
+        except Exception as e:
             raise IntegrityError(f"{d}: the multi-index tables are unreadable: {type(e).__name__}: {e}") from None
     return HashIndex(d, manifest, index, probe, tables)

@@ -65,9 +65,17 @@ def compact_folder(live) -> None:
     extra = np.ascontiguousarray(snap.extra[-1 - float_row[added]], np.float32)
     float_row[added] = -1 - np.arange(int(added.sum()), dtype=np.int64)
     write_items(
-        new / ITEMS_FILE, snap.names, snap.source_index, labels=snap.labels, label_names=snap.label_names,
-        ids=snap.ids, float_row=float_row, root_id=snap.root_id, roots=list(snap.roots), meta=snap.meta,
-    )  # fmt: skip
+        new / ITEMS_FILE,
+        snap.names,
+        snap.source_index,
+        labels=snap.labels,
+        label_names=snap.label_names,
+        ids=snap.ids,
+        float_row=float_row,
+        root_id=snap.root_id,
+        roots=list(snap.roots),
+        meta=snap.meta,
+    )
     rels = [INDEX_FILE, ITEMS_FILE, f"probe/{PROBE_JSON}", f"probe/{PROBE_WEIGHTS}"]
     if snap.kind == "mih":
         rels += MIHTables.build(np.asarray(snap.codes), m.index.tables).save(new)
@@ -89,9 +97,14 @@ def compact_folder(live) -> None:
         if d.exists():
             fsync_dir(d)
     new_state = replace(
-        state, generation=state.generation + 1, commits=(), uploads=uploads, built=state.built or m.created,
-        extra=EXTRA_EMBEDDINGS if len(extra) else None, compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )  # fmt: skip
+        state,
+        generation=state.generation + 1,
+        commits=(),
+        uploads=uploads,
+        built=state.built or m.created,
+        extra=EXTRA_EMBEDDINGS if len(extra) else None,
+        compacted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     publish(new, replace(m, ntotal=snap.ntotal, files={}, live=None), new_state, files)
     fsync_dir(path.parent)
     crash_point("compact-written")

@@ -122,9 +122,14 @@ def add_images(live: LiveIndex, specs: list[str], embed, *, batch_size: int = 64
     root_id = [roots.index(it.root) if it.root is not None else -1 for it in kept]
     names = [it.name for it in kept]
     ids = live.add(
-        np.concatenate(xs), names, labels=lab, source_index=np.array([it.source_index for it in kept]),
-        roots=roots, root_id=root_id, meta=meta(names) if meta else None,
-    )  # fmt: skip
+        np.concatenate(xs),
+        names,
+        labels=lab,
+        source_index=np.array([it.source_index for it in kept]),
+        roots=roots,
+        root_id=root_id,
+        meta=meta(names) if meta else None,
+    )
     return ids, failures
 
 

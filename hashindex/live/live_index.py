@@ -34,7 +34,7 @@ from hashindex.live.commits import (
     publish,
     remove_commit,
     write_file,
-)  # fmt: skip
+)
 from hashindex.live.folder import readable_path, recover, resolve_folder
 from hashindex.live.replay import load_snapshot, with_commit
 from hashindex.live.snapshot import Snapshot
@@ -208,13 +208,23 @@ class LiveIndex:
             except ValueError:
                 age = None
         return {
-            "path": str(self.path), "kind": snap.kind, "bits": snap.bits, "ntotal": snap.ntotal,
-            "base_ntotal": m.ntotal, "generation": s.generation, "commits": len(s.commits),
-            "next_id": s.next_id, "added_since_fit": s.added_total, "removed_since_build": s.removed_total,
+            "path": str(self.path),
+            "kind": snap.kind,
+            "bits": snap.bits,
+            "ntotal": snap.ntotal,
+            "base_ntotal": m.ntotal,
+            "generation": s.generation,
+            "commits": len(s.commits),
+            "next_id": s.next_id,
+            "added_since_fit": s.added_total,
+            "removed_since_build": s.removed_total,
             "probe": {"method": m.probe.get("method"), "fitted_on": m.embeddings.get("n"), "age_days": age},
-            "built": built, "compacted": s.compacted or "", "backbone": m.backbone.get("model"),
-            "index": m.index.to_manifest(), "images_root": snap.roots[0] or "",
-        }  # fmt: skip
+            "built": built,
+            "compacted": s.compacted or "",
+            "backbone": m.backbone.get("model"),
+            "index": m.index.to_manifest(),
+            "images_root": snap.roots[0] or "",
+        }
 
 
 def open_live(path: str | os.PathLike, *, verify: bool = True, images_root: str | None = None) -> LiveIndex:

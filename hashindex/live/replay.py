@@ -57,12 +57,22 @@ def base_snapshot(hi: HashIndex, generation: int, extra: np.ndarray | None, imag
         roots[0] = os.path.abspath(images_root)
     dim = hi.probe.input_dim
     return Snapshot(
-        generation=generation, base=hi, ids=ids, codes=codes, names=ItemNames(hi.path / ITEMS_FILE, n),
-        labels=items["labels"], source_index=items["source_index"], float_row=float_row,
-        extra=np.zeros((0, dim), np.float32) if extra is None else extra, label_names=items["label_names"],
-        embeddings_path=hi.manifest.embeddings.get("path") or "", roots=tuple(roots), root_id=items["root_id"],
-        meta=items["meta"], faiss_index=fi,
-    )  # fmt: skip
+        generation=generation,
+        base=hi,
+        ids=ids,
+        codes=codes,
+        names=ItemNames(hi.path / ITEMS_FILE, n),
+        labels=items["labels"],
+        source_index=items["source_index"],
+        float_row=float_row,
+        extra=np.zeros((0, dim), np.float32) if extra is None else extra,
+        label_names=items["label_names"],
+        embeddings_path=hi.manifest.embeddings.get("path") or "",
+        roots=tuple(roots),
+        root_id=items["root_id"],
+        meta=items["meta"],
+        faiss_index=fi,
+    )
 
 
 def _merged_meta(snap: Snapshot, commit: dict, n_new: int) -> dict:
@@ -116,12 +126,17 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
             base_ids = np.zeros(snap.ntotal, np.int32) if root_id is None else root_id
             root_id = np.concatenate([base_ids, np.full(n_new, -1, np.int32)])
         changes = dict(
-            ids=np.concatenate([snap.ids, new_ids]), codes=np.concatenate([snap.codes, commit["codes"]]),
+            ids=np.concatenate([snap.ids, new_ids]),
+            codes=np.concatenate([snap.codes, commit["codes"]]),
             names=np.concatenate([snap.names, np.array([str(s) for s in commit["names"]], dtype=object)]),
-            labels=labels, extra=extra, source_index=np.concatenate([snap.source_index, commit["source_index"]]),
+            labels=labels,
+            extra=extra,
+            source_index=np.concatenate([snap.source_index, commit["source_index"]]),
             float_row=np.concatenate([snap.float_row, -1 - np.arange(len(snap.extra), len(extra), dtype=np.int64)]),
-            roots=roots, root_id=root_id, meta=_merged_meta(snap, commit, n_new),
-        )  # fmt: skip
+            roots=roots,
+            root_id=root_id,
+            meta=_merged_meta(snap, commit, n_new),
+        )
         if snap.kind == "ivf":
             fi = clone_index(snap.faiss_index)
             fi.add_with_ids(np.ascontiguousarray(commit["codes"]), np.ascontiguousarray(new_ids))
@@ -134,11 +149,15 @@ def with_commit(snap: Snapshot, commit: dict, generation: int) -> Snapshot:
         keep = np.ones(snap.ntotal, bool)
         keep[pos] = False
         changes = dict(
-            ids=snap.ids[keep], codes=snap.codes[keep], names=snap.names[keep],
-            labels=None if snap.labels is None else snap.labels[keep], float_row=snap.float_row[keep],
-            source_index=snap.source_index[keep], root_id=None if snap.root_id is None else snap.root_id[keep],
+            ids=snap.ids[keep],
+            codes=snap.codes[keep],
+            names=snap.names[keep],
+            labels=None if snap.labels is None else snap.labels[keep],
+            float_row=snap.float_row[keep],
+            source_index=snap.source_index[keep],
+            root_id=None if snap.root_id is None else snap.root_id[keep],
             meta={k: v[keep] for k, v in snap.meta.items()},
-        )  # fmt: skip
+        )
         if snap.kind == "ivf":
             fi = clone_index(snap.faiss_index)
 
@@ -158,7 +177,7 @@ def _load(path: Path, verify: bool, images_root: str | None) -> tuple[Manifest, 
     if state.extra:
         try:
             extra = np.load(path / state.extra, allow_pickle=False)
-        except Exception as e:  # noqa: BLE001 - a damaged .npy header raises many kinds
+        except Exception as e:
             raise IntegrityError(f"{path / state.extra} is unreadable: {type(e).__name__}: {e}") from None
     snap = base_snapshot(hi, state.generation - len(state.commits), extra, images_root)
     for rel in state.commits:

@@ -236,11 +236,18 @@ class Snapshot:
         out = []
         for q in range(len(rows)):
             names = self.name_list(rows[q])
-            out.append([
-                {"id": int(self.ids[p]), "name": name, "label": self.label_text(int(p)), "distance": int(dist),
-                 **({} if scores is None else {"score": round(float(scores[q, r]), 6)})}
-                for r, (dist, p, name) in enumerate(zip(d[q], rows[q], names))
-            ])  # fmt: skip
+            out.append(
+                [
+                    {
+                        "id": int(self.ids[p]),
+                        "name": name,
+                        "label": self.label_text(int(p)),
+                        "distance": int(dist),
+                        **({} if scores is None else {"score": round(float(scores[q, r]), 6)}),
+                    }
+                    for r, (dist, p, name) in enumerate(zip(d[q], rows[q], names))
+                ]
+            )
         return out
 
 

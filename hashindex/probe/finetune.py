@@ -52,7 +52,7 @@ from hashindex.probe.finetune_io import (
     publish,
     restore_checkpoint,
     write_bytes,
-)  # fmt: skip
+)
 from hashindex.probe.fit import class_codebook, cosine_lr, optimizer_step, view_pairs
 from hashindex.probe.hashcoder import HashCoder
 from hashindex.probe.losses import crovca_loss

@@ -294,8 +294,11 @@ def fit_probe(emb: Embeddings, config: FitConfig = FitConfig(), *, progress: boo
     if emb.n < SMALL_COLLECTION and config.method == "crovca":
         logger.warning(
             "%s holds %d items: below %d, CroVCA codes are not better than ITQ's or the float embeddings "
-            "(BENCHMARKS.md, small collections)", emb.path, emb.n, SMALL_COLLECTION,
-        )  # fmt: skip
+            "(BENCHMARKS.md, small collections)",
+            emb.path,
+            emb.n,
+            SMALL_COLLECTION,
+        )
     t0 = time.perf_counter()
     rows = sample_rows(emb.n, config.sample, config.seed)  # a file of any size: fit on a sample
     x = read_rows(emb, rows)

@@ -24,7 +24,7 @@ class Ranked(NamedTuple):
     similarity or asymmetric distance; None without re-ranking), each ``(nq, k)``."""
 
     D: np.ndarray
-    I: np.ndarray  # noqa: E741 - faiss's name
+    I: np.ndarray
     S: np.ndarray | None
 
 

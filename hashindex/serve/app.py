@@ -167,9 +167,13 @@ def create_app(index, config: ServeConfig = ServeConfig(), *, embed_fn=None) -> 
     async def stats():
         info = {k: v for k, v in live.info().items() if k not in ("path", "images_root")}
         info.update(
-            image_search=svc.embed is not None, writes=config.allow_writes, batches=svc.batcher.batches,
-            batched_images=svc.batcher.images, refused=svc.gate.refused, uptime_s=round(time.time() - svc.started, 1),
-        )  # fmt: skip
+            image_search=svc.embed is not None,
+            writes=config.allow_writes,
+            batches=svc.batcher.batches,
+            batched_images=svc.batcher.images,
+            refused=svc.gate.refused,
+            uptime_s=round(time.time() - svc.started, 1),
+        )
         return info
 
     async def add_request(request: Request):
@@ -216,5 +220,13 @@ def serve_index(index, config: ServeConfig = ServeConfig()) -> None:
     import uvicorn
 
     app = create_app(index, config)
-    uvicorn.run(app, host=config.host, port=config.port, workers=1, log_level="info", access_log=False,
-                timeout_keep_alive=5, limit_concurrency=config.max_connections)  # fmt: skip
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        workers=1,
+        log_level="info",
+        access_log=False,
+        timeout_keep_alive=5,
+        limit_concurrency=config.max_connections,
+    )

@@ -60,10 +60,16 @@ def add_duplicate_routes(app, svc: Service) -> None:
         q, rows, d, cos = await svc.run(svc.search_pool, query_duplicates, snap, snap.probe.logits(x), x, cfg)
         names = snap.name_list(rows)
         found = [
-            {"id": int(snap.ids[r]), "name": n, "label": snap.label_text(int(r)), "hamming": int(h), "cosine": None if c != c else round(float(c), 6)}
+            {
+                "id": int(snap.ids[r]),
+                "name": n,
+                "label": snap.label_text(int(r)),
+                "hamming": int(h),
+                "cosine": None if c != c else round(float(c), 6),
+            }
             for r, h, c, n in zip(rows, d, cos, names)
             if item_id is None or int(snap.ids[r]) != item_id
-        ]  # fmt: skip
+        ]
         return {"duplicates": found, "radius_bits": cfg.radius_for(snap.bits), "min_cosine": cfg.min_cosine}
 
     @app.post("/duplicates")
@@ -87,7 +93,7 @@ def add_duplicate_routes(app, svc: Service) -> None:
             raise ApiError(400, "the item kept cannot also be removed")
         try:
             live.snapshot.positions(remove + ([kept] if kept is not None else []))
-        except Exception as e:  # noqa: BLE001 - InputError: an id not (or no longer) in the index
+        except Exception as e:
             raise ApiError(404, str(e)) from None
         await svc.write(live.remove, remove)
         return {"kept": kept, "removed": remove, "generation": live.snapshot.generation}

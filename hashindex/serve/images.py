@@ -48,11 +48,23 @@ def decode_upload(data: bytes, draft: int | None = None) -> tuple[np.ndarray, st
             if draft and fmt == "JPEG":
                 im.draft(None, (draft, draft))
             im.load()
-            return pil_to_rgb(im), fmt
+            return pil_to_rgb(_reduced(im, draft) if draft else im), fmt
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on bad data
+    except Exception as e:
         raise InputError(f"the upload is not a readable image ({type(e).__name__})") from None
+
+
+def _reduced(im, side: int):
+    """A decoded upload box-averaged by the largest integer factor that keeps both sides at least
+    ``side`` (what JPEG draft does in the DCT, for every format): conversion and resizing then
+    cost what the model's input costs, not what the upload's pixels do. The copy keeps the
+    image's info (EXIF orientation included); a colour-key transparency would not survive
+    averaging, so such images stay whole."""
+    f = min(im.size) // side
+    if f < 2 or im.mode not in ("L", "RGB", "RGBA", "LA") or "transparency" in im.info:
+        return im
+    return im.reduce(f)
 
 
 def stored_upload(data: bytes, fmt: str) -> tuple[bytes, str]:
@@ -93,7 +105,7 @@ def _file_image(path: Path, size: int | None) -> tuple[str, bytes]:
             return "image/png", _png(pil_to_rgb(im), size)
     except InputError:
         raise
-    except Exception as e:  # noqa: BLE001 - a file that is not an image is not served
+    except Exception as e:
         raise InputError(f"the item's file is not a readable image ({type(e).__name__})") from None
 
 

@@ -114,7 +114,7 @@ class Service:
                 self.draft = self.ix.embedder.draft_size
                 self.ix.embed_images([np.zeros((8, 8, 3), np.uint8)])  # load it now, not on the first query
                 self.embed = self.ix.embed_images
-            except Exception as e:  # noqa: BLE001 - the service still answers searches by embedding and id
+            except Exception as e:
                 self.backbone_error = scrub(f"the index's backbone cannot be loaded, so image search is off: {e}")
                 log.warning(self.backbone_error)
         ok, tried = check_images(self.ix, self.live.snapshot)
@@ -146,7 +146,7 @@ class Service:
         await read_body(request, self.config)
         try:
             return await request.form(max_files=self.config.max_files, max_fields=16)
-        except Exception as e:  # noqa: BLE001 - python-multipart's parse errors
+        except Exception as e:
             raise ApiError(400, f"malformed multipart body: {e}") from None
 
     async def images_of(self, files, *, one: bool):

@@ -20,11 +20,13 @@ from hashindex.store.resume import partial_path, read_settings, remove_resume_fo
 from hashindex.store.schema import (
     DATASETS,
     FAIL,
+    META,
     SCHEMA_VERSION,
     as_str,
     attrs_digest,
     expected_checksums,
     hash_failures,
+    hash_meta,
     hash_rows,
     jsonable,
 )
@@ -146,7 +148,7 @@ class Embeddings:
                 if (
                     not isinstance(checksums, dict)
                     or set(checksums) not in (full, old)
-                    or set(f) - set(DATASETS) != {"failures"}
+                    or set(f) - set(DATASETS) - {META} != {"failures"}
                 ):
                     raise IntegrityError(
                         f"{p}: its datasets ({', '.join(sorted(f))}) are not those its checksums name ({', '.join(sorted(checksums))})"
@@ -160,6 +162,11 @@ class Embeddings:
                         raise IntegrityError(f"{p}: /{k} has {f[k].shape[0]} rows, /embeddings has {self.n}")
                 if "rows" in f.attrs and int(f.attrs["rows"]) != self.n:
                     raise IntegrityError(f"{p}: attribute rows={int(f.attrs['rows'])}, /embeddings has {self.n}")
+                if META in f:
+                    h = hashlib.sha256()
+                    hash_meta(h, f[META])
+                    if h.hexdigest() != checksums.get(META) or any(ds.shape[0] != self.n for ds in f[META].values()):
+                        raise IntegrityError(f"{p}: /meta does not match its recorded sha256 (modified or corrupt)")
                 fails = f["failures"][()]
                 if "failures" in checksums:
                     h = hashlib.sha256()

@@ -72,11 +72,22 @@ def hash_failures(h: hashlib._Hash, rows) -> None:
         h.update("\t".join([str(int(idx)), *(as_str(t) for t in text)]).encode("utf-8") + b"\n")
 
 
+META = "meta"  # optional group of item metadata columns (one dataset per field)
+
+
 def expected_checksums(datasets) -> tuple[set, set]:
-    """The key sets a file's ``checksums`` may have: with ``failures`` and ``attrs`` (files
-    written now), or the datasets alone (files written before those were covered)."""
+    """The key sets a file's ``checksums`` may have: with ``failures``, ``attrs`` (and ``meta``
+    when the file holds metadata; files written now), or the datasets alone (files written
+    before those were covered)."""
     data = {k for k in datasets if k in DATASETS}
-    return data | {"failures", "attrs"}, data
+    return data | {"failures", "attrs"} | ({META} if META in datasets else set()), data
+
+
+def hash_meta(h: hashlib._Hash, group) -> None:
+    """Feed a ``/meta`` group (field name, then its values) into its checksum, fields in order."""
+    for key in sorted(group):
+        h.update(key.encode("utf-8") + b"\n")
+        hash_rows(h, "names" if group[key].dtype.kind in "OS" else key, group[key][()])
 
 
 def attrs_digest(attrs) -> str:
@@ -88,3 +99,14 @@ def attrs_digest(attrs) -> str:
 
 def new_hashes(names) -> dict:
     return {k: hashlib.sha256() for k in names}
+
+
+def write_meta(f, meta: dict | None) -> None:
+    """Metadata columns into ``/meta`` of an open HDF5 file: numbers as float64 (NaN for none),
+    anything else as UTF-8 text (embeddings files and index items files alike)."""
+    for key, v in (meta or {}).items():
+        v = np.asarray(v)
+        if v.dtype.kind in "OUS":
+            f.create_dataset(f"{META}/{key}", data=np.array([str(s) for s in v], dtype=object), dtype=STR)
+        else:
+            f.create_dataset(f"{META}/{key}", data=v.astype(np.float64))

@@ -24,8 +24,9 @@ import h5py
 import numpy as np
 
 from hashindex.core.durable import OutputLock, fsync_dir, publish_file, write_durably
-from hashindex.core.errors import InputError, IntegrityError
+from hashindex.core.errors import InputError
 from hashindex.core.version import __version__
+from hashindex.store.assemble import assemble
 from hashindex.store.resume import (
     ASSEMBLED,
     ITEMS,
@@ -33,7 +34,6 @@ from hashindex.store.resume import (
     SETTINGS,
     Shard,
     changed_item,
-    check_shard,
     partial_path,
     read_settings,
     remove_resume_folder,
@@ -41,15 +41,7 @@ from hashindex.store.resume import (
     shard_meta,
 )
 from hashindex.store.schema import (
-    DATASETS,
-    FAIL,
-    SCHEMA_VERSION,
-    STR,
-    attrs_digest,
-    hash_failures,
-    hash_rows,
     jsonable,
-    new_hashes,
     text_array,
 )
 
@@ -94,13 +86,14 @@ class EmbeddingsWriter:
         lock: OutputLock | None = None,
         commit_seconds: float = 0.0,
         item_keys: list[str] | None = None,
+        item_meta=None,
     ):
         self.path = Path(path)
         self.work = partial_path(path)
         self.n, self.dim, self.views, self.label_dim = int(n), int(dim), int(views), int(label_dim)
         self.attrs = {k: jsonable(v) for k, v in attrs.items()}
         self.commit_seconds = float(commit_seconds)
-        self.item_keys = item_keys
+        self.item_keys, self.item_meta = item_keys, item_meta  # item_meta: names -> metadata columns
         self._own_lock = lock is None
         self.lock = lock if lock is not None else OutputLock(path).acquire()
         self._buffer: list[dict] = []
@@ -158,9 +151,9 @@ class EmbeddingsWriter:
                 )
             self.created = settings.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self._discard_stray()
-            self._shards = scan_shards(self.work, self.n)
-            self._committed_attrs = shard_meta(self._shards[-1]) if self._shards else {}
-            if self._shards:
+            self.shards = scan_shards(self.work, self.n)
+            self._committed_attrs = shard_meta(self.shards[-1]) if self.shards else {}
+            if self.shards:
                 logger.info("resuming %s at item %d (%d rows)", self.path, self.committed_items, self.committed_rows)
             return
         w.mkdir(exist_ok=True)
@@ -174,7 +167,7 @@ class EmbeddingsWriter:
             )
         write_durably(w / SETTINGS, lambda fh: fh.write((json.dumps(doc, sort_keys=True) + "\n").encode()))
         fsync_dir(w.parent)
-        self._shards, self._committed_attrs = [], {}
+        self.shards, self._committed_attrs = [], {}
 
     def _discard_stray(self) -> None:
         for p in self.work.iterdir():
@@ -186,11 +179,11 @@ class EmbeddingsWriter:
     @property
     def committed_items(self) -> int:
         """Items made durable (a resume starts here)."""
-        return self._shards[-1].end if self._shards else 0
+        return self.shards[-1].end if self.shards else 0
 
     @property
     def committed_rows(self) -> int:
-        return sum(s.rows for s in self._shards)
+        return sum(s.rows for s in self.shards)
 
     @property
     def items_done(self) -> int:
@@ -280,7 +273,7 @@ class EmbeddingsWriter:
         assert not any(a.dtype.hasobject for a in arrays.values())  # object arrays would need pickle
         path = self.work / f"shard-{start:012d}-{end:012d}.npz"
         write_durably(path, lambda fh: np.savez(fh, **arrays))
-        self._shards.append(Shard(start, end, len(arrays["source_index"]), path))
+        self.shards.append(Shard(start, end, len(arrays["source_index"]), path))
         self._committed_attrs = meta
         self._buffer, self._buffer_attrs = [], {}
         self._last_commit = time.monotonic()
@@ -289,7 +282,8 @@ class EmbeddingsWriter:
 
     def finish(self, **attrs) -> Path:
         """Commit what is pending, assemble the HDF5 file, fsync it and rename it to the output
-        path atomically; then remove the resume folder and the lock.
+        path atomically; then remove the resume folder and the lock. The writer's ``item_meta``
+        (a function of the rows' names giving their metadata columns) fills ``/meta``.
 
         Raises:
             IntegrityError: a progress shard turned out to be corrupt (it is removed, so the same
@@ -303,71 +297,11 @@ class EmbeddingsWriter:
 
         def fill(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
-                self._assemble(f, rows, meta)
+                assemble(f, self, rows, meta, self.item_meta)
 
         publish_file(fill, self.path, tmp)
         self._cleanup()
         return self.path
-
-    def _assemble(self, f: h5py.File, rows: int, meta: dict) -> None:
-        # Contiguous datasets (the size is known): readers can memory-map /embeddings.
-        dim = self.dim
-        f.create_dataset("embeddings", (rows, dim), "f4")
-        if self.views:
-            f.create_dataset("views", (rows, self.views, dim), "f4")
-        if self.label_dim:
-            f.create_dataset("labels", (rows, self.label_dim), "u1")
-        f.create_dataset("names", (rows,), STR)
-        f.create_dataset("source_index", (rows,), "i8")
-        hashes = new_hashes(k for k in DATASETS if k in f)
-        failures = []
-        r = 0
-        for i, s in enumerate(self._shards):
-            try:
-                with np.load(s.path, allow_pickle=False) as z:
-                    data = {k: z[k] for k in z.files}
-                check_shard(data, s, self)
-            except Exception as e:
-                for later in self._shards[i:]:
-                    later.path.unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"progress file {s.path} is corrupt ({type(e).__name__}: {e}); it was removed: "
-                    f"re-run the same command to embed items {s.start} onwards again"
-                ) from None
-            m = len(data["source_index"])
-            for k in hashes if m else ():
-                arr = data[k].tolist() if k == "names" else data[k]
-                f[k][r : r + m] = arr
-                hash_rows(hashes[k], k, arr)
-            failures += list(
-                zip(
-                    data["fail_index"].tolist(),
-                    data["fail_name"].tolist(),
-                    data["fail_error"].tolist(),
-                    data["fail_message"].tolist(),
-                )
-            )
-            r += m
-        fd = f.create_dataset("failures", (len(failures),), FAIL, maxshape=(None,), chunks=(64,))
-        if failures:
-            fd[:] = np.array(failures, dtype=FAIL)
-        for k, v in self.attrs.items():
-            f.attrs[k] = v
-        for k, v in meta.items():
-            if v is not None:
-                f.attrs[k] = v
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["hashindex_version"] = __version__
-        f.attrs["items_done"] = self.committed_items
-        f.attrs["rows"] = rows
-        f.attrs["created"] = self.created
-        f.attrs["complete"] = True
-        sums = {k: h.hexdigest() for k, h in hashes.items()}
-        fh = new_hashes(["failures"])["failures"]
-        hash_failures(fh, failures)
-        sums["failures"] = fh.hexdigest()
-        sums["attrs"] = attrs_digest(f.attrs)
-        f.attrs["checksums"] = json.dumps(sums, sort_keys=True)
 
     def _cleanup(self) -> None:
         remove_resume_folder(self.work)
