@@ -288,3 +288,30 @@ def test_index_folder_add_remove_filter_compact(tmp_path):
     ix.compact()
     check_index(ix, model, q2)
     check_index(open_index(tmp_path / "ix"), model, q2)
+
+
+def test_a_filter_kept_between_searches_answers_every_thread_exactly():
+    """Columns keep recent filters (and the masks searches make of them): searches on several
+    threads sharing one fresh filter each get the reference answer, and a bounded number stay kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hashindex.search import filters
+    from hashindex.search.filters import Columns, parse_where, resolve
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    codes = clustered_codes(n, 64, rng)
+    year = rng.integers(1990, 2030, n).astype(np.float64)
+    cols = Columns(n, meta={"year": year})
+    ix = CodeIndex.from_codes(codes, IndexConfig("mih"))
+    q = draw_queries(codes, 16, rng)
+    where = parse_where("year>=1995")  # broad: searched by mih with a mask
+    want = reference(q, codes, 10, np.flatnonzero(year >= 1995))
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: ix.search(q[i : i + 1], 10, allowed=resolve(where, cols)), range(len(q))))
+    for i, (d, p) in enumerate(got):
+        assert_same((d, p), (want[0][i : i + 1], want[1][i : i + 1]))
+    assert resolve(where, cols) is resolve(where, cols)
+    for y in range(1990, 1990 + 2 * filters.RECENT):
+        resolve(parse_where(f"year>={y}"), cols)
+    assert len(cols._recent) == filters.RECENT

@@ -98,10 +98,20 @@ def as_words(codes: np.ndarray) -> np.ndarray:
     return out.view(np.uint64)
 
 
+# A multi-index table's directory holds 2**length offsets: 24 bits is 64 MiB, whatever the
+# collection's size.
+MAX_SUBSTRING_BITS = 24
+
+
 def default_mih_tables(bits: int, n: int) -> int:
-    """Multi-index hashing's number of substrings: ceil(bits / log2 n), each of at most 32 bits
-    (so a table's directory, 2**length entries, is no larger than its list of n rows)."""
+    """Multi-index hashing's number of substrings, each of about log2(n) - 7 bits, but no shorter
+    than min(10, log2 n) (so a small collection's buckets stay sparse: n / 1024 rows each at most)
+    and no longer than :data:`MAX_SUBSTRING_BITS`. Shorter than the paper's log2 n: for k = 100
+    on clustered codes this was the fastest count, or within 1.25x of it, from 100k to 10M items
+    at 64 and 128 bits (``benchmarks/mih_tables.py``, BENCHMARKS.md): the k-th neighbour is far
+    enough that more, shorter tables probe fewer codes."""
     import math
 
-    per = min(32.0, max(1.0, math.log2(max(2, n))))
+    log2n = math.log2(max(2, n))
+    per = min(float(MAX_SUBSTRING_BITS), max(log2n - 7, min(10.0, log2n)))
     return int(min(bits, math.ceil(bits / per)))

@@ -201,7 +201,8 @@ class IndexConfig:
     ``approximate`` is allowed or when no exact kind meets ``latency_ms`` (one query, k = 100,
     single thread, as estimated from the sample); the chosen kind and the reason are recorded.
     ``nlist`` defaults to about 4·√n (at most n/39, so k-means has enough points per list),
-    ``nprobe`` to max(1, nlist // 16); ``tables`` (mih) to ceil(bits / log2 n).
+    ``nprobe`` to max(1, nlist // 16); ``tables`` (mih): substrings of about log2(n) - 7 bits
+    (:func:`~hashindex.core.codes.default_mih_tables`).
     """
 
     kind: IndexKind = "auto"
@@ -230,12 +231,12 @@ class IndexConfig:
         if self.kind in ("flat", "lookup"):
             return IndexConfig(self.kind, reason=self.reason)
         if self.kind == "mih":
-            from hashindex.core.codes import default_mih_tables
+            from hashindex.core.codes import MAX_SUBSTRING_BITS, default_mih_tables
 
             tables = self.tables or default_mih_tables(bits, n)
-            if not -(-bits // 32) <= tables <= bits:
+            if not -(-bits // MAX_SUBSTRING_BITS) <= tables <= bits:
                 raise InputError(
-                    f"tables must be between {-(-bits // 32)} and {bits} for {bits}-bit codes, got {tables}",
+                    f"tables must be between {-(-bits // MAX_SUBSTRING_BITS)} and {bits} for {bits}-bit codes, got {tables}",
                     setting="tables",
                 )
             return IndexConfig("mih", tables=int(tables), reason=self.reason)

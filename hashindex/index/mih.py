@@ -8,10 +8,10 @@ and ``offsets[j, v] : offsets[j, v + 1]`` is the slice of rows whose substring i
 within distance r agree to within floor(r / m) on at least one substring, which is what the
 search (:func:`hashindex.search.kernels.mih_topk`) relies on.
 
-m defaults to ceil(b / log2 n), so each substring has at most log2 n bits and a table's
-directory (2^len + 1 offsets) is no larger than its row list. Memory per item, beside the code
-itself: m copies of the code (padded to 8-byte words) and 4·m bytes of row lists, plus at most
-4·m bytes of directory. The tables are ``.npy`` files in the index folder, memory-mapped when
+m defaults to substrings of about log2(n) - 7 bits, at least min(10, log2 n)
+(:func:`~hashindex.core.codes.default_mih_tables`, measured), so a table's directory (2^len + 1
+offsets) is smaller than its row list. Memory per item, beside the code itself: m copies of the
+code (padded to 8-byte words) and 4·m bytes of row lists, plus at most 4·m bytes of directory. The tables are ``.npy`` files in the index folder, memory-mapped when
 loaded.
 """
 
@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashindex.core.codes import as_words, default_mih_tables
+from hashindex.core.codes import MAX_SUBSTRING_BITS, as_words, default_mih_tables
 from hashindex.core.errors import InputError
 
-MAX_SUBSTRING_BITS = 32
 ORDER_FILE, OFFSETS_FILE, CODES_FILE = "mih_order.npy", "mih_offsets.npy", "mih_codes.npy"
 
 

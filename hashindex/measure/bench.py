@@ -274,7 +274,8 @@ def run_bench(
     report["float_cosine_seconds"] = float_s
     report["targets"] = targets(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    from hashindex.measure.report import render_markdown, write_plots
+    from hashindex.measure.plots import write_plots
+    from hashindex.measure.report import render_markdown
 
     plots = write_plots(report, out)
     (out / "report.md").write_text(render_markdown(report, plots))
@@ -371,9 +372,9 @@ def targets(report: dict) -> list[dict]:
         if report.get("seeds")
         else "default seed"
     )
-    for m, per_bits in PROTOCOL_TARGETS.items():
+    for m, per_bits in PROTOCOL_TARGETS.items() if protocol else ():  # other collections: none apply
         for b, lo in per_bits.items():
-            v = worst_seed_map(report, m, b) if protocol else None
+            v = worst_seed_map(report, m, b)
             add(f"{m} mAP@{report['config']['topk']} at {b} bits, {seeds} (%)", None if v is None else 100 * v, lo, "%")
     for m in ("crovca", "crovca-sup"):
         for b in report["config"]["bits"]:

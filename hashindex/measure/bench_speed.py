@@ -286,7 +286,7 @@ def speed_synthetic(
             n=n,
             bits=bits,
             **mem,
-            **timed_search(lambda c: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)),
+            **timed_search(lambda c, fi=fi: fi.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100)),
         )
         out.append(flat)
         n_lat = min(cfg.latency_queries, 100)
@@ -310,7 +310,7 @@ def speed_synthetic(
             ivf, at = iv.pop("index"), iv["at_target"]
             if at is not None:
                 ivf.nprobe = at["nprobe"]
-                r = timed_search(lambda c: ivf.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
+                r = timed_search(lambda c, ivf=ivf: ivf.search(c, cfg.speed_k), qc, min(cfg.latency_queries, 100))
                 out.append(dict(kind=f"ivf-nprobe{at['nprobe']}", n=n, bits=bits, recall=at["recall"], **r))
             ivf_out.append(
                 dict(

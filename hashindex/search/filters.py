@@ -18,6 +18,7 @@ results are the k nearest items that satisfy the filter.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from hashindex.core.errors import InputError
 
 SMALL_ROWS = 65536  # a filter this selective is searched by a scan of its rows
+RECENT, RECENT_BYTES = 16, 256 << 20  # filters whose rows and masks a snapshot keeps
 _TEXT = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(==|!=|>=|<=|=|>|<)\s*(.*?)\s*$")
 _OPS = {"==": "in", "=": "in", "!=": "not in", ">": ">", "<": "<", ">=": ">=", "<=": "<="}
 
@@ -33,7 +35,7 @@ class Allowed:
     """The rows a search may return: sorted row positions, or a boolean mask over the rows."""
 
     def __init__(self, rows: np.ndarray | None = None, mask: np.ndarray | None = None):
-        self._rows, self._mask = rows, mask
+        self._rows, self._mask, self._count = rows, mask, None
 
     @classmethod
     def everything_but(cls, rows: np.ndarray, n: int) -> Allowed:
@@ -47,13 +49,19 @@ class Allowed:
         return self._rows
 
     def mask(self, n: int) -> np.ndarray:
-        if self._mask is None:
-            self._mask = np.zeros(n, bool)
-            self._mask[self._rows] = True
+        if self._mask is None:  # made whole before it is published: searches share it
+            mask = np.zeros(n, bool)
+            mask[self._rows] = True
+            self._mask = mask
         return self._mask
 
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self._rows, self._mask) if a is not None)
+
     def count(self, n: int) -> int:
-        return len(self._rows) if self._rows is not None else int(np.count_nonzero(self._mask[:n]))
+        if self._count is None:
+            self._count = len(self._rows) if self._rows is not None else int(np.count_nonzero(self._mask[:n]))
+        return self._count
 
     def is_small(self, n: int) -> bool:
         """Selective enough that a scan of its rows beats any index."""
@@ -153,6 +161,27 @@ class Columns:
         self.label_names = list(label_names) if label_names else None
         self._eq: dict[str, dict] = {}
         self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Recent filters' rows (and the masks their searches make), so a filter asked again
+        # costs nothing: a broad one's mask is n bytes, worth about 1 ms per search at 1M rows.
+        self._recent: dict[tuple, Allowed] = {}
+        self._lock = threading.Lock()  # searches of one snapshot run on several threads
+
+    def resolve(self, conditions: tuple[Condition, ...]) -> Allowed:
+        """The rows allowed by all the conditions, kept (with the mask a search makes of them)
+        among the :data:`RECENT` latest filters, :data:`RECENT_BYTES` in all."""
+        with self._lock:
+            hit = self._recent.pop(conditions, None)
+        if hit is None:
+            for cond in conditions:
+                a = self.allowed(cond)
+                hit = a if hit is None else hit & a
+        with self._lock:
+            self._recent[conditions] = hit  # the most recent last
+            while len(self._recent) > 1 and (
+                len(self._recent) > RECENT or sum(a.nbytes() for a in self._recent.values()) > RECENT_BYTES
+            ):
+                self._recent.pop(next(iter(self._recent)))
+        return hit
 
     def fields(self) -> list[str]:
         return (["label"] if self.labels is not None else []) + sorted(self.meta)
@@ -221,8 +250,7 @@ def _key(v):
 
 def resolve(conditions: tuple[Condition, ...], columns: Columns, rows: np.ndarray | None = None) -> Allowed | None:
     """The rows allowed by all conditions and, when given, among ``rows`` (sorted); None: no filter."""
-    out = None if rows is None else Allowed(rows)
-    for cond in conditions:
-        a = columns.allowed(cond)
-        out = a if out is None else out & a
+    out = columns.resolve(conditions) if conditions else None
+    if rows is not None:
+        out = Allowed(rows) if out is None else Allowed(rows) & out
     return out

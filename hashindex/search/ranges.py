@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from hashindex.core.codes import as_words
+from hashindex.core.codes import MAX_SUBSTRING_BITS, as_words
 from hashindex.search.kernels import code_distance, flip_masks, met_first, substring, substring_masks
 
 
@@ -73,9 +73,9 @@ def range_tables(bits: int, n: int, radius: int) -> int:
     substrings have fewer entries per bucket, but more buckets within the radius), with
     directories (2^len entries) of at most 4·max(n, 65536)."""
     best, cost_best = 1, math.inf
-    for m in range(max(1, -(-bits // 32)), bits + 1):
+    for m in range(max(1, -(-bits // MAX_SUBSTRING_BITS)), bits + 1):
         length = -(-bits // m)
-        if length > 32 or 2**length > 4 * max(n, 1 << 16):  # directories no larger than the rows
+        if length > MAX_SUBSTRING_BITS or 2**length > 4 * max(n, 1 << 16):  # directories no larger than the rows
             continue
         top = radius // m
         probes = sum(math.comb(length, s) for s in range(min(top, length) + 1))
