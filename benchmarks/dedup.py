@@ -41,19 +41,31 @@ outputs: two items in one group):
     float       exact cosine of the same embeddings, pairs at or above a threshold
 
 For each method: the best recall at precision >= ``--min-precision`` and the setting reaching it.
-The chosen setting is re-run through the public API (``Index.duplicates``) and its groups must be
-those computed here.
+The setting ``--check-radius`` x ``--check-cosine`` (the library's defaults) is re-run through the
+public API (``Index.duplicates``) and its groups must be those computed here.
 
-Speed (``--scales``): synthetic clustered 64-bit codes (hashindex.measure.synthetic: 4,096
-centres, each bit flipped with probability 1/8) with planted near-duplicates (``--plant`` of the
-rows are copies of other rows with 1..radius bits flipped), then dedup without floats: the
-multi-index tables for the radius, the range self-join in chunks, leader grouping; every planted
-pair must be found, and on a ``--check-sample`` of rows (planted pairs and random rows) the pairs
-must equal a brute-force NumPy popcount over all pairs of the sample.
+Speed (``--scales``, ``--speed-radii``): synthetic clustered 64-bit codes
+(hashindex.measure.synthetic: 4,096 centres, each bit flipped with probability 1/8) with planted
+near-duplicates (``--plant`` of the rows are copies of other rows with 1..radius bits flipped),
+then dedup without floats: the multi-index tables for the radius, the range self-join in chunks,
+leader grouping; every planted pair must be found, and on a ``--check-sample`` of rows (planted
+pairs and random rows) the pairs must equal a brute-force NumPy popcount over all pairs of the
+sample. ``--max-join-seconds`` stops a join early (rows are in random order: the whole join's
+time and pairs are extrapolated from the rows done, and marked so).
 
-    python benchmarks/dedup.py --work /tmp/dedup --out benchmarks/results/dedup_default.json
-    python benchmarks/dedup.py --work /tmp/dedup --skip-quality --scales 1000000,10000000 \
-        --out benchmarks/results/dedup_speed.json
+Defaults (``--summarize``): ``min_cosine`` is the smallest float threshold reaching the precision
+on pairs and on groups in every quality run given; the radius the smallest fraction of the code
+length at which hashindex keeps ``--min-ratio`` of float cosine's recall at that threshold in
+every run and code length.
+
+    python benchmarks/dedup.py --work /tmp/dedup --out benchmarks/results/dedup_fmnist_seed0.json
+    python benchmarks/dedup.py --work /tmp/dedup --seed 1 --scales '' --out .../dedup_fmnist_seed1.json
+    python benchmarks/dedup.py --work /tmp/dedup --bits 32,128 --scales '' --out .../dedup_fmnist_bits32_128.json
+    python benchmarks/dedup.py --work /tmp/dedup --skip-quality --scales 10000000 \
+        --speed-radii 0.0625,0.125,0.15625,0.1875 --max-join-seconds 240 --out .../dedup_speed_10m.json
+    python benchmarks/dedup.py --summarize benchmarks/results/dedup_fmnist_*.json \
+        --out benchmarks/results/dedup_summary.json
+    python benchmarks/dedup.py --table benchmarks/results/dedup_speed_10m.json
 """
 
 from __future__ import annotations
@@ -279,7 +291,9 @@ def probe_and_index(args, work: Path, coll_h5: Path, bits: int, log):
             restart=True,
         )
         os.replace(tmp, train_h5)
-        log(f"probe training set: {args.probe_train} train images, {args.views} views, {time.perf_counter() - t0:.0f} s")
+        log(
+            f"probe training set: {args.probe_train} train images, {args.views} views, {time.perf_counter() - t0:.0f} s"
+        )
     sup = "sup" if args.supervised else "unsup"
     probe_dir = work / f"probe_{tag}_b{bits}_{sup}"
     fit_s = None
@@ -292,8 +306,14 @@ def probe_and_index(args, work: Path, coll_h5: Path, bits: int, log):
     shutil.rmtree(index_dir, ignore_errors=True)
     t0 = time.perf_counter()
     ix = hashindex.build_index(coll_h5, probe_dir, index_dir)
-    return ix, {"train_h5": str(train_h5), "probe": str(probe_dir), "index": str(index_dir), "fit_seconds": fit_s,
-                "build_seconds": round(time.perf_counter() - t0, 2), "kind": ix.kind}  # fmt: skip
+    return ix, {
+        "train_h5": str(train_h5),
+        "probe": str(probe_dir),
+        "index": str(index_dir),
+        "fit_seconds": fit_s,
+        "build_seconds": round(time.perf_counter() - t0, 2),
+        "kind": ix.kind,
+    }
 
 
 # -- scoring ---------------------------------------------------------------------------------
@@ -372,11 +392,13 @@ def sweep(truth: Truth, i, j, score, thresholds, *, higher: bool, n: int) -> lis
     for t in thresholds:
         ok = score >= t if higher else score <= t
         a, b = i[ok], j[ok]
-        rows.append({
-            "threshold": t,
-            "pair": truth.score_pairs(a, b),
-            "group": truth.score_groups(leader_groups(n, a, b)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "threshold": t,
+                "pair": truth.score_pairs(a, b),
+                "group": truth.score_groups(leader_groups(n, a, b)),
+            }
+        )
     return rows
 
 
@@ -402,7 +424,9 @@ def phash_codes(folder: Path, names: list[str]) -> np.ndarray:
 
 def brute_pairs(codes: np.ndarray, radius: int, chunk: int = 2048):
     """Every pair i < j within ``radius``: NumPy XOR and popcount over all pairs (the reference)."""
-    w = codes.view(np.uint64) if codes.shape[1] % 8 == 0 else None
+    nb = codes.shape[1]
+    word = next(t for t in (np.uint64, np.uint32, np.uint16, np.uint8) if nb % np.dtype(t).itemsize == 0)
+    w = np.ascontiguousarray(codes).view(word)
     parts = []
     for s in range(0, len(codes), chunk):
         a = w[s : s + chunk]
@@ -428,7 +452,6 @@ def cosine_pairs(x: np.ndarray, low: float, chunk: int = 1024):
 
 
 def quality(args, work: Path, log) -> dict:
-    import hashindex
     from hashindex.core.config import DedupConfig
     from hashindex.dedup.find import candidate_pairs, cosines, leader_groups
 
@@ -443,23 +466,37 @@ def quality(args, work: Path, log) -> dict:
     n = len(names)
     log(f"{n} items, {truth.total} true pairs; embedded in {embed_s} s")
     cos_grid = [round(float(c), 3) for c in np.arange(args.cos_low, 0.9951, 0.01)]
-    result = {"collection": {k: v for k, v in coll.items() if k != "edit_params"}, "items": n,
-              "true_pairs": truth.total, "embed_seconds": embed_s, "methods": {}}  # fmt: skip
+    result = {
+        "collection": {k: v for k, v in coll.items() if k != "edit_params"},
+        "items": n,
+        "true_pairs": truth.total,
+        "embed_seconds": embed_s,
+        "methods": {},
+    }
 
     # (c) exact float cosine
     t0 = time.perf_counter()
     fi, fj, fc = cosine_pairs(x, args.cos_low)
     fs = time.perf_counter() - t0
     rows = sweep(truth, fi, fj, fc, cos_grid, higher=True, n=n)
-    result["methods"]["float"] = {"sweep": rows, "seconds": round(fs, 2),
-                                  "best_pairs": best(rows, args.min_precision, "pair"),
-                                  "best_groups": best(rows, args.min_precision, "group")}  # fmt: skip
+    result["methods"]["float"] = {
+        "sweep": rows,
+        "seconds": round(fs, 2),
+        "best_pairs": best(rows, args.min_precision, "pair"),
+        "best_groups": best(rows, args.min_precision, "group"),
+    }
     # distances of true pairs and of the nearest non-duplicate, for the record
     same = (orig[fi] == orig[fj]) & (orig[fi] >= 0)
     result["float_cosine_of_true_pairs"] = {
-        e: np.round(np.quantile(fc[same & ((edit[fi] == e) | (edit[fj] == e)) & ((edit[fi] == "original") | (edit[fj] == "original"))], [0, 0.01, 0.05, 0.5]), 4).tolist()
+        e: np.round(
+            np.quantile(
+                fc[same & ((edit[fi] == e) | (edit[fj] == e)) & ((edit[fi] == "original") | (edit[fj] == "original"))],
+                [0, 0.01, 0.05, 0.5],
+            ),
+            4,
+        ).tolist()
         for e in EDITS
-    }  # fmt: skip
+    }
 
     # (b) pHash
     t0 = time.perf_counter()
@@ -467,9 +504,12 @@ def quality(args, work: Path, log) -> dict:
     pi, pj, pd = brute_pairs(ph, args.phash_max)
     ps = time.perf_counter() - t0
     rows = sweep(truth, pi, pj, pd, list(range(args.phash_max + 1)), higher=False, n=n)
-    result["methods"]["phash"] = {"sweep": rows, "seconds": round(ps, 2),
-                                  "best_pairs": best(rows, args.min_precision, "pair"),
-                                  "best_groups": best(rows, args.min_precision, "group")}  # fmt: skip
+    result["methods"]["phash"] = {
+        "sweep": rows,
+        "seconds": round(ps, 2),
+        "best_pairs": best(rows, args.min_precision, "pair"),
+        "best_groups": best(rows, args.min_precision, "group"),
+    }
     log(f"float and pHash scored ({fs:.1f} s, {ps:.1f} s)")
 
     # (a) hashindex, per code length
@@ -496,22 +536,35 @@ def quality(args, work: Path, log) -> dict:
             sel = hd <= r
             assert np.array_equal(ci, hi[sel]) and np.array_equal(cj, hj[sel]), "range join not monotone in r"
             cand = truth.score_pairs(ci, cj, detail=True)
-            per_radius.append({"radius_bits": r, "radius": round(r / bits, 4), "join_seconds": round(rs, 3),
-                               "candidates": len(ci), "candidate_fraction": round(len(ci) / (n * (n - 1) / 2), 6),
-                               "candidate_recall": cand["recall"], "candidate_recall_by_edit": cand["recall_by_edit"]})  # fmt: skip
+            per_radius.append(
+                {
+                    "radius_bits": r,
+                    "radius": round(r / bits, 4),
+                    "join_seconds": round(rs, 3),
+                    "candidates": len(ci),
+                    "candidate_fraction": round(len(ci) / (n * (n - 1) / 2), 6),
+                    "candidate_recall": cand["recall"],
+                    "candidate_recall_by_edit": cand["recall_by_edit"],
+                }
+            )
             for c in ["none", *cos_grid]:
                 ok = sel if c == "none" else sel & (hc >= c)
                 a, b = hi[ok], hj[ok]
-                grid.append({"threshold": [r, c], "pair": truth.score_pairs(a, b),
-                             "group": truth.score_groups(leader_groups(n, a, b))})  # fmt: skip
+                grid.append(
+                    {
+                        "threshold": [r, c],
+                        "pair": truth.score_pairs(a, b),
+                        "group": truth.score_groups(leader_groups(n, a, b)),
+                    }
+                )
         out = {
             **info,
             "bits": bits,
             "join_exact_vs_bruteforce": exact,
             "join_seconds_at_max_radius": round(join_s, 3),
-            "true_pair_hamming_quantiles": {
-                q: int(np.quantile(hd[tsame], q / 100)) for q in (50, 90, 95, 99)
-            } if tsame.any() else None,
+            "true_pair_hamming_quantiles": {q: int(np.quantile(hd[tsame], q / 100)) for q in (50, 90, 95, 99)}
+            if tsame.any()
+            else None,
             "true_pairs_beyond_max_radius": int(truth.total - tsame.sum()),
             "radii": per_radius,
             "grid": grid,
@@ -523,13 +576,20 @@ def quality(args, work: Path, log) -> dict:
         t0 = time.perf_counter()
         recs = ix.duplicates(None, DedupConfig(radius_bits=r_c, min_cosine=c_c))
         api_s = time.perf_counter() - t0
-        api_groups = sorted(tuple(sorted(ix.snapshot.positions(np.array([it["id"] for it in g["items"]])).tolist())) for g in recs)
+        api_groups = sorted(
+            tuple(sorted(ix.snapshot.positions(np.array([it["id"] for it in g["items"]])).tolist())) for g in recs
+        )
         ok = (hd <= r_c) & (hc >= c_c)
         mine = sorted(tuple(sorted(g.tolist())) for g in leader_groups(n, hi[ok], hj[ok]))
-        out["api_check"] = {"radius_bits": r_c, "min_cosine": c_c, "same_groups": api_groups == mine,
-                            "seconds": round(api_s, 2), "groups": len(recs),
-                            "pair": truth.score_pairs(hi[ok], hj[ok]),
-                            "group": truth.score_groups(leader_groups(n, hi[ok], hj[ok]))}  # fmt: skip
+        out["api_check"] = {
+            "radius_bits": r_c,
+            "min_cosine": c_c,
+            "same_groups": api_groups == mine,
+            "seconds": round(api_s, 2),
+            "groups": len(recs),
+            "pair": truth.score_pairs(hi[ok], hj[ok]),
+            "group": truth.score_groups(leader_groups(n, hi[ok], hj[ok])),
+        }
         result["hashindex"][str(bits)] = out
         log(f"hashindex {bits} bits scored (exact join: {exact}; API groups equal: {out['api_check']['same_groups']})")
     return result
@@ -588,13 +648,14 @@ def speed(args, log) -> list[dict]:
         build_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         parts = []
-        for s in range(0, n, JOIN_ROWS):
-            parts.append(self_join(tables, codes, radius, np.arange(s, min(n, s + JOIN_ROWS))))
+        step = JOIN_ROWS if not args.max_join_seconds else 4096  # small steps when the join may be stopped
+        for s in range(0, n, step):
+            parts.append(self_join(tables, codes, radius, np.arange(s, min(n, s + step))))
             if args.max_pairs and sum(len(p[0]) for p in parts) > args.max_pairs:
                 break
             if args.max_join_seconds and time.perf_counter() - t0 > args.max_join_seconds:
                 break
-        done = min(n, s + JOIN_ROWS)
+        done = min(n, s + step)
         i, j, d = (np.concatenate(x) for x in zip(*parts))
         join_s = time.perf_counter() - t0
         del tables
@@ -643,7 +704,12 @@ def fmt_best(b) -> str:
         return "–"
     per = b.get("recall_by_edit", {})
     return " | ".join(
-        [str(b["setting"]), f"{b['precision']:.4f}", f"{b['recall']:.4f}", *(f"{per.get(e, float('nan')):.3f}" for e in EDITS)]
+        [
+            str(b["setting"]),
+            f"{b['precision']:.4f}",
+            f"{b['recall']:.4f}",
+            *(f"{per.get(e, float('nan')):.3f}" for e in EDITS),
+        ]
     )
 
 
@@ -652,29 +718,119 @@ def table(res: dict, args) -> str:
     if "quality" in res:
         q = res["quality"]
         head = "| method | level | setting | precision | recall | " + " | ".join(EDITS) + " |"
-        lines += [f"Best recall at precision >= {args.min_precision} ({q['items']} items, {q['true_pairs']} true pairs):", "", head,
-                  "|" + "---|" * (5 + len(EDITS))]  # fmt: skip
+        lines += [
+            f"Best recall at precision >= {args.min_precision} ({q['items']} items, {q['true_pairs']} true pairs):",
+            "",
+            head,
+            "|" + "---|" * (5 + len(EDITS)),
+        ]
         for bits, h in q["hashindex"].items():
             for lvl in ("pairs", "groups"):
-                lines.append(f"| hashindex {bits} bits (radius_bits, min_cosine) | {lvl} | {fmt_best(h['best_' + lvl])} |")
+                lines.append(
+                    f"| hashindex {bits} bits (radius_bits, min_cosine) | {lvl} | {fmt_best(h['best_' + lvl])} |"
+                )
         for name, label in (("phash", "pHash 64 (Hamming <=)"), ("float", "float cosine (>=)")):
             for lvl in ("pairs", "groups"):
                 lines.append(f"| {label} | {lvl} | {fmt_best(q['methods'][name]['best_' + lvl])} |")
         for bits, h in q["hashindex"].items():
             a = h["api_check"]
-            lines += ["", f"{bits} bits, checked setting radius_bits {a['radius_bits']} min_cosine {a['min_cosine']} through Index.duplicates: "
-                      f"same groups {a['same_groups']}, pairs P {a['pair']['precision']:.4f} R {a['pair']['recall']:.4f}, "
-                      f"groups P {a['group']['precision']:.4f} R {a['group']['recall']:.4f}, {a['seconds']} s",
-                      "", "| radius_bits | fraction | candidates | candidate recall | join s |", "|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                "",
+                f"{bits} bits, checked setting radius_bits {a['radius_bits']} min_cosine {a['min_cosine']} through Index.duplicates: "
+                f"same groups {a['same_groups']}, pairs P {a['pair']['precision']:.4f} R {a['pair']['recall']:.4f}, "
+                f"groups P {a['group']['precision']:.4f} R {a['group']['recall']:.4f}, {a['seconds']} s",
+                "",
+                "| radius_bits | fraction | candidates | candidate recall | join s |",
+                "|---|---|---|---|---|",
+            ]
             for r in h["radii"]:
-                lines.append(f"| {r['radius_bits']} | {r['radius']} | {r['candidates']:,} | {r['candidate_recall']:.4f} | {r['join_seconds']} |")
+                lines.append(
+                    f"| {r['radius_bits']} | {r['radius']} | {r['candidates']:,} | {r['candidate_recall']:.4f} | {r['join_seconds']} |"
+                )
     if "speed" in res:
-        lines += ["", "| codes | radius | tables | pairs | planted found | sample exact | tables s | join s | group s | dedup s | peak RSS GB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| codes | radius | tables | pairs | planted found | sample exact | tables s | join s | group s | dedup s | peak RSS GB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in res["speed"]:
-            lines.append(f"| {r['n']:,}{'' if r['complete'] else ' (stopped at ' + format(r['rows_joined'], ',') + ' rows)'} | {r['radius_bits']} | {r['tables']} | {r['pairs']:,} | "
-                         f"{r['planted_found']} | {r['sample_exact']} | {r['tables_seconds']} | {r['join_seconds']} | {r['group_seconds']} | {r['dedup_seconds']} | {r['peak_rss_gb']} |")  # fmt: skip
+            stop = "" if r["complete"] else f" (join stopped at {r['rows_joined']:,} rows)"
+            pairs = f"{r['pairs']:,}" if r["complete"] else f"{r['pairs']:,} (whole: ~{r['extrapolated_pairs']:,})"
+            join = (
+                f"{r['join_seconds']}"
+                if r["complete"]
+                else f"{r['join_seconds']} (whole: ~{r['extrapolated_join_seconds']:.0f})"
+            )
+            lines.append(
+                f"| {r['n']:,}{stop} | {r['radius_bits']} | {r['tables']} | {pairs} | {r['planted_found']} | "
+                f"{r['sample_exact']} | {r['tables_seconds']} | {join} | {r['group_seconds']} | {r['dedup_seconds']} | "
+                f"{r['peak_rss_gb']} |"
+            )
     return "\n".join(lines)
+
+
+def summarize(files: list[str], min_precision: float, min_ratio: float) -> dict:
+    """The defaults that hold across the quality runs in ``files``: ``min_cosine``, the smallest
+    float threshold at which exact float cosine reaches ``min_precision`` on pairs and on groups
+    in every run; ``radius``, the smallest radius fraction at which hashindex keeps at least
+    ``min_ratio`` of float cosine's recall at that threshold (pairs and groups) in every run and
+    code length."""
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    runs = [(f, d["quality"]) for f, d in zip(files, docs)]
+    per_run = []
+    for (f, q), doc in zip(runs, docs):
+        a = doc["args"]
+        ok = [
+            r["threshold"]
+            for r in q["methods"]["float"]["sweep"]
+            if r["pair"]["precision"] >= min_precision and r["group"]["precision"] >= min_precision
+        ]
+        per_run.append(
+            {
+                "file": f,
+                "items": q["items"],
+                "seed": a["seed"],
+                "originals": a["originals"],
+                "distractors": a["distractors"],
+                "bits": a["bits"],
+                "cosine_at_precision": min(ok) if ok else None,
+            }
+        )
+    cands = [r["cosine_at_precision"] for r in per_run]
+    if any(c is None for c in cands):
+        return {"runs": per_run, "min_cosine": None}
+    c = max(cands)
+    fracs = {}
+    for (f, q), pr in zip(runs, per_run):
+        fl = next(r for r in q["methods"]["float"]["sweep"] if r["threshold"] == c)
+        pr["float_at_min_cosine"] = {lvl: {k: fl[lvl][k] for k in ("precision", "recall")} for lvl in ("pair", "group")}
+        for bits, h in q["hashindex"].items():
+            for g in h["grid"]:
+                r, cc = g["threshold"]
+                if cc != c:
+                    continue
+                ratio = min(g[lvl]["recall"] / max(fl[lvl]["recall"], 1e-12) for lvl in ("pair", "group"))
+                key = round(r / int(bits), 5)
+                fracs.setdefault(key, []).append(
+                    {
+                        "file": f,
+                        "bits": int(bits),
+                        "radius_bits": r,
+                        "ratio": round(ratio, 4),
+                        "precision": g["pair"]["precision"],
+                        "group_precision": g["group"]["precision"],
+                    }
+                )
+    table = {k: {"min_ratio": min(v["ratio"] for v in vs), "runs": vs} for k, vs in sorted(fracs.items())}
+    good = [k for k, v in table.items() if v["min_ratio"] >= min_ratio]
+    return {
+        "min_precision": min_precision,
+        "min_ratio": min_ratio,
+        "runs": per_run,
+        "min_cosine": c,
+        "radius": min(good) if good else None,
+        "by_radius": table,
+    }
 
 
 def ints(s: str) -> list[int]:
@@ -688,33 +844,92 @@ def floats(s: str) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/hashindex-dedup", help="cache of images, embeddings, probes, indexes")
-    ap.add_argument("--out", required=True, help="JSON result file")
+    ap.add_argument("--out", default=None, help="JSON result file (required unless --table)")
     ap.add_argument("--originals", type=int, default=1000)
     ap.add_argument("--distractors", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--px", type=int, default=112, help="side of the written images (upscaled from 28 px)")
     ap.add_argument("--image-size", type=int, default=112, help="the backbone's input size")
-    ap.add_argument("--distinct-cosine", type=float, default=0.95, help="pool images closer than this to a kept one are dropped")
-    ap.add_argument("--probe-train", type=int, default=5000, help="Fashion-MNIST training images the probe is fitted on")
+    ap.add_argument(
+        "--distinct-cosine", type=float, default=0.95, help="pool images closer than this to a kept one are dropped"
+    )
+    ap.add_argument(
+        "--probe-train", type=int, default=5000, help="Fashion-MNIST training images the probe is fitted on"
+    )
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--bits", type=ints, default=[64], help="code lengths of the probes (empty: float and pHash only)")
     ap.add_argument("--supervised", action="store_true")
-    ap.add_argument("--radius-fracs", type=floats, default=[v / 64 for v in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20)],
-                    help="radii of the grid, as fractions of the code length")
+    ap.add_argument(
+        "--radius-fracs",
+        type=floats,
+        default=[v / 64 for v in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20)],
+        help="radii of the grid, as fractions of the code length",
+    )
     ap.add_argument("--cos-low", type=float, default=0.80, help="lowest cosine threshold of the sweeps")
     ap.add_argument("--phash-max", type=int, default=24)
     ap.add_argument("--min-precision", type=float, default=0.99)
-    ap.add_argument("--check-radius", type=float, default=0.125, help="radius fraction re-run through Index.duplicates")
-    ap.add_argument("--check-cosine", type=float, default=0.9)
+    ap.add_argument(
+        "--check-radius", type=float, default=0.15625, help="radius fraction re-run through Index.duplicates"
+    )
+    ap.add_argument("--check-cosine", type=float, default=0.94, help="min_cosine re-run through Index.duplicates")
     ap.add_argument("--skip-quality", action="store_true")
-    ap.add_argument("--scales", type=ints, default=[1_000_000], help="synthetic collection sizes of the speed runs (empty: none)")
-    ap.add_argument("--speed-radii", type=floats, default=[0.125], help="radii of the speed runs, fractions of 64 bits")
+    ap.add_argument(
+        "--scales", type=ints, default=[1_000_000], help="synthetic collection sizes of the speed runs (empty: none)"
+    )
+    ap.add_argument(
+        "--speed-radii", type=floats, default=[0.15625], help="radii of the speed runs, fractions of 64 bits"
+    )
     ap.add_argument("--plant", type=float, default=0.01, help="fraction of the synthetic rows that are planted copies")
     ap.add_argument("--check-sample", type=int, default=20000)
-    ap.add_argument("--max-pairs", type=int, default=300_000_000, help="stop a speed run's join past this many pairs (memory)")
-    ap.add_argument("--max-join-seconds", type=float, default=0, help="stop a speed run's join after this long (0: never); "
-                    "the whole join's time and pairs are then extrapolated from the rows done")
+    ap.add_argument(
+        "--max-pairs", type=int, default=300_000_000, help="stop a speed run's join past this many pairs (memory)"
+    )
+    ap.add_argument(
+        "--max-join-seconds",
+        type=float,
+        default=0,
+        help="stop a speed run's join after this long (0: never); "
+        "the whole join's time and pairs are then extrapolated from the rows done",
+    )
+    ap.add_argument("--table", default=None, metavar="RESULT.json", help="print the tables of a result file (no run)")
+    ap.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="RESULT.json",
+        help="derive the defaults from these quality results (no run); --out gets the summary",
+    )
+    ap.add_argument(
+        "--min-ratio", type=float, default=0.96, help="--summarize: hashindex recall / float recall to reach"
+    )
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text()), args))
+        return
+    if not args.out:
+        ap.error("--out is required")
+    if args.summarize:
+        summ = summarize(args.summarize, args.min_precision, args.min_ratio)
+        summ["command"] = "python " + " ".join(sys.argv)
+        summ["date"] = time.strftime("%Y-%m-%d")
+        Path(args.out).write_text(json.dumps(summ, indent=1) + "\n")
+        print(
+            f"min_cosine {summ['min_cosine']} (precision >= {args.min_precision} in every run), radius {summ.get('radius')} "
+            f"(recall >= {args.min_ratio} of float's at that cosine in every run)\n"
+        )
+        print(
+            "| run | originals + distractors (items) | seed | bits | cosine reaching the precision |\n|---|---|---|---|---|"
+        )
+        for r in summ["runs"]:
+            print(
+                f"| {Path(r['file']).name} | {r['originals']} + {r['distractors']} ({r['items']}) | {r['seed']} | "
+                f"{','.join(map(str, r['bits']))} | {r['cosine_at_precision']} |"
+            )
+        print("\n| radius fraction | radius bits (bits) | worst recall ratio |\n|---|---|---|")
+        for k, v in summ.get("by_radius", {}).items():
+            rb = ", ".join(sorted({f"{x['radius_bits']} ({x['bits']})" for x in v["runs"]}))
+            print(f"| {k} | {rb} | {v['min_ratio']} |")
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -730,8 +945,12 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "faiss": faiss.__version__,
-                     "onnxruntime": onnxruntime.__version__},  # fmt: skip
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "faiss": faiss.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
         "args": {k: v for k, v in vars(args).items()},
     }
     if not args.skip_quality:
@@ -741,7 +960,9 @@ def main() -> None:
     res["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     res["load_average_end"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
+    Path(args.out).write_text(
+        json.dumps(res, separators=(",", ":"), default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n"
+    )
     print(table(res, args))
 
 

@@ -90,7 +90,7 @@ def dedup(
     ix = hashindex.open_index(index, verify=verify, weights=weights, device=device or "auto")
     cfg = DedupConfig(**opt.kwargs(keep=keep, radius=radius, radius_bits=radius_bits, min_cosine=min_cosine))
     r = cfg.radius_for(ix.bits)
-    click.echo(f"radius {r} of {ix.bits} bits, min cosine {cfg.min_cosine:g}, keep {cfg.keep}", err=True)
+    opt.say(obj, f"radius {r} of {ix.bits} bits, min cosine {cfg.min_cosine:g}, keep {cfg.keep}", err=True)
     if queries:
         found = ix.duplicates(list(queries), cfg)
         if as_json:

@@ -43,10 +43,10 @@ def kwargs(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def say(obj, text: str) -> None:
-    """A line of chatter: printed unless -q."""
+def say(obj, text: str, err: bool = False) -> None:
+    """A line of chatter: printed unless -q (``err``: on stderr, where results go to stdout)."""
     if not obj["quiet"]:
-        click.echo(text)
+        click.echo(text, err=err)
 
 
 def tsv_field(text) -> str:

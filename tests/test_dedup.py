@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_cli, write_embeddings
 
 import hashindex
 from hashindex.core.config import DedupConfig, IndexConfig
@@ -61,7 +61,7 @@ def planted_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
 )
 def test_self_join_equals_bruteforce(bits, radius):
     rng = np.random.default_rng(bits * 100 + radius)
-    codes = planted_codes(3000, bits, rng)
+    codes = planted_codes(3000 if bits <= 128 else 1500, bits, rng)
     want = brute_pairs(codes, radius)
     assert len(want[0]) > 0
     tables = MIHTables.build(codes, range_tables(bits, len(codes), radius))
@@ -81,8 +81,12 @@ def test_self_join_equals_bruteforce(bits, radius):
 def test_range_queries_equal_bruteforce(bits, radius):
     rng = np.random.default_rng(7)
     codes = planted_codes(2000, bits, rng)
-    q = np.concatenate([codes[rng.choice(len(codes), 50)] ^ rng.integers(0, 2, (50, bits // 8), dtype=np.uint8),
-                        rng.integers(0, 256, (10, bits // 8), dtype=np.uint8)])  # fmt: skip
+    q = np.concatenate(
+        [
+            codes[rng.choice(len(codes), 50)] ^ rng.integers(0, 2, (50, bits // 8), dtype=np.uint8),
+            rng.integers(0, 256, (10, bits // 8), dtype=np.uint8),
+        ]
+    )
     tables = MIHTables.build(codes, range_tables(bits, len(codes), radius))
     qi, rows, d = within(tables, q, radius)
     ref = brute_distances(q, codes)
@@ -102,7 +106,9 @@ def pictures(rng, n: int, dim: int = 32) -> np.ndarray:
 
 def edited(x: np.ndarray, rng, noise: float = 0.01) -> np.ndarray:
     """A near-duplicate of each row: cosine about 1 - noise**2 / 2."""
-    return (x + noise * np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(x.shape[1]) * rng.standard_normal(x.shape)).astype(np.float32)
+    return (
+        x + noise * np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(x.shape[1]) * rng.standard_normal(x.shape)
+    ).astype(np.float32)
 
 
 def make_index(path, x, names, bits=64, kind="flat"):
@@ -137,6 +143,14 @@ def test_candidates_of_an_index_equal_bruteforce(tmp_path, kind):
     for r in (0, 4, 8, 16):
         got = candidate_pairs(snap, r)
         for g, w in zip(got, brute_pairs(codes, r)):
+            np.testing.assert_array_equal(g, w)
+    # after an edit that keeps the count (3 removed, 3 added): the snapshot's codes, not the base's
+    ix.remove([0, 1, 2])
+    ix.add(edited(base[10:13], rng, 0.05))
+    snap = ix.snapshot
+    assert snap.ntotal == len(x)
+    for r in (0, 8):
+        for g, w in zip(candidate_pairs(snap, r), brute_pairs(np.asarray(snap.codes), r)):
             np.testing.assert_array_equal(g, w)
 
 
@@ -213,6 +227,11 @@ def test_chain_of_small_edits_is_not_one_group(tmp_path):
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     for rows in dups.groups:
         assert (xn[rows] @ xn[rows[0]] >= 0.9 - 1e-6).all()
+    # keep first: A stays in {A, B, C} though B leads; C's cosine to A (0.805) is still reported
+    abc = next(r for r in recs if {it["name"] for it in r["items"]} == set("ABC"))
+    cos = {it["name"]: it["cosine"] for it in abc["items"]}
+    assert abc["keep"] == 0 and cos["A"] == 1.0 and cos["B"] == pytest.approx(0.95, abs=1e-4)
+    assert cos["C"] == pytest.approx(float(xn[0] @ xn[2]), abs=1e-4)
     # the leader grouping itself: a path graph
     assert [g.tolist() for g in leader_groups(4, np.array([0, 1, 2]), np.array([1, 2, 3]))] == [[1, 0, 2]]
 
@@ -271,20 +290,27 @@ def test_dedup_query_with_real_images(tmp_path):
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    photos = {"cat": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut(),
-              "rocket": data.rocket(), "camera": np.stack([data.camera()] * 3, -1)}  # fmt: skip
+    photos = {
+        "cat": data.chelsea(),
+        "coffee": data.coffee(),
+        "astronaut": data.astronaut(),
+        "rocket": data.rocket(),
+        "camera": np.stack([data.camera()] * 3, -1),
+    }
     for name, a in photos.items():
         Image.fromarray(a).save(imgs / f"{name}.png")
     cat = Image.fromarray(photos["cat"])
     w, h = cat.size
-    cat.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(tmp_path / "cat_copy.jpg", quality=60)
+    cat.crop((w // 50, h // 50, w - w // 50, h - h // 50)).save(tmp_path / "cat_copy.jpg", quality=80)
     Image.fromarray(data.immunohistochemistry()).save(tmp_path / "other.png")
     run_cli("embed", imgs, tmp_path / "e.h5", "--image-size", 64, "--device", "cpu")
     # a probe needs more rows than five photos: fitted on 64 Fashion-MNIST images, same backbone
     run_cli("embed", "fashion-mnist", tmp_path / "fm.h5", "--limit", 64, "--image-size", 64, "--device", "cpu")
     run_cli("fit-probe", tmp_path / "fm.h5", tmp_path / "probe", "--method", "lsh", "--bits", 64)
     run_cli("build", tmp_path / "e.h5", tmp_path / "probe", tmp_path / "index")
-    r = run_cli("dedup", tmp_path / "index", "--query", tmp_path / "cat_copy.jpg", "--query", tmp_path / "other.png", "--json")
+    r = run_cli(
+        "dedup", tmp_path / "index", "--query", tmp_path / "cat_copy.jpg", "--query", tmp_path / "other.png", "--json"
+    )
     found = json.loads(r.stdout)
     assert [f["query"].rsplit("/", 1)[-1] for f in found] == ["cat_copy.jpg", "other.png"]
     assert [d["name"] for d in found[0]["duplicates"]] == ["cat.png"]
@@ -294,4 +320,34 @@ def test_dedup_query_with_real_images(tmp_path):
     assert json.loads(r.stdout)["groups"] == []
     run_cli("add", tmp_path / "index", tmp_path / "cat_copy.jpg")
     r = run_cli("dedup", tmp_path / "index", "--json")
-    assert group_names(json.loads(r.stdout)["groups"]) == {frozenset({"cat.png", "cat_copy.jpg"})}
+    (group,) = json.loads(r.stdout)["groups"]
+    assert {it["name"] for it in group["items"]} == {"cat.png", "cat_copy.jpg"}
+    id_of = {it["name"]: it["id"] for it in group["items"]}
+    # which one stays: first/last by id, largest/smallest by file size (the PNG is the larger)
+    assert (tmp_path / "imgs" / "cat.png").stat().st_size > (tmp_path / "cat_copy.jpg").stat().st_size
+    for keep, stays in (
+        ("first", "cat.png"),
+        ("last", "cat_copy.jpg"),
+        ("largest", "cat.png"),
+        ("smallest", "cat_copy.jpg"),
+    ):
+        r = run_cli("dedup", tmp_path / "index", "--keep", keep, "--json")
+        assert json.loads(r.stdout)["groups"][0]["keep"] == id_of[stays], keep
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 4 * 24 * 50])  # all rows at once; 50 rows at a time
+def test_cosines_equal_the_formula_read_whole_or_in_chunks(tmp_path, budget):
+    from hashindex.dedup.find import cosines
+    from hashindex.search.rerank import FloatRows
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 24)).astype(np.float32) * rng.uniform(0.1, 10, (400, 1)).astype(np.float32)
+    write_embeddings(tmp_path / "e.h5", x)
+
+    class Snap:
+        def float_rows(self):
+            return FloatRows(tmp_path / "e.h5")
+
+    i, j = rng.integers(0, 400, 3000), rng.integers(0, 400, 3000)
+    want = (x[i] * x[j]).sum(1) / (np.linalg.norm(x[i], axis=1) * np.linalg.norm(x[j], axis=1))
+    np.testing.assert_allclose(cosines(Snap(), i, j, budget=budget), want, atol=1e-5)

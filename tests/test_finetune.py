@@ -46,8 +46,8 @@ def tuned(tmp_path_factory):
         seen["bb"], seen["before"] = bb, {k: v.clone() for k, v in bb.model.state_dict().items()}
         return bb
 
-    ft_load = ft.load_backbone
-    ft.load_backbone = capture
+    ft_load = ft.backbone_for
+    ft.backbone_for = capture
     try:
         cfg = FinetuneConfig(
             model=tinyvit.NAME,
@@ -63,7 +63,7 @@ def tuned(tmp_path_factory):
         )
         summary = finetune(open_source("fashion-mnist", limit=N), d / "out", cfg, progress=False)
     finally:
-        ft.load_backbone = ft_load
+        ft.backbone_for = ft_load
     return d, weights, seen, summary
 
 

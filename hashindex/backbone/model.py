@@ -124,6 +124,16 @@ def load_backbone(
     return Backbone(net, spec, dev)
 
 
+def backbone_for(config) -> Backbone:
+    """:func:`load_backbone` with the backbone fields of a stage's config (``model``, ``weights``,
+    ``pretrained``, ``image_size``, ``crop_pct``, ``interpolation``, ``device``, and ``adapter``
+    when the config has one): every process that embeds for a stage builds the same backbone."""
+    fields = ("weights", "pretrained", "image_size", "crop_pct", "interpolation", "device")
+    return load_backbone(
+        config.model, **{f: getattr(config, f) for f in fields}, adapter=getattr(config, "adapter", None)
+    )
+
+
 def spec_load_options(spec: BackboneSpec | dict, *, weights: str | None = None, adapter: str | None = None) -> dict:
     """The :func:`load_backbone` options (model, weights, pretrained, preprocessing, adapter) that
     re-create a recorded backbone; also the backbone fields of an ``EmbedConfig``.

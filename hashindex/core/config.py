@@ -321,9 +321,9 @@ class DedupConfig:
     (``first``/``last`` by id, ``largest``/``smallest`` by file size).
     """
 
-    radius: float = 0.125
+    radius: float = 0.15625  # 10 of 64 bits: 0.96 of float cosine's recall at worst (0.88 at 1/8)
     radius_bits: int | None = None
-    min_cosine: float = 0.9
+    min_cosine: float = 0.94  # precision >= 0.99 on every seed of the benchmark
     keep: KeepRule = "first"
 
     def radius_for(self, bits: int) -> int:

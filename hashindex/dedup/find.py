@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from hashindex.core.config import DedupConfig
 from hashindex.core.errors import InputError
@@ -24,6 +24,7 @@ from hashindex.search.ranges import range_tables, self_join, within
 
 logger = logging.getLogger(__name__)
 JOIN_ROWS = 1 << 16  # rows asked at a time: the pairs of a chunk are held, not all candidates at once
+COSINE_BYTES = 1 << 30  # float rows held at once while confirming candidates
 
 
 @dataclass
@@ -70,22 +71,38 @@ def candidate_pairs(snap, radius: int, *, progress: bool = False):
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def cosines(snap, i: np.ndarray, j: np.ndarray, chunk: int = 1 << 15) -> np.ndarray | None:
+def cosines(snap, i: np.ndarray, j: np.ndarray, budget: int = COSINE_BYTES) -> np.ndarray | None:
     """Cosine similarity of the float embeddings of each pair of rows; None when the snapshot's
-    float embeddings are not available."""
+    float embeddings are not available. Each row involved is read and normalised once (pairs
+    share rows: a dense collection has thousands of candidates per item), ``budget`` bytes of
+    rows at a time."""
     rows = snap.float_rows()
     out = np.empty(len(i), np.float32)
     try:
-        for s in range(0, len(i), chunk):
-            a, b = rows.take(i[s : s + chunk]), rows.take(j[s : s + chunk])
-            na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-            out[s : s + chunk] = (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+        held = max(2, budget // (4 * rows.shape[1]))  # rows in memory at once
+        whole = len(np.unique(np.concatenate([i, j]))) <= held
+        step = len(i) if whole else held // 2
+        for s in range(0, len(i), step):
+            a, b = i[s : s + step], j[s : s + step]
+            u, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
+            x = rows.take(u)
+            x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            _pair_dots(x, inv[: len(a)], inv[len(a) :], out[s : s + step])
     except InputError as e:
         logger.warning("%s: near-duplicates are not confirmed by float cosine", e)
         return None
     finally:
         rows.close()
     return out
+
+
+@njit(parallel=True, cache=True)
+def _pair_dots(x, pa, pb, out):
+    for t in prange(len(pa)):
+        acc = np.float32(0.0)
+        for d in range(x.shape[1]):
+            acc += x[pa[t], d] * x[pb[t], d]
+        out[t] = acc
 
 
 @njit(cache=True)

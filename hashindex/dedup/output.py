@@ -11,6 +11,7 @@ import numpy as np
 
 from hashindex.core.codes import hamming
 from hashindex.core.durable import write_durably
+from hashindex.dedup.find import cosines
 
 
 def _size(snap, p: int) -> int:
@@ -33,12 +34,26 @@ def keep_row(snap, rows: np.ndarray, rule: str) -> int:
 
 def group_records(snap, dups, keep: str) -> list[dict]:
     """One record per group: ``group``, ``keep`` (id), ``remove`` (ids), and ``items`` with id,
-    name, label, whether it stays, and its Hamming distance and cosine to the kept item."""
+    name, label, whether it stays, and its Hamming distance and cosine to the kept item (None
+    without float embeddings)."""
     i, j, _, cos = dups.pairs
     cos_of = {(int(a), int(b)): float(c) for a, b, c in zip(i, j, cos)}
+    kept = [keep_row(snap, rows, keep) for rows in dups.groups]
+    # A kept item that is not its group's leader was not paired with every member: their cosine
+    # to it is computed now (when the floats confirmed the pairs at all).
+    missing = [
+        (min(k, int(r)), max(k, int(r)))
+        for k, rows in zip(kept, dups.groups)
+        for r in rows
+        if r != k and (min(k, int(r)), max(k, int(r))) not in cos_of
+    ]
+    if missing and len(cos) and not np.isnan(cos).all():
+        a, b = (np.array(x, np.int64) for x in zip(*missing))
+        extra = cosines(snap, a, b)
+        if extra is not None:
+            cos_of.update(zip(missing, extra.tolist()))
     out = []
-    for g, rows in enumerate(dups.groups):
-        k = keep_row(snap, rows, keep)
+    for g, (rows, k) in enumerate(zip(dups.groups, kept)):
         d = hamming(snap.codes[[k]], snap.codes[rows])[0]
         names = snap.name_list(rows)
         items = []

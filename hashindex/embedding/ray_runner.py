@@ -113,7 +113,7 @@ class _EmbedActor:
     def __init__(self, config: dict, spec: dict, work: str, s0: int, threads: int | None):
         import torch
 
-        from hashindex.backbone.model import load_backbone
+        from hashindex.backbone.model import backbone_for
         from hashindex.core.config import AugmentConfig
 
         if threads:
@@ -121,15 +121,7 @@ class _EmbedActor:
         aug = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.pop("augment").items()})
         self.config = EmbedConfig(**config, augment=aug)
         c = self.config
-        self.backbone = load_backbone(
-            c.model,
-            weights=c.weights,
-            pretrained=c.pretrained,
-            image_size=c.image_size,
-            crop_pct=c.crop_pct,
-            interpolation=c.interpolation,
-            device=c.device,
-        )
+        self.backbone = backbone_for(c)
         if self.backbone.spec.to_dict() != spec:  # another node, other weights: refuse to mix them
             raise InputError(
                 f"the backbone on this Ray worker differs from the driver's: {self.backbone.spec.to_dict()} vs {spec}"

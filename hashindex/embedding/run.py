@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from hashindex.backbone.augment import augmented_view, eval_view, sample_params
 from hashindex.backbone.frozen import Backbone
 from hashindex.backbone.memory import auto_batch
-from hashindex.backbone.model import load_backbone
+from hashindex.backbone.model import backbone_for
 from hashindex.backbone.onnx_runtime import runtime_name, with_runtime
 from hashindex.backbone.preprocess import base_size, to_base
 from hashindex.core.config import EmbedConfig
@@ -204,16 +204,7 @@ def embed(
             remove_resume_folder(partial_path(out))
         if out.exists() and not clean_published(out, _source_attrs(source, config, keys), clean=False):
             raise InputError(exists)  # refused before loading the backbone
-        backbone = load_backbone(
-            config.model,
-            weights=config.weights,
-            pretrained=config.pretrained,
-            image_size=config.image_size,
-            crop_pct=config.crop_pct,
-            interpolation=config.interpolation,
-            device=config.device,
-            adapter=config.adapter,
-        )
+        backbone = backbone_for(config)
         backbone = with_runtime(backbone, config.runtime)
         spec = backbone.spec
         s0 = base_size(spec)

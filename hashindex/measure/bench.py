@@ -132,28 +132,16 @@ def _quality(name, probe, xb, xq, yb, yq, rows, cfg, bar) -> tuple[list[dict], d
     # Re-ranking reads R·k float rows per query: measured on the first rerank_queries queries.
     sub = slice(0, min(cfg.rerank_queries, len(xq)))
     _, cand = hamming_search(index, q_codes[sub], min(cfg.rerank * k, len(xb)))
-    _, fid = rerank_float(xq[sub], cand, rows, k)
-    frel = relevance(yq[sub], yb, fid)
-    out.append(
-        dict(
-            base,
-            mode=f"rerank-float-{cfg.rerank}",
-            nq=len(cand),
-            map=mean_average_precision(frel),
-            precision=precision_at_k(frel, cfg.topk),
+    for mode, (_, ids) in (
+        (f"rerank-float-{cfg.rerank}", rerank_float(xq[sub], cand, rows, k)),
+        (f"asymmetric-{cfg.rerank}", rerank_asymmetric(q_logits[sub], cand, db_codes, k)),
+    ):
+        rel = relevance(yq[sub], yb, ids)
+        out.append(
+            dict(
+                base, mode=mode, nq=len(cand), map=mean_average_precision(rel), precision=precision_at_k(rel, cfg.topk)
+            )
         )
-    )
-    _, aid = rerank_asymmetric(q_logits[sub], cand, db_codes, k)
-    arel = relevance(yq[sub], yb, aid)
-    out.append(
-        dict(
-            base,
-            mode=f"asymmetric-{cfg.rerank}",
-            nq=len(cand),
-            map=mean_average_precision(arel),
-            precision=precision_at_k(arel, cfg.topk),
-        )
-    )
     out.append(asymmetric_row(name, probe, db_codes, xq, yb, yq, k))
     bar.update(1)
     return out, {"precision": curves["precision"], "recall": curves["recall"]}, index, build_s

@@ -37,7 +37,7 @@ from hashindex.backbone.lora import (
     set_adapter_training,
     target_layers,
 )
-from hashindex.backbone.model import load_backbone
+from hashindex.backbone.model import backbone_for
 from hashindex.backbone.preprocess import base_size
 from hashindex.core.config import AugmentConfig, BackboneOptions, FitConfig, TargetKind
 from hashindex.core.durable import OutputLock
@@ -226,15 +226,7 @@ def _summary(out: Path, doc: dict) -> FinetuneSummary:
 def _run(source: ImageSource, out: Path, config: FinetuneConfig, settings: dict, progress: bool) -> FinetuneSummary:
     from tqdm.auto import tqdm
 
-    bb = load_backbone(
-        config.model,
-        weights=config.weights,
-        pretrained=config.pretrained,
-        image_size=config.image_size,
-        crop_pct=config.crop_pct,
-        interpolation=config.interpolation,
-        device=config.device,
-    )
+    bb = backbone_for(config)
     spec, dev, model = bb.spec, bb.device, bb.model
     backbone_params = sum(p.numel() for p in model.parameters())
     if config.supervised and source.labels is None:

@@ -29,15 +29,21 @@ function el(tag, cls, text) {
   return e;
 }
 
+// An item's thumbnail (lazy); "no image" in its place when the server has none to give.
+function thumb(item, size) {
+  const img = el("img");
+  img.loading = "lazy";
+  img.alt = item.name;
+  img.src = "/items/" + item.id + "/image?size=" + size;
+  img.onerror = () => img.replaceWith(el("div", "noimg", "no image"));
+  return img;
+}
+
 function card(hit, rank) {
   const c = el("div", "hit");
   c.dataset.id = hit.id;
   c.title = hit.name;
-  const img = el("img");
-  img.loading = "lazy";
-  img.alt = hit.name;
-  img.src = "/items/" + hit.id + "/image?size=160";
-  img.onerror = () => img.replaceWith(el("div", "noimg", "no image"));
+  const img = thumb(hit, 160);
   const meta = el("div", "meta");
   const head = [el("b", null, "#" + rank), document.createTextNode(" · distance " + hit.distance)];
   if (hit.label) head.push(document.createTextNode(" · " + hit.label));
@@ -89,11 +95,7 @@ function member(item, group) {
   const m = el("div", "member" + (item.keep ? " kept" : ""));
   m.dataset.id = item.id;
   m.title = item.name;
-  const img = el("img");
-  img.loading = "lazy";
-  img.alt = item.name;
-  img.src = "/items/" + item.id + "/image?size=128";
-  img.onerror = () => img.replaceWith(el("div", "noimg", "no image"));
+  const img = thumb(item, 128);
   const text = item.keep ? "kept" : "hamming " + item.hamming + (item.cosine === null ? "" : " · cos " + item.cosine.toFixed(3));
   m.append(img, el("div", "name", "id " + item.id + " · " + item.name), el("div", null, text));
   if (writes) {
