@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mih import K, interleaved, machine, single_thread, tables_bytes
 
 
-def sweep(n: int, bits: int, queries: int, rounds: int, seed: int, log) -> dict:
+def sweep(n: int, bits: int, queries: int, rounds: int, seed: int, log, only=None) -> dict:
     import faiss
 
     from hashindex.core.codes import default_mih_tables
@@ -43,6 +43,7 @@ def sweep(n: int, bits: int, queries: int, rounds: int, seed: int, log) -> dict:
     log2n = math.log2(n)
     # substring lengths from log2(n) down to log2(n) - 10 (at least 6 bits), as table counts
     counts = sorted({min(bits, math.ceil(bits / max(6.0, log2n - c))) for c in range(0, 11)})
+    counts = [m for m in counts if only is None or m in only]  # --tables: memory for a few only
     fns, sizes, exact = {}, {}, {}
     for m in counts:
         t = MIHTables.build(db, m)
@@ -73,22 +74,24 @@ def sweep(n: int, bits: int, queries: int, rounds: int, seed: int, log) -> dict:
 
 
 def render(doc: dict) -> list[str]:
+    runs = [*doc.get("earlier_runs", []), doc]
     lines = [
         "## Multi-index hashing: how many tables",
         "",
-        f"Command: `{doc['command']}`; {doc['date']}, {doc['machine']['cpu']}, one thread. Clustered codes, k = {K}, "
-        "single queries, mean CPU time per query (ms); the table counts of one collection take turns block by block. "
-        "Every answer's distances equal faiss's.",
+        f"Clustered codes, k = {K}, single queries, one thread, mean CPU time per query (ms); the table counts of one "
+        "collection take turns block by block. Every answer's distances equal faiss's.",
         "",
-        "| collection | log2 n | default tables | latency by tables (substring bits): ms | best |",
-        "|---|---|---|---|---|",
+        "| collection | log2 n | default tables at the time | latency by tables (substring bits): ms | best | command, date |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in doc["collections"]:
-        best = min(r["rows"], key=lambda x: x["cpu_mean_ms"])
-        cells = ", ".join(f"{x['tables']} ({x['substring_bits']:.1f}): {x['cpu_mean_ms']:.3f}" for x in r["rows"])
-        lines.append(
-            f"| {r['n']:,} x {r['bits']} | {r['log2_n']:.1f} | {r['default_tables']} | {cells} | {best['tables']} |"
-        )
+    for run in runs:
+        for r in run["collections"]:
+            best = min(r["rows"], key=lambda x: x["cpu_mean_ms"])
+            cells = ", ".join(f"{x['tables']} ({x['substring_bits']:.1f}): {x['cpu_mean_ms']:.3f}" for x in r["rows"])
+            lines.append(
+                f"| {r['n']:,} x {r['bits']} | {r['log2_n']:.1f} | {r['default_tables']} | {cells} | {best['tables']} | "
+                f"`{run['command']}`, {run['date']}, {run['machine']['cpu']} |"
+            )
     return lines
 
 
@@ -98,8 +101,13 @@ def main(argv=None) -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tables", type=lambda v: {int(x) for x in v.split(",")}, default=None, help="only these counts")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "mih_tables.json")
     args = ap.parse_args(argv)
+    if args.out.exists():  # runs at other scales add to the file
+        doc_before = json.loads(args.out.read_text())
+    else:
+        doc_before = None
     single_thread()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     doc = {
@@ -108,9 +116,13 @@ def main(argv=None) -> None:
         "machine": machine(),
         "collections": [],
     }
+    if doc_before is not None:
+        doc["earlier_runs"] = doc_before.get("earlier_runs", []) + [
+            {k: doc_before[k] for k in ("command", "date", "machine", "collections")}
+        ]
     for item in args.scales.split(","):
         n, bits = (int(v) for v in item.split(":"))
-        doc["collections"].append(sweep(n, bits, args.queries, args.rounds, args.seed, log))
+        doc["collections"].append(sweep(n, bits, args.queries, args.rounds, args.seed, log, args.tables))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print("\n".join(render(doc)))
