@@ -104,26 +104,28 @@ def prepare(name: str, cache: Path) -> Path:
 # ----------------------------------------------------------------------------- row subsets
 
 
-def subset_embeddings(base, rows: np.ndarray):
-    """The rows ``rows`` of an opened embeddings file as an Embeddings that fit_probe accepts
-    (every dataset read once, then indexed in memory)."""
-    from hashindex.store.reader import Embeddings
+def subset_file(base, rows: np.ndarray, path: Path):
+    """The rows ``rows`` of an opened embeddings file written as an embeddings file of their own
+    (same provenance, ``source.subset_of`` naming the parent; made once), opened and verified."""
+    from hashindex.store.reader import open_embeddings
+    from hashindex.store.writer import EmbeddingsWriter
 
-    class Subset(Embeddings):
-        def __init__(self):
-            super().__init__(base.path, len(rows), base.dim, base.num_views, base.backbone, base.attrs)
-            self._rows, self._full = np.asarray(rows), {}
-
-        def _read(self, name, sel=None):
-            if name not in self._full:
-                self._full[name] = base._read(name)
-            a = self._full[name]
-            if a is None:
-                return None
-            a = a[self._rows]
-            return a if sel is None else a[sel]
-
-    return Subset()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = np.asarray(rows)
+        raw = base._raw_attrs
+        attrs = {
+            k: v for k, v in raw.items() if k not in ("checksums", "complete", "items_done", "rows", "schema_version")
+        }
+        attrs["source"] = json.dumps(dict(base.attrs["source"], subset_of=str(base.path), n=len(rows)))
+        names, views = base.names(), base.views()
+        w = EmbeddingsWriter(
+            path, n=len(rows), dim=base.dim, views=base.num_views, label_dim=base.labels().shape[1], attrs=attrs
+        )
+        w.append(items_done=len(rows), embeddings=base.embeddings()[rows], views=None if views is None else views[rows],
+                 labels=base.labels()[rows], names=[names[i] for i in rows], source_index=np.arange(len(rows)))  # fmt: skip
+        w.finish()
+    return open_embeddings(path, verify=True)
 
 
 def split_rows(n: int, frac: float, seed: int = 99) -> tuple[np.ndarray, np.ndarray]:
@@ -189,24 +191,43 @@ def measure(runs: Runs, coll: str, db, xq, yq, *, bits, steps, seeds, topk, base
         for seed in seeds:
             if baselines and not runs.has(**base, method="itq", bits=b, min_steps=None, seed=seed):
                 t = time.perf_counter()
-                p = hashindex.fit_probe(db, FitConfig(method="itq", bits=b, seed=seed), verify=False)
+                p = hashindex.fit_probe(db, config=FitConfig(method="itq", bits=b, seed=seed), verify=False)
                 fit_s = time.perf_counter() - t
-                runs.add(dict(base, method="itq", bits=b, min_steps=None, seed=seed,
-                              map=hamming_map(p, xb, xq, yb, yq, topk), fit_seconds=round(fit_s, 2)))  # fmt: skip
+                runs.add(
+                    dict(
+                        base,
+                        method="itq",
+                        bits=b,
+                        min_steps=None,
+                        seed=seed,
+                        map=hamming_map(p, xb, xq, yb, yq, topk),
+                        fit_seconds=round(fit_s, 2),
+                    )
+                )
             for ms in steps:
                 if runs.has(**base, method="crovca", bits=b, min_steps=ms, seed=seed):
                     continue
                 t = time.perf_counter()
-                p = hashindex.fit_probe(db, FitConfig(bits=b, min_steps=ms, seed=seed), verify=False)
+                p = hashindex.fit_probe(db, config=FitConfig(bits=b, min_steps=ms, seed=seed), verify=False)
                 fit_s = time.perf_counter() - t
                 sched = p.meta["schedule"]
-                runs.add(dict(base, method="crovca", bits=b, min_steps=ms, seed=seed,
-                              map=hamming_map(p, xb, xq, yb, yq, topk), fit_seconds=round(fit_s, 2),
-                              epochs=sched["epochs"], steps=sched["steps"],
-                              bit_balance_min=p.meta["bit_balance"]["min"]))  # fmt: skip
+                runs.add(
+                    dict(
+                        base,
+                        method="crovca",
+                        bits=b,
+                        min_steps=ms,
+                        seed=seed,
+                        map=hamming_map(p, xb, xq, yb, yq, topk),
+                        fit_seconds=round(fit_s, 2),
+                        epochs=sched["epochs"],
+                        steps=sched["steps"],
+                        bit_balance_min=p.meta["bit_balance"]["min"],
+                    )
+                )
 
 
-def cross_check(h5: Path, db, q, topk: int, work: Path) -> dict:
+def cross_check(db, q, topk: int, work: Path) -> dict:
     """The same figure through the public pipeline: fit_probe -> build_index(kind="flat") -> evaluate."""
     import shutil
 
@@ -215,12 +236,17 @@ def cross_check(h5: Path, db, q, topk: int, work: Path) -> dict:
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    probe = hashindex.fit_probe(db, work / "probe", FitConfig(bits=64, min_steps=100, seed=0), verify=False)
+    probe = hashindex.fit_probe(db, work / "probe", config=FitConfig(bits=64, min_steps=100, seed=0), verify=False)
     ix = hashindex.build_index(db, work / "probe", work / "index", kind="flat", verify=False)
-    ev = hashindex.evaluate(ix, q, topk=topk, db=db)
+    ev = hashindex.evaluate(ix, q, topk=topk)
     mine = hamming_map(probe, db.embeddings(), q.embeddings(), db.labels(), q.labels(), topk)
     ours_float = float_map(db.embeddings(), q.embeddings(), db.labels(), q.labels(), topk)
-    return {"evaluate_map": ev["map"], "direct_map": mine, "evaluate_float_map": ev["float_map"], "direct_float_map": ours_float}
+    return {
+        "evaluate_map": ev["map"],
+        "direct_map": mine,
+        "evaluate_float_map": ev["float_map"],
+        "direct_float_map": ours_float,
+    }
 
 
 # ----------------------------------------------------------------------------- summary
@@ -235,12 +261,24 @@ def summarize(rows: list[dict]) -> dict:
     for (c, n, m, b, ms), rs in groups.items():
         maps = np.array([r["map"] for r in rs])
         fit = [r["fit_seconds"] for r in rs if "fit_seconds" in r]
-        out.append({
-            "collection": c, "n": n, "nq": rs[0]["nq"], "method": m, "bits": b, "min_steps": ms,
-            "seeds": [r["seed"] for r in rs], "maps": [round(float(x), 5) for x in maps],
-            "mean": float(maps.mean()), "min": float(maps.min()), "max": float(maps.max()),
-            "fit_seconds": float(np.mean(fit)) if fit else None, "steps": rs[0].get("steps"), "epochs": rs[0].get("epochs"),
-        })  # fmt: skip
+        out.append(
+            {
+                "collection": c,
+                "n": n,
+                "nq": rs[0]["nq"],
+                "method": m,
+                "bits": b,
+                "min_steps": ms,
+                "seeds": [r["seed"] for r in rs],
+                "maps": [round(float(x), 5) for x in maps],
+                "mean": float(maps.mean()),
+                "min": float(maps.min()),
+                "max": float(maps.max()),
+                "fit_seconds": float(np.mean(fit)) if fit else None,
+                "steps": rs[0].get("steps"),
+                "epochs": rs[0].get("epochs"),
+            }
+        )
     return {"groups": out}
 
 
@@ -257,18 +295,28 @@ def compare(groups: list[dict], steps: list[int], reference: int = DEFAULT_STEPS
             cand = _g(groups, method="crovca", collection=ref["collection"], n=ref["n"], bits=ref["bits"], min_steps=ms)
             if cand:
                 c = cand[0]
-                deltas.append({
-                    "collection": ref["collection"], "n": ref["n"], "bits": ref["bits"],
-                    "d_mean": c["mean"] - ref["mean"], "d_min": c["min"] - ref["min"],
-                    "fit_seconds": c["fit_seconds"], "ref_fit_seconds": ref["fit_seconds"],
-                })  # fmt: skip
+                deltas.append(
+                    {
+                        "collection": ref["collection"],
+                        "n": ref["n"],
+                        "bits": ref["bits"],
+                        "d_mean": c["mean"] - ref["mean"],
+                        "d_min": c["min"] - ref["min"],
+                        "fit_seconds": c["fit_seconds"],
+                        "ref_fit_seconds": ref["fit_seconds"],
+                    }
+                )
         if deltas:
-            out.append({
-                "min_steps": ms, "cases": deltas,
-                "worst_d_mean": min(d["d_mean"] for d in deltas), "worst_d_min": min(d["d_min"] for d in deltas),
-                "never_lower": all(d["d_mean"] >= 0 and d["d_min"] >= 0 for d in deltas),
-                "time_ratio": float(np.mean([d["fit_seconds"] / d["ref_fit_seconds"] for d in deltas])),
-            })  # fmt: skip
+            out.append(
+                {
+                    "min_steps": ms,
+                    "cases": deltas,
+                    "worst_d_mean": min(d["d_mean"] for d in deltas),
+                    "worst_d_min": min(d["d_min"] for d in deltas),
+                    "never_lower": all(d["d_mean"] >= 0 and d["d_min"] >= 0 for d in deltas),
+                    "time_ratio": float(np.mean([d["fit_seconds"] / d["ref_fit_seconds"] for d in deltas])),
+                }
+            )
     return out
 
 
@@ -282,9 +330,11 @@ def markdown(doc: dict) -> str:
         "",
     ]
     steps = doc["steps"]
-    head = "| collection | db / q | bits | float | ITQ | " + " | ".join(
-        f"CroVCA min_steps {s if s else '0 (5 ep)'}" for s in steps
-    ) + " |"
+    head = (
+        "| collection | db / q | bits | float | ITQ | "
+        + " | ".join(f"CroVCA min_steps {s if s else '0 (5 ep)'}" for s in steps)
+        + " |"
+    )
     L += [head, "|" + "---|" * (5 + len(steps))]
     for c in doc["collections"]:
         for b in doc["bits"]:
@@ -298,26 +348,39 @@ def markdown(doc: dict) -> str:
             for s in steps:
                 g = _g(full, min_steps=s)
                 cells.append(
-                    f"{pct(g[0]['mean'])} / {pct(g[0]['min'])} ({g[0]['steps']} st, {g[0]['fit_seconds']:.0f} s)" if g else "–"
+                    f"{pct(g[0]['mean'])} / {pct(g[0]['min'])} ({g[0]['steps']} st, {g[0]['fit_seconds']:.0f} s)"
+                    if g
+                    else "–"
                 )
             L.append(
                 f"| {c} | {n:,} / {full[0]['nq']:,} | {b} | {pct(fl[0]['mean']) if fl else '–'} | "
                 f"{pct(itq[0]['mean']) if itq else '–'} | " + " | ".join(cells) + " |"
             )
-    L += ["", f"Against today's default (min_steps {DEFAULT_STEPS}), worst over collections and bits (points):", "",
-          "| min_steps | worst Δ mean | worst Δ min | never lower | fit time vs default |", "|---|---|---|---|---|"]  # fmt: skip
+    L += [
+        "",
+        f"Against today's default (min_steps {DEFAULT_STEPS}), worst over collections and bits (points):",
+        "",
+        "| min_steps | worst Δ mean | worst Δ min | never lower | fit time vs default |",
+        "|---|---|---|---|---|",
+    ]
     for c in doc["comparison"]:
         L.append(
             f"| {c['min_steps']} | {100 * c['worst_d_mean']:+.2f} | {100 * c['worst_d_min']:+.2f} | "
             f"{'yes' if c['never_lower'] else 'no'} | {100 * c['time_ratio']:.0f}% |"
         )
     if doc.get("sizes"):
-        L += ["", "Small databases (random subsets of the database, same queries): mAP@100 mean / min over seeds.", "",
-              "| collection | db | bits | float | ITQ (mean) | " + " | ".join(f"CroVCA {s}" for s in doc["size_steps"]) + " |",
-              "|" + "---|" * (5 + len(doc["size_steps"]))]  # fmt: skip
+        L += [
+            "",
+            "Small databases (random subsets of the database, same queries): mAP@100 mean / min over seeds.",
+            "",
+            "| collection | db | bits | float | ITQ (mean) | "
+            + " | ".join(f"CroVCA {s}" for s in doc["size_steps"])
+            + " |",
+            "|" + "---|" * (5 + len(doc["size_steps"])),
+        ]
         for c in doc["size_collections"]:
             for n in doc["sizes"]:
-                for b in doc["bits"]:
+                for b in doc["size_bits"]:
                     fl = _g(groups, collection=c, n=n, method="float")
                     itq = _g(groups, collection=c, n=n, method="itq", bits=b)
                     cells = []
@@ -338,7 +401,9 @@ def markdown(doc: dict) -> str:
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cache", type=Path, default=Path("/work/runs/schedule"), help="collections, embeddings, runs.jsonl")
+    ap.add_argument(
+        "--cache", type=Path, default=Path("/work/runs/schedule"), help="collections, embeddings, runs.jsonl"
+    )
     ap.add_argument("--name", default="small", help="results/schedule_NAME.json")
     ap.add_argument("--collections", default=",".join(COLLECTIONS))
     ap.add_argument("--bits", default="32,64")
@@ -348,6 +413,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--query-frac", type=float, default=0.2)
     ap.add_argument("--sizes", default="100,300,1000", help="database subset sizes ('' for none)")
     ap.add_argument("--size-collections", default="fmnist-train-5k,digits")
+    ap.add_argument("--size-bits", default="64")
     ap.add_argument("--size-steps", default="0,100,300,1000", help="min_steps values of the size sweep")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cross-check", action="store_true", help="also measure one fit through build_index + evaluate")
@@ -372,12 +438,13 @@ def main(argv: list[str]) -> None:
         h5 = prepare(c, a.cache)
         emb = open_embeddings(h5)
         db_rows, q_rows = split_rows(emb.n, a.query_frac)
-        db, q = subset_embeddings(emb, db_rows), subset_embeddings(emb, q_rows)
+        split = a.cache / "splits" / c
+        db, q = subset_file(emb, db_rows, split / "db.h5"), subset_file(emb, q_rows, split / "q.h5")
         db_n[c] = db.n
         if a.report_only:
             continue
         if a.cross_check and check is None:
-            check = cross_check(h5, db, q, a.topk, a.cache / "cross_check")
+            check = dict(cross_check(db, q, a.topk, a.cache / "cross_check"), collection=c)
             print("cross-check", check, file=sys.stderr, flush=True)
         xq, yq = q.embeddings(), q.labels()
         measure(runs, c, db, xq, yq, bits=bits, steps=steps, seeds=seeds, topk=a.topk)
@@ -386,21 +453,48 @@ def main(argv: list[str]) -> None:
                 if n >= db.n:
                     continue
                 sub = np.sort(np.random.default_rng(1000 + n).choice(db.n, n, replace=False))
-                measure(runs, c, subset_embeddings(emb, db_rows[sub]), xq, yq, bits=bits, steps=size_steps, seeds=seeds, topk=a.topk)
-    groups = summarize([r for r in runs.rows if r["collection"] in colls and r["topk"] == a.topk])
+                measure(
+                    runs,
+                    c,
+                    subset_file(emb, db_rows[sub], split / f"db{n}.h5"),
+                    xq,
+                    yq,
+                    bits=ints(a.size_bits),
+                    steps=size_steps,
+                    seeds=seeds,
+                    topk=a.topk,
+                )
+    mine = [
+        r
+        for r in runs.rows
+        if r["collection"] in colls and r["topk"] == a.topk and (r["seed"] is None or r["seed"] in seeds)
+        and (r["method"] != "crovca" or r["min_steps"] in set(steps) | set(size_steps)) and (r["bits"] in set(bits) | set(ints(a.size_bits)) or r["method"] == "float")
+    ]  # fmt: skip
+    groups = summarize(mine)
     full = [g for g in groups["groups"] if g["n"] == db_n[g["collection"]]]
     m = machine_info()
     doc = {
         "command": "python benchmarks/schedule.py " + shlex.join(argv),
         "date": datetime.date.today().isoformat(),
         "machine": f"{m['cpu']}, {m['cores']} cores, {platform.platform()}; torch {m['torch']}, faiss {m['faiss']}; shared, no GPU",
-        "collections": colls, "db_n": db_n, "bits": bits, "steps": steps, "seeds": seeds, "topk": a.topk,
-        "query_frac": a.query_frac, "sizes": sizes, "size_collections": size_colls, "size_steps": size_steps,
-        "summary": groups, "comparison": compare(full, steps), "size_comparison": compare(
-            [g for g in groups["groups"] if g["n"] != db_n[g["collection"]]], size_steps),
-        "cross_check": check, "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
-        "runs": [r for r in runs.rows if r["collection"] in colls and r["topk"] == a.topk],
-    }  # fmt: skip
+        "collections": colls,
+        "db_n": db_n,
+        "bits": bits,
+        "steps": steps,
+        "seeds": seeds,
+        "topk": a.topk,
+        "query_frac": a.query_frac,
+        "sizes": sizes,
+        "size_collections": size_colls,
+        "size_steps": size_steps,
+        "size_bits": ints(a.size_bits),
+        "summary": groups,
+        "comparison": compare(full, steps),
+        "size_comparison": compare([g for g in groups["groups"] if g["n"] != db_n[g["collection"]]], size_steps),
+        "cross_check": check,
+        "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
+        "runs": mine,
+    }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"schedule_{a.name}.json"
     out.write_text(json.dumps(doc, indent=1) + "\n")
