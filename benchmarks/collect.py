@@ -317,6 +317,9 @@ def render() -> str:
         from serve_attack import render_markdown as render_attack
 
         lines += [""] + render_attack(json.loads(sa.read_text()))
+    from sections import render_all
+
+    lines += render_all(RESULTS)
     return "\n".join(lines) + "\n"
 
 

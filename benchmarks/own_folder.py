@@ -73,6 +73,16 @@ def _peak_mb(pid: int) -> float:
         return 0.0
 
 
+def _pss_mb(pid: int) -> float:
+    """Proportional set size: private pages plus a share of the pages shared with other processes
+    (a forked worker's RSS counts the parent's libraries again; its PSS does not)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
 def _children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -81,14 +91,17 @@ def _children(pid: int) -> list[int]:
 
 
 def run_measured(args: list[str], env: dict) -> dict:
-    """Wall seconds and peak RSS (MB: the process, and the largest of its children) of a command."""
+    """Wall seconds and peak memory (MiB) of a command: RSS of the process and of the largest of
+    its children, and the highest sample of the process's and its children's PSS summed."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    main_peak, child_peak = 0.0, {}
+    main_peak, child_peak, pss_peak = 0.0, {}, 0.0
     while proc.poll() is None:
         main_peak = max(main_peak, _peak_mb(proc.pid))
-        for c in _children(proc.pid):
+        children = _children(proc.pid)
+        for c in children:
             child_peak[c] = max(child_peak.get(c, 0.0), _peak_mb(c))
+        pss_peak = max(pss_peak, _pss_mb(proc.pid) + sum(_pss_mb(c) for c in children))
         time.sleep(0.2)
     out, err = proc.communicate()
     if proc.returncode:
@@ -97,6 +110,7 @@ def run_measured(args: list[str], env: dict) -> dict:
         "seconds": time.perf_counter() - t0,
         "peak_rss_mb": main_peak,
         "worker_peak_rss_mb": max(child_peak.values(), default=0.0),
+        "peak_total_pss_mb": pss_peak,
     }
 
 
@@ -116,7 +130,8 @@ def embed_memory(photos: Path, work: Path, env: dict) -> dict:
         n = len(list(photos.iterdir()))
         out[label] = {**r, "images": n, "images_per_s": n / r["seconds"], "command": " ".join(args[2:])}
         print(
-            f"{label}: {r['seconds']:.1f}s, {n / r['seconds']:.1f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB (workers {r['worker_peak_rss_mb']:.0f} MB)",
+            f"{label}: {r['seconds']:.1f}s, {n / r['seconds']:.1f} img/s, peak RSS {r['peak_rss_mb']:.0f} MB (workers {r['worker_peak_rss_mb']:.0f} MB), "
+            f"peak PSS of all {r['peak_total_pss_mb']:.0f} MB",
             flush=True,
         )
     return out

@@ -88,7 +88,7 @@ def render() -> list[str]:
         "--interpolation bilinear` and `... q.h5 --split test --limit 1000 --image-size 112 --interpolation bilinear`.",
         "mAP@1000 (%): Hamming = symmetric Hamming ranking (what the index serves); asymmetric = the whole database",
         "ranked by the query's sigmoid(logits) against the items' bits (the CroVCA paper's figure). CroVCA with the",
-        "defaults unless the command says otherwise (automatic schedule: at least 1,000 optimiser steps; supervised",
+        "defaults of the time unless the command says otherwise (automatic schedule: at least 1,000 optimiser steps; supervised",
         "targets from the class codebook). The full protocol (60,000 / 10,000 images, seeds 0–4) is in the bench",
         'report\'s "Quality across seeds" above.',
         "For comparison, the paper's prototype targets on this subset gave 74.2 / 76.0 / 79.1 / 78.2 / 65.0 (figures from the issue, not re-measured)",

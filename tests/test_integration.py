@@ -26,7 +26,7 @@ def test_crovca_beats_lsh(tmp_path, fmnist, bits):
     db, q = fmnist
     scores = {}
     for method in ("crovca", "lsh"):
-        # min_steps=0: the paper's 5 epochs (the automatic floor would train 1,000 steps here)
+        # min_steps=0: the paper's 5 epochs (the automatic floor would train 500 steps here)
         fit_probe(db, FitConfig(method=method, bits=bits, min_steps=0), progress=False).save(tmp_path / method)
         idx = build_index(db, tmp_path / method, tmp_path / f"idx-{method}", kind="flat")
         scores[method] = evaluate(idx, q, topk=100, with_float=method == "crovca")

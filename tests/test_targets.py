@@ -92,7 +92,7 @@ def test_trained_class_codes_keep_the_guaranteed_distance(ten_classes, seed):
 
 def test_schedule_floor_and_override():
     assert resolve_epochs(60000, FitConfig()) == 5  # 235 steps/epoch: 5 epochs already pass the floor
-    assert resolve_epochs(2000, FitConfig()) == 125  # 8 steps/epoch → 1000 steps
+    assert resolve_epochs(2000, FitConfig()) == 63  # 8 steps/epoch → 504 steps
     assert resolve_epochs(2000, FitConfig(epochs=3)) == 3
     assert resolve_epochs(2000, FitConfig(min_steps=0)) == 5
 

@@ -150,7 +150,7 @@ class FitConfig:
     supervised: bool = False
     hashcoder: HashcoderSize = "small"
     epochs: int | None = None
-    min_steps: int = 1000
+    min_steps: int = 500  # measured on collections of 100-4,000 items: BENCHMARKS.md, training length
     targets: TargetKind = "codebook"
     batch_size: int = 256
     lr: float = 1e-3

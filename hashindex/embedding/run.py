@@ -121,6 +121,13 @@ class BaseImages(Dataset):
             return i, None, (type(e).__name__, str(e) or type(e).__name__)
 
 
+def decode_workers(source: ImageSource, config: EmbedConfig) -> int:
+    """Processes decoding images beside the forward passes: none for in-memory arrays (IDX)."""
+    if config.num_workers is not None:
+        return config.num_workers
+    return 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
+
+
 def _collate(batch):
     return batch
 
@@ -209,7 +216,10 @@ def embed(
         spec = backbone.spec
         s0 = base_size(spec)
         if config.batch_size is None:  # the eval view and the augmented views share one forward
-            config = replace(config, batch_size=auto_batch(spec.image_size, 1 + config.views, config.max_memory))
+            size = auto_batch(
+                spec.image_size, 1 + config.views, config.max_memory, workers=decode_workers(source, config)
+            )
+            config = replace(config, batch_size=size)
             logger.info("embedding %d images per batch (within %.1f GiB)", config.batch_size, config.max_memory / 2**30)
         label_dim = 0 if source.labels is None else source.labels.shape[1]
         attrs = {"backbone": json.dumps(spec.to_dict(), sort_keys=True), **_source_attrs(source, config, keys)}
@@ -333,9 +343,7 @@ def _run(
     start = writer.items_done
     t0 = time.perf_counter()
     seconds = float(writer.attr("embed_seconds", 0.0))
-    workers = config.num_workers
-    if workers is None:
-        workers = 0 if source.kind in ("idx", "fashion-mnist") else min(4, max(1, (os.cpu_count() or 1) - 1))
+    workers = decode_workers(source, config)
     loader = DataLoader(
         BaseImages(source, s0, spec.interpolation, start, config.jpeg_draft),
         batch_size=config.batch_size,

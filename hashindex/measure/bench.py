@@ -291,6 +291,12 @@ def targets(report: dict) -> list[dict]:
         b64["qps"] / fl["qps"] if fl and b64 else None,
         25,
     )
+    m64 = _find(sp, kind="mih", scope="synthetic", n=1_000_000, bits=64)
+    add(
+        "exact mih 64 bits vs float IndexFlatIP, 1M items (QPS ratio)",
+        m64["qps"] / fl["qps"] if fl and m64 else None,
+        40,
+    )
     f16, l16 = (
         _find(sp, kind="flat", scope="synthetic", n=1_000_000, bits=16),
         _find(sp, kind="lookup", scope="synthetic", n=1_000_000, bits=16),

@@ -34,9 +34,16 @@ def check_label_space(a_names, a_cols: int, b_names, b_cols: int, a: str, b: str
 
 
 def evaluate(
-    snap, queries: Embeddings, topk: int = 1000, *, db: Embeddings | None = None, with_float: bool = True,
-    rerank: int | None = None, asymmetric: bool = False, nprobe: int | None = None,
-) -> dict:  # fmt: skip
+    snap,
+    queries: Embeddings,
+    topk: int = 1000,
+    *,
+    db: Embeddings | None = None,
+    with_float: bool = True,
+    rerank: int | None = None,
+    asymmetric: bool = False,
+    nprobe: int | None = None,
+) -> dict:
     """mAP@topk and precision@topk of Hamming ranking (ties by id), and of float cosine.
 
     Args:
@@ -89,14 +96,25 @@ def evaluate(
         else f"{'asymmetric' if asymmetric else 'rerank-float'}-{rerank or DEFAULT_RERANK}"
     )
     out = {
-        "index": str(base.path), "queries": str(queries.path), "method": base.probe.method,
-        "supervised": bool(base.probe.config.get("supervised", False)), "bits": snap.bits, "index_type": snap.kind,
-        "ranking": ranking, "topk": topk, "nq": len(xq), "ntotal": snap.ntotal,
-        "map": mean_average_precision(rel), "precision": precision_at_k(rel, topk),
+        "index": str(base.path),
+        "queries": str(queries.path),
+        "method": base.probe.method,
+        "supervised": bool(base.probe.config.get("supervised", False)),
+        "bits": snap.bits,
+        "index_type": snap.kind,
+        "ranking": ranking,
+        "topk": topk,
+        "nq": len(xq),
+        "ntotal": snap.ntotal,
+        "map": mean_average_precision(rel),
+        "precision": precision_at_k(rel, topk),
         "search_qps": len(xq) / search_s if search_s > 0 else None,
-        "code_bytes_per_item": snap.bits // 8, "float_bytes_per_item": 4 * queries.dim,
-        "float_map": None, "float_precision": None, "float_qps": None,
-    }  # fmt: skip
+        "code_bytes_per_item": snap.bits // 8,
+        "float_bytes_per_item": 4 * queries.dim,
+        "float_map": None,
+        "float_precision": None,
+        "float_qps": None,
+    }
     out.update(_paper_and_ivf(snap, xq, q_labels, topk, nprobe))
     xb = _database(snap, db) if with_float else None
     if xb is not None:

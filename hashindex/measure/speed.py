@@ -119,7 +119,7 @@ def measure_embed(db: Embeddings, config: BenchConfig, workdir: Path) -> tuple[d
     """
     from PIL import Image
 
-    from hashindex.embedding.run import embed
+    from hashindex.embedding.run import decode_workers, embed
     from hashindex.embedding.sources import open_source
 
     source = open_source(config.images, limit=config.images_limit)
@@ -127,7 +127,8 @@ def measure_embed(db: Embeddings, config: BenchConfig, workdir: Path) -> tuple[d
     cfg = EmbedConfig(**opts, views=db.num_views, device=config.device, seed=config.seed, max_failures=0.1)
     backbone = load_backbone(**opts, device=config.device)
     # Both sides with the batch embed sizes itself within its memory budget.
-    cfg = replace(cfg, batch_size=auto_batch(backbone.spec.image_size, 1 + cfg.views, cfg.max_memory))
+    workers = decode_workers(source, cfg)
+    cfg = replace(cfg, batch_size=auto_batch(backbone.spec.image_size, 1 + cfg.views, cfg.max_memory, workers=workers))
     ref_passes = len(source) * (1 + cfg.views)
     logger.info("pipeline speed: bare forward of %d passes", ref_passes)
     ref_s = reference_forward(backbone, ref_passes, cfg.batch_size)  # first: it also warms the device up

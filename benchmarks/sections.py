@@ -1,0 +1,131 @@
+"""BENCHMARKS.md sections of the later benchmarks (exact search, near-duplicates, a folder of one's
+own photos, the training length on small collections), each rendered from its results file by the
+benchmark's own renderer. ``collect.py`` appends them; a missing results file leaves its section out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def render_mih(results: Path) -> list[str]:
+    from mih import markdown
+    from mih_tables import render as render_tables
+
+    doc = _load(results / "mih.json")
+    if doc is None:
+        return []
+    lines = [
+        "## Exact search faster than a scan: multi-index hashing, auto, filters",
+        "",
+        "`benchmarks/mih.py` (results: `mih.json`; runs of earlier code of the same day: `mih_20261203*.json`).",
+        "",
+        markdown(doc),
+    ]
+    tables = _load(results / "mih_tables.json")
+    if tables is not None:
+        lines += ["", "Command of the table sweep: `benchmarks/mih_tables.py` (results: `mih_tables.json`).", ""]
+        lines += ["#" + line if line.startswith("## ") else line for line in render_tables(tables)]
+    return lines
+
+
+def render_dedup(results: Path) -> list[str]:
+    from dedup import table
+
+    summary = _load(results / "dedup_summary.json")
+    files = sorted(results.glob("dedup_fmnist_*.json")) + sorted(results.glob("dedup_speed_*.json"))
+    if summary is None and not files:
+        return []
+    lines = ["## Near-duplicates: `hashindex dedup`", ""]
+    if summary is not None:
+        lines += [
+            f"Defaults chosen across the quality runs (`benchmarks/dedup.py --summarize ...`): `min_cosine` "
+            f"{summary['min_cosine']} (the smallest float-cosine threshold reaching precision "
+            f">= {summary['min_precision']} on pairs and groups in every run), radius {summary['radius']} of the "
+            f"code length (the smallest keeping >= {summary['min_ratio']} of float cosine's recall there, in every "
+            "run and code length).",
+            "",
+            "| radius (fraction of bits) | worst share of float cosine's recall |",
+            "|---|---|",
+            *(f"| {k} | {v['min_ratio']:.3f} |" for k, v in summary["by_radius"].items()),
+        ]
+    for f in files:
+        doc = json.loads(f.read_text())
+        args = SimpleNamespace(**doc["args"])
+        lines += [
+            "",
+            f"### `{f.name}`",
+            "",
+            f"Command: `{doc['command']}`; {doc['date']}; {doc['cpu']}; wall {doc['wall_seconds']:.0f} s.",
+            "",
+            table(doc, args),
+        ]
+    return lines
+
+
+def render_own_folder(results: Path) -> list[str]:
+    doc = _load(results / "own_folder.json")
+    if doc is None:
+        return []
+    lines = [
+        "## A folder of one's own photos",
+        "",
+        f"`.venv/bin/python benchmarks/own_folder.py`; {doc['date']}; {doc['machine']}. Photos cut from "
+        "scikit-image's sample pictures at mixed sizes up to 1600x1200 (JPEG).",
+    ]
+    mem = doc.get("embed_memory")
+    if mem:
+        lines += [
+            "",
+            "`embed --views 2 --image-size 224`, each setting in a fresh process:",
+            "",
+            "| batch | images | seconds | images/s | peak RSS MiB (main process) | peak RSS MiB (decoding worker) "
+            "| peak PSS MiB (all processes, 0.2 s samples) |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {label} | {r['images']:,} | {r['seconds']:.0f} | {r['images_per_s']:.1f} | "
+                f"{r['peak_rss_mb']:.0f} | {r['worker_peak_rss_mb']:.0f} | {r.get('peak_total_pss_mb', 0):.0f} |"
+                for label, r in mem.items()
+            ),
+        ]
+    ans = doc.get("folder_to_answer")
+    if ans:
+        lines += [
+            "",
+            f"`hashindex {ans['command']}` on {ans['images']:,} photos: the page's first search answered after "
+            f"{ans['seconds']:.0f} s ({ans['kind']} index; target: 180 s).",
+        ]
+    return lines
+
+
+def render_schedule(results: Path) -> list[str]:
+    from schedule import markdown
+
+    doc = _load(results / "schedule_small.json")
+    if doc is None:
+        return []
+    return [
+        "## Training length on small collections",
+        "",
+        "`benchmarks/schedule.py` (results: `schedule_small.json`): mAP@100 of CroVCA by the floor of optimiser "
+        "steps (`FitConfig.min_steps`), against ITQ and float cosine, on collections of 800-4,000 items and "
+        "database subsets of 100-1,000. The fits were made by runs of the script over the same cache (each fit "
+        "kept in its `runs.jsonl`, a re-run skipping what is there); the command below summarised them.",
+        "",
+        markdown(doc),
+    ]
+
+
+def render_all(results: Path) -> list[str]:
+    lines = []
+    for part in (render_mih, render_dedup, render_own_folder, render_schedule):
+        section = part(results)
+        if section:
+            lines += [""] + section
+    return lines
