@@ -24,7 +24,7 @@ def render_mih(results: Path) -> list[str]:
     lines = [
         "## Exact search faster than a scan: multi-index hashing, auto, filters",
         "",
-        "`benchmarks/mih.py` (results: `mih.json`; runs of earlier code of the same day: `mih_20261203*.json`).",
+        "`benchmarks/mih.py` (results: `mih.json`; runs of earlier code: `mih_20261203*.json`).",
         "",
         markdown(doc),
     ]
