@@ -55,7 +55,7 @@ def test_1000_random_mutations_are_all_refused_cleanly(index_dir):
         "probe/weights.safetensors",
     }
     if load_index(index_dir).kind == "mih":
-        assert {p.name for p in files} >= {"mih_order.npy", "mih_offsets.npy", "mih_codes.npy"}
+        assert {p.name for p in files} >= {"mih_order.npy", "mih_offsets.npy", "mih_words.npy"}
     original = {p: p.read_bytes() for p in files}
     assert sum(map(len, original.values())) < 64_000
     rng = np.random.default_rng(2024)

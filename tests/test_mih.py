@@ -181,6 +181,29 @@ def test_every_table_count_and_every_k(bits):
         assert_same(ix.search(q, 10_000), reference(q, codes, 500))
 
 
+@pytest.mark.parametrize("bits", [64, 128])
+def test_tables_saved_row_major_before_still_load(tmp_path, bits):
+    """Folders written before the codes were stored word-major (``mih_codes.npy``, (m, n, W))
+    load and answer as the tables saved now."""
+    from hashindex.index.mih import CODES_FILE, ROW_MAJOR_CODES_FILE
+
+    rng = np.random.default_rng(bits)
+    codes = draw_codes("tight", 300, bits, rng)
+    q = draw_queries(codes, 5, rng)
+    tables = MIHTables.build(codes, 8)
+    tables.save(tmp_path)
+    now = MIHTables.load(tmp_path, bits, len(codes), 8)
+    np.save(tmp_path / ROW_MAJOR_CODES_FILE, np.ascontiguousarray(tables.codes.transpose(0, 2, 1)))
+    (tmp_path / CODES_FILE).unlink()
+    before = MIHTables.load(tmp_path, bits, len(codes), 8)
+    assert before.codes.shape == now.codes.shape == (8, bits // 64, len(codes))
+    for t in (now, before):
+        assert_same(kernels.mih_topk(t, codes, q, 20), reference(q, codes, 20))
+    np.save(tmp_path / ROW_MAJOR_CODES_FILE, np.zeros((8, len(codes) + 1, bits // 64), np.uint64))
+    with pytest.raises(ValueError, match="layout needs"):
+        MIHTables.load(tmp_path, bits, len(codes), 8)
+
+
 def test_empty_and_single_row():
     codes = np.array([[1, 2, 3, 4, 5, 6, 7, 8]], np.uint8)
     ix = CodeIndex.from_codes(codes, IndexConfig("mih"))

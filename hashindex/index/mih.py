@@ -2,8 +2,9 @@
 
 A b-bit code is cut into m disjoint substrings; table j lists every row by the value of its j-th
 substring: ``order[j]`` holds the rows sorted by that value (rows of equal value in ascending
-order), ``codes[j]`` their codes in that order (a bucket's codes are read in sequence, not
-gathered from all over memory: at 1M codes that is what makes the search faster than a scan),
+order), ``codes[j]`` their codes in that order, word-major (a bucket's codes are read in
+sequence, not gathered from all over memory: at 1M codes that is what makes the search faster
+than a scan),
 and ``offsets[j, v] : offsets[j, v + 1]`` is the slice of rows whose substring is v. Two codes
 within distance r agree to within floor(r / m) on at least one substring, which is what the
 search (:func:`hashindex.search.kernels.mih_topk`) relies on.
@@ -11,8 +12,8 @@ search (:func:`hashindex.search.kernels.mih_topk`) relies on.
 m defaults to substrings of about log2(n) - 7 bits, at least min(10, log2 n)
 (:func:`~hashindex.core.codes.default_mih_tables`, measured), so a table's directory (2^len + 1
 offsets) is smaller than its row list. Memory per item, beside the code itself: m copies of the
-code (padded to 8-byte words) and 4·m bytes of row lists, plus at most 4·m bytes of directory. The tables are ``.npy`` files in the index folder, memory-mapped when
-loaded.
+code (padded to 8-byte words) and 4·m bytes of row lists, plus at most 4·m bytes of directory. The tables are
+``.npy`` files in the index folder, memory-mapped when loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import numpy as np
 from hashindex.core.codes import MAX_SUBSTRING_BITS, as_words, default_mih_tables
 from hashindex.core.errors import InputError
 
-ORDER_FILE, OFFSETS_FILE, CODES_FILE = "mih_order.npy", "mih_offsets.npy", "mih_codes.npy"
+ORDER_FILE, OFFSETS_FILE, CODES_FILE = "mih_order.npy", "mih_offsets.npy", "mih_words.npy"
+# Tables written before the codes were stored word-major: (m, n, W), still read (transposed in
+# memory when W > 1; the same bytes when W = 1).
+ROW_MAJOR_CODES_FILE = "mih_codes.npy"
 
 
 def layout(bits: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +61,9 @@ class MIHTables:
     lengths: np.ndarray  # int64 (m,)
     order: np.ndarray  # uint32 (m, n): rows sorted by substring value
     offsets: np.ndarray  # uint32 (m, 2^max(len) + 1)
-    codes: np.ndarray  # uint64 (m, n, W): each table's codes in its order, as words
+    # uint64 (m, W, n): each table's codes in its order, word by word, so that a bucket is W runs
+    # of consecutive words (measured: 1.6x faster search at 128 bits than codes row by row)
+    codes: np.ndarray
 
     @property
     def m(self) -> int:
@@ -74,11 +80,11 @@ class MIHTables:
         size = (1 << int(lengths.max())) + 1
         order = np.empty((len(starts), n), np.uint32)
         offsets = np.zeros((len(starts), size), np.uint32)
-        tcodes = np.empty((len(starts), *words.shape), np.uint64)
+        tcodes = np.empty((len(starts), words.shape[1], n), np.uint64)
         for j in range(len(starts)):
             keys = substrings(words, int(starts[j]), int(lengths[j]))
             order[j] = np.argsort(keys, kind="stable")
-            tcodes[j] = words[order[j]]
+            tcodes[j] = words[order[j]].T
             offsets[j, 1:] = np.cumsum(np.bincount(keys, minlength=size - 1))
         return cls(starts, lengths, order, offsets, tcodes)
 
@@ -99,8 +105,14 @@ class MIHTables:
         mode = "r" if mmap else None
         order = np.load(folder / ORDER_FILE, mmap_mode=mode, allow_pickle=False)
         offsets = np.load(folder / OFFSETS_FILE, mmap_mode=mode, allow_pickle=False)
-        codes = np.load(folder / CODES_FILE, mmap_mode=mode, allow_pickle=False)
-        want = ((m, n), (m, (1 << int(lengths.max())) + 1), (m, n, -(-bits // 64)))
+        nw = -(-bits // 64)
+        if (folder / CODES_FILE).exists() or not (folder / ROW_MAJOR_CODES_FILE).exists():
+            codes = np.load(folder / CODES_FILE, mmap_mode=mode, allow_pickle=False)
+        else:
+            codes = np.load(folder / ROW_MAJOR_CODES_FILE, mmap_mode=mode, allow_pickle=False)
+            if codes.shape == (m, n, nw):
+                codes = codes.reshape(m, 1, n) if nw == 1 else np.ascontiguousarray(codes.transpose(0, 2, 1))
+        want = ((m, n), (m, (1 << int(lengths.max())) + 1), (m, nw, n))
         got = (order.shape, offsets.shape, codes.shape)
         if got != want or (order.dtype, offsets.dtype, codes.dtype) != (np.uint32, np.uint32, np.uint64):
             raise ValueError(f"multi-index tables of shapes {got}; the layout needs {want}")

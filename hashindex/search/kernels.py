@@ -126,7 +126,7 @@ def scan_topk(codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None 
 
 @njit(inline="always", cache=True)
 def met_first(tc, t, qw, tmasks, s, j):
-    """Whether the code at ``tc[t]``, met in table ``j`` at substring radius ``s``, is met there
+    """Whether code ``t`` of ``tc`` (word-major), met in table ``j`` at substring radius ``s``, is met there
     first: probing goes radius-major, table-minor, so a code met earlier has a table before ``j``
     within ``s`` of the query or one after it within ``s - 1``."""
     nw = qw.shape[0]
@@ -134,11 +134,11 @@ def met_first(tc, t, qw, tmasks, s, j):
         if u == j:
             continue
         if nw == 1:
-            sd = popcount((tc[t, 0] ^ qw[0]) & tmasks[u, 0])
+            sd = popcount((tc[0, t] ^ qw[0]) & tmasks[u, 0])
         else:
             sd = 0
             for w in range(nw):
-                sd += popcount((tc[t, w] ^ qw[w]) & tmasks[u, w])
+                sd += popcount((tc[w, t] ^ qw[w]) & tmasks[u, w])
         if sd < s or (sd == s and u < j):
             return False
     return True
@@ -146,14 +146,15 @@ def met_first(tc, t, qw, tmasks, s, j):
 
 @njit(inline="always", cache=True)
 def code_distance(tc, t, qw):
-    """Hamming distance of ``tc[t]`` to the query words (one word: no loop)."""
+    """Hamming distance of code ``t`` of a table's word-major codes ``tc`` (``(W, n)``) to the
+    query words (one or two words: no loop, which lets the compiler vectorise loops over t)."""
     if qw.shape[0] == 1:
-        return popcount(tc[t, 0] ^ qw[0])
+        return popcount(tc[0, t] ^ qw[0])
     if qw.shape[0] == 2:
-        return popcount(tc[t, 0] ^ qw[0]) + popcount(tc[t, 1] ^ qw[1])
+        return popcount(tc[0, t] ^ qw[0]) + popcount(tc[1, t] ^ qw[1])
     d = 0
     for w in range(qw.shape[0]):
-        d += popcount(tc[t, w] ^ qw[w])
+        d += popcount(tc[w, t] ^ qw[w])
     return d
 
 
@@ -163,8 +164,8 @@ def _mih_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, qw,
     k-th distance found is below what any code not met yet can have. Each table keeps a copy of
     the codes in its own order (``tcodes``), so a bucket's codes are read in sequence. Returns
     False when probing would cost more than a scan (the caller then scans)."""
-    m, n = tcodes.shape[0], tcodes.shape[1]
-    hist = np.zeros(tcodes.shape[2] * 64 + 1, np.int64)
+    m, n = tcodes.shape[0], tcodes.shape[2]
+    hist = np.zeros(tcodes.shape[1] * 64 + 1, np.int64)
     cand_d, cand_p = np.empty(n, np.int32), np.empty(n, np.int64)  # untouched pages cost nothing
     found, kth, within = 0, hist.shape[0] - 1, 0  # candidates found, k-th distance, candidates within it
     work = 0
@@ -227,7 +228,7 @@ def mih_topk(tables, codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray 
     use_mask = mask is not None
     mask_arr = np.zeros(1, np.bool_) if mask is None else np.asarray(mask, np.bool_)
     flips, fstart = flip_masks(int(tables.lengths.max()))
-    tmasks = substring_masks(tuple(tables.starts), tuple(tables.lengths), tables.codes.shape[2])
+    tmasks = substring_masks(tuple(tables.starts), tuple(tables.lengths), tables.codes.shape[1])
     args = (tables.codes, tables.order, tables.offsets, tables.starts, tables.lengths, tmasks, flips, fstart)
     d, p, done = _mih_all(*args, as_words(q), int(k), mask_arr, use_mask)
     if not done.all():

@@ -31,9 +31,9 @@ def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q
                 if flips[f] >= limit:
                     continue
                 key = np.int64(qkey ^ flips[f])
-                for t in range(np.int64(offsets[j, key]), min(np.int64(offsets[j, key + 1]), tc.shape[0])):
+                for t in range(np.int64(offsets[j, key]), min(np.int64(offsets[j, key + 1]), tc.shape[1])):
                     p = np.int64(order[j, t])
-                    if p <= after or p >= tc.shape[0]:
+                    if p <= after or p >= tc.shape[1]:
                         continue
                     d = code_distance(tc, t, qw)
                     if d > radius or not met_first(tc, t, qw, tmasks, s, j):
@@ -89,7 +89,7 @@ def _run(kernel, tables, first, radius: int, cap: int):
     flips, fstart = flip_masks(int(tables.lengths.max()))
     if radius // tables.m + 1 >= len(fstart):
         raise ValueError(f"radius {radius} needs substring radii beyond those enumerated for {tables.m} tables")
-    tmasks = substring_masks(tuple(tables.starts), tuple(tables.lengths), tables.codes.shape[2])
+    tmasks = substring_masks(tuple(tables.starts), tuple(tables.lengths), tables.codes.shape[1])
     args = (tables.codes, tables.order, tables.offsets, tables.starts, tables.lengths, tmasks, flips, fstart)
     return kernel(*args, *first, radius, cap)
 
