@@ -48,6 +48,16 @@ def render_mih(results: Path) -> list[str]:
     return lines
 
 
+DEDUP_NOTES = {  # what code a speed run measured, where it is not the code of its day's end
+    "dedup_speed_1m_r10_20261204_before_skip.json": "The range join before its counting skip (commit 006afe8), "
+    "run minutes before the next file's run.",
+    "dedup_speed_1m_r10_20261204_skip.json": "With the counting skip in the range join, before the faster pair sort "
+    "and grouping.",
+    "dedup_speed_1m_20261204.json": "This code (counting skip, one-key pair sort, bincount grouping); the machine's "
+    "speed varies by tens of percent between runs.",
+}
+
+
 def render_dedup(results: Path) -> list[str]:
     from dedup import table
 
@@ -75,7 +85,8 @@ def render_dedup(results: Path) -> list[str]:
             "",
             f"### `{f.name}`",
             "",
-            f"Command: `{doc['command']}`; {doc['date']}; {doc['cpu']}; wall {doc['wall_seconds']:.0f} s.",
+            f"Command: `{doc['command']}`; {doc['date']}; {doc['cpu']}; wall {doc['wall_seconds']:.0f} s."
+            + (f" {DEDUP_NOTES[f.name]}" if f.name in DEDUP_NOTES else ""),
             "",
             table(doc, args),
         ]

@@ -134,9 +134,7 @@ def leader_groups(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
     a, b = np.concatenate([i, j]), np.concatenate([j, i])
     order = np.argsort(a, kind="stable")
     a, b = a[order], b[order]
-    indptr = np.zeros(n + 1, np.int64)
-    np.add.at(indptr, a + 1, 1)
-    indptr = np.cumsum(indptr)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(a, minlength=n))]).astype(np.int64)
     degree = np.diff(indptr)
     involved = np.flatnonzero(degree)
     by = involved[np.lexsort((involved, -degree[involved]))]  # most near-duplicates first, ties by id
