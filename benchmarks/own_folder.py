@@ -65,22 +65,23 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> None:
         crop.save(folder / f"photo{i:05d}.jpg", quality=int(rng.integers(70, 96)))
 
 
-def _peak_mb(pid: int) -> float:
+def _proc_mb(pid: int, file: str, field: str) -> float:
+    """A kB field of ``/proc/PID/FILE`` in MiB (0 once the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+        with open(f"/proc/{pid}/{file}") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(field)) / 1024
     except (OSError, StopIteration):
         return 0.0
+
+
+def _peak_mb(pid: int) -> float:
+    return _proc_mb(pid, "status", "VmHWM:")
 
 
 def _pss_mb(pid: int) -> float:
     """Proportional set size: private pages plus a share of the pages shared with other processes
     (a forked worker's RSS counts the parent's libraries again; its PSS does not)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("Pss:")) / 1024
-    except (OSError, StopIteration):
-        return 0.0
+    return _proc_mb(pid, "smaps_rollup", "Pss:")
 
 
 def _children(pid: int) -> list[int]:
