@@ -36,9 +36,13 @@ outputs: two items in one group):
 
     hashindex   candidates within radius_bits of each other (the exact range self-join,
                 hashindex.dedup.find.candidate_pairs), confirmed by float cosine >= min_cosine
-                (hashindex.dedup.find.cosines); grid radius_bits x min_cosine ("none": Hamming only)
+                (hashindex.dedup.find.cosines) or pixel agreement >= min_pixels (the correlation
+                of 16x16 grayscale thumbnails, either mirrored: hashindex.dedup.pixels); grid
+                radius_bits x min_cosine x min_pixels ("none": Hamming only; None: cosine only)
     phash       imagehash.phash(hash_size=8) of the files, pairs within a Hamming threshold
     float       exact cosine of the same embeddings, pairs at or above a threshold
+    float_pixels  every pair with float cosine >= --cos-low, confirmed as hashindex confirms
+                (cosine or pixels) but without the codes: what the pixel confirmation adds alone
 
 For each method: the best recall at precision >= ``--min-precision`` and the setting reaching it.
 The setting ``--check-radius`` x ``--check-cosine`` (the library's defaults) is re-run through the
@@ -54,16 +58,17 @@ sample. ``--max-join-seconds`` stops a join early (rows are in random order: the
 time and pairs are extrapolated from the rows done, and marked so).
 
 Defaults (``--summarize``): ``min_cosine`` is the smallest float threshold reaching the precision
-on pairs and on groups in every quality run given; the radius the smallest fraction of the code
-length at which hashindex keeps ``--min-ratio`` of float cosine's recall at that threshold in
-every run and code length.
+on pairs and on groups in every quality run given; ``min_pixels`` the smallest pixel threshold at
+which float_pixels with that cosine still reaches it in every run; the radius the smallest
+fraction of the code length at which hashindex keeps ``--min-ratio`` of float_pixels' recall at
+those thresholds in every run (over every code length, and for each code length alone).
 
     python benchmarks/dedup.py --work /tmp/dedup --out benchmarks/results/dedup_fmnist_seed0.json
     python benchmarks/dedup.py --work /tmp/dedup --seed 1 --scales '' --out .../dedup_fmnist_seed1.json
     python benchmarks/dedup.py --work /tmp/dedup --bits 32,128 --scales '' --out .../dedup_fmnist_bits32_128.json
     python benchmarks/dedup.py --work /tmp/dedup --skip-quality --scales 10000000 \
         --speed-radii 0.0625,0.125,0.15625,0.1875 --max-join-seconds 240 --out .../dedup_speed_10m.json
-    python benchmarks/dedup.py --summarize benchmarks/results/dedup_fmnist_*.json \
+    python benchmarks/dedup.py --summarize benchmarks/results/dedup_fmnist_*.json --min-ratio 0.95 \
         --out benchmarks/results/dedup_summary.json
     python benchmarks/dedup.py --table benchmarks/results/dedup_speed_10m.json
 """
@@ -402,8 +407,18 @@ def sweep(truth: Truth, i, j, score, thresholds, *, higher: bool, n: int) -> lis
     return rows
 
 
+def scored(truth: Truth, n: int, a, b, threshold, group_floor: float) -> dict:
+    """Pair scores of a setting, and its groups' when the pairs' precision reaches ``group_floor``
+    (grouping is the slow part of a sweep; settings far below the target precision skip it)."""
+    from hashindex.dedup.find import leader_groups
+
+    pair = truth.score_pairs(a, b)
+    group = truth.score_groups(leader_groups(n, a, b)) if pair["precision"] >= group_floor else None
+    return {"threshold": threshold, "pair": pair, "group": group}
+
+
 def best(rows: list[dict], min_precision: float, level: str, key=lambda r: r["threshold"]) -> dict | None:
-    ok = [r for r in rows if r[level]["precision"] >= min_precision]
+    ok = [r for r in rows if r[level] is not None and r[level]["precision"] >= min_precision]
     if not ok:
         return None
     r = max(ok, key=lambda r: (r[level]["recall"], r[level]["precision"]))
@@ -438,6 +453,29 @@ def brute_pairs(codes: np.ndarray, radius: int, chunk: int = 2048):
     i, j, d = (np.concatenate(x) for x in zip(*parts))
     order = np.lexsort((j, i))
     return i[order], j[order], d[order].astype(np.int32)
+
+
+def pixel_vectors(folder: Path, names: list[str]):
+    """Unit thumbnail vectors (as they are, mirrored) of the files, read as the library reads them."""
+    from hashindex.dedup.pixels import DRAFT, thumbnail, unit_vectors
+    from hashindex.embedding.decode import decode_image
+
+    return unit_vectors(np.stack([thumbnail(decode_image(str(folder / n), DRAFT)) for n in names]))
+
+
+def pixel_pairs(vectors, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    from hashindex.dedup.pixels import agreement
+
+    plain, mirror = vectors
+    return agreement(plain, plain, mirror, i, j)
+
+
+def either(cos, pix, c, p):
+    """Pairs confirmed by cosine >= c or pixels >= p (p None: cosine only; c "none": every pair)."""
+    if c == "none":
+        return np.ones(len(cos), bool)
+    ok = cos >= c
+    return ok if p is None else ok | (pix >= p)
 
 
 def cosine_pairs(x: np.ndarray, low: float, chunk: int = 1024):
@@ -485,6 +523,22 @@ def quality(args, work: Path, log) -> dict:
         "best_pairs": best(rows, args.min_precision, "pair"),
         "best_groups": best(rows, args.min_precision, "group"),
     }
+    # (c') exact float cosine or pixel agreement: what the pixel confirmation adds, without codes
+    t0 = time.perf_counter()
+    vectors = pixel_vectors(folder, names)
+    fp = pixel_pairs(vectors, fi, fj)
+    fps = time.perf_counter() - t0
+    combos = [(c, p) for c in cos_grid for p in args.pixel_grid]
+    rows = []
+    for c, p in combos:
+        ok = either(fc, fp, c, p)
+        rows.append(scored(truth, n, fi[ok], fj[ok], [c, p], args.group_floor))
+    result["methods"]["float_pixels"] = {
+        "sweep": rows,
+        "seconds": round(fs + fps, 2),
+        "best_pairs": best(rows, args.min_precision, "pair"),
+        "best_groups": best(rows, args.min_precision, "group"),
+    }
     # distances of true pairs and of the nearest non-duplicate, for the record
     same = (orig[fi] == orig[fj]) & (orig[fi] >= 0)
     result["float_cosine_of_true_pairs"] = {
@@ -526,6 +580,7 @@ def quality(args, work: Path, log) -> dict:
         ref = brute_pairs(np.asarray(snap.codes), rmax)
         exact = all(np.array_equal(a, b) for a, b in zip((hi, hj, hd), ref))
         hc = cosines(snap, hi, hj)
+        hp = pixel_pairs(vectors, hi, hj)
         # candidate distances of the true pairs (how far edits move the codes)
         tsame = (orig[hi] == orig[hj]) & (orig[hi] >= 0)
         grid, per_radius = [], []
@@ -547,16 +602,9 @@ def quality(args, work: Path, log) -> dict:
                     "candidate_recall_by_edit": cand["recall_by_edit"],
                 }
             )
-            for c in ["none", *cos_grid]:
-                ok = sel if c == "none" else sel & (hc >= c)
-                a, b = hi[ok], hj[ok]
-                grid.append(
-                    {
-                        "threshold": [r, c],
-                        "pair": truth.score_pairs(a, b),
-                        "group": truth.score_groups(leader_groups(n, a, b)),
-                    }
-                )
+            for c, p in [("none", None), *combos]:
+                ok = sel & either(hc, hp, c, p)
+                grid.append(scored(truth, n, hi[ok], hj[ok], [r, c, p], args.group_floor))
         out = {
             **info,
             "bits": bits,
@@ -572,18 +620,19 @@ def quality(args, work: Path, log) -> dict:
             "best_groups": best(grid, args.min_precision, "group"),
         }
         # the chosen setting through the public API: same groups as computed here
-        r_c, c_c = int(round(args.check_radius * bits)), args.check_cosine
+        r_c, c_c, p_c = int(round(args.check_radius * bits)), args.check_cosine, args.check_pixels
         t0 = time.perf_counter()
-        recs = ix.duplicates(None, DedupConfig(radius_bits=r_c, min_cosine=c_c))
+        recs = ix.duplicates(None, DedupConfig(radius_bits=r_c, min_cosine=c_c, min_pixels=p_c))
         api_s = time.perf_counter() - t0
         api_groups = sorted(
             tuple(sorted(ix.snapshot.positions(np.array([it["id"] for it in g["items"]])).tolist())) for g in recs
         )
-        ok = (hd <= r_c) & (hc >= c_c)
+        ok = (hd <= r_c) & either(hc, hp, c_c, p_c)
         mine = sorted(tuple(sorted(g.tolist())) for g in leader_groups(n, hi[ok], hj[ok]))
         out["api_check"] = {
             "radius_bits": r_c,
             "min_cosine": c_c,
+            "min_pixels": p_c,
             "same_groups": api_groups == mine,
             "seconds": round(api_s, 2),
             "groups": len(recs),
@@ -666,7 +715,10 @@ def speed(args, log) -> list[dict]:
         pk = np.sort(planted, 1)
         pkey = pk[:, 0] * n + pk[:, 1]
         found = np.isin(pkey[pk[:, 0] < done], key).mean() if done else 0.0
-        f = done / n  # rows are in random order: time per row is constant, pairs (i < j) of the first rows 1-(1-f)^2
+        # Rows are in random order: the pairs (i < j) of the first rows are 1-(1-f)^2 of all; a row's
+        # time lies between constant (its probes) and proportional to the later rows (its buckets
+        # are read from the querying row on), so the whole join's is extrapolated both ways.
+        f = done / n
         row = {
             "n": n,
             "bits": bits,
@@ -682,6 +734,7 @@ def speed(args, log) -> list[dict]:
             "dedup_seconds": round(build_s + join_s + group_s, 1),
             "pairs": len(i),
             "extrapolated_join_seconds": None if done == n else round(join_s / f, 0),
+            "extrapolated_join_seconds_low": None if done == n else round(join_s / (1 - (1 - f) ** 2), 0),
             "extrapolated_pairs": None if done == n else int(len(i) / (1 - (1 - f) ** 2)),
             "groups": len(groups),
             "planted_found": round(float(found), 6),
@@ -727,16 +780,22 @@ def table(res: dict, args) -> str:
         for bits, h in q["hashindex"].items():
             for lvl in ("pairs", "groups"):
                 lines.append(
-                    f"| hashindex {bits} bits (radius_bits, min_cosine) | {lvl} | {fmt_best(h['best_' + lvl])} |"
+                    f"| hashindex {bits} bits (radius_bits, min_cosine, min_pixels) | {lvl} | {fmt_best(h['best_' + lvl])} |"
                 )
-        for name, label in (("phash", "pHash 64 (Hamming <=)"), ("float", "float cosine (>=)")):
-            for lvl in ("pairs", "groups"):
-                lines.append(f"| {label} | {lvl} | {fmt_best(q['methods'][name]['best_' + lvl])} |")
+        for name, label in (
+            ("phash", "pHash 64 (Hamming <=)"),
+            ("float", "float cosine (>=)"),
+            ("float_pixels", "float cosine or pixels, all pairs (cosine, pixels)"),
+        ):
+            if name in q["methods"]:
+                for lvl in ("pairs", "groups"):
+                    lines.append(f"| {label} | {lvl} | {fmt_best(q['methods'][name]['best_' + lvl])} |")
         for bits, h in q["hashindex"].items():
             a = h["api_check"]
             lines += [
                 "",
-                f"{bits} bits, checked setting radius_bits {a['radius_bits']} min_cosine {a['min_cosine']} through Index.duplicates: "
+                f"{bits} bits, checked setting radius_bits {a['radius_bits']} min_cosine {a['min_cosine']} "
+                f"min_pixels {a.get('min_pixels')} through Index.duplicates: "
                 f"same groups {a['same_groups']}, pairs P {a['pair']['precision']:.4f} R {a['pair']['recall']:.4f}, "
                 f"groups P {a['group']['precision']:.4f} R {a['group']['recall']:.4f}, {a['seconds']} s",
                 "",
@@ -759,7 +818,8 @@ def table(res: dict, args) -> str:
             join = (
                 f"{r['join_seconds']}"
                 if r["complete"]
-                else f"{r['join_seconds']} (whole: ~{r['extrapolated_join_seconds']:.0f})"
+                else f"{r['join_seconds']} (whole: ~{r.get('extrapolated_join_seconds_low') or r['extrapolated_join_seconds']:.0f}"
+                + (f"-{r['extrapolated_join_seconds']:.0f})" if r.get("extrapolated_join_seconds_low") else ")")
             )
             lines.append(
                 f"| {r['n']:,}{stop} | {r['radius_bits']} | {r['tables']} | {pairs} | {r['planted_found']} | "
@@ -772,19 +832,20 @@ def table(res: dict, args) -> str:
 def summarize(files: list[str], min_precision: float, min_ratio: float) -> dict:
     """The defaults that hold across the quality runs in ``files``: ``min_cosine``, the smallest
     float threshold at which exact float cosine reaches ``min_precision`` on pairs and on groups
-    in every run; ``radius``, the smallest radius fraction at which hashindex keeps at least
-    ``min_ratio`` of float cosine's recall at that threshold (pairs and groups) in every run and
-    code length."""
+    in every run; ``min_pixels``, the smallest pixel threshold at which cosine >= min_cosine or
+    pixels >= min_pixels (over the float pairs, no codes) still reaches it in every run;
+    ``radius``, the smallest radius fraction at which hashindex keeps at least ``min_ratio`` of
+    that rule's recall (pairs and groups) in every run and code length."""
     docs = [json.loads(Path(f).read_text()) for f in files]
     runs = [(f, d["quality"]) for f, d in zip(files, docs)]
+
+    def precise(r):
+        return all(r[lvl] is not None and r[lvl]["precision"] >= min_precision for lvl in ("pair", "group"))
+
     per_run = []
     for (f, q), doc in zip(runs, docs):
         a = doc["args"]
-        ok = [
-            r["threshold"]
-            for r in q["methods"]["float"]["sweep"]
-            if r["pair"]["precision"] >= min_precision and r["group"]["precision"] >= min_precision
-        ]
+        ok = [r["threshold"] for r in q["methods"]["float"]["sweep"] if precise(r)]
         per_run.append(
             {
                 "file": f,
@@ -800,16 +861,25 @@ def summarize(files: list[str], min_precision: float, min_ratio: float) -> dict:
     if any(c is None for c in cands):
         return {"runs": per_run, "min_cosine": None}
     c = max(cands)
+    pixel_ok = None
+    for (_f, q), pr in zip(runs, per_run):
+        rows = [r for r in q["methods"]["float_pixels"]["sweep"] if r["threshold"][0] == c]
+        good = {r["threshold"][1] for r in rows if r["threshold"][1] is not None and precise(r)}
+        pr["pixels_at_precision"] = min(good) if good else None
+        pixel_ok = good if pixel_ok is None else pixel_ok & good
+    p = min(pixel_ok) if pixel_ok else None
     fracs = {}
     for (f, q), pr in zip(runs, per_run):
-        fl = next(r for r in q["methods"]["float"]["sweep"] if r["threshold"] == c)
-        pr["float_at_min_cosine"] = {lvl: {k: fl[lvl][k] for k in ("precision", "recall")} for lvl in ("pair", "group")}
+        ref = next(r for r in q["methods"]["float_pixels"]["sweep"] if r["threshold"] == [c, p])
+        pr["reference_at_defaults"] = {
+            lvl: {k: ref[lvl][k] for k in ("precision", "recall")} for lvl in ("pair", "group")
+        }
         for bits, h in q["hashindex"].items():
             for g in h["grid"]:
-                r, cc = g["threshold"]
-                if cc != c:
+                r, cc, pp = g["threshold"]
+                if cc != c or pp != p or g["group"] is None:
                     continue
-                ratio = min(g[lvl]["recall"] / max(fl[lvl]["recall"], 1e-12) for lvl in ("pair", "group"))
+                ratio = min(g[lvl]["recall"] / max(ref[lvl]["recall"], 1e-12) for lvl in ("pair", "group"))
                 key = round(r / int(bits), 5)
                 fracs.setdefault(key, []).append(
                     {
@@ -823,11 +893,18 @@ def summarize(files: list[str], min_precision: float, min_ratio: float) -> dict:
                 )
     table = {k: {"min_ratio": min(v["ratio"] for v in vs), "runs": vs} for k, vs in sorted(fracs.items())}
     good = [k for k, v in table.items() if v["min_ratio"] >= min_ratio]
+    by_bits = {}  # the same rule for each code length alone
+    for bits in sorted({v["bits"] for vs in fracs.values() for v in vs}):
+        ok = [k for k, vs in sorted(fracs.items()) if all(v["ratio"] >= min_ratio for v in vs if v["bits"] == bits)]
+        ok = [k for k in ok if any(v["bits"] == bits for v in fracs[k])]
+        by_bits[bits] = min(ok) if ok else None
     return {
+        "radius_by_bits": by_bits,
         "min_precision": min_precision,
         "min_ratio": min_ratio,
         "runs": per_run,
         "min_cosine": c,
+        "min_pixels": p,
         "radius": min(good) if good else None,
         "by_radius": table,
     }
@@ -869,9 +946,21 @@ def main() -> None:
     ap.add_argument("--phash-max", type=int, default=24)
     ap.add_argument("--min-precision", type=float, default=0.99)
     ap.add_argument(
+        "--group-floor", type=float, default=0.95, help="settings whose pairs are less precise skip group scoring"
+    )
+    ap.add_argument(
         "--check-radius", type=float, default=0.15625, help="radius fraction re-run through Index.duplicates"
     )
     ap.add_argument("--check-cosine", type=float, default=0.94, help="min_cosine re-run through Index.duplicates")
+    ap.add_argument(
+        "--check-pixels", type=float, default=0.994, help="min_pixels re-run through Index.duplicates (negative: off)"
+    )
+    ap.add_argument(
+        "--pixel-grid",
+        type=lambda v: [None if t == "none" else float(t) for t in v.split(",") if t],
+        default=[None, 0.98, 0.985, 0.99, 0.992, 0.994, 0.996, 0.998],
+        help="pixel agreement thresholds of the sweeps (none: cosine only)",
+    )
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument(
         "--scales", type=ints, default=[1_000_000], help="synthetic collection sizes of the speed runs (empty: none)"
@@ -900,9 +989,10 @@ def main() -> None:
         help="derive the defaults from these quality results (no run); --out gets the summary",
     )
     ap.add_argument(
-        "--min-ratio", type=float, default=0.96, help="--summarize: hashindex recall / float recall to reach"
+        "--min-ratio", type=float, default=0.95, help="--summarize: hashindex recall / float recall to reach"
     )
     args = ap.parse_args()
+    args.check_pixels = None if args.check_pixels < 0 else args.check_pixels
     if args.table:
         print(table(json.loads(Path(args.table).read_text()), args))
         return
@@ -914,16 +1004,18 @@ def main() -> None:
         summ["date"] = time.strftime("%Y-%m-%d")
         Path(args.out).write_text(json.dumps(summ, indent=1) + "\n")
         print(
-            f"min_cosine {summ['min_cosine']} (precision >= {args.min_precision} in every run), radius {summ.get('radius')} "
-            f"(recall >= {args.min_ratio} of float's at that cosine in every run)\n"
+            f"min_cosine {summ['min_cosine']}, min_pixels {summ.get('min_pixels')} (precision >= {args.min_precision} "
+            f"in every run), radius {summ.get('radius')} (recall >= {args.min_ratio} of float cosine or pixels at those "
+            f"thresholds in every run); for each code length alone: {summ.get('radius_by_bits')}\n"
         )
         print(
-            "| run | originals + distractors (items) | seed | bits | cosine reaching the precision |\n|---|---|---|---|---|"
+            "| run | originals + distractors (items) | seed | bits | cosine reaching the precision | "
+            "pixels reaching it (with that cosine) |\n|---|---|---|---|---|---|"
         )
         for r in summ["runs"]:
             print(
                 f"| {Path(r['file']).name} | {r['originals']} + {r['distractors']} ({r['items']}) | {r['seed']} | "
-                f"{','.join(map(str, r['bits']))} | {r['cosine_at_precision']} |"
+                f"{','.join(map(str, r['bits']))} | {r['cosine_at_precision']} | {r.get('pixels_at_precision')} |"
             )
         print("\n| radius fraction | radius bits (bits) | worst recall ratio |\n|---|---|---|")
         for k, v in summ.get("by_radius", {}).items():

@@ -7,8 +7,9 @@ Measured side by side in one process, one thread for both (``numba.set_num_threa
   centres, every bit flipped with probability 1/8; queries drawn the same way, not in the
   database) at each ``--scales`` entry (``N:BITS``; 1M x 64 and 1M x 128 by default, 100M x 64
   with ``--scales 100000000:64``, skipped with a note when the memory available is short):
-  latency of ``mih`` (``CodeIndex`` with the default number of tables, the library's own
-  search path), of the library's ``flat`` kind and of a bare faiss ``IndexBinaryFlat.search``,
+  latency of ``mih`` (``CodeIndex`` with the number of tables ``build --index mih`` picks, the
+  fastest of :func:`hashindex.search.auto.table_counts` on the collection's own codes up to 4M
+  codes, the default count beyond; the library's own search path), of the library's ``flat`` kind and of a bare faiss ``IndexBinaryFlat.search``,
   taking turns every 25 queries (:func:`interleaved`), and of mih and faiss each alone (all
   queries back to back); the distribution of the k-th neighbour distance; the build time and
   size of the tables; exactness of every mih answer against the faiss distances and, on a
@@ -22,7 +23,7 @@ Measured side by side in one process, one thread for both (``numba.set_num_threa
   and through the mih engine with a mask made beforehand, beside the unfiltered searches;
   exactness checked on a sample against the NumPy reference over the allowed rows;
 - optionally (``--tables-sweep``), mih at other numbers of tables on the 1M collections, each
-  measured beside the default (the targets use the default);
+  measured beside the count picked (the targets use the count picked);
 - real codes (``--real DB.h5 Q.h5``): CroVCA probes fitted at ``--real-bits`` on a real
   embeddings file (kept in ``--real-probes`` and reused), the database encoded, the queries
   file's embeddings as queries: mih vs flat and the auto choice.
@@ -252,9 +253,11 @@ def synthetic(n: int, bits: int, args, log, first_1m: bool) -> dict:
     fi.add(db)
     rec["flat_build_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    m = IndexConfig("mih").resolved(n, bits).tables
-    tables = MIHTables.build(db, m)
+    cfg, tables = choose(db, IndexConfig("mih"))  # as `build --index mih` counts its tables
+    m = cfg.tables
+    tables = tables if tables is not None else MIHTables.build(db, m)
     rec["mih"] = {
+        "reason": cfg.reason,
         "tables": m,
         "substring_bits": [int(x) for x in tables.lengths],
         "build_seconds": time.perf_counter() - t0,
@@ -427,8 +430,9 @@ def real(db_path: str, q_path: str, bits_list, args, log) -> dict:
         n = len(codes)
         fi = faiss.IndexBinaryFlat(bits)
         fi.add(codes)
-        m = IndexConfig("mih").resolved(n, bits).tables
-        tables = MIHTables.build(codes, m)
+        mcfg, tables = choose(codes, IndexConfig("mih"))  # as `build --index mih` counts its tables
+        m = mcfg.tables
+        tables = tables if tables is not None else MIHTables.build(codes, m)
         mih = CodeIndex(codes, None, MIHEngine(codes, tables), "mih")
         flat = CodeIndex(codes, None, FlatEngine(fi, codes), "flat")
         lat = interleaved(

@@ -53,8 +53,14 @@ DEDUP_NOTES = {  # what code a speed run measured, where it is not the code of i
     "run minutes before the next file's run.",
     "dedup_speed_1m_r10_20261204_skip.json": "With the counting skip in the range join, before the faster pair sort "
     "and grouping.",
-    "dedup_speed_1m_20261204.json": "This code (counting skip, one-key pair sort, bincount grouping); the machine's "
-    "speed varies by tens of percent between runs.",
+    "dedup_speed_1m_20261204.json": "Counting skip, one-key pair sort, bincount grouping, before a self-join's "
+    "probes start at the bucket's later rows; the machine's speed varies by tens of percent between runs.",
+    "dedup_speed_1m_20261204_later_rows.json": "The self-join's probes start at the first row of a bucket past the "
+    "querying row (binary search: a bucket's rows ascend), so each pair is looked at from one side.",
+    "dedup_speed_1m_r10_20261204_later_rows.json": "The same code, the default radius alone, run again later.",
+    "dedup_speed_10m_20261204_later_rows.json": "The same code at 10M codes, the join stopped early and extrapolated "
+    "(the lower figure in proportion to the pairs, the higher to the rows; the lower one added to the file after "
+    "the run, from its recorded join time and rows).",
 }
 
 
@@ -67,14 +73,18 @@ def render_dedup(results: Path) -> list[str]:
         return []
     lines = ["## Near-duplicates: `hashindex dedup`", ""]
     if summary is not None:
+        by_bits = ", ".join(f"{v} at {b} bits" for b, v in summary.get("radius_by_bits", {}).items())
         lines += [
-            f"Defaults chosen across the quality runs (`benchmarks/dedup.py --summarize ...`): `min_cosine` "
+            f"Thresholds across the quality runs (`benchmarks/dedup.py --summarize ...`): `min_cosine` "
             f"{summary['min_cosine']} (the smallest float-cosine threshold reaching precision "
-            f">= {summary['min_precision']} on pairs and groups in every run), radius {summary['radius']} of the "
-            f"code length (the smallest keeping >= {summary['min_ratio']} of float cosine's recall there, in every "
-            "run and code length).",
+            f">= {summary['min_precision']} on pairs and groups in every run), `min_pixels` {summary.get('min_pixels')} "
+            "(the smallest pixel-agreement threshold that, with that cosine, still reaches it in every run); radius: "
+            f"the smallest fraction of the code length keeping >= {summary['min_ratio']} of the recall of cosine or "
+            f"pixels over all pairs at those thresholds, in every run: {summary['radius']} over every code length, "
+            f"{by_bits}. The default radius is 64-bit codes' (the default length), 0.15625; the next radius on "
+            "the grid at 64 bits (12 bits) keeps more but joins 1M codes 5.8x slower (the speed runs below).",
             "",
-            "| radius (fraction of bits) | worst share of float cosine's recall |",
+            "| radius (fraction of bits) | worst share of the recall of cosine or pixels over all pairs |",
             "|---|---|",
             *(f"| {k} | {v['min_ratio']:.3f} |" for k, v in summary["by_radius"].items()),
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 
@@ -57,8 +58,20 @@ from hashindex.core.config import KEEP_RULES, DedupConfig, default
     "--min-cosine",
     type=click.FloatRange(-1, 1),
     default=None,
-    help=f"Float cosine a candidate pair needs to count [default: {default(DedupConfig, 'min_cosine')}].",
+    help=f"Float cosine that confirms a candidate pair [default: {default(DedupConfig, 'min_cosine')}].",
 )
+@click.option(
+    "--min-pixels",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Pixel agreement that confirms a candidate pair whose cosine is lower: the correlation of the "
+    "two images' 16x16 grayscale thumbnails, either mirrored (re-encoded, resized, brightened and "
+    f"mirrored copies) [default: {default(DedupConfig, 'min_pixels')}].",
+)
+@click.option(
+    "--no-pixels", is_flag=True, help="Confirm by cosine only (no image is read; for images no longer on disk)."
+)
+@opt.images_root
 @opt.weights
 @opt.device
 @opt.verify
@@ -75,28 +88,41 @@ def dedup(
     radius,
     radius_bits,
     min_cosine,
+    min_pixels,
+    no_pixels,
+    images_root,
     weights,
     device,
     verify,
     as_json,
 ):
     """Near-duplicate items of INDEX: pairs within a Hamming radius (an exact range search of the
-    index against itself), confirmed by the cosine of their float embeddings, grouped around the
-    item with the most near-duplicates (a chain of small edits never joins two different
-    pictures). With --query, the near-duplicates of new images already in the index instead.
+    index against itself), confirmed by the cosine of their float embeddings or, below it, by the
+    agreement of their pixels, grouped around the item with the most near-duplicates (a chain of
+    small edits never joins two different pictures). With --query, the near-duplicates of new
+    images already in the index instead.
     """
     import hashindex
 
-    ix = hashindex.open_index(index, verify=verify, weights=weights, device=device or "auto")
-    cfg = DedupConfig(**opt.kwargs(keep=keep, radius=radius, radius_bits=radius_bits, min_cosine=min_cosine))
+    ix = hashindex.open_index(index, verify=verify, images_root=images_root, weights=weights, device=device or "auto")
+    cfg = DedupConfig(
+        **opt.kwargs(keep=keep, radius=radius, radius_bits=radius_bits, min_cosine=min_cosine, min_pixels=min_pixels)
+    )
+    if no_pixels:
+        cfg = replace(cfg, min_pixels=None)
     r = cfg.radius_for(ix.bits)
-    opt.say(obj, f"radius {r} of {ix.bits} bits, min cosine {cfg.min_cosine:g}, keep {cfg.keep}", err=True)
+    pixels = "off" if cfg.min_pixels is None else f"{cfg.min_pixels:g}"
+    opt.say(
+        obj,
+        f"radius {r} of {ix.bits} bits, min cosine {cfg.min_cosine:g}, min pixels {pixels}, keep {cfg.keep}",
+        err=True,
+    )
     if queries:
         found = ix.duplicates(list(queries), cfg)
         if as_json:
             click.echo(json.dumps(found, indent=1))
             return
-        click.echo("query\tid\tname\thamming\tcosine")
+        click.echo("query\tid\tname\thamming\tcosine\tpixels")
         for rec in found:
             for d in rec["duplicates"]:
                 click.echo(
@@ -108,12 +134,20 @@ def dedup(
                             d["name"],
                             d["hamming"],
                             "" if d["cosine"] is None else d["cosine"],
+                            "" if d["pixels"] is None else d["pixels"],
                         )
                     )
                 )
         return
     records = ix.duplicates(None, cfg, progress=obj["progress"])
-    meta = {"index": str(ix.path), "radius_bits": r, "bits": ix.bits, "min_cosine": cfg.min_cosine, "keep": cfg.keep}
+    meta = {
+        "index": str(ix.path),
+        "radius_bits": r,
+        "bits": ix.bits,
+        "min_cosine": cfg.min_cosine,
+        "min_pixels": cfg.min_pixels,
+        "keep": cfg.keep,
+    }
     n_remove = hashindex.write_duplicates(
         records, json_path=json_out, csv_path=csv_out, remove_path=remove_list, meta=meta
     )

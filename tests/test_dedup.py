@@ -167,7 +167,9 @@ def test_groups_csv_remove_list_then_remove(tmp_path, planted):
         assert [it["keep"] for it in rec["items"]].count(True) == 1
         for it in rec["items"]:
             assert it["name"] == names[it["id"]]
+            # confirmed by cosine (these items have no image files for their pixels)
             assert it["cosine"] is not None and it["cosine"] >= doc["min_cosine"]
+            assert it["pixels"] == (1.0 if it["keep"] else None)
     removed = [int(v) for v in rm.read_text().split()]
     assert sorted(removed) == sorted(i for rec in doc["groups"] for i in rec["remove"])
     assert sorted(removed) == list(range(40, 60))  # the copies; the originals (first ids) stay

@@ -338,3 +338,35 @@ def test_a_filter_kept_between_searches_answers_every_thread_exactly():
     for y in range(1990, 1990 + 2 * filters.RECENT):
         resolve(parse_where(f"year>={y}"), cols)
     assert len(cols._recent) == filters.RECENT
+
+
+def test_build_without_a_table_count_times_the_candidates(monkeypatch):
+    """``mih`` without ``tables``: the count is the fastest of the candidates on the collection's
+    own codes (timings recorded in the reason), and the answers stay exact; a count given, or a
+    collection past the timing bound, is taken as is."""
+    from hashindex.search import auto
+
+    rng = np.random.default_rng(7)
+    codes = clustered_codes(20_000, 128, rng)
+    counts = auto.table_counts(128, len(codes))
+    assert len(counts) == 2 and counts[0] < counts[1] == IndexConfig("mih").resolved(len(codes), 128).tables
+    # the timing decides: make one candidate slower, then the other
+    real = auto._per_query_ms
+    for slow in counts:
+        calls = iter(counts)
+
+        def timed(search, queries, real=real, calls=calls, slow=slow):
+            return real(search, queries) + (1.0 if next(calls) == slow else 0.0)
+
+        monkeypatch.setattr(auto, "_per_query_ms", timed)
+        cfg, tables = auto.choose(codes, IndexConfig("mih"))
+        assert cfg.kind == "mih" and cfg.tables == next(c for c in counts if c != slow) == tables.m
+        assert all(f"{c} tables" in cfg.reason for c in counts)
+        q = draw_queries(codes, 8, rng)
+        assert_same(CodeIndex(codes, None, MIHEngine(codes, tables), "mih").search(q, 50), reference(q, codes, 50))
+    monkeypatch.undo()
+    cfg, tables = auto.choose(codes, IndexConfig("mih", tables=7))
+    assert (cfg.tables, tables) == (7, None)
+    monkeypatch.setattr(auto, "TIMED_TABLES_MAX_N", 10_000)
+    cfg, tables = auto.choose(codes, IndexConfig("mih"))
+    assert cfg.tables == counts[1] and tables is None

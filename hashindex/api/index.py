@@ -198,11 +198,13 @@ class Index:
         Hamming distance and cosine to the kept item); with ``queries`` (as :meth:`search` takes
         them), for each query the indexed items that are its near-duplicates (the check to run
         before :meth:`add`). Options: fields of :class:`~hashindex.core.config.DedupConfig`
-        (``radius``, ``radius_bits``, ``min_cosine``, ``keep``).
+        (``radius``, ``radius_bits``, ``min_cosine``, ``min_pixels``, ``keep``). Queries given as
+        embeddings have no pixels: only their cosine confirms them.
         """
         from hashindex.core.config import DedupConfig
         from hashindex.dedup.find import find_duplicates, query_duplicates
-        from hashindex.dedup.output import group_records
+        from hashindex.dedup.output import group_records, match_records
+        from hashindex.dedup.pixels import thumbnail, thumbnails
 
         cfg = replace(config or DedupConfig(), **options)
         snap = self.snapshot
@@ -211,26 +213,21 @@ class Index:
         batches, count = classify(queries, self.embedder.draft_size if _has_images(queries) else None)
         out: list = [None] * count
         for b in batches:
+            thumbs = None
             if b.kind == "ids":
                 x = np.concatenate([snap.embedding_of(i) for i in b.values])
+                # an unreadable file leaves a blank thumbnail, which agrees with none
+                thumbs = thumbnails(snap, snap.positions(np.array(b.values, np.int64)))[0]
+            elif b.kind == "images":
+                x = self.embedder(b.values)
+                thumbs = np.stack([thumbnail(v) for v in b.values])
             else:
-                x = self.embedder(b.values) if b.kind == "images" else np.stack(b.values).astype(np.float32)
-            q, rows, d, cos = query_duplicates(snap, snap.probe.logits(x), x, cfg)
+                x = np.stack(b.values).astype(np.float32)
+            q, rows, d, cos, pix = query_duplicates(snap, snap.probe.logits(x), x, cfg, thumbs)
             for local, pos in enumerate(b.order):
                 sel = q == local
-                out[pos] = {
-                    "query": b.names[local],
-                    "duplicates": [
-                        {
-                            "id": int(snap.ids[r]),
-                            "name": n,
-                            "label": snap.label_text(int(r)),
-                            "hamming": int(h),
-                            "cosine": None if c != c else round(float(c), 6),
-                        }
-                        for r, h, c, n in zip(rows[sel], d[sel], cos[sel], snap.name_list(rows[sel]))
-                    ],
-                }
+                found = match_records(snap, rows[sel], d[sel], cos[sel], pix[sel])
+                out[pos] = {"query": b.names[local], "duplicates": found}
         return out
 
     # -- edits -------------------------------------------------------------------------------

@@ -112,6 +112,13 @@ def default_mih_tables(bits: int, n: int) -> int:
     enough that more, shorter tables probe fewer codes."""
     import math
 
+    return int(min(bits, math.ceil(bits / mih_substring_bits(n))))
+
+
+def mih_substring_bits(n: int, longer: float = 0.0) -> float:
+    """The substring length :func:`default_mih_tables` aims at for ``n`` codes, plus ``longer``
+    bits (at most :data:`MAX_SUBSTRING_BITS`)."""
+    import math
+
     log2n = math.log2(max(2, n))
-    per = min(float(MAX_SUBSTRING_BITS), max(log2n - 7, min(10.0, log2n)))
-    return int(min(bits, math.ceil(bits / per)))
+    return min(float(MAX_SUBSTRING_BITS), max(log2n - 7, min(10.0, log2n)) + longer)

@@ -315,15 +315,22 @@ class DedupConfig:
     """Options of near-duplicate detection (``hashindex dedup``).
 
     ``radius``: the Hamming radius of candidate pairs, as a fraction of the code length
-    (``radius_bits`` overrides it in bits); ``min_cosine``: the float cosine a candidate pair
-    needs to be confirmed. Their defaults were chosen on the near-duplicate benchmark
+    (``radius_bits`` overrides it in bits); ``min_cosine``: the float cosine that confirms a
+    candidate pair; ``min_pixels``: the pixel agreement that confirms it too, when its cosine is
+    lower (the correlation of the two images' 16 x 16 grayscale thumbnails, either mirrored:
+    re-encoded, resized, brightened and mirrored copies; see :mod:`hashindex.dedup.pixels`;
+    None: cosine only). Their defaults were chosen on the near-duplicate benchmark
     (benchmarks/dedup.py, BENCHMARKS.md "Near-duplicates"). ``keep``: which item of a group stays
     (``first``/``last`` by id, ``largest``/``smallest`` by file size).
     """
 
-    radius: float = 0.15625  # 10 of 64 bits: 0.96 of float cosine's recall at worst (0.88 at 1/8)
+    # 10 of 64 bits (the default code length): 0.956 of the recall of cosine-or-pixels over all
+    # pairs at worst (0.89 at 1/8); 12 bits keep 0.996 but join 5.8x slower at 1M codes. 128-bit
+    # codes need 0.1875 for the same 0.95.
+    radius: float = 0.15625
     radius_bits: int | None = None
-    min_cosine: float = 0.94  # precision >= 0.99 on every seed of the benchmark
+    min_cosine: float = 0.94  # precision >= 0.99 on pairs and groups in every run of the benchmark
+    min_pixels: float | None = 0.994  # with min_cosine 0.94: precision >= 0.99 in every run
     keep: KeepRule = "first"
 
     def radius_for(self, bits: int) -> int:
@@ -337,6 +344,8 @@ class DedupConfig:
             raise InputError(f"radius must be between 0 and {bits // 2} bits, got {r}", setting="radius")
         if not -1.0 <= self.min_cosine <= 1.0:
             raise InputError(f"min_cosine must be between -1 and 1, got {self.min_cosine}", setting="min_cosine")
+        if self.min_pixels is not None and not -1.0 <= self.min_pixels <= 1.0:
+            raise InputError(f"min_pixels must be between -1 and 1, got {self.min_pixels}", setting="min_pixels")
         if self.keep not in KEEP_RULES:
             raise InputError(f"unknown keep rule {self.keep!r}: use {', '.join(KEEP_RULES)}", setting="keep")
         return r

@@ -1,6 +1,6 @@
 """Finding near-duplicates in a snapshot: candidate pairs within a Hamming radius (an exact range
-self-join by multi-index hashing), confirmed by the cosine of the items' float embeddings, then
-grouped around leaders.
+self-join by multi-index hashing), confirmed by the cosine of the items' float embeddings or, below
+it, by the agreement of their pixels (:mod:`hashindex.dedup.pixels`), then grouped around leaders.
 
 Grouping: the item with the most confirmed near-duplicates (ties: the lowest id) leads a group of
 itself and its confirmed near-duplicates not yet grouped; then the next such item among the rest.
@@ -15,10 +15,11 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from hashindex.core.config import DedupConfig
 from hashindex.core.errors import InputError
+from hashindex.dedup.pixels import pair_dots, pixel_scores
 from hashindex.index.mih import MIHTables
 from hashindex.search.ranges import range_tables, self_join, within
 
@@ -33,15 +34,17 @@ class Duplicates:
 
     Attributes:
         groups: per group, its rows (the leader first).
-        pairs: confirmed pairs ``(row_a, row_b, hamming, cosine)`` as arrays (cosine NaN when not
-            confirmed by floats).
-        radius, min_cosine: the thresholds used; candidates: candidate pairs found.
+        pairs: confirmed pairs ``(row_a, row_b, hamming, cosine, pixels)`` as arrays (cosine NaN
+            without float embeddings; pixels NaN where the pixels were not looked at: confirmed
+            by cosine, or no readable images).
+        radius, min_cosine, min_pixels: the thresholds used; candidates: candidate pairs found.
     """
 
     groups: list[np.ndarray]
-    pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     radius: int
     min_cosine: float | None
+    min_pixels: float | None
     candidates: int
     seconds: dict = field(default_factory=dict)
 
@@ -87,22 +90,13 @@ def cosines(snap, i: np.ndarray, j: np.ndarray, budget: int = COSINE_BYTES) -> n
             u, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
             x = rows.take(u)
             x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-            _pair_dots(x, inv[: len(a)], inv[len(a) :], out[s : s + step])
+            pair_dots(x, x, inv[: len(a)], inv[len(a) :], out[s : s + step])
     except InputError as e:
         logger.warning("%s: near-duplicates are not confirmed by float cosine", e)
         return None
     finally:
         rows.close()
     return out
-
-
-@njit(parallel=True, cache=True)
-def _pair_dots(x, pa, pb, out):
-    for t in prange(len(pa)):
-        acc = np.float32(0.0)
-        for d in range(x.shape[1]):
-            acc += x[pa[t], d] * x[pb[t], d]
-        out[t] = acc
 
 
 @njit(cache=True)
@@ -162,24 +156,39 @@ def find_duplicates(snap, config: DedupConfig = DedupConfig(), *, progress: bool
     i, j, d = candidate_pairs(snap, r, progress=progress)
     t1 = time.perf_counter()
     cos = cosines(snap, i, j) if config.min_cosine is not None and len(i) else None
+    pix = np.full(len(i), np.nan, np.float32)
     if cos is not None:
         ok = cos >= config.min_cosine
-        i, j, d, cos = i[ok], j[ok], d[ok], cos[ok]
-    elif cos is None:
+        low = np.flatnonzero(~ok)
+        if config.min_pixels is not None and len(low):
+            pix[low] = pixel_scores(snap, i[low], j[low], progress=progress)
+            ok[low] = pix[low] >= config.min_pixels  # NaN (no image) confirms nothing
+        i, j, d, cos, pix = i[ok], j[ok], d[ok], cos[ok], pix[ok]
+    else:
         cos = np.full(len(i), np.nan, np.float32)
     t2 = time.perf_counter()
     groups = leader_groups(snap.ntotal, i, j)
     seconds = {"pairs": round(t1 - t0, 3), "confirm": round(t2 - t1, 3), "group": round(time.perf_counter() - t2, 3)}
-    return Duplicates(groups, (i, j, d, cos), r, config.min_cosine, len(d), seconds)
+    return Duplicates(groups, (i, j, d, cos, pix), r, config.min_cosine, config.min_pixels, len(d), seconds)
 
 
-def query_duplicates(snap, logits: np.ndarray, x: np.ndarray | None, config: DedupConfig = DedupConfig()):
-    """For each query (its logits and float embedding), the rows within the radius whose cosine
-    to the query reaches ``min_cosine``: ``(query, row, hamming, cosine)`` arrays."""
+def query_duplicates(
+    snap,
+    logits: np.ndarray,
+    x: np.ndarray | None,
+    config: DedupConfig = DedupConfig(),
+    thumbs: np.ndarray | None = None,
+):
+    """For each query (its logits, float embedding and, when given, its thumbnail from
+    :func:`hashindex.dedup.pixels.thumbnail`), the rows within the radius that its cosine or its
+    pixels confirm (as :func:`find_duplicates` does): ``(query, row, hamming, cosine, pixels)``."""
+    from hashindex.dedup.pixels import agreement, thumbnails, unit_vectors
+
     r = config.radius_for(snap.bits)
     q_codes = np.packbits(logits > 0, axis=1)
     q, rows, d = within(tables_for(snap, r), q_codes, r)
     cos = np.full(len(q), np.nan, np.float32)
+    pix = np.full(len(q), np.nan, np.float32)
     if x is not None and len(q) and config.min_cosine is not None:
         fr = snap.float_rows()
         try:
@@ -188,10 +197,21 @@ def query_duplicates(snap, logits: np.ndarray, x: np.ndarray | None, config: Ded
             cos = ((a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)).astype(
                 np.float32
             )
-            ok = cos >= config.min_cosine
-            q, rows, d, cos = q[ok], rows[ok], d[ok], cos[ok]
         except InputError as e:
             logger.warning("%s: matches are not confirmed by float cosine", e)
+            return q, rows, d, cos, pix
         finally:
             fr.close()
-    return q, rows, d, cos
+        ok = cos >= config.min_cosine
+        low = np.flatnonzero(~ok)
+        if config.min_pixels is not None and thumbs is not None and len(low):
+            u, inv = np.unique(rows[low], return_inverse=True)
+            theirs, readable = thumbnails(snap, u)
+            mine = unit_vectors(np.asarray(thumbs, np.uint8))[0]
+            plain, mirror = unit_vectors(theirs)
+            score = agreement(mine, plain, mirror, q[low], inv)
+            score[~readable[inv]] = np.nan
+            pix[low] = score
+            ok[low] = score >= config.min_pixels
+        q, rows, d, cos, pix = q[ok], rows[ok], d[ok], cos[ok], pix[ok]
+    return q, rows, d, cos, pix

@@ -34,10 +34,12 @@ def keep_row(snap, rows: np.ndarray, rule: str) -> int:
 
 def group_records(snap, dups, keep: str) -> list[dict]:
     """One record per group: ``group``, ``keep`` (id), ``remove`` (ids), and ``items`` with id,
-    name, label, whether it stays, and its Hamming distance and cosine to the kept item (None
-    without float embeddings)."""
-    i, j, _, cos = dups.pairs
+    name, label, whether it stays, and its Hamming distance, cosine (None without float
+    embeddings) and pixel agreement (None where the pair was not confirmed by its pixels) to the
+    kept item."""
+    i, j, _, cos, pix = dups.pairs
     cos_of = {(int(a), int(b)): float(c) for a, b, c in zip(i, j, cos)}
+    pix_of = {(int(a), int(b)): float(p) for a, b, p in zip(i, j, pix) if p == p}
     kept = [keep_row(snap, rows, keep) for rows in dups.groups]
     # A kept item that is not its group's leader was not paired with every member: their cosine
     # to it is computed now (when the floats confirmed the pairs at all).
@@ -58,7 +60,9 @@ def group_records(snap, dups, keep: str) -> list[dict]:
         names = snap.name_list(rows)
         items = []
         for r, dist, name in zip(rows, d, names):
-            c = 1.0 if r == k else cos_of.get((min(k, int(r)), max(k, int(r))))
+            pair = (min(k, int(r)), max(k, int(r)))
+            c = 1.0 if r == k else cos_of.get(pair)
+            px = 1.0 if r == k else pix_of.get(pair)
             items.append(
                 {
                     "id": int(snap.ids[r]),
@@ -67,11 +71,28 @@ def group_records(snap, dups, keep: str) -> list[dict]:
                     "keep": bool(r == k),
                     "hamming": int(dist),
                     "cosine": None if c is None or c != c else round(c, 6),
+                    "pixels": None if px is None else round(px, 6),
                 }
             )
         kid = int(snap.ids[k])
         out.append({"group": g, "keep": kid, "remove": [it["id"] for it in items if not it["keep"]], "items": items})
     return out
+
+
+def match_records(snap, rows, d, cos, pix) -> list[dict]:
+    """One record per indexed near-duplicate of a query: id, name, label, Hamming distance, cosine
+    and pixel agreement (None where not computed)."""
+    return [
+        {
+            "id": int(snap.ids[r]),
+            "name": n,
+            "label": snap.label_text(int(r)),
+            "hamming": int(h),
+            "cosine": None if c != c else round(float(c), 6),
+            "pixels": None if p != p else round(float(p), 6),
+        }
+        for r, h, c, p, n in zip(rows, d, cos, pix, snap.name_list(rows))
+    ]
 
 
 def write_json(records: list[dict], path, meta: dict) -> None:
@@ -85,7 +106,7 @@ def write_csv(records: list[dict], path) -> None:
 
         text = io.StringIO()
         w = csv.writer(text)
-        w.writerow(["group", "id", "name", "label", "keep", "hamming", "cosine"])
+        w.writerow(["group", "id", "name", "label", "keep", "hamming", "cosine", "pixels"])
         for rec in records:
             for it in rec["items"]:
                 w.writerow(
@@ -97,6 +118,7 @@ def write_csv(records: list[dict], path) -> None:
                         int(it["keep"]),
                         it["hamming"],
                         "" if it["cosine"] is None else it["cosine"],
+                        "" if it["pixels"] is None else it["pixels"],
                     ]
                 )
         fh.write(text.getvalue().encode())

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from hashindex.core.codes import MAX_SUBSTRING_BITS, as_words
-from hashindex.search.kernels import code_distance, flip_masks, met_first, substring, substring_masks
+from hashindex.search.kernels import code_distance, met_first, probe_args, substring
 
 
 @njit(cache=True)
@@ -32,6 +32,15 @@ def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q
                     continue
                 key = np.int64(qkey ^ flips[f])
                 lo, hi = np.int64(offsets[j, key]), min(np.int64(offsets[j, key + 1]), tc.shape[1])
+                if after >= 0:  # a bucket's rows ascend: skip to those past ``after`` (half a self-join's work)
+                    a, b = lo, hi
+                    while a < b:
+                        mid = (a + b) >> 1
+                        if np.int64(order[j, mid]) <= after:
+                            a = mid + 1
+                        else:
+                            b = mid
+                    lo = a
                 within_radius = 0  # a vectorised count first: most buckets hold no code within the
                 for t in range(lo, hi):  # radius (measured 1.2-1.3x faster at 1M x 64, radius 10)
                     within_radius += code_distance(tc, t, qw) <= radius
@@ -92,11 +101,9 @@ def range_tables(bits: int, n: int, radius: int) -> int:
 
 
 def _run(kernel, tables, first, radius: int, cap: int):
-    flips, fstart = flip_masks(int(tables.lengths.max()))
-    if radius // tables.m + 1 >= len(fstart):
+    args = probe_args(tables)
+    if radius // tables.m + 1 >= len(args[-1]):  # args[-1]: where each number of flipped bits starts
         raise ValueError(f"radius {radius} needs substring radii beyond those enumerated for {tables.m} tables")
-    tmasks = substring_masks(tuple(tables.starts), tuple(tables.lengths), tables.codes.shape[1])
-    args = (tables.codes, tables.order, tables.offsets, tables.starts, tables.lengths, tmasks, flips, fstart)
     return kernel(*args, *first, radius, cap)
 
 

@@ -120,7 +120,7 @@ def create_app(index, config: ServeConfig = ServeConfig(), *, embed_fn=None) -> 
     async def search_request(request: Request):
         t0 = time.perf_counter()
         snap = live.snapshot
-        x, item_id, params = await svc.query_of(request, ("k", "rerank", "asymmetric", "filter"))
+        x, item_id, params, _ = await svc.query_of(request, ("k", "rerank", "asymmetric", "filter"))
         k = int_param(params.get("k"), "k", 1, config.max_k, 10)
         rerank, asym = int_param(params.get("rerank"), "rerank", 1, 100), bool_param(params.get("asymmetric"))
         where = filter_param(params.get("filter"))

@@ -17,17 +17,20 @@ def _config(params) -> DedupConfig:
         raise ApiError(400, f"keep must be one of {', '.join(KEEP_RULES)}")
     kw = {"keep": keep}
     radius_bits = int_param(params.get("radius_bits"), "radius_bits", 0, 512)
-    min_cosine = float_param(params.get("min_cosine"), "min_cosine", -1.0, 1.0)
+    for name in ("min_cosine", "min_pixels"):
+        value = float_param(params.get(name), name, -1.0, 1.0)
+        if value is not None:
+            kw[name] = value
     if radius_bits is not None:
         kw["radius_bits"] = radius_bits
-    if min_cosine is not None:
-        kw["min_cosine"] = min_cosine
     return DedupConfig(**kw)
 
 
 def add_duplicate_routes(app, svc: Service) -> None:
     """``GET /duplicates``, ``POST /duplicates``, ``POST /duplicates/keep``."""
     from hashindex.dedup.find import query_duplicates
+    from hashindex.dedup.output import match_records
+    from hashindex.dedup.pixels import thumbnail, thumbnails
 
     live, config = svc.live, svc.config
 
@@ -46,31 +49,33 @@ def add_duplicate_routes(app, svc: Service) -> None:
             "generation": snap.generation,
             "radius_bits": cfg.radius_for(snap.bits),
             "min_cosine": cfg.min_cosine,
+            "min_pixels": cfg.min_pixels,
             "groups": records,
         }
 
     async def query_request(request: Request):
         snap = live.snapshot
-        x, item_id, params = await svc.query_of(request, ("radius_bits", "min_cosine"))
+        x, item_id, params, image = await svc.query_of(request, ("radius_bits", "min_cosine", "min_pixels"))
         cfg = _config(params)
+        thumbs = None if image is None else thumbnail(image)[None]
         if item_id is not None:
             x = snap.embedding_of(item_id)
             if x is None:
                 raise ApiError(409, "the item's float embedding is not available")
-        q, rows, d, cos = await svc.run(svc.search_pool, query_duplicates, snap, snap.probe.logits(x), x, cfg)
-        names = snap.name_list(rows)
-        found = [
-            {
-                "id": int(snap.ids[r]),
-                "name": n,
-                "label": snap.label_text(int(r)),
-                "hamming": int(h),
-                "cosine": None if c != c else round(float(c), 6),
-            }
-            for r, h, c, n in zip(rows, d, cos, names)
-            if item_id is None or int(snap.ids[r]) != item_id
-        ]
-        return {"duplicates": found, "radius_bits": cfg.radius_for(snap.bits), "min_cosine": cfg.min_cosine}
+            thumbs = (await svc.run(svc.decode_pool, thumbnails, snap, snap.positions([item_id])))[0]
+        q, rows, d, cos, pix = await svc.run(
+            svc.search_pool, query_duplicates, snap, snap.probe.logits(x), x, cfg, thumbs
+        )
+        if item_id is not None:  # not the item itself
+            keep = snap.ids[rows] != item_id
+            rows, d, cos, pix = rows[keep], d[keep], cos[keep], pix[keep]
+        found = match_records(snap, rows, d, cos, pix)
+        return {
+            "duplicates": found,
+            "radius_bits": cfg.radius_for(snap.bits),
+            "min_cosine": cfg.min_cosine,
+            "min_pixels": cfg.min_pixels,
+        }
 
     @app.post("/duplicates")
     async def duplicates_of(request: Request):

@@ -163,14 +163,15 @@ class Service:
         return [d[0] for d in decoded], [d[1] for d in decoded], blobs
 
     async def query_of(self, request, params: tuple[str, ...]):
-        """A one-query request: ``(x, item_id, params)`` with the float embedding of an uploaded
-        image or of ``"embedding"``, or the ``"id"`` of an indexed item (then x is None)."""
+        """A one-query request: ``(x, item_id, params, image)`` with the float embedding of an
+        uploaded image (and its pixels) or of ``"embedding"`` (image None), or the ``"id"`` of an
+        indexed item (then x and image are None)."""
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await self.form_of(request)
             values = {k: form.get(k) for k in params}
             async with self.gate.enter():
                 images, _, _ = await self.images_of(form.getlist("image"), one=True)
-                return await self.batcher.embed(images), None, values
+                return await self.batcher.embed(images), None, values, images[0]
         try:
             values = json.loads(await read_body(request, self.config))
         except (ValueError, RecursionError):
@@ -185,7 +186,7 @@ class Service:
                 self.live.snapshot.positions([item_id])
             except InputError as e:
                 raise ApiError(404, str(e)) from None
-            return None, item_id, values
+            return None, item_id, values, None
         emb = values["embedding"]
         if (
             not isinstance(emb, list)
@@ -193,7 +194,7 @@ class Service:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in emb)
         ):
             raise ApiError(400, '"embedding" must be a non-empty list of numbers')
-        return np.asarray(emb, np.float64)[None], None, values
+        return np.asarray(emb, np.float64)[None], None, values, None
 
     def authorize(self, request) -> None:
         if not self.config.allow_writes:

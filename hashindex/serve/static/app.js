@@ -96,7 +96,8 @@ function member(item, group) {
   m.dataset.id = item.id;
   m.title = item.name;
   const img = thumb(item, 128);
-  const text = item.keep ? "kept" : "hamming " + item.hamming + (item.cosine === null ? "" : " · cos " + item.cosine.toFixed(3));
+  const text = item.keep ? "kept" : "hamming " + item.hamming + (item.cosine === null ? "" : " · cos " + item.cosine.toFixed(3)) +
+    (item.pixels === null ? "" : " · pixels " + item.pixels.toFixed(3));
   m.append(img, el("div", "name", "id " + item.id + " · " + item.name), el("div", null, text));
   if (writes) {
     const b = el("button", null, "keep");
@@ -124,7 +125,7 @@ async function loadGroups() {
   const data = await r.json();
   if (!r.ok) { $("dups-info").textContent = "error: " + data.error; return; }
   $("dups-info").textContent = data.groups.length + " groups of near-duplicates (Hamming radius " + data.radius_bits +
-    ", cosine >= " + data.min_cosine + ")";
+    ", cosine >= " + data.min_cosine + (data.min_pixels === null ? "" : " or pixels >= " + data.min_pixels) + ")";
   $("groups").replaceChildren(...data.groups.map((g) => {
     const box = el("div", "group");
     box.dataset.group = g.group;
