@@ -28,6 +28,17 @@ def render_mih(results: Path) -> list[str]:
         "",
         markdown(doc),
     ]
+    again = _load(results / "mih_20261204_100m_second_run.json")
+    if again is not None:
+        lines += [
+            "",
+            "### The 100M collection again (`mih_20261204_100m_second_run.json`)",
+            "",
+            "The same code as `mih.json`, run again later for the spread of the 100M figure taking turns with "
+            "the scan (its mean is the tail's: every mih query follows a scan of 800 MB).",
+            "",
+            markdown(again),
+        ]
     full = _load(results / "mih_fmnist60k.json")
     if full is not None:
         lines += [
@@ -65,7 +76,7 @@ DEDUP_NOTES = {  # what code a speed run measured, where it is not the code of i
 
 
 def render_dedup(results: Path) -> list[str]:
-    from dedup import table
+    from dedup_report import table
 
     summary = _load(results / "dedup_summary.json")
     files = sorted(results.glob("dedup_fmnist_*.json")) + sorted(results.glob("dedup_speed_*.json"))
