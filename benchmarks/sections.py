@@ -28,30 +28,26 @@ def render_mih(results: Path) -> list[str]:
         "",
         markdown(doc),
     ]
-    again = _load(results / "mih_20261204_100m_second_run.json")
-    if again is not None:
-        lines += [
-            "",
-            "### The 100M collection again (`mih_20261204_100m_second_run.json`)",
-            "",
+    extra = (
+        (
+            "mih_20261204_100m_second_run.json",
+            "The 100M collection again (`mih_20261204_100m_second_run.json`)",
             "The same code as `mih.json`, run again later for the spread of the 100M figure taking turns with "
             "the scan (its mean is the tail's: every mih query follows a scan of 800 MB).",
-            "",
-            markdown(again),
-        ]
-    full = _load(results / "mih_fmnist60k.json")
-    if full is not None:
-        lines += [
-            "",
-            "### Real codes: the full Fashion-MNIST index",
-            "",
+        ),
+        (
+            "mih_fmnist60k.json",
+            "Real codes: the full Fashion-MNIST index",
             "The 60,000 training images and the 10,000 test images as queries (one view each, 112 px, "
             "EfficientNet-Lite0), encoded by the CroVCA probes of the row above (fitted on the first 10,000 "
             "training images, seed 0); latency over the first queries, distances checked against faiss on all "
             "10,000.",
-            "",
-            markdown(full),
-        ]
+        ),
+    )
+    for name, title, text in extra:
+        more = _load(results / name)
+        if more is not None:
+            lines += ["", f"### {title}", "", text, "", markdown(more)]
     tables = _load(results / "mih_tables.json")
     if tables is not None:
         lines += ["", "Command of the table sweep: `benchmarks/mih_tables.py` (results: `mih_tables.json`).", ""]
