@@ -89,6 +89,17 @@ def test_groups_check_and_keep_over_http(photos, tmp_path):
             data={"radius_bits": "6", "min_cosine": "0.95"},
         )
         assert r.status_code == 200 and {d["id"] for d in r.json()["duplicates"]} == {3, BASES + 3}
+        # a mirrored upload: its features are another picture's, its pixels are p03's
+        mirrored = io.BytesIO()
+        Image.open(photos / "photos" / "p03.png").transpose(Image.FLIP_LEFT_RIGHT).save(mirrored, "PNG")
+        r = c.post(
+            "/duplicates",
+            files={"image": ("m.png", mirrored.getvalue(), "image/png")},
+            data={"radius_bits": "16", "min_cosine": "0.95"},
+        )
+        found = r.json()["duplicates"]
+        assert {d["id"] for d in found} == {3, BASES + 3}, found
+        assert all(d["cosine"] < 0.95 and d["pixels"] >= r.json()["min_pixels"] for d in found)
         assert {
             d["id"]
             for d in c.post("/duplicates", json={"id": 5, "radius_bits": 6, "min_cosine": 0.95}).json()["duplicates"]
