@@ -143,3 +143,20 @@ def test_pixels_confirm_copies_that_cosine_misses(tmp_path, copies_below_cosine)
     assert {frozenset(it["name"] for it in g["items"]) for g in groups} == (
         truth - {next(t for t in truth if "p2.png" in t)}
     ) | {next(t for t in truth if "p2.png" in t) - {"p2_mirror.png"}}
+
+
+def test_query_pixel_checks_are_bounded_per_query(monkeypatch, copies_below_cosine):
+    """A query reads the images of at most PIXEL_CHECKS candidates, those of highest cosine: with
+    room for one, only the copy nearest in cosine can be confirmed by its pixels."""
+    from hashindex.dedup import find
+
+    index, imgs, names, truth = copies_below_cosine
+    ix = hashindex.open_index(index)
+    (full,) = ix.duplicates([names.index("p0.png")], radius=0.5)
+    assert len([d for d in full["duplicates"] if d["pixels"] is not None]) == 4
+    monkeypatch.setattr(find, "PIXEL_CHECKS", 1)
+    (one,) = ix.duplicates([names.index("p0.png")], radius=0.5)
+    by_pixels = [d for d in one["duplicates"] if d["pixels"] is not None]
+    assert len(by_pixels) == 1
+    below = [d["cosine"] for d in full["duplicates"] if d["cosine"] < DedupConfig().min_cosine]
+    assert by_pixels[0]["cosine"] == max(below)  # the copies tie at 0.9: any of them

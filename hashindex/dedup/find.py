@@ -26,6 +26,7 @@ from hashindex.search.ranges import range_tables, self_join, within
 logger = logging.getLogger(__name__)
 JOIN_ROWS = 1 << 16  # rows asked at a time: the pairs of a chunk are held, not all candidates at once
 COSINE_BYTES = 1 << 30  # float rows held at once while confirming candidates
+PIXEL_CHECKS = 256  # candidates of one query whose images are read, when the cosine did not confirm them
 
 
 @dataclass
@@ -181,7 +182,8 @@ def query_duplicates(
 ):
     """For each query (its logits, float embedding and, when given, its thumbnail from
     :func:`hashindex.dedup.pixels.thumbnail`), the rows within the radius that its cosine or its
-    pixels confirm (as :func:`find_duplicates` does): ``(query, row, hamming, cosine, pixels)``."""
+    pixels confirm (as :func:`find_duplicates` does; the pixels of at most :data:`PIXEL_CHECKS`
+    candidates per query, those of highest cosine): ``(query, row, hamming, cosine, pixels)``."""
     from hashindex.dedup.pixels import agreement, thumbnails, unit_vectors
 
     r = config.radius_for(snap.bits)
@@ -205,6 +207,12 @@ def query_duplicates(
         ok = cos >= config.min_cosine
         low = np.flatnonzero(~ok)
         if config.min_pixels is not None and thumbs is not None and len(low):
+            # At most PIXEL_CHECKS images read per query, the highest cosines first: what one
+            # request (a wide radius over a large collection) may cost stays bounded.
+            order = np.lexsort((-cos[low], q[low]))
+            by_query = q[low][order]
+            rank = np.arange(len(order)) - np.searchsorted(by_query, by_query)
+            low = np.sort(low[order][rank < PIXEL_CHECKS])
             u, inv = np.unique(rows[low], return_inverse=True)
             theirs, readable = thumbnails(snap, u)
             mine = unit_vectors(np.asarray(thumbs, np.uint8))[0]
