@@ -365,6 +365,8 @@ def test_build_without_a_table_count_times_the_candidates(monkeypatch):
         q = draw_queries(codes, 8, rng)
         assert_same(CodeIndex(codes, None, MIHEngine(codes, tables), "mih").search(q, 50), reference(q, codes, 50))
     monkeypatch.undo()
+    cfg, tables = auto.choose(codes, IndexConfig("mih", approximate=True))  # the flag is auto's: mih stays
+    assert cfg.kind == "mih" and cfg.tables in counts
     cfg, tables = auto.choose(codes, IndexConfig("mih", tables=7))
     assert (cfg.tables, tables) == (7, None)
     monkeypatch.setattr(auto, "TIMED_TABLES_MAX_N", 10_000)

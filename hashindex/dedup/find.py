@@ -19,7 +19,7 @@ from numba import njit
 
 from hashindex.core.config import DedupConfig
 from hashindex.core.errors import InputError
-from hashindex.dedup.pixels import pair_dots, pixel_scores
+from hashindex.dedup.pixels import against_rows, pair_dots, pixel_scores
 from hashindex.index.mih import MIHTables
 from hashindex.search.ranges import range_tables, self_join, within
 
@@ -184,8 +184,6 @@ def query_duplicates(
     :func:`hashindex.dedup.pixels.thumbnail`), the rows within the radius that its cosine or its
     pixels confirm (as :func:`find_duplicates` does; the pixels of at most :data:`PIXEL_CHECKS`
     candidates per query, those of highest cosine): ``(query, row, hamming, cosine, pixels)``."""
-    from hashindex.dedup.pixels import agreement, thumbnails, unit_vectors
-
     r = config.radius_for(snap.bits)
     q_codes = np.packbits(logits > 0, axis=1)
     q, rows, d = within(tables_for(snap, r), q_codes, r)
@@ -213,13 +211,7 @@ def query_duplicates(
             by_query = q[low][order]
             rank = np.arange(len(order)) - np.searchsorted(by_query, by_query)
             low = np.sort(low[order][rank < PIXEL_CHECKS])
-            u, inv = np.unique(rows[low], return_inverse=True)
-            theirs, readable = thumbnails(snap, u)
-            mine = unit_vectors(np.asarray(thumbs, np.uint8))[0]
-            plain, mirror = unit_vectors(theirs)
-            score = agreement(mine, plain, mirror, q[low], inv)
-            score[~readable[inv]] = np.nan
-            pix[low] = score
-            ok[low] = score >= config.min_pixels
+            pix[low] = against_rows(snap, thumbs, q[low], rows[low])
+            ok[low] = pix[low] >= config.min_pixels  # NaN (no image) confirms nothing
         q, rows, d, cos, pix = q[ok], rows[ok], d[ok], cos[ok], pix[ok]
     return q, rows, d, cos, pix

@@ -108,3 +108,14 @@ def pixel_scores(snap, i: np.ndarray, j: np.ndarray, *, progress: bool = False) 
     out = agreement(plain, plain, mirror, pa, pb)
     out[~(ok[pa] & ok[pb])] = np.nan
     return out
+
+
+def against_rows(snap, thumbs: np.ndarray, pa: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Pixel agreement of ``thumbs[pa[t]]`` (thumbnails at hand: a query's) with the image of row
+    ``rows[t]``, NaN where that image cannot be read."""
+    u, inv = np.unique(rows, return_inverse=True)
+    theirs, ok = thumbnails(snap, u)
+    plain, mirror = unit_vectors(theirs)
+    out = agreement(unit_vectors(np.asarray(thumbs, np.uint8))[0], plain, mirror, pa, inv)
+    out[~ok[inv]] = np.nan
+    return out

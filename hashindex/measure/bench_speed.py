@@ -385,7 +385,8 @@ def speed_synthetic(
                 return rerank_float(xq[i], cand.astype(np.int64), rows, k)
 
             r = timed_search(reranked, np.arange(nq), min(cfg.latency_queries, 100))
-            out.append(dict(kind=f"{name}+rerank-float-{cfg.rerank}", n=n, bits=bits, chosen=acfg.kind, **r))
+            chosen = {"chosen": acfg.kind} if name == "auto" else {}
+            out.append(dict(kind=f"{name}+rerank-float-{cfg.rerank}", n=n, bits=bits, **chosen, **r))
         rows.close()
         del auto, tables, fi, codes
         path.unlink()

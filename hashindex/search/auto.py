@@ -49,8 +49,15 @@ def table_counts(bits: int, n: int) -> list[int]:
     return sorted({default_mih_tables(bits, n), longer})
 
 
+def _sample(codes: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
+    """The collection's own codes the timings query, and k."""
+    n = len(codes)
+    rng = np.random.default_rng(seed)
+    return np.ascontiguousarray(codes[np.sort(rng.choice(n, min(SAMPLE_QUERIES, n), replace=False))]), min(K, n)
+
+
 def _fastest_mih(codes: np.ndarray, queries: np.ndarray, k: int, counts: list[int]):
-    """``(ms, tables count, tables, timings)`` of the fastest count (ties: the first)."""
+    """``(ms, tables count, tables, timings as text)`` of the fastest count (ties: the first)."""
     from hashindex.index.mih import MIHTables
     from hashindex.search.engines import CodeIndex, MIHEngine
 
@@ -63,7 +70,7 @@ def _fastest_mih(codes: np.ndarray, queries: np.ndarray, k: int, counts: list[in
         if best is None or t < best[0]:
             best = (t, m, tables)
         del tables, ix  # one set of tables held at a time besides the best
-    return (*best, timings)
+    return (*best, ", ".join(f"{c} tables {t:.3f} ms" for c, t in timings.items()))
 
 
 def choose(codes: np.ndarray, config: IndexConfig, *, seed: int = 0) -> tuple[IndexConfig, object]:
@@ -80,31 +87,29 @@ def choose(codes: np.ndarray, config: IndexConfig, *, seed: int = 0) -> tuple[In
     from hashindex.search.engines import CodeIndex
 
     n, bits = len(codes), codes.shape[1] * 8
-    timed_mih = config.kind == "mih" and config.tables is None and SMALL <= n <= TIMED_TABLES_MAX_N
-    if config.kind != "auto" and not timed_mih:
+    if config.kind == "mih" and config.tables is None and SMALL <= n <= TIMED_TABLES_MAX_N:
+        queries, k = _sample(codes, seed)
+        _, m, tables, tried = _fastest_mih(codes, queries, k, table_counts(bits, n))
+        why = f"mih: {m} tables, the fastest on one query at a time of {len(queries)} of the collection's own codes ({tried})"
+        return IndexConfig("mih", tables=m, reason=why).resolved(n, bits), tables
+    if config.kind != "auto":
         return config.resolved(n, bits), None
     if config.approximate:
         return IndexConfig("ivf", config.nlist, config.nprobe, reason="auto: approximate search asked for").resolved(
             n, bits
         ), None
-    if bits <= MAX_LOOKUP_BITS and not timed_mih:
+    if bits <= MAX_LOOKUP_BITS:
         return IndexConfig("lookup", reason=f"auto: {bits}-bit codes, an exact table lookup").resolved(n, bits), None
     if n < SMALL:
         return IndexConfig("flat", reason=f"auto: {n} items, a scan takes microseconds").resolved(n, bits), None
-    rng = np.random.default_rng(seed)
-    queries = np.ascontiguousarray(codes[np.sort(rng.choice(n, min(SAMPLE_QUERIES, n), replace=False))])
-    k = min(K, n)
+    queries, k = _sample(codes, seed)
     if config.tables is not None:
         counts = [config.tables]
     elif n <= TIMED_TABLES_MAX_N:
         counts = table_counts(bits, n)
     else:
         counts = [default_mih_tables(bits, n)]
-    t_mih, m, tables, timings = _fastest_mih(codes, queries, k, counts)
-    tried = ", ".join(f"{c} tables {t:.3f} ms" for c, t in timings.items())
-    if timed_mih:
-        why = f"mih: {m} tables, the fastest on one query at a time of {len(queries)} of the collection's own codes ({tried})"
-        return IndexConfig("mih", tables=m, reason=why).resolved(n, bits), tables
+    t_mih, m, tables, tried = _fastest_mih(codes, queries, k, counts)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
