@@ -49,13 +49,15 @@ The setting ``--check-radius`` x ``--check-cosine`` (the library's defaults) is 
 public API (``Index.duplicates``) and its groups must be those computed here.
 
 Speed (``--scales``, ``--speed-radii``): synthetic clustered 64-bit codes
-(hashindex.measure.synthetic: 4,096 centres, each bit flipped with probability 1/8) with planted
+(hashindex.measure.synthetic: 4,096 centres, or ``--centres-per-million`` of them per million
+codes so that clusters keep their size as the collection grows; each bit flipped with
+probability 1/8) with planted
 near-duplicates (``--plant`` of the rows are copies of other rows with 1..radius bits flipped),
-then dedup without floats: the multi-index tables for the radius, the range self-join in chunks,
-leader grouping; every planted pair must be found, and on a ``--check-sample`` of rows (planted
-pairs and random rows) the pairs must equal a brute-force NumPy popcount over all pairs of the
-sample. ``--max-join-seconds`` stops a join early (rows are in random order: the whole join's
-time and pairs are extrapolated from the rows done, and marked so).
+then dedup without floats: the multi-index tables for the radius, the range self-join (bucket
+by bucket), leader grouping; every planted pair must be found, and on a ``--check-sample`` of
+rows (planted pairs and random rows) the pairs must equal a brute-force NumPy popcount over all
+pairs of the sample. The pairs are held in memory: 20 bytes each (10M codes at the default
+radius with 4,096 centres would make ~1.7 billion; with clusters of the 1M run's size, ~170 million).
 
 Defaults (``--summarize``): ``min_cosine`` is the smallest float threshold reaching the precision
 on pairs and on groups in every quality run given; ``min_pixels`` the smallest pixel threshold at
@@ -66,11 +68,11 @@ those thresholds in every run (over every code length, and for each code length 
     python benchmarks/dedup.py --work /tmp/dedup --out benchmarks/results/dedup_fmnist_seed0.json
     python benchmarks/dedup.py --work /tmp/dedup --seed 1 --scales '' --out .../dedup_fmnist_seed1.json
     python benchmarks/dedup.py --work /tmp/dedup --bits 32,128 --scales '' --out .../dedup_fmnist_bits32_128.json
-    python benchmarks/dedup.py --work /tmp/dedup --skip-quality --scales 10000000 \
-        --speed-radii 0.0625,0.125,0.15625,0.1875 --max-join-seconds 240 --out .../dedup_speed_10m.json
+    python benchmarks/dedup.py --work /tmp/dedup --skip-quality --scales 1000000,10000000 \
+        --centres-per-million 4096 --out .../dedup_speed_10m_bucket_join.json
     python benchmarks/dedup.py --summarize benchmarks/results/dedup_fmnist_*.json --min-ratio 0.95 \
         --out benchmarks/results/dedup_summary.json
-    python benchmarks/dedup.py --table benchmarks/results/dedup_speed_10m.json
+    python benchmarks/dedup.py --table benchmarks/results/dedup_speed_10m_bucket_join.json
 
 The pieces: dedup_collection.py (collection, truth, probe and index), dedup_scoring.py (scores and
 the reference methods), dedup_speed.py (the speed runs), dedup_report.py (tables, defaults).
@@ -317,18 +319,15 @@ def main() -> None:
     ap.add_argument(
         "--speed-radii", type=floats, default=[0.15625], help="radii of the speed runs, fractions of 64 bits"
     )
+    ap.add_argument(
+        "--centres-per-million",
+        type=int,
+        default=None,
+        help="centres of the speed runs' codes per million codes (default: 4,096 at every size, "
+        "so clusters grow with the collection; 4096: clusters keep their size of the 1M run)",
+    )
     ap.add_argument("--plant", type=float, default=0.01, help="fraction of the synthetic rows that are planted copies")
     ap.add_argument("--check-sample", type=int, default=20000)
-    ap.add_argument(
-        "--max-pairs", type=int, default=300_000_000, help="stop a speed run's join past this many pairs (memory)"
-    )
-    ap.add_argument(
-        "--max-join-seconds",
-        type=float,
-        default=0,
-        help="stop a speed run's join after this long (0: never); "
-        "the whole join's time and pairs are then extrapolated from the rows done",
-    )
     ap.add_argument("--table", default=None, metavar="RESULT.json", help="print the tables of a result file (no run)")
     ap.add_argument(
         "--summarize",

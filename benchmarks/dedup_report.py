@@ -66,8 +66,8 @@ def table(res: dict, args) -> str:
     if "speed" in res:
         lines += [
             "",
-            "| codes | radius | tables | pairs | planted found | sample exact | tables s | join s | group s | dedup s | peak RSS GB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| codes | centres | radius | tables | pairs | planted found | sample exact | tables s | join s | group s | dedup s | peak RSS GB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in res["speed"]:
             stop = "" if r["complete"] else f" (join stopped at {r['rows_joined']:,} rows)"
@@ -79,7 +79,7 @@ def table(res: dict, args) -> str:
                 + (f"-{r['extrapolated_join_seconds']:.0f})" if r.get("extrapolated_join_seconds_low") else ")")
             )
             lines.append(
-                f"| {r['n']:,}{stop} | {r['radius_bits']} | {r['tables']} | {pairs} | {r['planted_found']} | "
+                f"| {r['n']:,}{stop} | {r.get('centres', 4096):,} | {r['radius_bits']} | {r['tables']} | {pairs} | {r['planted_found']} | "
                 f"{r['sample_exact']} | {r['tables_seconds']} | {join} | {r['group_seconds']} | {r['dedup_seconds']} | "
                 f"{r['peak_rss_gb']} |"
             )

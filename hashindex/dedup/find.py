@@ -24,7 +24,6 @@ from hashindex.index.mih import MIHTables
 from hashindex.search.ranges import range_tables, self_join, within
 
 logger = logging.getLogger(__name__)
-JOIN_ROWS = 1 << 16  # rows asked at a time: the pairs of a chunk are held, not all candidates at once
 COSINE_BYTES = 1 << 30  # float rows held at once while confirming candidates
 PIXEL_CHECKS = 256  # candidates of one query whose images are read, when the cosine did not confirm them
 
@@ -63,16 +62,7 @@ def tables_for(snap, radius: int) -> MIHTables:
 
 def candidate_pairs(snap, radius: int, *, progress: bool = False):
     """Every pair of rows within ``radius``: ``(i, j, distance)`` with i < j (exact)."""
-    from tqdm.auto import tqdm
-
-    tables = tables_for(snap, radius)
-    parts = []
-    for s in tqdm(range(0, snap.ntotal, JOIN_ROWS), desc="pairs", unit="chunk", disable=not progress):
-        rows = np.arange(s, min(snap.ntotal, s + JOIN_ROWS))
-        parts.append(self_join(tables, snap.codes, radius, rows))
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
-    return tuple(np.concatenate(x) for x in zip(*parts))
+    return self_join(tables_for(snap, radius), snap.codes, radius, progress=progress)
 
 
 def cosines(snap, i: np.ndarray, j: np.ndarray, budget: int = COSINE_BYTES) -> np.ndarray | None:

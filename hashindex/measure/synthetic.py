@@ -15,9 +15,9 @@ import numpy as np
 CENTRES = 4096
 
 
-def random_centres(bits: int, rng: np.random.Generator) -> np.ndarray:
-    """``CENTRES`` random ``bits``-bit codes."""
-    return rng.integers(0, 256, (CENTRES, bits // 8), dtype=np.uint8)
+def random_centres(bits: int, rng: np.random.Generator, count: int = CENTRES) -> np.ndarray:
+    """``count`` random ``bits``-bit codes."""
+    return rng.integers(0, 256, (count, bits // 8), dtype=np.uint8)
 
 
 def iter_clustered(n: int, centres: np.ndarray, rng: np.random.Generator, chunk: int = 1 << 20):
@@ -29,12 +29,12 @@ def iter_clustered(n: int, centres: np.ndarray, rng: np.random.Generator, chunk:
         yield centres[rng.integers(0, len(centres), m)] ^ (flips[0] & flips[1] & flips[2])
 
 
-def clustered_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n, bits // 8)`` uint8 codes around fresh random centres (peak memory: the codes and
-    one chunk's draws)."""
+def clustered_codes(n: int, bits: int, rng: np.random.Generator, centres: int = CENTRES) -> np.ndarray:
+    """``(n, bits // 8)`` uint8 codes around ``centres`` fresh random centres (peak memory: the
+    codes and one chunk's draws)."""
     out = np.empty((n, bits // 8), np.uint8)
     s = 0
-    for c in iter_clustered(n, random_centres(bits, rng), rng):
+    for c in iter_clustered(n, random_centres(bits, rng, centres), rng):
         out[s : s + len(c)] = c
         s += len(c)
     return out

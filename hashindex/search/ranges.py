@@ -1,8 +1,11 @@
-"""Range search by multi-index hashing: every code within Hamming distance r of a query. Two codes
-within r agree to within floor(r / m) on at least one of the m substrings, so probing each table
-to that substring radius meets every one of them (each exactly once, by the order of
+"""Range search by multi-index hashing: every code within Hamming distance r of a query. With
+r = a·m + b (0 <= b < m), two codes within r agree to within a on one of the first b + 1
+substrings or to within a - 1 on one of the others (else they would differ in at least
+(b + 1)(a + 1) + (m - b - 1)·a = r + 1 bits), so probing the first b + 1 tables to substring
+radius a and the others to a - 1 meets every one of them (each exactly once, by the order of
 :func:`~hashindex.search.kernels.met_first`). The self-join of a collection (every pair within r,
-near-duplicates' candidates) asks it for every row, keeping the pairs to later rows.
+near-duplicates' candidates) joins each table's buckets with the buckets within that substring
+radius of them, code against code.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from hashindex.search.kernels import code_distance, met_first, probe_args, subst
 
 
 @njit(cache=True)
-def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, qw, radius, after, out_p, out_d):
-    """Rows within ``radius`` of ``qw`` (only rows > ``after`` when it is >= 0) into ``out_*``;
-    returns how many there are (beyond the arrays' size only counted)."""
+def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, qw, radius, out_p, out_d):
+    """Rows within ``radius`` of ``qw`` into ``out_*``; returns how many there are (beyond the
+    arrays' size only counted)."""
     m, cap, count = tcodes.shape[0], out_p.shape[0], 0
     top = radius // m
     for s in range(min(top, lengths.min()) + 1):
         for j in range(m):
+            if s == top and j > radius - m * top:  # see the module docstring
+                break
             limit = np.uint64(1) << np.uint64(lengths[j])
             qkey = substring(qw, starts[j], lengths[j])
             tc = tcodes[j]
@@ -32,15 +37,6 @@ def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q
                     continue
                 key = np.int64(qkey ^ flips[f])
                 lo, hi = np.int64(offsets[j, key]), min(np.int64(offsets[j, key + 1]), tc.shape[1])
-                if after >= 0:  # a bucket's rows ascend: skip to those past ``after`` (half a self-join's work)
-                    a, b = lo, hi
-                    while a < b:
-                        mid = (a + b) >> 1
-                        if np.int64(order[j, mid]) <= after:
-                            a = mid + 1
-                        else:
-                            b = mid
-                    lo = a
                 within_radius = 0  # a vectorised count first: most buckets hold no code within the
                 for t in range(lo, hi):  # radius (measured 1.2-1.3x faster at 1M x 64, radius 10)
                     within_radius += code_distance(tc, t, qw) <= radius
@@ -48,7 +44,7 @@ def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q
                     continue
                 for t in range(lo, hi):
                     p = np.int64(order[j, t])
-                    if p <= after or p >= tc.shape[1]:
+                    if p >= tc.shape[1]:
                         continue
                     d = code_distance(tc, t, qw)
                     if d > radius or not met_first(tc, t, qw, tmasks, s, j):
@@ -59,16 +55,63 @@ def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q
     return count
 
 
+@njit(cache=True)
+def _join_buckets(
+    tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, level, radius, klo, khi, out_k, out_d
+):
+    """The pairs within ``radius`` met first in table ``j``: each bucket v in [klo, khi) against
+    itself and every bucket w > v within substring distance ``level``; pairs as one key
+    ``i << 32 | j`` (i < j) into ``out_k``. Returns how many there are (beyond the arrays' size
+    only counted)."""
+    tc, oj = tcodes[j], order[j]
+    n, nkeys = tc.shape[1], np.uint64(1) << np.uint64(lengths[j])
+    cap, count = out_k.shape[0], 0
+    for v in range(klo, khi):
+        vlo, vhi = np.int64(offsets[j, v]), min(np.int64(offsets[j, v + 1]), n)
+        if vlo >= vhi:
+            continue
+        for s in range(level + 1):
+            for f in range(fstart[s], fstart[s + 1]):
+                if flips[f] >= nkeys:
+                    continue
+                w = np.int64(np.uint64(v) ^ flips[f])
+                if w < v:  # the pair of buckets is joined from its lower one
+                    continue
+                wlo, whi = np.int64(offsets[j, w]), min(np.int64(offsets[j, w + 1]), n)
+                for x in range(vlo, vhi):
+                    px = np.int64(oj[x])
+                    if px >= n:
+                        continue
+                    qw = words[px]
+                    first = x + 1 if s == 0 else wlo  # within one bucket, each pair once
+                    hits = 0  # vectorised count first, as in _range_one
+                    for y in range(first, whi):
+                        hits += code_distance(tc, y, qw) <= radius
+                    if hits == 0:
+                        continue
+                    for y in range(first, whi):
+                        d = code_distance(tc, y, qw)
+                        if d > radius or not met_first(tc, y, qw, tmasks, s, j):
+                            continue
+                        py = np.int64(oj[y])
+                        if py >= n:
+                            continue
+                        if count < cap:
+                            out_k[count] = (min(px, py) << 32) | max(px, py)
+                            out_d[count] = d
+                        count += 1
+    return count
+
+
 @njit(parallel=True, cache=True)
-def _self_join(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, words, rows, radius, cap):
-    n = rows.shape[0]
-    counts = np.zeros(n, np.int64)
-    out_p, out_d = np.empty((n, cap), np.int64), np.empty((n, cap), np.int32)
-    for i in prange(n):
-        r = rows[i]
-        args = (tcodes, order, offsets, starts, lengths, tmasks, flips, fstart)
-        counts[i] = _range_one(*args, words[r], radius, r, out_p[i], out_d[i])
-    return counts, out_p, out_d
+def _join_units(tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, level, radius, bounds, cap):
+    nu = bounds.shape[0] - 1
+    counts = np.zeros(nu, np.int64)
+    out_k, out_d = np.empty((nu, cap), np.int64), np.empty((nu, cap), np.int32)
+    for u in prange(nu):
+        args = (tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, level, radius)
+        counts[u] = _join_buckets(*args, bounds[u], bounds[u + 1], out_k[u], out_d[u])
+    return counts, out_k, out_d
 
 
 @njit(parallel=True, cache=True)
@@ -78,7 +121,7 @@ def _queries(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q, 
     out_p, out_d = np.empty((n, cap), np.int64), np.empty((n, cap), np.int32)
     for i in prange(n):
         args = (tcodes, order, offsets, starts, lengths, tmasks, flips, fstart)
-        counts[i] = _range_one(*args, q[i], radius, -1, out_p[i], out_d[i])
+        counts[i] = _range_one(*args, q[i], radius, out_p[i], out_d[i])
     return counts, out_p, out_d
 
 
@@ -128,17 +171,51 @@ def _collect(counts, out_p, out_d, redo):
     return q[order], p[order], d[order]
 
 
-def self_join(tables, codes: np.ndarray, radius: int, rows: np.ndarray, cap: int = 32):
-    """Every pair ``(i, j)``, i in ``rows``, j > i, of codes within ``radius``: arrays
-    ``(i, j, distance)``, exact (equal to a brute-force comparison of all pairs)."""
+JOIN_UNITS = 256  # key ranges of a table joined as units (their pairs held until the table is done)
+JOIN_BATCH = 16  # units run in parallel at a time
+
+
+def join_levels(tables, radius: int) -> list[int]:
+    """The substring radius each table is probed to for ``radius`` (-1: not at all): the first
+    b + 1 of r = a·m + b to a, the others to a - 1 (module docstring)."""
+    a, b = divmod(radius, tables.m)
+    return [min(a if j <= b else a - 1, int(tables.lengths[j])) for j in range(tables.m)]
+
+
+def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False):
+    """Every pair ``(i, j)``, i < j, of codes within ``radius``: arrays ``(i, j, distance)``
+    ordered by (i, j), exact (equal to a brute-force comparison of all pairs).
+
+    Bucket by bucket: each table's buckets are joined with the buckets within their substring
+    radius, code against code, so both sides are read in sequence (measured 7x faster at 1M x 64
+    bits, radius 10, than asking a range query of every row, whose probes are scattered)."""
+    from tqdm.auto import tqdm
+
+    args = probe_args(tables)
+    levels = join_levels(tables, radius)
+    if max(levels) + 1 >= len(args[-1]):  # args[-1]: where each number of flipped bits starts
+        raise ValueError(f"radius {radius} needs substring radii beyond those enumerated for {tables.m} tables")
+    tcodes, order, offsets, _, lengths, tmasks, flips, fstart = args
     words = as_words(codes)
-    rows = np.asarray(rows, np.int64)
-
-    def run(sub, c):
-        return _run(_self_join, tables, (words, rows[sub]), radius, c)
-
-    q, pj, dj = _collect(*run(np.arange(len(rows)), cap), run)
-    return rows[q], pj, dj
+    keys, dists, cap = [], [], 1 << 12
+    steps = [(j, g) for j in range(tables.m) if levels[j] >= 0 for g in range(0, JOIN_UNITS, JOIN_BATCH)]
+    for j, g in tqdm(steps, desc="pairs", unit="step", disable=not progress):
+        bounds = np.linspace(0, 1 << int(tables.lengths[j]), JOIN_UNITS + 1).astype(np.int64)[g : g + JOIN_BATCH + 1]
+        first = (tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, levels[j], radius)
+        counts, out_k, out_d = _join_units(*first, bounds, cap)
+        for u, c in enumerate(counts):
+            if c > cap:  # overflowed: asked again with room for all of them
+                _, out_ku, out_du = _join_units(*first, bounds[u : u + 2], int(c))
+                keys.append(out_ku[0]), dists.append(out_du[0])
+            else:
+                keys.append(out_k[u, :c].copy()), dists.append(out_d[u, :c].copy())
+        cap = max(cap, int(1.25 * counts.max()))  # units of a table hold similar numbers of pairs
+    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    d = np.concatenate(dists) if dists else np.zeros(0, np.int32)
+    keys.clear(), dists.clear()  # the parts go before the sort's copies are made
+    order_ = np.argsort(key, kind="stable")
+    key, d = key[order_], d[order_]
+    return key >> 32, key & 0xFFFFFFFF, d
 
 
 def within(tables, q_codes: np.ndarray, radius: int, cap: int = 64):
