@@ -76,6 +76,27 @@ def test_self_join_equals_bruteforce(bits, radius):
             np.testing.assert_array_equal(g, w)
 
 
+def test_self_join_crowded_unit_is_asked_again(monkeypatch):
+    """A unit whose pairs overflow the join's buffer is joined again with room for all of them."""
+    import hashindex.search.ranges as ranges
+
+    rng = np.random.default_rng(7)
+    codes = planted_codes(1500, 64, rng)
+    codes[:300] = codes[0]  # 300 identical codes: 44,850 pairs in one bucket of every table
+    calls = []
+    real = ranges._join_units
+
+    def counted(*args):
+        calls.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(ranges, "_join_units", counted)
+    tables = MIHTables.build(codes, 4)
+    for g, w in zip(self_join(tables, codes, 6), brute_pairs(codes, 6)):
+        np.testing.assert_array_equal(g, w)
+    assert max(calls) >= 300 * 299 // 2 > calls[0]  # asked again with room for the crowded unit
+
+
 @pytest.mark.parametrize("bits,radius", [(32, 4), (64, 8), (128, 12)])
 def test_range_queries_equal_bruteforce(bits, radius):
     rng = np.random.default_rng(7)

@@ -128,7 +128,8 @@ def scan_topk(codes: np.ndarray, q: np.ndarray, k: int, mask: np.ndarray | None 
 def met_first(tc, t, qw, tmasks, s, j):
     """Whether code ``t`` of ``tc`` (word-major), met in table ``j`` at substring radius ``s``, is met there
     first: probing goes radius-major, table-minor, so a code met earlier has a table before ``j``
-    within ``s`` of the query or one after it within ``s - 1``."""
+    within ``s`` of the query or one after it within ``s - 1`` (range searches that leave the last
+    tables out at the top radius still probe every such table: hashindex.search.ranges)."""
     nw = qw.shape[0]
     for u in range(tmasks.shape[0]):
         if u == j:

@@ -128,8 +128,10 @@ def _queries(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q, 
 def range_tables(bits: int, n: int, radius: int) -> int:
     """The number of substrings that makes a range search of ``radius`` cheapest on ``n`` codes,
     by the expected table entries visited: m · Σ_{s <= r/m} C(len, s) · (1 + n / 2^len) (longer
-    substrings have fewer entries per bucket, but more buckets within the radius), with
-    directories (2^len entries) of at most 4·max(n, 65536)."""
+    substrings have fewer entries per bucket, but more buckets within the radius; every table
+    counted to r/m, though the last ones are probed one bit less where the radius allows), with
+    directories (2^len entries) of at most 4·max(n, 65536). Measured with the bucket join, 10M
+    64-bit codes, radius 10: its pick, 3 tables, joined in 167 s, 4 tables in 186 s."""
     best, cost_best = 1, math.inf
     for m in range(max(1, -(-bits // MAX_SUBSTRING_BITS)), bits + 1):
         length = -(-bits // m)
@@ -171,8 +173,9 @@ def _collect(counts, out_p, out_d, redo):
     return q[order], p[order], d[order]
 
 
-JOIN_UNITS = 256  # key ranges of a table joined as units (their pairs held until the table is done)
-JOIN_BATCH = 16  # units run in parallel at a time
+JOIN_UNITS = 256  # key ranges of a table, each joined as one unit (all pairs are held until the end)
+JOIN_BATCH = 16  # units run in parallel at a time, each into a buffer of `cap` pairs
+MAX_CAP = 1 << 20  # a crowded unit beyond this is asked again alone, with room for all of its pairs
 
 
 def join_levels(tables, radius: int) -> list[int]:
@@ -209,7 +212,8 @@ def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False)
                 keys.append(out_ku[0]), dists.append(out_du[0])
             else:
                 keys.append(out_k[u, :c].copy()), dists.append(out_d[u, :c].copy())
-        cap = max(cap, int(1.25 * counts.max()))  # units of a table hold similar numbers of pairs
+        # room for the most crowded unit seen so far, within MAX_CAP (clustered codes crowd a few)
+        cap = min(MAX_CAP, max(cap, int(1.25 * counts.max())))
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     d = np.concatenate(dists) if dists else np.zeros(0, np.int32)
     keys.clear(), dists.clear()  # the parts go before the sort's copies are made
