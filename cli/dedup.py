@@ -71,6 +71,13 @@ from hashindex.core.config import KEEP_RULES, DedupConfig, default
 @click.option(
     "--no-pixels", is_flag=True, help="Confirm by cosine only (no image is read; for images no longer on disk)."
 )
+@click.option(
+    "--max-pairs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop with an error past this many candidate pairs (each holds about 32 bytes at the join's peak) "
+    "[default: no limit].",
+)
 @opt.images_root
 @opt.weights
 @opt.device
@@ -90,6 +97,7 @@ def dedup(
     min_cosine,
     min_pixels,
     no_pixels,
+    max_pairs,
     images_root,
     weights,
     device,
@@ -106,7 +114,14 @@ def dedup(
 
     ix = hashindex.open_index(index, verify=verify, images_root=images_root, weights=weights, device=device or "auto")
     cfg = DedupConfig(
-        **opt.kwargs(keep=keep, radius=radius, radius_bits=radius_bits, min_cosine=min_cosine, min_pixels=min_pixels)
+        **opt.kwargs(
+            keep=keep,
+            radius=radius,
+            radius_bits=radius_bits,
+            min_cosine=min_cosine,
+            min_pixels=min_pixels,
+            max_pairs=max_pairs,
+        )
     )
     if no_pixels:
         cfg = replace(cfg, min_pixels=None)

@@ -211,6 +211,17 @@ def test_groups_csv_remove_list_then_remove(tmp_path, planted):
     assert ix.duplicates() == []
 
 
+def test_pair_limit_stops_a_large_radius(tmp_path, planted):
+    """--max-pairs: a radius that finds more candidate pairs than allowed stops with an error that
+    names the radius, and writes nothing; within the limit the groups are the same as without."""
+    ix, x, names, truth = planted
+    pairs = len(candidate_pairs(ix.snapshot, 32)[0])
+    r = run_cli("dedup", ix.path, "--radius-bits", 32, "--max-pairs", pairs - 1, "-o", tmp_path / "g.json", ok=False)
+    assert r.exit_code != 0 and "use a smaller --radius" in r.output and not (tmp_path / "g.json").exists()
+    run_cli("dedup", ix.path, "--max-pairs", pairs, "-o", tmp_path / "g.json")
+    assert group_names(json.loads((tmp_path / "g.json").read_text())["groups"]) == truth
+
+
 def test_quiet_dedup_prints_nothing_but_results(tmp_path, planted):
     """``-q``: no chatter (README: no "wrote ..." lines; errors and warnings about the data still
     show), on stderr either; the output files are written, --json goes to stdout alone."""

@@ -113,6 +113,17 @@ def test_groups_check_and_keep_over_http(photos, tmp_path):
     assert hashindex.open_index(index).info()["removed_since_build"] == 1  # a commit like any remove
 
 
+def test_groups_request_bounded_by_pairs(photos, tmp_path):
+    """GET /duplicates with a radius that would hold more candidate pairs than the service allows
+    is answered 400 (the groups at the default radius still come back)."""
+    index = _copy(photos, tmp_path)
+    app = create_app(index, ServeConfig(max_duplicate_pairs=50), embed_fn=embed_fn)
+    with TestClient(app) as c:
+        r = c.get("/duplicates", params={"radius_bits": 16})
+        assert r.status_code == 400 and "smaller radius" in r.json()["error"], r.text
+        assert c.get("/duplicates", params={"radius_bits": 6, "min_cosine": 0.95}).status_code == 200
+
+
 @pytest.fixture
 def server(photos, tmp_path, monkeypatch):
     import uvicorn

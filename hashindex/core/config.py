@@ -321,17 +321,20 @@ class DedupConfig:
     re-encoded, resized, brightened and mirrored copies; see :mod:`hashindex.dedup.pixels`;
     None: cosine only). Their defaults were chosen on the near-duplicate benchmark
     (benchmarks/dedup.py, BENCHMARKS.md "Near-duplicates"). ``keep``: which item of a group stays
-    (``first``/``last`` by id, ``largest``/``smallest`` by file size).
+    (``first``/``last`` by id, ``largest``/``smallest`` by file size). ``max_pairs``: the
+    candidate pairs a run may hold (None: no limit); past it the run stops with an error that
+    names the radius (``serve`` sets it: one request must not hold the machine's memory).
     """
 
     # 10 of 64 bits (the default code length): 0.956 of the recall of cosine-or-pixels over all
-    # pairs at worst (0.89 at 1/8); 12 bits keep 0.996 but join 5.8x slower at 1M codes. 128-bit
-    # codes need 0.1875 for the same 0.95.
+    # pairs at worst (0.89 at 1/8); 12 bits keep 0.996 but find 2.3x the candidate pairs (2.7x the
+    # time at 1M codes). 128-bit codes need 0.1875 for the same 0.95.
     radius: float = 0.15625
     radius_bits: int | None = None
     min_cosine: float = 0.94  # precision >= 0.99 on pairs and groups in every run of the benchmark
     min_pixels: float | None = 0.994  # with min_cosine 0.94: precision >= 0.99 in every run
     keep: KeepRule = "first"
+    max_pairs: int | None = None
 
     def radius_for(self, bits: int) -> int:
         """The radius in bits for codes of ``bits`` bits.
@@ -364,7 +367,9 @@ class ServeConfig:
     takes one image), ``max_image_pixels`` per image and ``max_request_pixels`` in all (checked
     from the headers before decoding), ``request_timeout_s`` of work; ``decode_slots`` image
     requests decode and embed at once and ``decode_queue`` more wait, the rest get 503 with
-    Retry-After; ``max_connections`` open connections (uvicorn answers 503 beyond).
+    Retry-After; ``max_connections`` open connections (uvicorn answers 503 beyond);
+    ``max_duplicate_pairs`` candidate pairs held by ``GET /duplicates`` (a larger radius is
+    answered 400: 10M pairs is about 320 MB at the join's peak).
     """
 
     host: str = "127.0.0.1"
@@ -385,6 +390,7 @@ class ServeConfig:
     decode_queue: int = 8
     max_connections: int = 256
     max_k: int = 1000
+    max_duplicate_pairs: int = 10_000_000
     max_batch: int = 32
     batch_wait_ms: float = 5.0
     poll_seconds: float = 0.5

@@ -60,9 +60,13 @@ def tables_for(snap, radius: int) -> MIHTables:
     return MIHTables.build(np.asarray(snap.codes), m)
 
 
-def candidate_pairs(snap, radius: int, *, progress: bool = False):
-    """Every pair of rows within ``radius``: ``(i, j, distance)`` with i < j (exact)."""
-    return self_join(tables_for(snap, radius), snap.codes, radius, progress=progress)
+def candidate_pairs(snap, radius: int, *, progress: bool = False, max_pairs: int | None = None):
+    """Every pair of rows within ``radius``: ``(i, j, distance)`` with i < j (exact).
+
+    Raises:
+        InputError: more than ``max_pairs`` of them (when given).
+    """
+    return self_join(tables_for(snap, radius), snap.codes, radius, progress=progress, max_pairs=max_pairs)
 
 
 def cosines(snap, i: np.ndarray, j: np.ndarray, budget: int = COSINE_BYTES) -> np.ndarray | None:
@@ -138,13 +142,13 @@ def find_duplicates(snap, config: DedupConfig = DedupConfig(), *, progress: bool
     """Near-duplicate groups of a snapshot (see the module docstring).
 
     Raises:
-        InputError: bad thresholds.
+        InputError: bad thresholds, or more candidate pairs than ``config.max_pairs``.
     """
     import time
 
     r = config.radius_for(snap.bits)
     t0 = time.perf_counter()
-    i, j, d = candidate_pairs(snap, r, progress=progress)
+    i, j, d = candidate_pairs(snap, r, progress=progress, max_pairs=config.max_pairs)
     t1 = time.perf_counter()
     cos = cosines(snap, i, j) if config.min_cosine is not None and len(i) else None
     pix = np.full(len(i), np.nan, np.float32)

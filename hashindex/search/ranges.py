@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from hashindex.core.codes import MAX_SUBSTRING_BITS, as_words
+from hashindex.core.errors import InputError
 from hashindex.search.kernels import code_distance, met_first, probe_args, substring
 
 
@@ -185,9 +186,13 @@ def join_levels(tables, radius: int) -> list[int]:
     return [min(a if j <= b else a - 1, int(tables.lengths[j])) for j in range(tables.m)]
 
 
-def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False):
+def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False, max_pairs: int | None = None):
     """Every pair ``(i, j)``, i < j, of codes within ``radius``: arrays ``(i, j, distance)``
     ordered by (i, j), exact (equal to a brute-force comparison of all pairs).
+
+    Raises:
+        InputError: more than ``max_pairs`` pairs (when given); the join stops as soon as it
+            has found them.
 
     Bucket by bucket: each table's buckets are joined with the buckets within their substring
     radius, code against code, so both sides are read in sequence (measured 7x faster at 1M x 64
@@ -200,12 +205,17 @@ def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False)
         raise ValueError(f"radius {radius} needs substring radii beyond those enumerated for {tables.m} tables")
     tcodes, order, offsets, _, lengths, tmasks, flips, fstart = args
     words = as_words(codes)
-    keys, dists, cap = [], [], 1 << 12
+    keys, dists, cap, total = [], [], 1 << 12, 0
     steps = [(j, g) for j in range(tables.m) if levels[j] >= 0 for g in range(0, JOIN_UNITS, JOIN_BATCH)]
     for j, g in tqdm(steps, desc="pairs", unit="step", disable=not progress):
         bounds = np.linspace(0, 1 << int(tables.lengths[j]), JOIN_UNITS + 1).astype(np.int64)[g : g + JOIN_BATCH + 1]
         first = (tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, levels[j], radius)
         counts, out_k, out_d = _join_units(*first, bounds, cap)
+        total += int(counts.sum())
+        if max_pairs is not None and total > max_pairs:
+            raise InputError(
+                f"more than {max_pairs:,} pairs of items within {radius} bits: use a smaller radius", setting="radius"
+            )
         for u, c in enumerate(counts):
             if c > cap:  # overflowed: asked again with room for all of them
                 _, out_ku, out_du = _join_units(*first, bounds[u : u + 2], int(c))

@@ -11,11 +11,11 @@ from hashindex.serve.limits import ApiError, parse_id, read_body, within
 from hashindex.serve.service import Service, float_param, int_param
 
 
-def _config(params) -> DedupConfig:
+def _config(params, max_pairs: int) -> DedupConfig:
     keep = params.get("keep") or "first"
     if keep not in KEEP_RULES:
         raise ApiError(400, f"keep must be one of {', '.join(KEEP_RULES)}")
-    kw = {"keep": keep}
+    kw = {"keep": keep, "max_pairs": max_pairs}
     radius_bits = int_param(params.get("radius_bits"), "radius_bits", 0, 512)
     for name in ("min_cosine", "min_pixels"):
         value = float_param(params.get(name), name, -1.0, 1.0)
@@ -36,7 +36,7 @@ def add_duplicate_routes(app, svc: Service) -> None:
 
     @app.get("/duplicates")
     async def groups(request: Request):
-        cfg = _config(request.query_params)
+        cfg = _config(request.query_params, config.max_duplicate_pairs)
         snap = live.snapshot
         key = ("duplicates", snap.generation, cfg)
         if key not in svc.cache:
@@ -56,7 +56,7 @@ def add_duplicate_routes(app, svc: Service) -> None:
     async def query_request(request: Request):
         snap = live.snapshot
         x, item_id, params, image = await svc.query_of(request, ("radius_bits", "min_cosine", "min_pixels"))
-        cfg = _config(params)
+        cfg = _config(params, config.max_duplicate_pairs)
         thumbs = None if image is None else thumbnail(image)[None]
         if item_id is not None:
             x = snap.embedding_of(item_id)
