@@ -84,7 +84,8 @@ DEDUP_NOTES = {  # what code a speed run measured, where it is not the code of i
     "dedup_speed_10m_bucket_join.json": "The bucket join at 1M and 10M codes whose clusters keep the 1M run's size "
     "(4,096 centres per million codes): 10x the codes, 10x the pairs. With the 4,096 centres of the earlier 10M runs, "
     "clusters grow tenfold and so do the pairs per code: ~1.7 billion pairs at this radius, ~35 GB held, beyond this "
-    "machine's 24 GiB. Run before the join let go of its parts ahead of its final sort (peak RSS only).",
+    "machine's 24 GiB. Run before the join let go of its parts ahead of its final sort (peak RSS) and before "
+    "its buffers were bounded at 1M pairs per unit (a more crowded unit is asked again alone).",
 }
 
 
