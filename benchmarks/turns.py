@@ -13,6 +13,14 @@ import time
 import numpy as np
 
 
+def timed(fn, q: np.ndarray, wall: list, cpu: list) -> None:
+    """One call ``fn(q)``: its wall-clock and thread CPU seconds appended to ``wall`` and ``cpu``."""
+    c0, t0 = time.thread_time(), time.perf_counter()
+    fn(q)
+    wall.append(time.perf_counter() - t0)
+    cpu.append(time.thread_time() - c0)
+
+
 def interleaved(fns: dict, queries: np.ndarray, rounds: int, seed: int = 0, block: int = 25) -> dict:
     """Single-query latencies of each function: each round visits the queries in a fresh random
     order, in blocks of ``block``; each function answers a block's queries one at a time, the
@@ -39,11 +47,7 @@ def interleaved(fns: dict, queries: np.ndarray, rounds: int, seed: int = 0, bloc
             for name in names:
                 fn, tw, tc = fns[name], wall[name], cpu[name]
                 for i in order[b : b + block]:
-                    q = queries[i : i + 1]
-                    c0, t0 = time.thread_time(), time.perf_counter()
-                    fn(q)
-                    tw.append(time.perf_counter() - t0)
-                    tc.append(time.thread_time() - c0)
+                    timed(fn, queries[i : i + 1], tw, tc)
             names = names[1:] + names[:1]
     return {name: {"wall": summary(wall[name]), "cpu": summary(cpu[name])} for name in fns}
 
@@ -69,11 +73,7 @@ def sliced(fns: dict, queries: np.ndarray, turns: int, turn_seconds: float, seed
             fn, tw, tc, i = fns[name], wall[name], cpu[name], pos[name]
             end = time.perf_counter() + turn_seconds
             while i < len(order) and time.perf_counter() < end:
-                q = queries[order[i] : order[i] + 1]
-                c0, t0 = time.thread_time(), time.perf_counter()
-                fn(q)
-                tw.append(time.perf_counter() - t0)
-                tc.append(time.thread_time() - c0)
+                timed(fn, queries[order[i] : order[i] + 1], tw, tc)
                 i += 1
             pos[name] = i
         names = names[1:] + names[:1]

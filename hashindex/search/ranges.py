@@ -21,15 +21,15 @@ from hashindex.search.kernels import code_distance, met_first, probe_args, subst
 
 
 @njit(cache=True)
-def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, qw, radius, out_p, out_d):
-    """Rows within ``radius`` of ``qw`` into ``out_*``; returns how many there are (beyond the
-    arrays' size only counted)."""
+def _range_one(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, qw, radius, levels, out_p, out_d):
+    """Rows within ``radius`` of ``qw`` into ``out_*``, table j probed to substring radius
+    ``levels[j]`` (:func:`probe_levels`); returns how many there are (beyond the arrays' size
+    only counted)."""
     m, cap, count = tcodes.shape[0], out_p.shape[0], 0
-    top = radius // m
-    for s in range(min(top, lengths.min()) + 1):
+    for s in range(levels.max() + 1):
         for j in range(m):
-            if s == top and j > radius - m * top:  # see the module docstring
-                break
+            if s > levels[j]:
+                continue
             limit = np.uint64(1) << np.uint64(lengths[j])
             qkey = substring(qw, starts[j], lengths[j])
             tc = tcodes[j]
@@ -116,13 +116,13 @@ def _join_units(tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j
 
 
 @njit(parallel=True, cache=True)
-def _queries(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q, radius, cap):
+def _queries(tcodes, order, offsets, starts, lengths, tmasks, flips, fstart, q, radius, levels, cap):
     n = q.shape[0]
     counts = np.zeros(n, np.int64)
     out_p, out_d = np.empty((n, cap), np.int64), np.empty((n, cap), np.int32)
     for i in prange(n):
         args = (tcodes, order, offsets, starts, lengths, tmasks, flips, fstart)
-        counts[i] = _range_one(*args, q[i], radius, out_p[i], out_d[i])
+        counts[i] = _range_one(*args, q[i], radius, levels, out_p[i], out_d[i])
     return counts, out_p, out_d
 
 
@@ -146,11 +146,23 @@ def range_tables(bits: int, n: int, radius: int) -> int:
     return best
 
 
-def _run(kernel, tables, first, radius: int, cap: int):
-    args = probe_args(tables)
-    if radius // tables.m + 1 >= len(args[-1]):  # args[-1]: where each number of flipped bits starts
+def probe_levels(tables, radius: int) -> np.ndarray:
+    """The substring radius each table is probed to for ``radius`` (-1: not at all): the first
+    b + 1 of r = a·m + b to a, the others to a - 1 (module docstring), at most the table's length
+    (its every bucket).
+
+    Raises:
+        ValueError: radii beyond the flip masks enumerated in advance.
+    """
+    a, b = divmod(radius, tables.m)
+    levels = np.array([min(a if j <= b else a - 1, int(tables.lengths[j])) for j in range(tables.m)], np.int64)
+    if levels.max() + 1 >= len(probe_args(tables)[-1]):  # [-1]: where each number of flipped bits starts
         raise ValueError(f"radius {radius} needs substring radii beyond those enumerated for {tables.m} tables")
-    return kernel(*args, *first, radius, cap)
+    return levels
+
+
+def _run(kernel, tables, first, radius: int, cap: int):
+    return kernel(*probe_args(tables), *first, radius, probe_levels(tables, radius), cap)
 
 
 def _collect(counts, out_p, out_d, redo):
@@ -179,13 +191,6 @@ JOIN_BATCH = 16  # units run in parallel at a time, each into a buffer of `cap` 
 MAX_CAP = 1 << 20  # a crowded unit beyond this is asked again alone, with room for all of its pairs
 
 
-def join_levels(tables, radius: int) -> list[int]:
-    """The substring radius each table is probed to for ``radius`` (-1: not at all): the first
-    b + 1 of r = a·m + b to a, the others to a - 1 (module docstring)."""
-    a, b = divmod(radius, tables.m)
-    return [min(a if j <= b else a - 1, int(tables.lengths[j])) for j in range(tables.m)]
-
-
 def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False, max_pairs: int | None = None):
     """Every pair ``(i, j)``, i < j, of codes within ``radius``: arrays ``(i, j, distance)``
     ordered by (i, j), exact (equal to a brute-force comparison of all pairs).
@@ -199,17 +204,14 @@ def self_join(tables, codes: np.ndarray, radius: int, *, progress: bool = False,
     bits, radius 10, than asking a range query of every row, whose probes are scattered)."""
     from tqdm.auto import tqdm
 
-    args = probe_args(tables)
-    levels = join_levels(tables, radius)
-    if max(levels) + 1 >= len(args[-1]):  # args[-1]: where each number of flipped bits starts
-        raise ValueError(f"radius {radius} needs substring radii beyond those enumerated for {tables.m} tables")
-    tcodes, order, offsets, _, lengths, tmasks, flips, fstart = args
+    levels = probe_levels(tables, radius)
+    tcodes, order, offsets, _, lengths, tmasks, flips, fstart = probe_args(tables)
     words = as_words(codes)
     keys, dists, cap, total = [], [], 1 << 12, 0
     steps = [(j, g) for j in range(tables.m) if levels[j] >= 0 for g in range(0, JOIN_UNITS, JOIN_BATCH)]
     for j, g in tqdm(steps, desc="pairs", unit="step", disable=not progress):
         bounds = np.linspace(0, 1 << int(tables.lengths[j]), JOIN_UNITS + 1).astype(np.int64)[g : g + JOIN_BATCH + 1]
-        first = (tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, levels[j], radius)
+        first = (tcodes, order, offsets, lengths, tmasks, flips, fstart, words, j, int(levels[j]), radius)
         counts, out_k, out_d = _join_units(*first, bounds, cap)
         total += int(counts.sum())
         if max_pairs is not None and total > max_pairs:
